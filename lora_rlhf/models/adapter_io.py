@@ -1,0 +1,130 @@
+"""Reading and writing role folders: a plain PEFT adapter folder, plus head.safetensors for scalar heads.
+
+The folder is exactly what `peft.PeftModel.from_pretrained(base, folder)` expects, so a user never
+needs lora_rlhf to load a policy. Everything is safetensors; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.io import atomic_dir
+from lora_rlhf.models.heads import ScalarHead
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+HEAD_WEIGHTS = "head.safetensors"
+_PEFT_PREFIX = "base_model.model."
+
+
+def save_adapter(
+    peft_model, role: str, folder: Path, *, head: ScalarHead | None, base_name: str, card: str | None
+) -> Path:
+    """Write adapter `role` of `peft_model` (and its head) into `folder`, replacing it atomically."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(peft_model, adapter_name=role)
+    config = copy.deepcopy(peft_model.peft_config[role])
+    config.inference_mode = True
+    config.base_model_name_or_path = base_name
+    with atomic_dir(folder) as tmp:
+        config.save_pretrained(str(tmp))
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        if head is not None:
+            save_head(head, tmp / HEAD_WEIGHTS)
+        (tmp / "README.md").write_text(card if card is not None else default_card(role, base_name))
+    return folder
+
+
+def save_head(head: ScalarHead, path: Path) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in head.linear.state_dict().items()}
+    save_file(tensors, str(path), metadata={"kind": head.kind, "hidden_size": str(head.linear.in_features)})
+
+
+def load_head(folder: Path, hidden_size: int, device: torch.device) -> ScalarHead | None:
+    """The head saved beside an adapter, or None if the folder has none."""
+    path = folder / HEAD_WEIGHTS
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    kind = metadata.get("kind", "reward")
+    saved_size = int(metadata.get("hidden_size", hidden_size))
+    if saved_size != hidden_size:
+        raise LoraRlhfError(
+            f"{path} was made for another base: its head reads hidden size {saved_size}, this base has {hidden_size}"
+        )
+    head = ScalarHead(hidden_size, kind)
+    head.linear.load_state_dict(load_file(str(path)))
+    return head.to(device)
+
+
+def check_adapter_folder(folder: str | Path, base_model: nn.Module) -> Path:
+    """Return `folder` if it holds an adapter whose every matrix fits a module of `base_model`.
+
+    Raises a one-line LoraRlhfError naming the first module that is missing or of another shape,
+    instead of the size-mismatch stack trace `load_state_dict` would give.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise LoraRlhfError(f"adapter folder {str(folder)!r} does not exist")
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (folder / name).is_file():
+            raise LoraRlhfError(f"{folder} is not a PEFT adapter folder: {name} is missing")
+    try:
+        json.loads((folder / ADAPTER_CONFIG).read_text())
+    except json.JSONDecodeError as exc:
+        raise LoraRlhfError(f"{folder / ADAPTER_CONFIG} is not valid JSON: {exc}") from exc
+    with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
+        for key in handle.keys():
+            _check_tensor_fits(folder, key, tuple(handle.get_slice(key).get_shape()), base_model)
+    return folder
+
+
+def _check_tensor_fits(folder: Path, key: str, shape: tuple[int, ...], base_model: nn.Module) -> None:
+    if ".lora_A." not in key and ".lora_B." not in key:
+        return
+    path = key.removeprefix(_PEFT_PREFIX).split(".lora_")[0]
+    try:
+        module = base_model.get_submodule(path)
+    except AttributeError:
+        raise LoraRlhfError(f"adapter {folder} was made for another base: this base has no module {path!r}") from None
+    module = getattr(module, "base_layer", module)  # already wrapped by another role's LoRA layer
+    in_features = getattr(module, "in_features", None)
+    out_features = getattr(module, "out_features", None)
+    expected = shape[1] if ".lora_A." in key else shape[0]
+    actual = in_features if ".lora_A." in key else out_features
+    if actual is not None and expected != actual:
+        side = "input" if ".lora_A." in key else "output"
+        raise LoraRlhfError(
+            f"adapter {folder} was made for another base: {path} has {side} size {actual} here, "
+            f"the adapter expects {expected}"
+        )
+
+
+def default_card(role: str, base_name: str) -> str:
+    """A minimal model card; `lora_rlhf.hub` writes the full one (with eval figures) when publishing."""
+    return (
+        "---\n"
+        f"base_model: {base_name}\n"
+        "library_name: peft\n"
+        "tags: [lora, rlhf, lora_rlhf]\n"
+        "---\n\n"
+        f"# {role} adapter\n\n"
+        f"The `{role}` role of a lora_rlhf run on `{base_name}`.\n\n"
+        "```python\n"
+        "from peft import PeftModel\n"
+        "from transformers import AutoModelForCausalLM\n\n"
+        f'base = AutoModelForCausalLM.from_pretrained("{base_name}")\n'
+        'model = PeftModel.from_pretrained(base, "path/to/this/folder")\n'
+        "```\n"
+    )

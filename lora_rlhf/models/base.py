@@ -1,0 +1,182 @@
+"""Load the one base model (NF4, int8 or unquantized) and its tokenizer.
+
+Every role of a run is a LoRA adapter on the model this module returns, so it is loaded exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from lora_rlhf.errors import LoraRlhfError
+
+logger = logging.getLogger(__name__)
+
+Quantization = Literal["auto", "nf4", "int8", "none"]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclasses.dataclass
+class BaseModelConfig:
+    """How to load the shared base model."""
+
+    # Local folder or Hugging Face Hub id of any causal LM.
+    name_or_path: str = ""
+    # "nf4" (QLoRA's 4-bit NormalFloat), "int8", or "none"; "auto" is nf4 on CUDA, none elsewhere.
+    quantization: Quantization = "auto"
+    # dtype of the matmuls (and of the weights when unquantized); "auto": bf16 on CUDA if supported, else fp32.
+    compute_dtype: DType = "auto"
+    # "auto": cuda if available, else cpu. Any torch device string otherwise.
+    device: str = "auto"
+    # Recompute activations in backward to fit long sequences (switched off while generating).
+    gradient_checkpointing: bool = False
+    # Executing a model repository's own Python code is opt-in.
+    trust_remote_code: bool = False
+    # Hub revision (branch, tag or commit) of the model.
+    revision: str | None = None
+    # Name of a GGUF file inside `name_or_path` (dequantized by transformers on load).
+    gguf_file: str | None = None
+    # NF4 double quantization (QLoRA §2): quantizes the quantization constants too.
+    double_quant: bool = True
+
+    def __post_init__(self) -> None:
+        if self.quantization not in ("auto", "nf4", "int8", "none"):
+            raise LoraRlhfError(
+                f"model.quantization: {self.quantization!r} is not one of auto, nf4, int8, none"
+            )
+        if self.compute_dtype not in ("auto", *_DTYPES):
+            raise LoraRlhfError(
+                f"model.compute_dtype: {self.compute_dtype!r} is not one of auto, {', '.join(_DTYPES)}"
+            )
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_quantization(self) -> str:
+        if self.quantization == "auto":
+            return "nf4" if self.resolved_device().type == "cuda" else "none"
+        return self.quantization
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.compute_dtype != "auto":
+            return _DTYPES[self.compute_dtype]
+        device = self.resolved_device()
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """Return `name_or_path` if it is an existing folder or a plausible Hub id, else raise a one-line error."""
+    if not name_or_path:
+        raise LoraRlhfError("model.name_or_path is empty: give a local model folder or a Hub id")
+    path = Path(os.path.expanduser(name_or_path))
+    if path.is_dir():
+        return str(path)
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local or not _HUB_ID.match(name_or_path):
+        raise LoraRlhfError(f"model path {name_or_path!r} does not exist")
+    return name_or_path
+
+
+def _quantization_config(quantization: str, dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_tokenizer(config: BaseModelConfig):
+    """The base's tokenizer with a pad token and left padding (what batched generation needs)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model_source(config.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source,
+            revision=config.revision,
+            trust_remote_code=config.trust_remote_code,
+            gguf_file=config.gguf_file,
+        )
+    except (OSError, ValueError) as exc:
+        raise LoraRlhfError(f"could not load the tokenizer of {source!r}: {_first_line(exc)}") from exc
+    if tokenizer.pad_token is None:
+        # Padding is always masked out, so any existing special token can stand in for it.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise LoraRlhfError(f"the tokenizer of {source!r} has no pad, eos or unk token to pad with")
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_base_model(config: BaseModelConfig):
+    """Load the causal LM once, quantized as configured, prepared for LoRA training.
+
+    Returns a `transformers.PreTrainedModel` whose weights are frozen; adapters add the trainable part.
+    """
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_source(config.name_or_path)
+    device = config.resolved_device()
+    dtype = config.resolved_dtype()
+    quantization = config.resolved_quantization()
+    quant_config = _quantization_config(quantization, dtype)
+    logger.info("loading %s (%s, compute %s) on %s", source, quantization, dtype, device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=config.revision,
+            trust_remote_code=config.trust_remote_code,
+            gguf_file=config.gguf_file,
+            quantization_config=quant_config,
+            dtype=dtype,
+            device_map={"": device},
+        )
+    except (OSError, ValueError) as exc:
+        raise LoraRlhfError(f"could not load model {source!r}: {_first_line(exc)}") from exc
+    return prepare_for_training(model, quantized=quant_config is not None, gradient_checkpointing=config.gradient_checkpointing)
+
+
+def prepare_for_training(model, *, quantized: bool, gradient_checkpointing: bool):
+    """Freeze the base and, if asked, turn on gradient checkpointing (with PEFT's k-bit preparation when quantized)."""
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    else:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # Inputs must carry grad so checkpointed blocks see a graph when only adapters train.
+            model.enable_input_require_grads()
+    model.config.use_cache = not gradient_checkpointing
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,328 @@
+"""The role stack: one base model carrying a named LoRA adapter (and scalar head) per role.
+
+InstructGPT needs four networks during PPO: the policy, the frozen SFT model as the KL reference, the
+reward model and the value function. Here they are four adapters on ONE base in memory:
+
+    sft     the base's LM head        frozen during PPO; it IS the reference pi^SFT
+    reward  scalar head, last token   frozen during PPO
+    policy  the base's LM head        trained by PPO (starts as a copy of sft)
+    value   scalar head, every token  trained by PPO (starts as a copy of reward, head included)
+
+"base" runs the bare model with every adapter off, and "reference" is another name for "sft".
+
+Gradients are owned by the stack, not by PEFT: a role's parameters train only after
+`set_trainable(role)`, and switching roles with `use()` never changes that (PEFT's `set_adapter`
+flips `requires_grad` by itself, so `use` restores it, also when an exception is raised).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models import adapter_io
+from lora_rlhf.models.base import BaseModelConfig, load_base_model, load_tokenizer
+from lora_rlhf.models.heads import HeadKind, ScalarHead, gather_last
+from lora_rlhf.models.logprobs import TokenLogProbs, token_logprobs
+from lora_rlhf.models.lora import LoraSettings
+
+logger = logging.getLogger(__name__)
+
+# The roles of the InstructGPT recipe and the head each one carries.
+KNOWN_ROLES: dict[str, HeadKind | None] = {"sft": None, "reward": "reward", "policy": None, "value": "value"}
+BASE = "base"
+REFERENCE = "reference"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+class RoleStack:
+    """One base model and its role adapters; see the module docstring."""
+
+    def __init__(self, model: nn.Module, tokenizer=None, *, base_name: str | None = None) -> None:
+        self.base_model = model
+        self.model = model  # becomes a peft.PeftModel when the first role is added
+        self.tokenizer = tokenizer
+        self.base_name = base_name or getattr(model.config, "_name_or_path", "") or "unknown"
+        self.heads = nn.ModuleDict()
+        self._params: dict[str, list[nn.Parameter]] = {}
+
+    @classmethod
+    def load(cls, config: BaseModelConfig) -> RoleStack:
+        """Load the base (and tokenizer) described by `config`."""
+        return cls(load_base_model(config), load_tokenizer(config), base_name=config.name_or_path)
+
+    # ----------------------------------------------------------------- roles
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(self._params)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base_model.parameters()).device
+
+    def has_role(self, role: str) -> bool:
+        return role in self._params
+
+    def add_role(self, role: str, lora: LoraSettings | None = None, *, head: HeadKind | None | str = "default") -> None:
+        """Add a fresh adapter named `role` (LoRA's B = 0, so it starts equal to the base) and its head.
+
+        `head` defaults to the role's head in KNOWN_ROLES (none for other names).
+        """
+        self._check_new(role)
+        self._attach(role, (lora or LoraSettings()).to_peft())
+        self._add_head(role, KNOWN_ROLES.get(role) if head == "default" else head)
+
+    def copy_role(self, source: str, target: str, *, head: HeadKind | None | str = "default") -> None:
+        """Add `target` as a copy of `source`'s adapter weights (and head weights, if both have one).
+
+        InstructGPT initialises the PPO policy from the SFT model and the value function from the RM.
+        """
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        self._require(source)
+        self._check_new(target)
+        self._attach(target, copy.deepcopy(self.model.peft_config[source]))
+        state = get_peft_model_state_dict(self.model, adapter_name=source)
+        set_peft_model_state_dict(self.model, state, adapter_name=target)
+        self._add_head(target, KNOWN_ROLES.get(target) if head == "default" else head)
+        if source in self.heads and target in self.heads:
+            self.heads[target].linear.load_state_dict(self.heads[source].linear.state_dict())
+
+    def resolve(self, role: str) -> str:
+        """Map a user-facing role name to an adapter name (or BASE), with a one-line error if it cannot run."""
+        if role == REFERENCE:
+            role = "sft"
+        if role == BASE or role in self._params:
+            return role
+        if role in KNOWN_ROLES:
+            raise LoraRlhfError(f"role {role!r} has not been added yet (roles on this base: {self._listing()})")
+        raise LoraRlhfError(
+            f"unknown role {role!r}: expected one of {', '.join(KNOWN_ROLES)}, {REFERENCE}, {BASE} "
+            f"or an added adapter (roles on this base: {self._listing()})"
+        )
+
+    def head(self, role: str) -> ScalarHead:
+        role = self.resolve(role)
+        if role not in self.heads:
+            raise LoraRlhfError(f"role {role!r} has no scalar head (roles with heads: {', '.join(self.heads) or 'none'})")
+        return self.heads[role]
+
+    # --------------------------------------------------------------- switching
+    @contextlib.contextmanager
+    def use(self, role: str) -> Iterator[None]:
+        """Run the body with `role`'s adapter active (or none, for "base").
+
+        Restores the previously active adapter and every parameter's `requires_grad` on exit, also
+        on an exception. With gradient checkpointing, call `backward()` inside this block: the
+        recomputed forward runs under whichever adapter is active at that time.
+        """
+        name = self.resolve(role)
+        grads = self._grad_state()
+        previous = getattr(self.model, "active_adapter", None)
+        try:
+            if name == BASE:
+                with self.model.disable_adapter() if self._params else contextlib.nullcontext():
+                    yield
+            else:
+                self.model.set_adapter(name)
+                self._restore_grads(grads)
+                yield
+        finally:
+            if previous is not None and self.model.active_adapter != previous:
+                self.model.set_adapter(previous)
+            self._restore_grads(grads)
+
+    def set_trainable(self, *roles: str) -> None:
+        """Make exactly `roles` (adapters and heads) trainable; every other role and the base frozen."""
+        wanted = {self.resolve(r) for r in roles}
+        if BASE in wanted:
+            raise LoraRlhfError("the base model is frozen; only roles can be trained")
+        for role, params in self._params.items():
+            for param in params:
+                param.requires_grad_(role in wanted)
+        for role, head in self.heads.items():
+            head.requires_grad_(role in wanted)
+
+    def parameters(self, role: str) -> list[nn.Parameter]:
+        """The trainable tensors of `role`: its LoRA matrices and its head."""
+        role = self.resolve(role)
+        if role == BASE:
+            return []
+        head = list(self.heads[role].parameters()) if role in self.heads else []
+        return self._params[role] + head
+
+    # ------------------------------------------------------------- operations
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, H) last hidden states under the active adapter (no LM head)."""
+        backbone = self._causal_lm().base_model
+        # Positions count real tokens only, so a left-padded row is encoded as if it were unpadded.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state
+
+    def logprobs(
+        self,
+        role: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        chunk_size: int = 256,
+    ) -> TokenLogProbs:
+        """Per-token log pi_role(x_{t+1} | x_{<=t}) of given sequences: (B, T) -> (B, T-1), chunked over T."""
+        with self.use(role):
+            hidden = self.hidden_states(input_ids, attention_mask)
+            causal_lm = self._causal_lm()
+            return token_logprobs(
+                hidden[:, :-1],
+                input_ids[:, 1:],
+                causal_lm.get_output_embeddings(),
+                chunk_size=chunk_size,
+                temperature=temperature,
+                softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
+                with_entropy=with_entropy,
+            )
+
+    def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, role: str = "reward") -> torch.Tensor:
+        """(B, T) sequences -> (B,) scalar scores read at each row's last non-pad token."""
+        head = self.head(role)
+        with self.use(role):
+            return gather_last(head(self.hidden_states(input_ids, attention_mask)), attention_mask)
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, role: str = "value") -> torch.Tensor:
+        """(B, T) sequences -> (B, T) value of the state ending at each position."""
+        head = self.head(role)
+        with self.use(role):
+            return head(self.hidden_states(input_ids, attention_mask))
+
+    @torch.no_grad()
+    def generate(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+        """`model.generate` under `role`, in eval mode with the KV cache on and gradient checkpointing off.
+
+        Returns (B, T + new) ids; pad `input_ids` on the left.
+        """
+        if self.tokenizer is not None:
+            generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        with self.use(role), self._generation_mode():
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
+    # ---------------------------------------------------------------- save/load
+    def save_role(self, role: str, folder: str | Path, *, card: str | None = None) -> Path:
+        """Write `role` as a plain PEFT adapter folder (+ head.safetensors), atomically."""
+        role = self.resolve(role)
+        if role == BASE:
+            raise LoraRlhfError("the bare base has no adapter to save")
+        head = self.heads[role] if role in self.heads else None
+        return adapter_io.save_adapter(self.model, role, Path(folder), head=head, base_name=self.base_name, card=card)
+
+    def load_role(self, role: str, folder: str | Path) -> None:
+        """Attach the adapter saved in `folder` as `role` (frozen until `set_trainable`)."""
+        self._check_new(role)
+        folder = adapter_io.check_adapter_folder(folder, self.base_model)
+        grads = self._grad_state()
+        was_training = self.model.training
+        if self._params:
+            self.model.load_adapter(str(folder), adapter_name=role, is_trainable=True)
+        else:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.base_model, str(folder), adapter_name=role, is_trainable=True)
+        self.model.train(was_training)
+        self._register(role, grads)
+        head = adapter_io.load_head(folder, self._hidden_size(), self.device)
+        if head is not None:
+            head.requires_grad_(False)
+            self.heads[role] = head
+
+    def adapter_nbytes(self, role: str) -> int:
+        """Bytes held by `role`'s adapter and head (what adding it costs in memory)."""
+        return sum(p.numel() * p.element_size() for p in self.parameters(role))
+
+    # -------------------------------------------------------------- internals
+    def _attach(self, role: str, peft_config) -> None:
+        grads = self._grad_state()
+        was_training = self.model.training
+        if self._params:
+            self.model.add_adapter(role, peft_config)
+        else:
+            from peft import get_peft_model
+
+            self.model = get_peft_model(self.base_model, peft_config, adapter_name=role)
+        self.model.train(was_training)  # PEFT switches to train mode; train/eval is the caller's choice
+        self._register(role, grads)
+
+    def _register(self, role: str, grads: dict[nn.Parameter, bool]) -> None:
+        pattern = re.compile(rf"\.lora_[A-Za-z_]+\.{re.escape(role)}(\.|$)")
+        params = [p for n, p in self.model.named_parameters() if pattern.search(n)]
+        if not params:
+            raise LoraRlhfError(f"adapter {role!r} matched no module of this base; check lora.target_modules")
+        self._params[role] = params
+        self._restore_grads(grads)
+        for param in params:
+            param.requires_grad_(False)
+
+    def _add_head(self, role: str, kind: HeadKind | None) -> None:
+        if kind is None:
+            return
+        head = ScalarHead(self._hidden_size(), kind).to(self.device)
+        head.requires_grad_(False)
+        self.heads[role] = head
+
+    def _check_new(self, role: str) -> None:
+        if not isinstance(role, str) or not _NAME.match(role) or role in (BASE, REFERENCE):
+            raise LoraRlhfError(
+                f"invalid role name {role!r}: use letters, digits, '_' or '-', not {BASE!r} or {REFERENCE!r}"
+            )
+        if role in self._params:
+            raise LoraRlhfError(f"role {role!r} already exists on this base")
+
+    def _require(self, role: str) -> None:
+        if self.resolve(role) == BASE:
+            raise LoraRlhfError("the bare base has no adapter to copy")
+
+    def _listing(self) -> str:
+        return ", ".join(self._params) or "none yet"
+
+    def _causal_lm(self) -> nn.Module:
+        return self.model.get_base_model() if self._params else self.model
+
+    def _hidden_size(self) -> int:
+        config = self.base_model.config
+        return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
+
+    def _grad_state(self) -> dict[nn.Parameter, bool]:
+        state = {p: p.requires_grad for params in self._params.values() for p in params}
+        state.update({p: p.requires_grad for p in self.heads.parameters()})
+        return state
+
+    @staticmethod
+    def _restore_grads(state: dict[nn.Parameter, bool]) -> None:
+        for param, flag in state.items():
+            param.requires_grad_(flag)
+
+    @contextlib.contextmanager
+    def _generation_mode(self) -> Iterator[None]:
+        causal_lm = self._causal_lm()
+        was_training = self.model.training
+        checkpointing = getattr(causal_lm, "is_gradient_checkpointing", False)
+        use_cache = causal_lm.config.use_cache
+        self.model.eval()
+        if checkpointing:
+            causal_lm.gradient_checkpointing_disable()
+        causal_lm.config.use_cache = True
+        try:
+            yield
+        finally:
+            causal_lm.config.use_cache = use_cache
+            if checkpointing:
+                causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.train(was_training)

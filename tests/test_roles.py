@@ -1,0 +1,287 @@
+"""The role stack: one base, many adapters, frozen roles stay frozen, save/load round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from lora_rlhf import BaseModelConfig, LoraRlhfError, LoraSettings, RoleStack
+from lora_rlhf.models.base import load_base_model
+
+ARCHS = ["llama", "qwen2", "gpt_neox"]
+
+
+def make_stack(folder: str, quantization: str = "none", **kwargs) -> RoleStack:
+    return RoleStack.load(BaseModelConfig(folder, quantization=quantization, **kwargs))
+
+
+def batch(stack: RoleStack):
+    enc = stack.tokenizer(["sort the numbers 3 1 2", "hello world"], return_tensors="pt", padding=True)
+    return enc.input_ids, enc.attention_mask
+
+
+def full_stack(folder: str, quantization: str = "none", **kwargs) -> RoleStack:
+    stack = make_stack(folder, quantization, **kwargs)
+    stack.add_role("sft", LoraSettings(r=4))
+    stack.add_role("reward", LoraSettings(r=4))
+    stack.copy_role("sft", "policy")
+    stack.copy_role("reward", "value")
+    return stack
+
+
+def perturb(stack: RoleStack, role: str, seed: int = 0) -> None:
+    """Give a role non-trivial weights (a fresh LoRA has B = 0 and equals the base)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in stack.parameters(role):
+            p.add_(torch.randn(p.shape, generator=gen).to(p.dtype) * 0.1)
+
+
+def snapshot(stack: RoleStack) -> dict[str, torch.Tensor]:
+    state = {n: p.detach().clone() for n, p in stack.model.named_parameters()}
+    state.update({f"head.{n}": p.detach().clone() for n, p in stack.heads.named_parameters()})
+    return state
+
+
+def storage_bytes(module: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_base_copy_however_many_roles(tiny_model_dirs, arch):
+    stack = make_stack(tiny_model_dirs[arch])
+    base_ptrs = {n: p.data_ptr() for n, p in stack.base_model.named_parameters()}
+    before = storage_bytes(stack.base_model)
+    stack.add_role("sft", LoraSettings(r=4))
+    stack.add_role("reward", LoraSettings(r=4))
+    stack.copy_role("sft", "policy")
+    stack.copy_role("reward", "value")
+    after = storage_bytes(stack.model) + storage_bytes(stack.heads)
+    adapters = sum(stack.adapter_nbytes(r) for r in stack.roles)
+    assert after - before == adapters
+    # every base weight is still the very tensor loaded at the start
+    wrapped = {n.replace(".base_layer", ""): p.data_ptr() for n, p in stack.base_model.named_parameters() if "lora_" not in n}
+    assert wrapped == base_ptrs
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_one_role_changes_only_that_role(tiny_model_dirs, arch):
+    stack = full_stack(tiny_model_dirs[arch])
+    before = snapshot(stack)
+    ids, mask = batch(stack)
+    stack.set_trainable("value")
+    optimizer = torch.optim.SGD(stack.parameters("value"), lr=0.1)
+    with stack.use("value"):
+        stack.values(ids, mask).pow(2).mean().backward()
+    optimizer.step()
+    after = snapshot(stack)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed, "the value role did not change"
+    assert all(".value." in n or n.startswith("head.value.") for n in changed), changed
+    assert any(n.startswith("head.value.") for n in changed)
+
+
+def test_reference_equals_sft_and_stays_fixed_while_policy_trains(tiny_llama):
+    stack = make_stack(tiny_llama)
+    stack.add_role("sft", LoraSettings(r=4))
+    perturb(stack, "sft")
+    stack.copy_role("sft", "policy")
+    ids, mask = batch(stack)
+    with torch.no_grad():
+        ref = stack.logprobs("reference", ids, mask).logprobs
+        assert torch.equal(ref, stack.logprobs("sft", ids, mask).logprobs)
+        assert torch.equal(ref, stack.logprobs("policy", ids, mask).logprobs)
+        base = stack.logprobs("base", ids, mask).logprobs
+    assert not torch.allclose(ref, base)
+    stack.set_trainable("policy")
+    optimizer = torch.optim.Adam(stack.parameters("policy"), lr=1e-2)
+    for _ in range(3):
+        with stack.use("policy"):
+            loss = -stack.logprobs("policy", ids, mask).logprobs.mean()
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        assert torch.equal(ref, stack.logprobs("reference", ids, mask).logprobs)
+        assert not torch.allclose(ref, stack.logprobs("policy", ids, mask).logprobs)
+
+
+def test_use_restores_adapter_and_grads_on_exception(tiny_llama):
+    stack = full_stack(tiny_llama)
+    stack.set_trainable("policy")
+    grads = [p.requires_grad for p in stack.model.parameters()]
+    active = stack.model.active_adapter
+    with pytest.raises(RuntimeError, match="boom"):
+        with stack.use("value"):
+            assert stack.model.active_adapter == "value"
+            raise RuntimeError("boom")
+    assert stack.model.active_adapter == active
+    assert [p.requires_grad for p in stack.model.parameters()] == grads
+    with stack.use("base"):
+        pass
+    assert [p.requires_grad for p in stack.model.parameters()] == grads
+    assert all(p.requires_grad for p in stack.parameters("policy"))
+    assert not any(p.requires_grad for p in stack.parameters("value"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_save_load_identical_including_vanilla_peft(tiny_model_dirs, arch, tmp_path):
+    folder = tiny_model_dirs[arch]
+    stack = full_stack(folder)
+    perturb(stack, "policy", 1)
+    perturb(stack, "value", 2)
+    ids, mask = batch(stack)
+    with torch.no_grad():
+        logprobs = stack.logprobs("policy", ids, mask).logprobs
+        values = stack.values(ids, mask)
+    stack.save_role("policy", tmp_path / "policy")
+    stack.save_role("value", tmp_path / "value")
+    assert sorted(p.name for p in (tmp_path / "value").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors"
+    ]
+
+    fresh = make_stack(folder)
+    fresh.load_role("policy", tmp_path / "policy")
+    fresh.load_role("value", tmp_path / "value")
+    with torch.no_grad():
+        assert torch.equal(fresh.logprobs("policy", ids, mask).logprobs, logprobs)
+        assert torch.equal(fresh.values(ids, mask), values)
+    assert not any(p.requires_grad for p in fresh.parameters("value"))
+
+    vanilla = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), str(tmp_path / "policy"))
+    with torch.no_grad():
+        with stack.use("policy"):
+            ours = stack.model(input_ids=ids, attention_mask=mask).logits
+        theirs = vanilla(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(theirs, ours)
+
+
+def test_nf4_on_cpu(tiny_llama, tmp_path):
+    import bitsandbytes as bnb
+
+    stack = full_stack(tiny_llama, "nf4", gradient_checkpointing=True)
+    linear4 = [m for m in stack.base_model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert linear4 and linear4[0].weight.quant_state.quant_type == "nf4"
+    ids, mask = batch(stack)
+    stack.set_trainable("policy")
+    stack.model.train()
+    with stack.use("policy"):
+        out = stack.logprobs("policy", ids, mask, with_entropy=True)
+        out.logprobs.mean().backward()
+    assert all(p.grad is not None for p in stack.parameters("policy"))
+    assert torch.isfinite(out.entropy).all()
+    generated = stack.generate("policy", ids, mask, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] <= ids.shape[1] + 4
+    assert stack.model.training and stack._causal_lm().is_gradient_checkpointing  # restored after generate
+    stack.model.eval()
+    with torch.no_grad():
+        values = stack.values(ids, mask)
+    stack.save_role("value", tmp_path / "value")
+    reloaded = make_stack(tiny_llama, "nf4", gradient_checkpointing=True)
+    reloaded.load_role("value", tmp_path / "value")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.values(ids, mask), values)
+
+
+def test_chunked_logprobs_match_full_logits(tiny_llama):
+    stack = make_stack(tiny_llama)
+    stack.add_role("sft", LoraSettings(r=4))
+    perturb(stack, "sft")
+    ids, mask = batch(stack)
+    with torch.no_grad():
+        chunked = stack.logprobs("sft", ids, mask, chunk_size=2, temperature=0.7).logprobs
+        with stack.use("sft"):
+            logits = stack.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        full = (logits[:, :-1].float() / 0.7).log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(chunked, full)
+
+
+def test_reward_reads_last_real_token(tiny_llama):
+    stack = full_stack(tiny_llama)
+    ids, mask = batch(stack)  # left padded
+    with torch.no_grad():
+        scores = stack.rewards(ids, mask)
+        per_token = stack.values(ids, mask, role="reward")
+    torch.testing.assert_close(scores, per_token[:, -1])
+    right_ids = torch.stack([torch.roll(r, -int((m == 0).sum())) for r, m in zip(ids, mask)])
+    right_mask = torch.stack([torch.roll(m, -int((m == 0).sum())) for m in mask])
+    with torch.no_grad():
+        torch.testing.assert_close(stack.rewards(right_ids, right_mask), scores, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ errors
+def test_error_unknown_role(tiny_llama):
+    stack = full_stack(tiny_llama)
+    with pytest.raises(LoraRlhfError, match="unknown role 'polcy'"):
+        with stack.use("polcy"):
+            pass
+
+
+def test_error_role_before_it_exists(tiny_llama):
+    stack = make_stack(tiny_llama)
+    stack.add_role("sft", LoraSettings(r=4))
+    with pytest.raises(LoraRlhfError, match="role 'value' has not been added yet"):
+        stack.values(*batch(stack))
+    with pytest.raises(LoraRlhfError, match="role 'reward' has not been added yet"):
+        stack.copy_role("reward", "value")
+
+
+def test_error_missing_model_path(tmp_path):
+    with pytest.raises(LoraRlhfError, match="model path '.*nowhere' does not exist"):
+        load_base_model(BaseModelConfig(str(tmp_path / "nowhere")))
+
+
+def test_error_adapter_for_another_base(tiny_model_dirs, tmp_path):
+    from lora_rlhf.testing import make_tiny_model
+
+    other = make_tiny_model(tmp_path / "wide", "llama", hidden=96)
+    wide = make_stack(str(other))
+    wide.add_role("sft", LoraSettings(r=4))
+    wide.save_role("sft", tmp_path / "wide-sft")
+    stack = make_stack(tiny_model_dirs["llama"])
+    with pytest.raises(LoraRlhfError, match=r"made for another base: model\.layers\.0\.\S+ has input size \d+ here, the adapter expects \d+"):
+        stack.load_role("sft", tmp_path / "wide-sft")
+    neox = make_stack(tiny_model_dirs["gpt_neox"])
+    neox.add_role("sft", LoraSettings(r=4))
+    neox.save_role("sft", tmp_path / "neox-sft")
+    with pytest.raises(LoraRlhfError, match="made for another base: this base has no module"):
+        stack.load_role("sft", tmp_path / "neox-sft")
+    with pytest.raises(LoraRlhfError, match="adapter folder .* does not exist"):
+        stack.load_role("sft", tmp_path / "missing")
+
+
+def test_error_bad_config_values():
+    with pytest.raises(LoraRlhfError, match="model.quantization: 'fp4' is not one of"):
+        BaseModelConfig("x", quantization="fp4")
+    with pytest.raises(LoraRlhfError, match="lora.r: 0 is not a positive integer"):
+        LoraSettings(r=0)
+
+
+def test_trust_remote_code_is_off_by_default():
+    assert BaseModelConfig("x").trust_remote_code is False
+
+
+def test_atomic_save_leaves_old_folder_on_failure(tiny_llama, tmp_path, monkeypatch):
+    from lora_rlhf.models import adapter_io
+
+    stack = full_stack(tiny_llama)
+    stack.save_role("policy", tmp_path / "policy")
+    original = (tmp_path / "policy" / "adapter_model.safetensors").read_bytes()
+    perturb(stack, "policy")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(adapter_io, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        stack.save_role("policy", tmp_path / "policy")
+    assert (tmp_path / "policy" / "adapter_model.safetensors").read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["policy"]
