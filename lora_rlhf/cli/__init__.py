@@ -1,0 +1,1 @@
+"""The `lora-rlhf` command line."""
