@@ -68,6 +68,11 @@ class RoleStack:
     def device(self) -> torch.device:
         return next(self.base_model.parameters()).device
 
+    @property
+    def lm_head(self) -> nn.Module:
+        """The base's output projection (shared by every LM role; LoRA does not adapt it)."""
+        return self._causal_lm().get_output_embeddings()
+
     def has_role(self, role: str) -> bool:
         return role in self._params
 
@@ -181,14 +186,13 @@ class RoleStack:
         """Per-token log pi_role(x_{t+1} | x_{<=t}) of given sequences: (B, T) -> (B, T-1), chunked over T."""
         with self.use(role):
             hidden = self.hidden_states(input_ids, attention_mask)
-            causal_lm = self._causal_lm()
             return token_logprobs(
                 hidden[:, :-1],
                 input_ids[:, 1:],
-                causal_lm.get_output_embeddings(),
+                self.lm_head,
                 chunk_size=chunk_size,
                 temperature=temperature,
-                softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
+                softcap=getattr(self.base_model.config, "final_logit_softcapping", None),
                 with_entropy=with_entropy,
             )
 

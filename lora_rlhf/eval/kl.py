@@ -1,0 +1,52 @@
+"""KL(pi_policy || pi_ref) along given responses, from the full next-token distributions.
+
+PPO's logged `kl` is the sampled estimate sum_t (log pi - log pi_ref)(a_t); for the evaluation report we
+can afford the exact per-state KL over the whole vocabulary, chunked over positions so no (B, T, V)
+fp32 tensor is ever materialised.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lora_rlhf.models.roles import RoleStack
+
+
+@torch.no_grad()
+def _log_softmax_chunk(hidden: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
+    return lm_head(hidden).float().log_softmax(-1)
+
+
+@torch.no_grad()
+def sequence_kl(
+    stack: RoleStack,
+    policy: str,
+    reference: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Per-sequence KL summed over response positions.
+
+    Args:
+        input_ids, attention_mask: (B, T) prompt + response, left-padded.
+        response_mask: (B, T) 1 at response tokens; the distribution that predicts token t is read at t-1.
+    Returns:
+        (B,) sum over response tokens t of KL(pi_policy(.|x_<t) || pi_ref(.|x_<t)).
+    """
+    with stack.use(policy):
+        hidden_policy = stack.hidden_states(input_ids, attention_mask)[:, :-1]
+    with stack.use(reference):
+        hidden_ref = stack.hidden_states(input_ids, attention_mask)[:, :-1]
+    lm_head = stack.lm_head
+    mask = response_mask[:, 1:].float()
+    total = torch.zeros(input_ids.shape[0], device=input_ids.device)
+    for start in range(0, hidden_policy.shape[1], chunk_size):
+        end = start + chunk_size
+        logp = _log_softmax_chunk(hidden_policy[:, start:end], lm_head)
+        logq = _log_softmax_chunk(hidden_ref[:, start:end], lm_head)
+        kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, chunk)
+        total += (kl * mask[:, start:end]).sum(-1)
+    return total
