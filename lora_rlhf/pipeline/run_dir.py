@@ -1,0 +1,97 @@
+"""The output directory of a run (DESIGN.md's contract) and the rules for re-running into it.
+
+    OUTPUT_DIR/recipe.yaml          the fully resolved recipe
+    OUTPUT_DIR/adapters/<role>/     plain PEFT adapter folders (+ head.safetensors, README.md)
+    OUTPUT_DIR/metrics/<stage>.jsonl
+    OUTPUT_DIR/checkpoints/<stage>/
+    OUTPUT_DIR/data/                data the embedded demo generated
+    OUTPUT_DIR/eval.json, report.md, plots/
+
+A stage is finished when its adapters exist (they are written atomically, last). A finished stage is
+never trained again into the same directory; an interrupted one (checkpoints but no adapters) is
+continued only with --resume; a directory made with another recipe is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.io import atomic_file
+
+# The roles each stage produces.
+STAGE_ROLES = {"sft": ("sft",), "rm": ("reward",), "ppo": ("policy", "value")}
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    def adapter(self, role: str) -> Path:
+        return self.path / "adapters" / role
+
+    def checkpoints(self, stage: str) -> Path:
+        return self.path / "checkpoints" / stage
+
+    def data(self, name: str) -> Path:
+        return self.path / "data" / name
+
+    def has_role(self, role: str) -> bool:
+        return (self.adapter(role) / "adapter_config.json").is_file()
+
+    def finished(self, stage: str) -> bool:
+        return all(self.has_role(role) for role in STAGE_ROLES[stage])
+
+    def interrupted(self, stage: str) -> bool:
+        folder = self.checkpoints(stage)
+        return not self.finished(stage) and folder.is_dir() and any(folder.iterdir())
+
+    def read_recipe(self) -> dict[str, Any] | None:
+        if not self.recipe_path.is_file():
+            return None
+        return yaml.safe_load(self.recipe_path.read_text())
+
+    def write_recipe(self, recipe: Mapping[str, Any]) -> None:
+        with atomic_file(self.recipe_path) as handle:
+            yaml.safe_dump(dict(recipe), handle, sort_keys=False)
+
+    def claim(self, recipe: Mapping[str, Any]) -> None:
+        """Record `recipe` as this directory's recipe, refusing a directory that holds another one."""
+        existing = self.read_recipe()
+        if existing is not None and existing != dict(recipe):
+            key = first_difference(existing, recipe)
+            raise LoraRlhfError(
+                f"{self.path} holds a run made with another recipe (it differs at {key}); "
+                "use a new --output-dir, or the same recipe and overrides as before"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        if existing is None:
+            self.write_recipe(recipe)
+
+    def check_can_train(self, stage: str, *, resume: bool) -> bool:
+        """True if `stage` should run now; False if it is finished (skip); refuses an interrupted run without --resume."""
+        if self.finished(stage):
+            return False
+        if self.interrupted(stage) and not resume:
+            raise LoraRlhfError(
+                f"stage {stage} was interrupted in {self.path} ({self.checkpoints(stage)} exists): "
+                "pass --resume to continue it, or use a new --output-dir"
+            )
+        return True
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    """The dotted key of the first place two nested mappings differ."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in list(a) + [k for k in b if k not in a]:
+            if key not in a or key not in b or a[key] != b[key]:
+                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: {a!r} there, {b!r} now"
