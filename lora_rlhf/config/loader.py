@@ -30,7 +30,14 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     if unknown:
         raise LoraRlhfError(f"unknown key {prefix + str(unknown[0])!r}; allowed: {', '.join(fields)}")
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except LoraRlhfError as exc:
+        # __post_init__ names the bad field relative to its dataclass ("r: 0 is ..."); add where it sits.
+        message = str(exc)
+        if prefix and message.split(":")[0] in fields:
+            raise LoraRlhfError(prefix + message) from None
+        raise
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

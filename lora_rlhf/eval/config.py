@@ -30,8 +30,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for key in ("max_prompts", "max_new_tokens", "batch_size"):
             if getattr(self, key) < 1:
-                raise LoraRlhfError(f"eval.{key}: {getattr(self, key)!r} must be a positive integer")
+                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
         if self.temperature < 0:
-            raise LoraRlhfError(f"eval.temperature: {self.temperature!r} must be >= 0 (0 = greedy)")
+            raise LoraRlhfError(f"temperature: {self.temperature!r} must be >= 0 (0 = greedy)")
         if self.examples < 0:
-            raise LoraRlhfError(f"eval.examples: {self.examples!r} must be >= 0")
+            raise LoraRlhfError(f"examples: {self.examples!r} must be >= 0")

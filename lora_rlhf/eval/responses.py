@@ -56,14 +56,3 @@ def _until_eos(response: torch.Tensor, tokenizer) -> torch.Tensor:
         keep = (response != pad).nonzero()
         return response[: int(keep[-1]) + 1] if len(keep) else response[:0]
     return response
-
-
-def pad_left(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """List of (T_i,) ids -> (B, T) ids and mask, left-padded."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, width - len(seq) :] = seq
-        mask[i, width - len(seq) :] = 1
-    return ids, mask

@@ -12,11 +12,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lora_rlhf.data.chat import Prompt, render_prompt
+from lora_rlhf.data.prompts import prompt_text
 from lora_rlhf.eval.compare import mean, pairwise_win_rates
 from lora_rlhf.eval.config import EvalConfig
 from lora_rlhf.eval.kl import sequence_kl
 from lora_rlhf.eval.report import write_report
-from lora_rlhf.eval.responses import Responses, generate_responses, pad_left
+from lora_rlhf.data.batching import pad_left
+from lora_rlhf.eval.responses import Responses, generate_responses
 from lora_rlhf.io import atomic_file, write_json
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.roles import RoleStack
@@ -61,7 +63,7 @@ def evaluate(
 
 def _score(stack, prompts, responses, config, gold_fn) -> dict[str, Any]:
     results: dict[str, Any] = {"prompts": len(prompts)}
-    raw = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+    raw = [prompt_text(p) for p in prompts]
     if gold_fn is not None:
         gold = {name: [float(s) for s in gold_fn(raw, r.texts)] for name, r in responses.items()}
         results["gold"] = {name: mean(s) for name, s in gold.items()}

@@ -51,11 +51,11 @@ class BaseModelConfig:
     def __post_init__(self) -> None:
         if self.quantization not in ("auto", "nf4", "int8", "none"):
             raise LoraRlhfError(
-                f"model.quantization: {self.quantization!r} is not one of auto, nf4, int8, none"
+                f"quantization: {self.quantization!r} is not one of auto, nf4, int8, none"
             )
         if self.compute_dtype not in ("auto", *_DTYPES):
             raise LoraRlhfError(
-                f"model.compute_dtype: {self.compute_dtype!r} is not one of auto, {', '.join(_DTYPES)}"
+                f"compute_dtype: {self.compute_dtype!r} is not one of auto, {', '.join(_DTYPES)}"
             )
 
     def resolved_device(self) -> torch.device:

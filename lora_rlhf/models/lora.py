@@ -22,17 +22,17 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r < 1:
-            raise LoraRlhfError(f"lora.r: {self.r!r} is not a positive integer")
+            raise LoraRlhfError(f"r: {self.r!r} is not a positive integer")
         if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise LoraRlhfError(f"lora.alpha: {self.alpha!r} is not a positive number")
+            raise LoraRlhfError(f"alpha: {self.alpha!r} is not a positive number")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise LoraRlhfError(f"lora.dropout: {self.dropout!r} is not in [0, 1)")
+            raise LoraRlhfError(f"dropout: {self.dropout!r} is not in [0, 1)")
         targets = self.target_modules
         if isinstance(targets, str):
             if not targets:
-                raise LoraRlhfError("lora.target_modules is empty: give module names or 'all-linear'")
+                raise LoraRlhfError("target_modules is empty: give module names or 'all-linear'")
         elif not targets or not all(isinstance(t, str) and t for t in targets):
-            raise LoraRlhfError(f"lora.target_modules: {targets!r} is not a non-empty list of module names")
+            raise LoraRlhfError(f"target_modules: {targets!r} is not a non-empty list of module names")
 
     def to_peft(self):
         from peft import LoraConfig

@@ -247,6 +247,24 @@ class RoleStack:
             head.requires_grad_(False)
             self.heads[role] = head
 
+    def restore_role(self, role: str, folder: str | Path) -> None:
+        """Overwrite an existing role's adapter (and head) weights with those saved in `folder` (resuming)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        role = self.resolve(role)
+        folder = adapter_io.check_adapter_folder(folder, self.base_model)
+        state = load_file(str(folder / adapter_io.ADAPTER_WEIGHTS), device=str(self.device))
+        result = set_peft_model_state_dict(self.model, state, adapter_name=role)
+        missing = [k for k in result.missing_keys if f".{role}." in k and "lora_" in k]
+        if missing:
+            raise LoraRlhfError(f"{folder} does not hold every weight of role {role!r} (missing {missing[0]})")
+        head = adapter_io.load_head(folder, self._hidden_size(), self.device)
+        if head is not None and role in self.heads:
+            with torch.no_grad():
+                for mine, saved in zip(self.heads[role].parameters(), head.parameters()):
+                    mine.copy_(saved)
+
     def adapter_nbytes(self, role: str) -> int:
         """Bytes held by `role`'s adapter and head (what adding it costs in memory)."""
         return sum(p.numel() * p.element_size() for p in self.parameters(role))

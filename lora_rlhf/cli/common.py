@@ -1,0 +1,53 @@
+"""Arguments shared by the stage subcommands (sft, rm, ppo, pipeline)."""
+
+from __future__ import annotations
+
+import argparse
+
+OVERRIDES_HELP = (
+    "dotted overrides of the recipe, e.g. ppo.kl_coef=0.05 model.quantization=nf4 sft.data.path=demos.jsonl; "
+    "values are parsed as YAML (numbers, true/false, null, [lists])"
+)
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="RECIPE.yaml",
+        help="recipe file (sections model, demo, sft, rm, ppo, eval); default: the embedded demo, recipes/demo.yaml",
+    )
+    parser.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="run directory (default: runs/<recipe name>); stages write adapters/, metrics/, checkpoints/ here",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted stage from its last checkpoint (finished stages are never retrained)",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+
+
+def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    """Shared body of `sft`, `rm`, `ppo` and `pipeline`: prepare the run dir, run the stages, print a summary."""
+    import time
+
+    from lora_rlhf.pipeline.runner import prepare, run_stages
+
+    start = time.perf_counter()
+    recipe, run = prepare(args.config, args.overrides, args.output_dir)
+    if len(stages) == 1 and run.finished(stages[0]):
+        from lora_rlhf.errors import LoraRlhfError
+
+        raise LoraRlhfError(
+            f"stage {stages[0]} already finished in {run.path}: nothing to do (use a new --output-dir to train again)"
+        )
+    results = run_stages(recipe, run, stages, resume=args.resume)
+    print(f"\n{'stage':<5} {'status':<9} {'time':>9}  summary")
+    for result in results:
+        print(result.line())
+    print(f"total {time.perf_counter() - start:.1f} s; outputs in {run.path}")
+    if (run.path / "report.md").exists() and "eval" in stages:
+        print(f"report: {run.path / 'report.md'}")
+    return 0

@@ -1,0 +1,110 @@
+"""A recipe: the whole run's config, one section per stage, as YAML (recipes/*.yaml) or dataclasses.
+
+    model:  the one base (BaseModelConfig)
+    demo:   the embedded instruction-following task and its programmatic labeler (off for real data)
+    sft / rm / ppo / eval:  the stages' own configs
+
+`lora-rlhf pipeline` with no arguments runs recipes/demo.yaml, shipped inside the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lora_rlhf.config.loader import build, merge, parse_overrides, to_dict
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.eval.config import EvalConfig
+from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.ppo.config import PPOConfig
+from lora_rlhf.rm.config import RMConfig
+from lora_rlhf.sft.config import SFTConfig
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = RECIPES / "demo.yaml"
+# Where the demo model comes from: `model.name_or_path: demo:smollm2` (see lora_rlhf.demo.model).
+DEMO_MODEL = "demo:smollm2"
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """The embedded task: verifiable instructions made by code, a programmatic labeler for the humans."""
+
+    # Generate the task's data and use its labeler (rankings) and gold judge (evaluation).
+    enabled: bool = False
+    # Task families to draw from (None: all of them).
+    families: list[str] | None = None
+    # Demonstrations the labeler writes for SFT (InstructGPT's SFT set had ~13k).
+    demonstrations: int = 256
+    # Prompts whose K sampled responses the labeler ranks for the RM (paper: ~33k prompts).
+    ranking_prompts: int = 64
+    # K, responses ranked per prompt (paper: 4 to 9).
+    responses_per_prompt: int = 4
+    # Sampling temperature of the SFT model when drawing the K responses to rank.
+    sample_temperature: float = 1.0
+    # Response budget when sampling for rankings.
+    max_new_tokens: int = 48
+    # Probability a labeler's pairwise judgement disagrees with the gold order (paper: ~27% disagreement).
+    disagreement: float = 0.27
+    # PPO prompts (paper: ~31k).
+    ppo_prompts: int = 256
+    # Held-out prompts for evaluation, disjoint from all training prompts.
+    eval_prompts: int = 48
+    # Seed of the task generator and the labeler.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("demonstrations", "ranking_prompts", "ppo_prompts", "eval_prompts", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
+        if self.responses_per_prompt < 2:
+            raise LoraRlhfError(f"responses_per_prompt: {self.responses_per_prompt!r} must be >= 2 (K responses to rank)")
+        if not 0.0 <= self.disagreement <= 0.5:
+            raise LoraRlhfError(f"disagreement: {self.disagreement!r} must be in [0, 0.5]")
+        if self.sample_temperature <= 0:
+            raise LoraRlhfError(f"sample_temperature: {self.sample_temperature!r} must be > 0")
+
+
+@dataclasses.dataclass
+class RecipeConfig:
+    """The whole run."""
+
+    model: BaseModelConfig = dataclasses.field(default_factory=BaseModelConfig)
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    rm: RMConfig = dataclasses.field(default_factory=RMConfig)
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe file as a mapping, with one-line errors for a missing file or bad YAML."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LoraRlhfError(f"recipe {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise LoraRlhfError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LoraRlhfError(f"recipe {path} must be a mapping of sections (model, sft, rm, ppo, eval, ...)")
+    return data
+
+
+def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
+    """Build and validate a recipe from a YAML file (default: the embedded demo) and dotted overrides."""
+    data = read_yaml(path or DEFAULT_RECIPE)
+    try:
+        return build(RecipeConfig, merge(data, parse_overrides(overrides)))
+    except LoraRlhfError as exc:
+        where = str(path or "the default recipe") + (" with overrides" if overrides else "")
+        raise LoraRlhfError(f"{exc} (in {where})") from None

@@ -1,0 +1,134 @@
+"""Rankings for the reward model (InstructGPT §3.5): K responses to one prompt, ranked by a labeler.
+
+Accepted rows (DESIGN.md):
+    {"prompt", "responses": [K strings], "ranks": [K ints, 0 = best]}
+    {"prompt", "chosen", "rejected"}                      (K = 2)
+    {"chosen", "rejected"}  Anthropic hh-rlhf transcripts; their common prefix up to the last
+                            "Assistant:" turn is the prompt
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from lora_rlhf.data.chat import Prompt, render_prompt
+from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, parse_rows, text_field
+from lora_rlhf.data.sources import DatasetSpec, load_rows
+
+Ties = Literal["error", "skip_pairs"]
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+@dataclasses.dataclass
+class Ranking:
+    prompt: Prompt
+    responses: list[str]  # K >= 2
+    ranks: list[int]  # K, 0 = best; equal ranks are ties (their pair carries no preference)
+
+
+@dataclasses.dataclass
+class RankingExample:
+    prompt_ids: list[int]
+    response_ids: list[list[int]]  # K responses, each ending in EOS unless truncated
+    ranks: list[int]
+
+
+def parse_ranking(row: Mapping[str, Any], ties: Ties) -> Ranking:
+    if "responses" in row or "ranks" in row:
+        ranking = Ranking(text_field(row, "prompt"), _responses(row), _ranks(row))
+        if len(ranking.ranks) != len(ranking.responses):
+            raise BadRow(f"field 'ranks' has {len(ranking.ranks)} entries for {len(ranking.responses)} responses")
+    elif "chosen" in row and "rejected" in row:
+        if "prompt" in row and row["prompt"] is not None:
+            prompt = text_field(row, "prompt")
+            chosen, rejected = text_field(row, "chosen"), text_field(row, "rejected")
+        else:
+            prompt, chosen, rejected = split_transcripts(text_field(row, "chosen"), text_field(row, "rejected"))
+        ranking = Ranking(prompt, [chosen, rejected], [0, 1])
+    else:
+        raise BadRow("missing fields: expected {prompt, responses, ranks}, {prompt, chosen, rejected} or {chosen, rejected}")
+    _check_ranks(ranking.ranks, ties)
+    return ranking
+
+
+def _responses(row: Mapping[str, Any]) -> list[str]:
+    responses = row.get("responses")
+    if not isinstance(responses, list):
+        raise BadRow("field 'responses' must be a list of strings")
+    if len(responses) < 2:
+        raise BadRow(f"field 'responses' has K = {len(responses)}; a ranking needs K >= 2")
+    for i, response in enumerate(responses):
+        if not isinstance(response, str):
+            raise BadRow(f"field 'responses[{i}]' is {type(response).__name__}, expected a string")
+        if not response.strip():
+            raise BadRow(f"field 'responses[{i}]' is empty")
+    return list(responses)
+
+
+def _ranks(row: Mapping[str, Any]) -> list[int]:
+    ranks = row.get("ranks")
+    if not isinstance(ranks, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
+        raise BadRow("field 'ranks' must be a list of integers (0 = best)")
+    return list(ranks)
+
+
+def _check_ranks(ranks: list[int], ties: Ties) -> None:
+    k = len(ranks)
+    if len(set(ranks)) == k:
+        if sorted(ranks) != list(range(k)):
+            raise BadRow(f"field 'ranks' {ranks} is not a permutation of 0..{k - 1}")
+        return
+    if any(r < 0 or r >= k for r in ranks):
+        raise BadRow(f"field 'ranks' {ranks} has values outside 0..{k - 1}")
+    if ties == "error":
+        raise BadRow(f"field 'ranks' {ranks} has ties (set rm.ties: skip_pairs to train on the untied pairs)")
+    if len(set(ranks)) == 1:
+        raise BadRow(f"field 'ranks' {ranks}: every response is tied, no pair to learn from")
+
+
+def split_transcripts(chosen: str, rejected: str) -> tuple[Prompt, str, str]:
+    """hh-rlhf: the shared prefix up to the last "Assistant:" is the prompt, as chat messages."""
+    common = 0
+    while common < min(len(chosen), len(rejected)) and chosen[common] == rejected[common]:
+        common += 1
+    cut = chosen.rfind("\n\nAssistant:", 0, common + 1)
+    if cut < 0:
+        raise BadRow("fields 'chosen'/'rejected' share no '\\n\\nAssistant:' turn to split the prompt at")
+    cut += len("\n\nAssistant:")
+    prompt_text, answer_chosen, answer_rejected = chosen[:cut], chosen[cut:].strip(), rejected[cut:].strip()
+    if not answer_chosen or not answer_rejected:
+        raise BadRow("field 'chosen' or 'rejected' has an empty final response")
+    return _hh_messages(prompt_text), answer_chosen, answer_rejected
+
+
+def _hh_messages(text: str) -> Prompt:
+    """"\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:" -> chat messages (last turn open)."""
+    parts = _HH_TURN.split("\n\n" + text.removesuffix("\n\nAssistant:").lstrip("\n") + "\n\n")
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    return messages if messages and messages[-1]["role"] == "user" else text
+
+
+def encode_ranking(ranking: Ranking, tokenizer, max_length: int) -> RankingExample:
+    prompt_ids = tokenizer(render_prompt(tokenizer, ranking.prompt), add_special_tokens=False).input_ids
+    room = max_length - len(prompt_ids)
+    if room < 1:
+        raise BadRow(f"prompt longer than max_length ({len(prompt_ids)} tokens, max_length {max_length})")
+    responses = [(tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])[:room] for r in ranking.responses]
+    return RankingExample(prompt_ids, responses, ranking.ranks)
+
+
+def load_ranking_examples(
+    spec: DatasetSpec, tokenizer, max_length: int, *, ties: Ties = "error", on_bad_row: OnBadRow = "error"
+) -> tuple[list[RankingExample], RowReport]:
+    """Parse, validate and tokenize every ranking row of `spec`."""
+    return parse_rows(
+        load_rows(spec),
+        lambda row: encode_ranking(parse_ranking(row, ties), tokenizer, max_length),
+        spec.display(),
+        on_bad_row,
+    )

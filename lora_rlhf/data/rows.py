@@ -1,0 +1,89 @@
+"""Field checks shared by every row format: one-line errors naming the file, row and field."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar
+
+from lora_rlhf.errors import LoraRlhfError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+OnBadRow = Literal["error", "skip"]
+
+
+class BadRow(ValueError):
+    """A row that cannot be used; the message names the field. Turned into a LoraRlhfError or a skip."""
+
+
+def text_field(row: Mapping[str, Any], key: str, *, allow_empty: bool = False) -> str:
+    if key not in row or row[key] is None:
+        raise BadRow(f"missing field {key!r}")
+    value = row[key]
+    if not isinstance(value, str):
+        raise BadRow(f"field {key!r} is {type(value).__name__}, expected a string")
+    if not allow_empty and not value.strip():
+        raise BadRow(f"field {key!r} is empty")
+    return value
+
+
+def messages_field(row: Mapping[str, Any], key: str = "messages") -> list[dict[str, str]]:
+    value = row.get(key)
+    if not isinstance(value, list) or not value:
+        raise BadRow(f"field {key!r} must be a non-empty list of {{role, content}} messages")
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+            raise BadRow(f"{key}[{i}] must be an object with string 'role' and 'content'")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+@dataclasses.dataclass
+class RowReport:
+    """How many rows a dataset had, and why some were not used."""
+
+    source: str
+    rows: int = 0
+    kept: int = 0
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    truncated: int = 0  # rows kept with their response shortened to fit (never to nothing)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.skipped.values())
+
+    def log(self) -> None:
+        if self.truncated:
+            logger.info("%s: %d responses truncated to fit max_length", self.source, self.truncated)
+        if self.dropped:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items()))
+            logger.warning("%s: dropped %d of %d rows (%s)", self.source, self.dropped, self.rows, reasons)
+        else:
+            logger.info("%s: using all %d rows", self.source, self.rows)
+
+
+def parse_rows(
+    rows: Iterable[Mapping[str, Any]], parse: Callable[[Mapping[str, Any]], T], source: str, on_bad_row: OnBadRow
+) -> tuple[list[T], RowReport]:
+    """Apply `parse` to every row; a BadRow raises a one-line LoraRlhfError (or is counted, when skipping)."""
+    report = RowReport(source)
+    parsed = []
+    for index, row in enumerate(rows):
+        report.rows += 1
+        try:
+            parsed.append(parse(row))
+        except BadRow as exc:
+            if on_bad_row == "error":
+                raise LoraRlhfError(f"{source}, row {index}: {exc}") from None
+            report.skip(_reason(str(exc)))
+    report.kept = len(parsed)
+    return parsed, report
+
+
+def _reason(message: str) -> str:
+    """Group skip messages by kind (drop the row-specific details after the first ':')."""
+    return message.split(":")[0]

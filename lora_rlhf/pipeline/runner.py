@@ -1,0 +1,145 @@
+"""Run stages of a recipe on ONE role stack: sft -> rm -> ppo -> eval, loading earlier roles from the run dir."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lora_rlhf.config.recipe import DEMO_MODEL, RecipeConfig, load_recipe
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.pipeline import demo_data
+from lora_rlhf.pipeline.run_dir import STAGE_ROLES, RunDir
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("sft", "rm", "ppo", "eval")
+# The stage that produces each role, for "run it first" messages.
+PRODUCER = {role: stage for stage, roles in STAGE_ROLES.items() for role in roles}
+
+
+@dataclasses.dataclass
+class StageResult:
+    stage: str
+    status: str  # "trained", "skipped" (already finished) or "evaluated"
+    seconds: float
+    summary: dict[str, Any]
+
+    def line(self) -> str:
+        figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.summary.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool))
+        return f"{self.stage:<5} {self.status:<9} {self.seconds:7.1f} s  {figures}"
+
+
+def default_output_dir(config_path: str | None) -> Path:
+    return Path("runs") / (Path(config_path).stem if config_path else "demo")
+
+
+def prepare(config_path: str | None, overrides: Sequence[str], output_dir: str | None) -> tuple[RecipeConfig, RunDir]:
+    """Load the recipe, fill in the demo's data paths, and claim the run directory for it."""
+    recipe = load_recipe(config_path, overrides)
+    run = RunDir(output_dir or default_output_dir(config_path))
+    if recipe.demo.enabled:
+        demo_data.fill_paths(recipe, run)
+    run.claim(recipe.to_dict())
+    return recipe, run
+
+
+def load_stack(recipe: RecipeConfig) -> RoleStack:
+    model = recipe.model
+    if model.name_or_path == DEMO_MODEL:
+        from lora_rlhf.demo.model import demo_model_dir
+
+        model = dataclasses.replace(model, name_or_path=str(demo_model_dir()))
+    return RoleStack.load(model)
+
+
+def ensure_role(stack: RoleStack, run: RunDir, role: str) -> None:
+    """Attach `role` from the run directory if the stack does not hold it yet."""
+    if stack.has_role(role):
+        return
+    if not run.has_role(role):
+        stage = PRODUCER[role]
+        raise LoraRlhfError(
+            f"this stage needs the {role!r} adapter, which {run.path} does not hold: run `lora-rlhf {stage} "
+            f"--output-dir {run.path}` (with the same recipe) first"
+        )
+    stack.load_role(role, run.adapter(role))
+
+
+def run_stages(
+    recipe: RecipeConfig, run: RunDir, stages: Sequence[str], *, resume: bool = False, stack: RoleStack | None = None
+) -> list[StageResult]:
+    """Run `stages` in order on one stack; finished stages are skipped (their roles are loaded instead)."""
+    stack = stack or load_stack(recipe)
+    results = []
+    for stage in stages:
+        start = time.perf_counter()
+        status, summary = _RUNNERS[stage](stack, recipe, run, resume)
+        results.append(StageResult(stage, status, time.perf_counter() - start, summary))
+        logger.info("%s", results[-1].line())
+    return results
+
+
+def _sft(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
+    from lora_rlhf.sft.trainer import train_sft
+
+    if not run.check_can_train("sft", resume=resume):
+        ensure_role(stack, run, "sft")
+        return "skipped", {}
+    if recipe.demo.enabled:
+        demo_data.write_task_data(recipe, run)
+    return "trained", train_sft(stack, recipe.sft, run.path, resume=resume)
+
+
+def _rm(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
+    from lora_rlhf.rm.trainer import train_reward_model
+
+    if not run.check_can_train("rm", resume=resume):
+        ensure_role(stack, run, "reward")
+        return "skipped", {}
+    if recipe.rm.init == "sft" or recipe.demo.enabled:
+        ensure_role(stack, run, "sft")
+    if recipe.demo.enabled:
+        demo_data.write_task_data(recipe, run)
+        demo_data.write_rankings(stack, recipe, run)
+    return "trained", train_reward_model(stack, recipe.rm, run.path, resume=resume)
+
+
+def _ppo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
+    from lora_rlhf.ppo.trainer import train_ppo
+
+    if not run.check_can_train("ppo", resume=resume):
+        for role in STAGE_ROLES["ppo"]:
+            ensure_role(stack, run, role)
+        return "skipped", {}
+    ensure_role(stack, run, "sft")
+    ensure_role(stack, run, "reward")
+    if recipe.demo.enabled:
+        demo_data.write_task_data(recipe, run)
+    gold_fn = demo_data.gold_fn() if recipe.demo.enabled else None
+    return "trained", train_ppo(stack, recipe.ppo, run.path, resume=resume, gold_fn=gold_fn)
+
+
+def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
+    from lora_rlhf.data.prompts import load_prompts
+    from lora_rlhf.eval.run import evaluate
+
+    for role in ("sft", "reward", "policy"):
+        if not stack.has_role(role) and run.has_role(role):
+            stack.load_role(role, run.adapter(role))
+    if recipe.demo.enabled:
+        demo_data.write_task_data(recipe, run)
+    prompts, _ = load_prompts(recipe.eval.prompts)
+    gold_fn = demo_data.gold_fn() if recipe.demo.enabled else None
+    results = evaluate(stack, prompts, recipe.eval, run.path, gold_fn=gold_fn)
+    summary = {f"gold_{k}": v for k, v in results.get("gold", {}).items()}
+    summary.update({k: v for k, v in (("kl", results.get("kl")), ("rm_accuracy", results.get("rm_accuracy"))) if v is not None})
+    return "evaluated", summary
+
+
+_RUNNERS = {"sft": _sft, "rm": _rm, "ppo": _ppo, "eval": _eval}

@@ -1,0 +1,74 @@
+"""SFT (InstructGPT §3.5): next-token cross-entropy on the demonstrated responses, the prompt masked out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from lora_rlhf.data.demonstrations import IGNORE_INDEX, SFTExample, load_sft_examples
+from lora_rlhf.data.split import hold_out
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.sft.config import SFTConfig
+from lora_rlhf.train.loop import StepOutput, Task, fit
+
+logger = logging.getLogger(__name__)
+
+
+def collate_sft(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids, attention_mask and labels (IGNORE_INDEX on padding)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        mask[i, : len(e.input_ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sft_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = "sft") -> StepOutput:
+    """Mean negative log-likelihood of the response tokens (labels != IGNORE_INDEX), chunked over the vocabulary."""
+    logprobs = stack.logprobs(role, batch["input_ids"], batch["attention_mask"]).logprobs  # (B, T-1)
+    targets = batch["labels"][:, 1:]
+    mask = (targets != IGNORE_INDEX).float()
+    tokens = mask.sum().clamp(min=1)
+    loss = -(logprobs * mask).sum() / tokens
+    return StepOutput(loss, {"loss": loss.item(), "tokens": float(tokens)})
+
+
+def train_sft(stack: RoleStack, config: SFTConfig, output_dir: Path, *, resume: bool = False) -> dict[str, float]:
+    """Train the `sft` role on `config.data`; write metrics/sft.jsonl, checkpoints/sft/, adapters/sft/."""
+    output_dir = Path(output_dir)
+    examples, report = load_sft_examples(config.data, stack.tokenizer, config.max_length, config.on_bad_row)
+    report.log()
+    if config.eval_data is not None:
+        train, held = examples, load_sft_examples(config.eval_data, stack.tokenizer, config.max_length, config.on_bad_row)[0]
+    else:
+        train, held = hold_out(examples, config.eval_fraction, config.train.seed)
+    if not stack.has_role("sft"):
+        stack.add_role("sft", config.lora)
+    pad = stack.tokenizer.pad_token_id
+
+    def evaluate() -> dict[str, float]:
+        total, tokens = 0.0, 0.0
+        for start in range(0, len(held), config.train.batch_size):
+            batch = {k: v.to(stack.device) for k, v in collate_sft(held[start : start + config.train.batch_size], pad).items()}
+            out = sft_loss(stack, batch)
+            total += out.stats["loss"] * out.stats["tokens"]
+            tokens += out.stats["tokens"]
+        return {"loss": total / max(tokens, 1.0)}
+
+    task = Task(
+        "sft", "sft", train, lambda items: collate_sft(items, pad), lambda batch: sft_loss(stack, batch),
+        evaluate if held else None,
+    )
+    figures = fit(stack, task, config.train, output_dir, resume=resume)
+    stack.save_role("sft", output_dir / "adapters" / "sft")
+    summary = {"train_loss": figures.get("loss", float("nan")), "examples": len(train), "dropped": report.dropped,
+               "truncated": report.truncated}
+    if "eval_loss" in figures:
+        summary["eval_loss"] = figures["eval_loss"]
+    return summary

@@ -1,0 +1,1 @@
+"""The training loop, optimisation config and checkpoints shared by the SFT and reward-model stages."""

@@ -1,0 +1,146 @@
+"""Train one role of the stack on a list of examples: the loop the SFT and reward-model stages share.
+
+Why not `transformers.Trainer`: it owns the model, so its checkpoints save (and resume) every adapter
+of the shared PeftModel plus, for a plain nn.Module, the whole 4-bit base; it knows nothing of the
+scalar heads that live beside the PeftModel; and with gradient checkpointing the backward pass must run
+while the trained role's adapter is active. What Trainer would give us we take from the same libraries:
+`transformers.get_scheduler`, `accelerate.Accelerator` (device, autocast, backward, clipping) and
+resumable checkpoints of adapters, optimizer, scheduler, RNG and data position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from lora_rlhf.metrics import MetricsWriter
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lora_rlhf.train.config import OptimConfig
+
+logger = logging.getLogger(__name__)
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor  # scalar, with grad
+    stats: dict[str, float]  # detached figures to log (averaged over the micro-batches of a step)
+
+
+@dataclasses.dataclass
+class Task:
+    """What a stage trains: examples, how to batch them, the loss, and a held-out evaluation."""
+
+    stage: str  # "sft" or "rm": names metrics/<stage>.jsonl and checkpoints/<stage>/
+    role: str  # the role whose adapter (and head) is trained
+    examples: Sequence[Any]
+    collate: Callable[[list[Any]], dict[str, torch.Tensor]]
+    step: Callable[[dict[str, torch.Tensor]], StepOutput]
+    evaluate: Callable[[], dict[str, float]] | None = None
+
+
+def make_accelerator(mixed_precision: str, device: torch.device):
+    from accelerate import Accelerator
+
+    if mixed_precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        mixed_precision = "bf16" if bf16 else "no"
+    return Accelerator(mixed_precision=mixed_precision if device.type != "cpu" else "no", cpu=device.type == "cpu")
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The micro-batches of one epoch: a permutation fixed by (seed, epoch), so resuming replays it exactly."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def fit(stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, resume: bool = False) -> dict[str, float]:
+    """Train `task.role` with AdamW + schedule; log, evaluate, checkpoint; return the last figures."""
+    from transformers import get_scheduler
+
+    if not task.examples:
+        from lora_rlhf.errors import LoraRlhfError
+
+        raise LoraRlhfError(f"{task.stage}: no training examples left after validation")
+    accelerator = make_accelerator(config.mixed_precision, stack.device)
+    torch.manual_seed(config.seed)
+    stack.set_trainable(task.role)
+    params = stack.parameters(task.role)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
+    micro_per_epoch = math.ceil(len(task.examples) / config.batch_size)
+    steps_per_epoch = max(1, micro_per_epoch // config.gradient_accumulation)
+    total = config.max_steps or steps_per_epoch * config.epochs
+    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total), num_training_steps=total)
+    stateful = {"optimizer": optimizer, "scheduler": scheduler}
+    ckpt_dir = output_dir / "checkpoints" / task.stage
+    step, position = 0, 0
+    latest = latest_checkpoint(ckpt_dir) if resume else None
+    if latest is not None:
+        state = load_checkpoint(latest, stack, [task.role], stateful)
+        step, position = state["step"], state["position"]
+        logger.info("%s: resuming from %s (step %d)", task.stage, latest, step)
+    metrics = MetricsWriter(output_dir / "metrics" / f"{task.stage}.jsonl", resume_step=step if latest else None)
+    last: dict[str, float] = {}
+    progress = tqdm(total=total, initial=step, desc=f"{task.stage}: training {task.role}", unit="step")
+    window: list[dict[str, float]] = []
+    while step < total:
+        epoch, micro = divmod(position, micro_per_epoch)
+        batches = batch_order(len(task.examples), config.batch_size, config.seed, epoch)[micro:]
+        group = batches[: config.gradient_accumulation]
+        window.append(_optimizer_step(stack, task, group, accelerator, optimizer, scheduler, config))
+        position += len(group)
+        step += 1
+        progress.update(1)
+        if step % config.logging_steps == 0 or step == total:
+            last = _average(window)
+            window = []
+            metrics.log(step, **last, lr=scheduler.get_last_lr()[0], epoch=position / micro_per_epoch)
+            progress.set_postfix(loss=f"{last['loss']:.4f}")
+        if task.evaluate is not None and (step % config.eval_steps == 0 or step == total):
+            last.update({f"eval_{k}": v for k, v in _evaluate(stack, task).items()})
+            metrics.log(step, split="eval", **{k[5:]: v for k, v in last.items() if k.startswith("eval_")})
+        if step % config.save_steps == 0 or step == total:
+            save_checkpoint(ckpt_dir, step, stack, [task.role], stateful, {"position": position}, keep=config.keep_checkpoints)
+    progress.close()
+    stack.set_trainable()
+    return last
+
+
+def _optimizer_step(stack, task: Task, group: list[list[int]], accelerator, optimizer, scheduler, config: OptimConfig) -> dict[str, float]:
+    """Accumulate gradients over the micro-batches of `group`, then take one clipped AdamW step."""
+    stack.model.train()
+    stats: list[dict[str, float]] = []
+    with stack.use(task.role):  # backward inside: checkpointed blocks recompute under this adapter
+        for indices in group:
+            batch = {k: v.to(stack.device) for k, v in task.collate([task.examples[i] for i in indices]).items()}
+            with accelerator.autocast():
+                out = task.step(batch)
+            accelerator.backward(out.loss / len(group))
+            stats.append(out.stats)
+    if config.max_grad_norm > 0:
+        stats[-1]["grad_norm"] = float(accelerator.clip_grad_norm_(stack.parameters(task.role), config.max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return _average(stats)
+
+
+@torch.no_grad()
+def _evaluate(stack: RoleStack, task: Task) -> dict[str, float]:
+    stack.model.eval()
+    try:
+        return task.evaluate()
+    finally:
+        stack.model.train()
+
+
+def _average(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for row in rows for k in row}
+    return {k: sum(row[k] for row in rows if k in row) / sum(1 for row in rows if k in row) for k in sorted(keys)}
