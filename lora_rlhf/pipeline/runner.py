@@ -49,12 +49,24 @@ def prepare(config_path: str | None, overrides: Sequence[str], output_dir: str |
     return recipe, run
 
 
-def load_stack(recipe: RecipeConfig) -> RoleStack:
-    model = recipe.model
-    if model.name_or_path == DEMO_MODEL:
+def resolve_model_name(name: str) -> str:
+    """Built-in models: "demo:smollm2" (the embedded demo model) and "tiny:<arch>" (random, for tests)."""
+    if name == DEMO_MODEL:
         from lora_rlhf.demo.model import demo_model_dir
 
-        model = dataclasses.replace(model, name_or_path=str(demo_model_dir()))
+        return str(demo_model_dir())
+    if name.startswith("tiny:"):
+        from lora_rlhf.testing.tiny import TINY_ARCHITECTURES, tiny_model_dir
+
+        arch = name.removeprefix("tiny:")
+        if arch not in TINY_ARCHITECTURES:
+            raise LoraRlhfError(f"model.name_or_path: {name!r}: tiny models are {', '.join('tiny:' + a for a in TINY_ARCHITECTURES)}")
+        return str(tiny_model_dir(arch))
+    return name
+
+
+def load_stack(recipe: RecipeConfig) -> RoleStack:
+    model = dataclasses.replace(recipe.model, name_or_path=resolve_model_name(recipe.model.name_or_path))
     return RoleStack.load(model)
 
 

@@ -79,3 +79,16 @@ def make_tiny_model(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_model_dir(arch: str = "llama", cache_dir: str | Path | None = None) -> Path:
+    """A tiny random `arch` model cached on disk (built once, atomically), for `model.name_or_path: tiny:<arch>`."""
+    from lora_rlhf.demo.model import default_cache_dir
+    from lora_rlhf.io import atomic_dir
+
+    target = Path(cache_dir or default_cache_dir()) / f"tiny-{arch}"
+    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    with atomic_dir(target) as tmp:
+        make_tiny_model(tmp, arch)
+    return target
