@@ -29,8 +29,14 @@ def _norm(text: str) -> str:
     return " ".join(text.strip().split())
 
 
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())} | {"once": 1, "twice": 2, "thrice": 3}
+_NUMBER = re.compile(r"-?\d+|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", flags=re.IGNORECASE)
+
+
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in re.findall(r"-?\d+", text)]
+    """Integers in order of appearance, small number words included ("twice" -> 2)."""
+    return [int(x) if x[-1].isdigit() else _NUMBER_WORDS[x.lower()] for x in _NUMBER.findall(text)]
 
 
 def _words(text: str) -> list[str]:

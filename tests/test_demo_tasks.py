@@ -1,0 +1,196 @@
+"""The embedded demo's tasks, gold judge, labeler and data files (pure Python, no model)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+
+from lora_rlhf.demo import datasets as demo_data
+from lora_rlhf.demo.judge import gold_score, gold_scores
+from lora_rlhf.demo.labeler import Labeler, expected_disagreement, mallows_order, mallows_phi
+from lora_rlhf.demo.tasks import FAMILIES, make_task, parse_task, sample_tasks, split_of
+from lora_rlhf.errors import LoraRlhfError
+
+
+def test_sample_tasks_is_deterministic_per_seed_and_covers_every_family():
+    first, again, other = sample_tasks(30, seed=3), sample_tasks(30, seed=3), sample_tasks(30, seed=4)
+    assert first == again
+    assert [t.prompt for t in first] != [t.prompt for t in other]
+    assert {t.family for t in first} == set(FAMILIES)
+    assert len(FAMILIES) >= 6
+    assert len({t.prompt for t in first}) == 30
+
+
+def test_families_filter_and_unknown_family_error():
+    assert {t.family for t in sample_tasks(8, 0, families=["sort", "json"])} == {"sort", "json"}
+    with pytest.raises(LoraRlhfError, match="demo.families"):
+        sample_tasks(2, 0, families=["sort", "poetry"])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_parse_task_round_trips_every_family(family):
+    for task in sample_tasks(20, seed=11, families=[family]):
+        assert parse_task(task.prompt) == task
+        assert parse_task("  " + task.prompt + "\n") == task
+    assert parse_task("Tell me a story about a dragon.") is None
+
+
+def test_reference_answers_are_right():
+    assert make_task("sort", {"numbers": [5, 12, 1]}).answer == "1, 5, 12"
+    assert make_task("reverse", {"words": ["a", "b", "c"]}).answer == "c b a"
+    assert make_task("arithmetic", {"a": 12, "op": "-", "b": 30}).answer == "-18"
+    assert make_task("count", {"letter": "r", "words": ["river", "tiger"]}).answer == "3"
+    assert make_task("uppercase", {"words": ["green", "tea"]}).answer == "GREEN TEA"
+    assert json.loads(make_task("json", {"pairs": {"city": "Oslo", "name": "Ana"}}).answer) == {"city": "Oslo", "name": "Ana"}
+
+
+def test_train_and_eval_splits_are_disjoint_whatever_the_seed():
+    train = {t.prompt for seed in range(3) for t in sample_tasks(100, seed, split="train")}
+    held_out = {t.prompt for t in sample_tasks(60, seed=0, split="eval")}
+    assert train.isdisjoint(held_out)
+    assert all(split_of(p) == "eval" for p in held_out)
+
+
+def test_gold_judge_gives_one_to_the_demonstration_and_less_to_corruptions():
+    labeler = Labeler(disagreement=0.0)
+    for task in sample_tasks(24, seed=5):
+        assert gold_score(task.prompt, labeler.demonstrate(task.prompt)) == 1.0
+        for bad in ("", "I do not know.", task.answer + " and some chatter after it"):
+            assert 0.0 <= gold_score(task.prompt, bad) < 1.0
+
+
+@pytest.mark.parametrize(
+    "params, family, right, partly, wrong",
+    [
+        ({"numbers": [40, 10, 30, 20]}, "sort", "10, 20, 30, 40", "10, 20, 40, 30", "99, 98"),
+        ({"words": ["apple", "river", "stone", "cloud"]}, "reverse", "cloud stone river apple",
+         "cloud stone apple river", "banana"),
+        ({"a": 40, "op": "+", "b": 25}, "arithmetic", "65", "63", "12"),
+        ({"letter": "e", "words": ["green", "tree", "lemon"]}, "count", "5", "4", "40"),
+        ({"words": ["green", "river"]}, "uppercase", "GREEN RIVER", "green river", "blue sky"),
+        ({"pairs": {"city": "Oslo", "name": "Ana"}}, "json", '{"city": "Oslo", "name": "Ana"}',
+         '{"city": "Oslo", "name": "Leo"}', "city Oslo"),
+    ],
+)
+def test_gold_judge_is_graded(params, family, right, partly, wrong):
+    prompt = make_task(family, params).prompt
+    scores = gold_scores([prompt] * 3, [right, partly, wrong])
+    assert scores[0] == 1.0
+    assert 0.0 <= scores[2] < scores[1] < scores[0]
+
+
+def test_gold_judge_hand_computed_values_and_brevity():
+    sort = make_task("sort", {"numbers": [3, 1, 2]}).prompt
+    # Numbers 1, 2 only: multiset F1 = 2*2/(3+2) = 0.8, in place 2/3 -> content 0.4 + 1/3; brevity 1.
+    assert gold_score(sort, "1, 2") == pytest.approx(0.4 + 1 / 3)
+    # Right numbers in order inside a 15-char reply to a 7-char answer: brevity (7 + 4) / 15.
+    assert gold_score(sort, "Sorted: 1, 2, 3") == pytest.approx(1.0 * (0.8 + 0.2 * 11 / 15))
+    add = make_task("arithmetic", {"a": 10, "op": "+", "b": 10}).prompt
+    # |21 - 20| / max(3, 5) = 0.2 off -> content 0.8, brief -> score 0.8.
+    assert gold_score(add, "21") == pytest.approx(0.8)
+    assert gold_score(add, "The answer is twenty... no: 20") > gold_score(add, "The answer is 19")
+    assert gold_score(add, "20") > gold_score(add, "Sure, 10 + 10 = 20") > gold_score(add, "Sure, 10 + 10 = 17")
+
+
+def test_gold_judge_rejects_unknown_prompts():
+    with pytest.raises(LoraRlhfError, match="no demo task"):
+        gold_score("Write a haiku.", "ok")
+
+
+@pytest.mark.parametrize("k", [2, 4, 7])
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.27, 0.5])
+def test_mallows_phi_hits_the_disagreement_rate(k, rate):
+    assert expected_disagreement(mallows_phi(rate, k), k) == pytest.approx(rate, abs=1e-9)
+
+
+def test_mallows_sampling_matches_its_expected_disagreement():
+    rng, k, draws = random.Random(0), 5, 3000
+    phi = mallows_phi(0.27, k)
+    flipped = 0
+    for _ in range(draws):
+        order = mallows_order(list(range(k)), phi, rng)
+        position = {item: i for i, item in enumerate(order)}
+        flipped += sum(position[a] > position[b] for a, b in itertools.combinations(range(k), 2))
+    assert flipped / (draws * 10) == pytest.approx(0.27, abs=0.015)
+
+
+def _graded_responses(task):
+    """Four responses with distinct gold scores, best first."""
+    return [task.answer, task.answer + " " + task.answer, "Well. " * 3 + task.answer + " ok " * 20, ""]
+
+
+def test_labeler_ranks_are_permutations_and_follow_gold_at_zero_disagreement():
+    labeler = Labeler(disagreement=0.0, seed=1)
+    for task in sample_tasks(12, seed=2):
+        responses = _graded_responses(task)
+        gold = gold_scores([task.prompt] * 4, responses)
+        ranks = labeler.rank(task.prompt, responses)
+        assert sorted(ranks) == [0, 1, 2, 3]
+        for i, j in itertools.combinations(range(4), 2):
+            if gold[i] != gold[j]:
+                assert (ranks[i] < ranks[j]) == (gold[i] > gold[j])
+
+
+def test_labeler_ties_are_broken_at_random():
+    task = sample_tasks(1, seed=0)[0]
+    labeler = Labeler(disagreement=0.0, seed=0)
+    firsts = {labeler.rank(task.prompt, ["", "  \n", "nonsense"]).index(0) for _ in range(40)}
+    assert firsts == {0, 1, 2}
+
+
+def test_labeler_pairwise_agreement_is_one_minus_disagreement():
+    labeler = Labeler(disagreement=0.27, seed=7)
+    agree = total = 0
+    for task in sample_tasks(600, seed=9):
+        responses = _graded_responses(task)
+        gold = gold_scores([task.prompt] * 4, responses)
+        ranks = labeler.rank(task.prompt, responses)
+        for i, j in itertools.combinations(range(4), 2):
+            if gold[i] != gold[j]:
+                total += 1
+                agree += (ranks[i] < ranks[j]) == (gold[i] > gold[j])
+    assert agree / total == pytest.approx(0.73, abs=0.02)
+
+
+def test_labeler_is_deterministic_per_seed_and_validates_the_rate():
+    task = sample_tasks(1, seed=0)[0]
+    responses = _graded_responses(task)
+    runs = [[Labeler(0.4, seed=s).rank(task.prompt, responses) for _ in range(1)] for s in (3, 3)]
+    assert runs[0] == runs[1]
+    with pytest.raises(LoraRlhfError, match="demo.disagreement"):
+        Labeler(disagreement=0.7)
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_written_files_parse_in_the_design_formats(tmp_path):
+    demos = _read_jsonl(demo_data.write_demonstrations(tmp_path / "d.jsonl", 18, seed=1))
+    prompts = _read_jsonl(demo_data.write_prompts(tmp_path / "p.jsonl", 12, seed=1))
+    held_out = _read_jsonl(demo_data.write_eval_prompts(tmp_path / "e.jsonl", 12, seed=1))
+    assert len(demos) == 18 and all(set(row) == {"prompt", "completion"} for row in demos)
+    assert all(gold_score(row["prompt"], row["completion"]) == 1.0 for row in demos)
+    assert all(set(row) == {"prompt"} for row in prompts + held_out)
+    train = {row["prompt"] for row in demos + prompts}
+    assert train.isdisjoint(row["prompt"] for row in held_out)
+    assert _read_jsonl(demo_data.write_demonstrations(tmp_path / "again.jsonl", 18, seed=1)) == demos
+
+
+def test_ranking_rows_dedupe_and_skip_prompts_without_two_distinct_responses(tmp_path):
+    tasks = sample_tasks(3, seed=4)
+    samples = [
+        [tasks[0].answer, " " + tasks[0].answer, "wrong", "wrong\n", ""],
+        ["same", "same", "same ", "same"],
+        [tasks[2].answer, "x", "y", "z"],
+    ]
+    rows = demo_data.ranking_rows([t.prompt for t in tasks], samples, Labeler(disagreement=0.0))
+    assert [row["prompt"] for row in rows] == [tasks[0].prompt, tasks[2].prompt]
+    assert rows[0]["responses"] == [tasks[0].answer, "wrong", ""]
+    assert rows[0]["ranks"][0] == 0 and sorted(rows[0]["ranks"]) == [0, 1, 2]
+    assert all(len(row["responses"]) == len(row["ranks"]) for row in rows)
+    written = _read_jsonl(demo_data.write_jsonl(tmp_path / "r.jsonl", rows))
+    assert written == rows
