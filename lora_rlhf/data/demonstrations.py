@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from lora_rlhf.data.chat import Prompt, render_prompt, split_messages
 from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, messages_field, parse_rows, text_field
@@ -17,6 +17,13 @@ IGNORE_INDEX = -100  # label of positions that carry no loss (the prompt; paddin
 class Demonstration:
     prompt: Prompt  # the user's prompt: a string or the conversation before the response
     completion: str  # the demonstrated response
+
+
+class DemoText(NamedTuple):
+    """A demonstration as model text: unpacks as (prompt_text, completion)."""
+
+    prompt_text: str  # the prompt rendered with the tokenizer's chat template (generation prompt included)
+    completion: str  # the demonstrated response, to follow prompt_text directly
 
 
 @dataclasses.dataclass
@@ -54,9 +61,21 @@ def encode_demonstration(demo: Demonstration, tokenizer, max_length: int) -> SFT
     return SFTExample(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids, truncated)
 
 
-def load_demonstrations(spec: DatasetSpec, on_bad_row: OnBadRow = "error") -> tuple[list[Demonstration], RowReport]:
+def read_demonstrations(spec: DatasetSpec, on_bad_row: OnBadRow = "error") -> tuple[list[Demonstration], RowReport]:
     """Parse every row of `spec` into a Demonstration (one-line errors naming file, row and field)."""
     return parse_rows(load_rows(spec), parse_demonstration, spec.display(), on_bad_row)
+
+
+def load_demonstrations(
+    spec: DatasetSpec, tokenizer, *, on_bad_row: OnBadRow = "error"
+) -> tuple[list[DemoText], RowReport]:
+    """Every demonstration of `spec` as (prompt_text, completion), the prompt rendered with the chat template.
+
+    For stages that need demonstration text rather than SFT batches: PPO-ptx's LM term and the reward
+    model's bias (InstructGPT §3.5 centres rewards on the demonstrations).
+    """
+    demos, report = read_demonstrations(spec, on_bad_row)
+    return [DemoText(render_prompt(tokenizer, d.prompt), d.completion) for d in demos], report
 
 
 def load_sft_examples(

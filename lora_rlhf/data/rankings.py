@@ -34,15 +34,21 @@ class RankingExample:
     prompt_ids: list[int]
     response_ids: list[list[int]]  # K responses, each ending in EOS unless truncated
     ranks: list[int]
+    truncated: bool = False  # some response was cut to fit max_length (never to nothing)
 
 
 def parse_ranking(row: Mapping[str, Any], ties: Ties) -> Ranking:
-    if "responses" in row or "ranks" in row:
+    """One row in any of the three formats; BadRow names the field at fault.
+
+    A format is recognised by its non-null fields: a JSON file read through Arrow gives every row
+    every column of the file, null where the row lacks it.
+    """
+    if row.get("responses") is not None or row.get("ranks") is not None:
         ranking = Ranking(text_field(row, "prompt"), _responses(row), _ranks(row))
         if len(ranking.ranks) != len(ranking.responses):
             raise BadRow(f"field 'ranks' has {len(ranking.ranks)} entries for {len(ranking.responses)} responses")
-    elif "chosen" in row and "rejected" in row:
-        if "prompt" in row and row["prompt"] is not None:
+    elif row.get("chosen") is not None or row.get("rejected") is not None:
+        if row.get("prompt") is not None:
             prompt = text_field(row, "prompt")
             chosen, rejected = text_field(row, "chosen"), text_field(row, "rejected")
         else:
@@ -118,17 +124,21 @@ def encode_ranking(ranking: Ranking, tokenizer, max_length: int) -> RankingExamp
     room = max_length - len(prompt_ids)
     if room < 1:
         raise BadRow(f"prompt longer than max_length ({len(prompt_ids)} tokens, max_length {max_length})")
-    responses = [(tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])[:room] for r in ranking.responses]
-    return RankingExample(prompt_ids, responses, ranking.ranks)
+    full = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in ranking.responses]
+    # room >= 1 keeps at least one response token: truncation never cuts a response to nothing.
+    truncated = any(len(ids) > room for ids in full)
+    return RankingExample(prompt_ids, [ids[:room] for ids in full], ranking.ranks, truncated)
 
 
 def load_ranking_examples(
     spec: DatasetSpec, tokenizer, max_length: int, *, ties: Ties = "error", on_bad_row: OnBadRow = "error"
 ) -> tuple[list[RankingExample], RowReport]:
-    """Parse, validate and tokenize every ranking row of `spec`."""
-    return parse_rows(
+    """Parse, validate and tokenize every ranking row of `spec`; the report counts dropped and truncated rows."""
+    examples, report = parse_rows(
         load_rows(spec),
         lambda row: encode_ranking(parse_ranking(row, ties), tokenizer, max_length),
         spec.display(),
         on_bad_row,
     )
+    report.truncated = sum(e.truncated for e in examples)
+    return examples, report

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lora_rlhf.data.demonstrations import IGNORE_INDEX, SFTExample, load_sft_examples
+from lora_rlhf.data.rows import RowReport
 from lora_rlhf.data.split import hold_out
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.sft.config import SFTConfig
@@ -39,31 +40,32 @@ def sft_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = "sft"
     return StepOutput(loss, {"loss": loss.item(), "tokens": float(tokens)})
 
 
+def evaluate_sft(stack: RoleStack, examples: list[SFTExample], batch_size: int, role: str = "sft") -> dict[str, float]:
+    """Held-out loss: mean NLL per response token over all of `examples`."""
+    pad = stack.tokenizer.pad_token_id
+    total, tokens = 0.0, 0.0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(stack.device) for k, v in collate_sft(examples[start : start + batch_size], pad).items()}
+        out = sft_loss(stack, batch, role)
+        total += out.stats["loss"] * out.stats["tokens"]
+        tokens += out.stats["tokens"]
+    return {"loss": total / max(tokens, 1.0)}
+
+
 def train_sft(stack: RoleStack, config: SFTConfig, output_dir: Path, *, resume: bool = False) -> dict[str, float]:
-    """Train the `sft` role on `config.data`; write metrics/sft.jsonl, checkpoints/sft/, adapters/sft/."""
+    """Train the `sft` role on `config.data`; write metrics/sft.jsonl, checkpoints/sft/, adapters/sft/.
+
+    Returns train_loss, eval_loss (when there is held-out data), examples, dropped (bad rows skipped)
+    and truncated (rows whose response was cut to fit max_length).
+    """
     output_dir = Path(output_dir)
-    examples, report = load_sft_examples(config.data, stack.tokenizer, config.max_length, config.on_bad_row)
-    report.log()
-    if config.eval_data is not None:
-        train, held = examples, load_sft_examples(config.eval_data, stack.tokenizer, config.max_length, config.on_bad_row)[0]
-    else:
-        train, held = hold_out(examples, config.eval_fraction, config.train.seed)
+    train, held, report = _load_demonstrations(stack, config)
     if not stack.has_role("sft"):
         stack.add_role("sft", config.lora)
-    pad = stack.tokenizer.pad_token_id
-
-    def evaluate() -> dict[str, float]:
-        total, tokens = 0.0, 0.0
-        for start in range(0, len(held), config.train.batch_size):
-            batch = {k: v.to(stack.device) for k, v in collate_sft(held[start : start + config.train.batch_size], pad).items()}
-            out = sft_loss(stack, batch)
-            total += out.stats["loss"] * out.stats["tokens"]
-            tokens += out.stats["tokens"]
-        return {"loss": total / max(tokens, 1.0)}
-
+    pad, batch_size = stack.tokenizer.pad_token_id, config.train.batch_size
     task = Task(
         "sft", "sft", train, lambda items: collate_sft(items, pad), lambda batch: sft_loss(stack, batch),
-        evaluate if held else None,
+        (lambda: evaluate_sft(stack, held, batch_size)) if held else None,
     )
     figures = fit(stack, task, config.train, output_dir, resume=resume)
     stack.save_role("sft", output_dir / "adapters" / "sft")
@@ -72,3 +74,14 @@ def train_sft(stack: RoleStack, config: SFTConfig, output_dir: Path, *, resume: 
     if "eval_loss" in figures:
         summary["eval_loss"] = figures["eval_loss"]
     return summary
+
+
+def _load_demonstrations(stack: RoleStack, config: SFTConfig) -> tuple[list[SFTExample], list[SFTExample], RowReport]:
+    examples, report = load_sft_examples(config.data, stack.tokenizer, config.max_length, config.on_bad_row)
+    report.log()
+    if config.eval_data is not None:
+        held, held_report = load_sft_examples(config.eval_data, stack.tokenizer, config.max_length, config.on_bad_row)
+        held_report.log()
+        return examples, held, report
+    train, held = hold_out(examples, config.eval_fraction, config.train.seed)
+    return train, held, report

@@ -1,0 +1,37 @@
+"""Batches of K-way rankings: every response of every prompt as one row, so each is scored exactly once."""
+
+from __future__ import annotations
+
+import torch
+
+from lora_rlhf.data.batching import pad_left
+from lora_rlhf.data.rankings import RankingExample
+
+
+def collate_rankings(examples: list[RankingExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """B rankings with K_b responses each -> one left-padded batch of the N = sum K_b sequences.
+
+    Returns:
+        input_ids, attention_mask: (N, T) prompt + response, left-padded (the reward is read at the last token).
+        ranks: (B, K_max) rank of each response, 0 = best; 0 in padding slots.
+        valid: (B, K_max) bool, False for the padding slots of prompts with K_b < K_max.
+        slot: (N,) each sequence's flat position b * K_max + k in the (B, K_max) grid.
+    """
+    k_max = max(len(e.response_ids) for e in examples)
+    sequences, slots = [], []
+    ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
+    valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
+    for b, example in enumerate(examples):
+        for k, response in enumerate(example.response_ids):
+            sequences.append(example.prompt_ids + response)
+            slots.append(b * k_max + k)
+        ranks[b, : len(example.ranks)] = torch.tensor(example.ranks)
+        valid[b, : len(example.ranks)] = True
+    ids, mask = pad_left(sequences, pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "ranks": ranks, "valid": valid, "slot": torch.tensor(slots)}
+
+
+def scatter_scores(flat: torch.Tensor, slot: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """(N,) scores of the flat sequences -> (B, K_max) grid (0 in padding slots), differentiable."""
+    grid = torch.zeros(shape.numel(), dtype=flat.dtype, device=flat.device)
+    return grid.index_put((slot,), flat).view(shape)
