@@ -1,0 +1,171 @@
+"""Demonstration and ranking rows: formats, tokenization, truncation, and one-line errors for bad rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.data.demonstrations import IGNORE_INDEX, load_demonstrations, load_sft_examples
+from lora_rlhf.data.rankings import load_ranking_examples, split_transcripts
+from lora_rlhf.data.sources import DatasetSpec
+from lora_rlhf.errors import LoraRlhfError
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llama):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def write_jsonl(folder: Path, rows: list[dict], name: str = "rows.jsonl") -> DatasetSpec:
+    path = folder / name
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return DatasetSpec(path=str(path))
+
+
+def rankings(tmp_path, tokenizer, rows, max_length=64, **kwargs):
+    return load_ranking_examples(write_jsonl(tmp_path, rows), tokenizer, max_length, **kwargs)
+
+
+# ------------------------------------------------------------------ demonstrations
+def test_sft_labels_mask_every_prompt_token(tmp_path, tokenizer):
+    rows = [{"prompt": "sort the numbers 3 1 2", "completion": "1 2 3"},
+            {"messages": [{"role": "system", "content": "be good"}, {"role": "user", "content": "hello world"},
+                          {"role": "assistant", "content": "thanks"}]}]
+    examples, report = load_sft_examples(write_jsonl(tmp_path, rows), tokenizer, max_length=128)
+    assert report.kept == 2 and report.dropped == 0
+    prompts = [render_prompt(tokenizer, "sort the numbers 3 1 2"),
+               render_prompt(tokenizer, [{"role": "system", "content": "be good"}, {"role": "user", "content": "hello world"}])]
+    for example, prompt, completion in zip(examples, prompts, ["1 2 3", "thanks"]):
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        assert example.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt  # every prompt token masked
+        response = example.labels[n_prompt:]
+        assert IGNORE_INDEX not in response and response == example.input_ids[n_prompt:]
+        assert response[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(response[:-1]) == completion
+
+
+def test_truncation_shortens_but_never_empties_a_response(tmp_path, tokenizer):
+    spec = write_jsonl(tmp_path, [{"prompt": "hello", "completion": "the quick brown fox jumps over the lazy dog " * 4}])
+    n_prompt = len(tokenizer(render_prompt(tokenizer, "hello"), add_special_tokens=False).input_ids)
+    examples, report = load_sft_examples(spec, tokenizer, max_length=n_prompt + 3)
+    assert report.truncated == 1 and len(examples[0].input_ids) == n_prompt + 3
+    assert sum(label != IGNORE_INDEX for label in examples[0].labels) == 3
+    with pytest.raises(LoraRlhfError, match=r"row 0: prompt longer than max_length"):
+        load_sft_examples(spec, tokenizer, max_length=n_prompt)  # no room left for any response token
+    examples, report = load_sft_examples(spec, tokenizer, max_length=n_prompt, on_bad_row="skip")
+    assert examples == [] and report.dropped == 1
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": "hi"}, r"row 1: missing field 'completion'"),
+        ({"prompt": "hi", "completion": 3}, r"row 1: field 'completion' is int, expected a string"),
+        ({"prompt": "hi", "completion": "  "}, r"row 1: field 'completion' is empty"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, r"row 1: field 'messages'.*expected 'assistant'"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+         r"row 1: field 'messages': the assistant's response is empty"),
+    ],
+)
+def test_bad_demonstrations_name_file_row_and_field(tmp_path, tokenizer, row, message):
+    spec = write_jsonl(tmp_path, [{"prompt": "ok", "completion": "fine"}, row])
+    with pytest.raises(LoraRlhfError, match=message) as info:
+        load_sft_examples(spec, tokenizer, max_length=64)
+    assert spec.path in str(info.value) and "\n" not in str(info.value)
+    examples, report = load_sft_examples(spec, tokenizer, max_length=64, on_bad_row="skip")
+    assert len(examples) == 1 and report.dropped == 1
+
+
+def test_load_demonstrations_renders_prompts_with_the_chat_template(tmp_path, tokenizer):
+    spec = write_jsonl(tmp_path, [{"prompt": "hello", "completion": "world"}])
+    (demo,), _ = load_demonstrations(spec, tokenizer)
+    prompt_text, completion = demo
+    assert prompt_text == "<|user|>\nhello<|end|>\n<|assistant|>\n" and completion == "world"
+
+
+def test_parquet_and_json_files_load(tmp_path, tokenizer):
+    import datasets
+
+    rows = [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    for name in ("d.parquet", "d.json"):
+        examples, _ = load_sft_examples(DatasetSpec(str(tmp_path / name)), tokenizer, max_length=64)
+        assert len(examples) == 2
+
+
+# ------------------------------------------------------------------ rankings
+def test_three_ranking_formats(tmp_path, tokenizer):
+    rows = [
+        {"prompt": "say", "responses": ["good", "bad", "great"], "ranks": [1, 2, 0]},
+        {"prompt": "say", "chosen": "good", "rejected": "bad"},
+        {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: thanks\n\nAssistant: good",
+         "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: thanks\n\nAssistant: bad"},
+    ]
+    examples, report = rankings(tmp_path, tokenizer, rows)
+    assert report.kept == 3
+    assert [e.ranks for e in examples] == [[1, 2, 0], [0, 1], [0, 1]]
+    assert all(r[-1] == tokenizer.eos_token_id for e in examples for r in e.response_ids)
+    assert examples[1].prompt_ids == examples[0].prompt_ids
+    assert tokenizer.decode(examples[2].response_ids[1][:-1]) == "bad"
+
+
+def test_hh_rlhf_transcripts_split_at_the_last_shared_assistant_turn():
+    prompt, chosen, rejected = split_transcripts(
+        "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: great answer",
+        "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: gross answer")
+    assert prompt == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                      {"role": "user", "content": "and?"}]
+    assert (chosen, rejected) == ("great answer", "gross answer")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"responses": ["a", "b"], "ranks": [0, 1]}, r"missing field 'prompt'"),
+        ({"prompt": 7, "responses": ["a", "b"], "ranks": [0, 1]}, r"field 'prompt' is int"),
+        ({"prompt": "p", "responses": ["a", 5], "ranks": [0, 1]}, r"field 'responses\[1\]' is int"),
+        ({"prompt": "p", "responses": ["a", " "], "ranks": [0, 1]}, r"field 'responses\[1\]' is empty"),
+        ({"prompt": "p", "responses": ["a"], "ranks": [0]}, r"K = 1; a ranking needs K >= 2"),
+        ({"prompt": "p", "responses": ["a", "b", "c"], "ranks": [0, 1, 3]}, r"\[0, 1, 3\] is not a permutation"),
+        ({"prompt": "p", "responses": ["a", "b", "c"], "ranks": [0, 1]}, r"'ranks' has 2 entries for 3 responses"),
+        ({"prompt": "p", "responses": ["a", "b", "c"], "ranks": [0, 1, 1]}, r"\[0, 1, 1\] has ties"),
+        ({"prompt": "p", "chosen": "a"}, r"missing field 'rejected'"),
+        ({"prompt": "p", "chosen": "a", "rejected": ""}, r"field 'rejected' is empty"),
+        ({"prompt": "p"}, r"missing fields: expected \{prompt, responses, ranks\}"),
+    ],
+)
+def test_bad_rankings_name_file_row_and_field(tmp_path, tokenizer, row, message):
+    good = {"prompt": "p", "responses": ["a", "b"], "ranks": [1, 0]}
+    with pytest.raises(LoraRlhfError, match=r"rows.jsonl, row 1: .*" + message):
+        rankings(tmp_path, tokenizer, [good, row])
+    examples, report = rankings(tmp_path, tokenizer, [good, row], on_bad_row="skip")
+    assert len(examples) == 1 and report.dropped == 1
+
+
+def test_ties_skip_pairs_keeps_the_untied_pairs(tmp_path, tokenizer):
+    rows = [{"prompt": "p", "responses": ["a", "b", "c"], "ranks": [0, 1, 1]}]
+    (example,), _ = rankings(tmp_path, tokenizer, rows, ties="skip_pairs")
+    assert example.ranks == [0, 1, 1]
+    with pytest.raises(LoraRlhfError, match="every response is tied"):
+        rankings(tmp_path, tokenizer, [{"prompt": "p", "responses": ["a", "b"], "ranks": [0, 0]}], ties="skip_pairs")
+
+
+def test_ranking_prompt_longer_than_max_length(tmp_path, tokenizer):
+    rows = [{"prompt": "the quick brown fox " * 20, "chosen": "a", "rejected": "b"}]
+    with pytest.raises(LoraRlhfError, match=r"row 0: prompt longer than max_length"):
+        rankings(tmp_path, tokenizer, rows, max_length=16)
+    examples, report = rankings(tmp_path, tokenizer, rows, max_length=16, on_bad_row="skip")
+    assert examples == [] and report.dropped == 1 and report.skipped
+
+
+def test_ranking_truncation_is_counted(tmp_path, tokenizer):
+    rows = [{"prompt": "p", "chosen": "the quick brown fox jumps over the lazy dog", "rejected": "no"}]
+    n_prompt = len(tokenizer(render_prompt(tokenizer, "p"), add_special_tokens=False).input_ids)
+    (example,), report = rankings(tmp_path, tokenizer, rows, max_length=n_prompt + 2)
+    assert report.truncated == 1 and [len(r) for r in example.response_ids] == [2, 2]
