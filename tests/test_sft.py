@@ -1,0 +1,106 @@
+"""The SFT stage on a tiny random model: outputs, frozen roles, learning, exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_rlhf.data.sources import DatasetSpec
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.metrics import read_metrics
+from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.lora import LoraSettings
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.sft.config import SFTConfig
+from lora_rlhf.sft.trainer import train_sft
+from lora_rlhf.train.config import OptimConfig
+
+DEMOS = [
+    {"prompt": "sort the numbers 3 1 2", "completion": "1 2 3"},
+    {"prompt": "reverse the words hello world", "completion": "world hello"},
+    {"prompt": "answer with yes or no", "completion": "yes"},
+    {"messages": [{"role": "user", "content": "count letters"}, {"role": "assistant", "content": "five"}]},
+] * 2
+
+
+def snapshot(stack: RoleStack, role: str | None = None) -> dict[str, torch.Tensor]:
+    """Copies of the base's weights (role=None) or of one role's adapter and head tensors."""
+    if role is None:
+        return {n: p.detach().clone() for n, p in stack.model.named_parameters() if "lora_" not in n}
+    return {str(i): p.detach().clone() for i, p in enumerate(stack.parameters(role))}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def sft_config(path: Path, **train) -> SFTConfig:
+    optim = dict(learning_rate=5e-3, batch_size=2, max_steps=4, logging_steps=1, eval_steps=2, save_steps=2,
+                 warmup_ratio=0.0, scheduler="linear")
+    optim.update(train)
+    return SFTConfig(data=DatasetSpec(str(path)), eval_fraction=0.25, max_length=64, train=OptimConfig(**optim),
+                     lora=LoraSettings(r=4, alpha=8, dropout=0.1))
+
+
+@pytest.fixture()
+def demos(tmp_path) -> Path:
+    path = tmp_path / "demos.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in DEMOS))
+    return path
+
+
+def load_stack(folder: str) -> RoleStack:
+    return RoleStack.load(BaseModelConfig(name_or_path=folder))
+
+
+def test_sft_trains_only_its_adapter_and_writes_the_run_files(tiny_llama, demos, tmp_path):
+    stack = load_stack(tiny_llama)
+    stack.add_role("reward", LoraSettings(r=4))
+    torch.nn.init.normal_(stack.parameters("reward")[1])  # a non-zero B, so "unchanged" means something
+    base, reward = snapshot(stack), snapshot(stack, "reward")
+    out = tmp_path / "run"
+    summary = train_sft(stack, sft_config(demos, max_steps=8), out)
+    assert same(snapshot(stack), base) and same(snapshot(stack, "reward"), reward)
+    assert not all(p.requires_grad for p in stack.parameters("sft"))  # frozen again after the stage
+    assert summary["examples"] == 6 and summary["dropped"] == 0 and summary["truncated"] == 0
+    rows = read_metrics(out / "metrics" / "sft.jsonl")
+    train_rows = [r for r in rows if "split" not in r]
+    eval_rows = [r for r in rows if r.get("split") == "eval"]
+    assert [r["step"] for r in train_rows] == list(range(1, 9)) and [r["step"] for r in eval_rows] == [2, 4, 6, 8]
+    assert eval_rows[-1]["loss"] < eval_rows[0]["loss"] and summary["eval_loss"] == eval_rows[-1]["loss"]
+    assert (out / "adapters" / "sft" / "adapter_config.json").is_file()
+    assert (out / "checkpoints" / "sft" / "step-00000008" / "state.json").is_file()
+    fresh = load_stack(tiny_llama)
+    fresh.load_role("sft", out / "adapters" / "sft")
+    assert same(snapshot(fresh, "sft"), snapshot(stack, "sft"))
+
+
+def test_sft_resume_matches_an_uninterrupted_run(tiny_llama, demos, tmp_path):
+    config = sft_config(demos, max_steps=6)  # 6 training examples, batch 2: crosses an epoch boundary
+    whole = load_stack(tiny_llama)
+    train_sft(whole, config, tmp_path / "whole")
+    resumed = load_stack(tiny_llama)
+    (tmp_path / "cut" / "checkpoints" / "sft").mkdir(parents=True)
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "sft" / "step-00000004",
+                    tmp_path / "cut" / "checkpoints" / "sft" / "step-00000004")
+    shutil.copy(tmp_path / "whole" / "metrics" / "sft.jsonl", tmp_path / "cut" / "metrics.jsonl")
+    (tmp_path / "cut" / "metrics").mkdir()
+    lines = [r for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["step"] <= 4]
+    lines.append({"step": 5, "loss": 123.0})  # logged by the interrupted run after its last checkpoint
+    (tmp_path / "cut" / "metrics" / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    train_sft(resumed, config, tmp_path / "cut", resume=True)
+    assert same(snapshot(resumed, "sft"), snapshot(whole, "sft"))
+    assert read_metrics(tmp_path / "cut" / "metrics" / "sft.jsonl") == read_metrics(tmp_path / "whole" / "metrics" / "sft.jsonl")
+
+
+def test_sft_config_errors_name_the_key():
+    from lora_rlhf.config.loader import build
+
+    with pytest.raises(LoraRlhfError, match=r"^sft\.eval_fraction: 1\.5"):
+        build(SFTConfig, {"eval_fraction": 1.5}, "sft.")
+    with pytest.raises(LoraRlhfError, match=r"sft\.on_bad_row: 'drop' is not one of error, skip"):
+        build(SFTConfig, {"on_bad_row": "drop"}, "sft.")
