@@ -1,0 +1,149 @@
+"""The reward-model stage on a tiny random model: learning a preference, frozen roles, bias, resume."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_rlhf.data.sources import DatasetSpec
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.metrics import read_metrics
+from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.lora import LoraSettings
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.rm.bias import mean_reward
+from lora_rlhf.rm.config import RMConfig
+from lora_rlhf.rm.trainer import train_reward_model
+from lora_rlhf.train.config import OptimConfig
+
+FILLER = "the quick brown fox jumps over lazy dog".split()
+MARKER = "great"
+
+
+def marker_rankings(n: int, seed: int = 0) -> list[dict]:
+    """Rankings with K = 2..4 whose order is fixed by the marker: the more times it occurs, the better."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.choice([2, 3, 4])
+        ranks = rng.sample(range(k), k)
+        responses = []
+        for rank in ranks:
+            words = [rng.choice(FILLER) for _ in range(3)] + [MARKER] * (k - 1 - rank)
+            rng.shuffle(words)
+            responses.append(" ".join(words))
+        rows.append({"prompt": rng.choice(["say something", "answer with yes or no"]), "responses": responses, "ranks": ranks})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> DatasetSpec:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return DatasetSpec(str(path))
+
+
+def snapshot(stack: RoleStack, role: str | None = None) -> dict[str, torch.Tensor]:
+    if role is None:
+        return {n: p.detach().clone() for n, p in stack.model.named_parameters() if "lora_" not in n}
+    return {str(i): p.detach().clone() for i, p in enumerate(stack.parameters(role))}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def load_stack(folder: str, *, sft: bool = True) -> RoleStack:
+    stack = RoleStack.load(BaseModelConfig(name_or_path=folder))
+    if sft:
+        stack.add_role("sft", LoraSettings(r=4, alpha=8))
+        torch.manual_seed(1)
+        for p in stack.parameters("sft"):
+            torch.nn.init.normal_(p, std=0.02)  # a trained-looking sft adapter: copying it must copy these
+    return stack
+
+
+@pytest.fixture()
+def data(tmp_path) -> dict[str, DatasetSpec]:
+    demos = [{"prompt": "say something", "completion": "the lazy dog"}, {"prompt": "hello", "completion": "great great"}]
+    return {"rankings": write_jsonl(tmp_path / "rankings.jsonl", marker_rankings(96)),
+            "demos": write_jsonl(tmp_path / "demos.jsonl", demos)}
+
+
+def rm_config(data, **train) -> RMConfig:
+    optim = dict(learning_rate=3e-3, batch_size=8, epochs=3, logging_steps=3, eval_steps=9, save_steps=9,
+                 warmup_ratio=0.0, scheduler="constant")
+    optim.update(train)
+    return RMConfig(data=data["rankings"], demonstrations=data["demos"], eval_fraction=0.25, max_length=48,
+                    init="fresh", lora=LoraSettings(r=8, alpha=16, dropout=0.0), train=OptimConfig(**optim))
+
+
+def test_rm_learns_a_marker_preference_and_leaves_other_roles_untouched(tiny_llama, data, tmp_path):
+    stack = load_stack(tiny_llama)
+    base, sft = snapshot(stack), snapshot(stack, "sft")
+    out = tmp_path / "run"
+    summary = train_reward_model(stack, rm_config(data), out)
+    assert summary["accuracy"] >= 0.9, summary  # held-out pairwise accuracy (24 prompts, 50+ pairs)
+    assert summary["prompts"] == 72 and summary["dropped"] == 0
+    assert same(snapshot(stack), base) and same(snapshot(stack, "sft"), sft)
+    rows = read_metrics(out / "metrics" / "rm.jsonl")
+    eval_rows = [r for r in rows if r.get("split") == "eval"]
+    assert eval_rows and {"loss", "accuracy", "margin"} <= eval_rows[-1].keys()
+    assert eval_rows[-1]["accuracy"] == summary["accuracy"]
+    assert all({"loss", "accuracy", "margin"} <= r.keys() for r in rows)
+    saved = out / "adapters" / "reward"
+    assert (saved / "head.safetensors").is_file() and (saved / "adapter_config.json").is_file()
+    fresh = load_stack(tiny_llama, sft=False)
+    fresh.load_role("reward", saved)
+    assert same(snapshot(fresh, "reward"), snapshot(stack, "reward"))
+
+
+def test_bias_centres_the_demonstrations(tiny_llama, data, tmp_path):
+    from lora_rlhf.data.demonstrations import load_sft_examples
+
+    stack = load_stack(tiny_llama)
+    summary = train_reward_model(stack, rm_config(data, max_steps=1), tmp_path / "run")
+    examples, _ = load_sft_examples(data["demos"], stack.tokenizer, 48)
+    assert summary["bias_shift"] != 0.0
+    assert abs(mean_reward(stack, [e.input_ids for e in examples], batch_size=2)) < 1e-5
+
+
+def test_init_sft_copies_the_sft_adapter_and_requires_it(tiny_llama, data, tmp_path):
+    stack = load_stack(tiny_llama)
+    sft = snapshot(stack, "sft")
+    config = rm_config(data, max_steps=1, learning_rate=1e-12)
+    config.init = "sft"
+    train_reward_model(stack, config, tmp_path / "run")
+    reward = snapshot(stack, "reward")
+    adapter = {k: v for k, v in reward.items() if int(k) < len(sft)}
+    assert all(torch.allclose(adapter[k], sft[k], atol=1e-9) for k in sft)  # lr ~ 0: still the copy
+    with pytest.raises(LoraRlhfError, match="rm.init: 'sft' needs the sft role"):
+        train_reward_model(load_stack(tiny_llama, sft=False), config, tmp_path / "other")
+
+
+def test_rm_resume_matches_an_uninterrupted_run(tiny_llama, data, tmp_path):
+    config = rm_config(data, epochs=1, logging_steps=1, eval_steps=3, save_steps=3)  # 9 steps; cut after 6
+    whole = load_stack(tiny_llama)
+    train_reward_model(whole, config, tmp_path / "whole")
+    cut = tmp_path / "cut" / "checkpoints" / "rm"
+    cut.mkdir(parents=True)
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "rm" / "step-00000006", cut / "step-00000006")
+    resumed = load_stack(tiny_llama)
+    train_reward_model(resumed, config, tmp_path / "cut", resume=True)
+    assert same(snapshot(resumed, "reward"), snapshot(whole, "reward"))  # adapter AND head
+    tail = [r for r in read_metrics(tmp_path / "whole" / "metrics" / "rm.jsonl") if r["step"] > 6]
+    assert read_metrics(tmp_path / "cut" / "metrics" / "rm.jsonl") == tail
+
+
+def test_rm_config_errors_name_the_key():
+    from lora_rlhf.config.loader import build
+
+    with pytest.raises(LoraRlhfError, match=r"rm\.ties: 'ignore' is not one of error, skip_pairs"):
+        build(RMConfig, {"ties": "ignore"}, "rm.")
+    with pytest.raises(LoraRlhfError, match=r"rm\.init: 'copy' is not one of sft, fresh"):
+        build(RMConfig, {"init": "copy"}, "rm.")
+    with pytest.raises(LoraRlhfError, match=r"^rm\.bias_examples: 0"):
+        build(RMConfig, {"bias_examples": 0}, "rm.")
