@@ -104,3 +104,15 @@ def test_sft_config_errors_name_the_key():
         build(SFTConfig, {"eval_fraction": 1.5}, "sft.")
     with pytest.raises(LoraRlhfError, match=r"sft\.on_bad_row: 'drop' is not one of error, skip"):
         build(SFTConfig, {"on_bad_row": "drop"}, "sft.")
+
+
+def test_skipped_and_truncated_rows_reach_the_summary(tiny_llama, tmp_path):
+    rows = DEMOS + [{"prompt": "hi", "completion": ""}, {"prompt": "hello", "completion": "the quick brown fox " * 30}]
+    path = tmp_path / "demos.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = sft_config(path, max_steps=1)
+    with pytest.raises(LoraRlhfError, match=r"demos.jsonl, row 8: field 'completion' is empty"):
+        train_sft(load_stack(tiny_llama), config, tmp_path / "strict")
+    config.on_bad_row = "skip"
+    summary = train_sft(load_stack(tiny_llama), config, tmp_path / "run")
+    assert summary["dropped"] == 1 and summary["truncated"] == 1 and summary["examples"] == 7
