@@ -29,8 +29,9 @@ DEMOS = [
 
 def snapshot(stack: RoleStack, role: str | None = None) -> dict[str, torch.Tensor]:
     """Copies of the base's weights (role=None) or of one role's adapter and head tensors."""
-    if role is None:
-        return {n: p.detach().clone() for n, p in stack.model.named_parameters() if "lora_" not in n}
+    if role is None:  # names as in the plain model, before PEFT wraps a layer's weight as base_layer
+        return {n.replace("base_layer.", ""): p.detach().clone()
+                for n, p in stack.base_model.named_parameters() if "lora_" not in n}
     return {str(i): p.detach().clone() for i, p in enumerate(stack.parameters(role))}
 
 
@@ -116,3 +117,31 @@ def test_skipped_and_truncated_rows_reach_the_summary(tiny_llama, tmp_path):
     config.on_bad_row = "skip"
     summary = train_sft(load_stack(tiny_llama), config, tmp_path / "run")
     assert summary["dropped"] == 1 and summary["truncated"] == 1 and summary["examples"] == 7
+
+
+def test_nf4_base_stays_bit_identical_and_differentiable_through_held_out_evals(tiny_llama, demos, tmp_path):
+    """bitsandbytes repacks NF4 weights on a CPU's first no-grad eval forward, breaking later gradients."""
+    stack = RoleStack.load(BaseModelConfig(name_or_path=tiny_llama, quantization="nf4"))
+    base = snapshot(stack)
+    config = sft_config(demos, max_steps=2, eval_steps=1)
+    config.lora = LoraSettings(r=4, alpha=8, dropout=0.0)
+    train_sft(stack, config, tmp_path / "run")
+    assert same(snapshot(stack), base)
+
+    ids = torch.randint(10, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+
+    def first_layer_grad() -> torch.Tensor:
+        stack.set_trainable("sft")
+        stack.model.train()
+        with stack.use("sft"):
+            (-stack.logprobs("sft", ids, mask).logprobs.mean()).backward()
+        grad = stack.parameters("sft")[0].grad.clone()
+        stack.model.zero_grad(set_to_none=True)
+        return grad
+
+    before = first_layer_grad()
+    stack.model.eval()
+    with torch.no_grad():
+        stack.logprobs("sft", ids, mask)
+    assert torch.equal(first_layer_grad(), before)
