@@ -1,0 +1,95 @@
+"""PPO's clipped losses for the policy and the value head (Schulman et al. 2017, arXiv:1707.06347).
+
+Per-token tensors are (B, A) with `mask` 1 on response tokens; every mean is over valid tokens only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from lora_rlhf.ppo.advantages import masked_mean, masked_var
+
+
+class PolicyLoss(NamedTuple):
+    loss: torch.Tensor  # scalar, with grad: clipped surrogate, to minimise
+    clipfrac: torch.Tensor  # scalar, detached: fraction of tokens where the clipped branch was taken
+    approx_kl: torch.Tensor  # scalar, detached: mean ½ (log π − log π_old)², KL(π_old ‖ π) to 2nd order
+    ratio_mean: torch.Tensor  # scalar, detached: mean π / π_old
+
+
+class ValueLoss(NamedTuple):
+    loss: torch.Tensor  # scalar, with grad: ½ · clipped squared error
+    clipfrac: torch.Tensor  # scalar, detached: fraction of tokens where the clipped error was larger
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> PolicyLoss:
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), negated to be minimised.
+
+        L = −E_t[ min(ρ_t Â_t, clip(ρ_t, 1 − ε, 1 + ε) Â_t) ],   ρ_t = π(a_t|s_t) / π_old(a_t|s_t)
+
+    Args:
+        logprobs: (B, A) log π of the rollout's tokens under the current policy (with grad).
+        old_logprobs: (B, A) the same at rollout time.
+        advantages: (B, A) Â_t (usually whitened).
+        mask: (B, A) 1 on response tokens.
+        clip_range: ε.
+    """
+    valid = mask.bool()
+    log_ratio = torch.where(valid, logprobs - old_logprobs, torch.zeros_like(logprobs))
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)  # −min(a, b) = max(−a, −b)
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), mask)
+        approx_kl = masked_mean(0.5 * log_ratio**2, mask)
+        ratio_mean = masked_mean(ratio, mask)
+    return PolicyLoss(loss, clipfrac, approx_kl, ratio_mean)
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> ValueLoss:
+    """Clipped value loss of the PPO baselines (OpenAI baselines ppo2; Schulman et al. 2017 §5).
+
+        L_V = ½ · E_t[ max((V_t − R_t)², (clip(V_t, V_old − ε, V_old + ε) − R_t)²) ]
+
+    Args:
+        values: (B, A) current value head outputs (with grad).
+        old_values: (B, A) values at rollout time.
+        returns: (B, A) targets R_t from gae().
+        mask: (B, A) 1 on response tokens.
+        clip_range: ε, in reward units.
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped_error > unclipped_error).to(values.dtype), mask)
+    return ValueLoss(loss, clipfrac)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 − Var(R − V) / Var(R) over valid tokens: 1 is a perfect value head, ≤ 0 no better than a constant.
+
+    Args:
+        values: (B, A). returns: (B, A). mask: (B, A). Returns nan when Var(R) is 0.
+    """
+    values, returns = values.detach(), returns.detach()
+    var_returns = masked_var(returns, mask).item()
+    if var_returns == 0:
+        return float("nan")
+    return 1.0 - masked_var(returns - values, mask).item() / var_returns
