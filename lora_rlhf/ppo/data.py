@@ -1,0 +1,76 @@
+"""PPO's two data streams: prompts to roll out on, and PPO-ptx's language-modelling text.
+
+Both are read in a fixed order per (seed, epoch) from a position counter, so a resumed run sees exactly
+the batches the interrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.data.demonstrations import SFTExample, load_sft_examples
+from lora_rlhf.data.prompts import parse_prompt, prompt_text
+from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, parse_rows
+from lora_rlhf.data.sources import DatasetSpec, load_rows
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.ppo.rollout import EncodedPrompt
+from lora_rlhf.sft.trainer import collate_sft
+
+
+def load_ppo_prompts(spec: DatasetSpec, tokenizer, max_prompt_length: int, on_bad_row: OnBadRow) -> tuple[list[EncodedPrompt], RowReport]:
+    """Render every prompt with the chat template and tokenize it; a prompt over the limit is a bad row."""
+
+    def encode(row) -> EncodedPrompt:
+        prompt = parse_prompt(row)
+        ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False).input_ids
+        if len(ids) > max_prompt_length:
+            raise BadRow(f"prompt longer than max_prompt_length ({len(ids)} tokens, max_prompt_length {max_prompt_length})")
+        return EncodedPrompt(ids, prompt_text(prompt))
+
+    prompts, report = parse_rows(load_rows(spec), encode, spec.display(), on_bad_row)
+    if not prompts:
+        raise LoraRlhfError(f"ppo.prompts: {spec.display()} holds no usable prompt")
+    return prompts, report
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A permutation of range(n) fixed by (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+class Cycler:
+    """Endless batches from a list, reshuffled every pass; `position` (items consumed) is the resume state."""
+
+    def __init__(self, items: list, seed: int, position: int = 0) -> None:
+        if not items:
+            raise ValueError("Cycler needs at least one item")
+        self.items, self.seed, self.position = items, seed, position
+
+    def next(self, count: int) -> list:
+        batch = []
+        while len(batch) < count:
+            epoch, offset = divmod(self.position, len(self.items))
+            order = epoch_order(len(self.items), self.seed, epoch)
+            take = min(count - len(batch), len(self.items) - offset)
+            batch += [self.items[i] for i in order[offset : offset + take]]
+            self.position += take
+        return batch
+
+
+class PtxStream:
+    """PPO-ptx batches (InstructGPT eq. 2): demonstration or pretraining text, loss on the completion tokens."""
+
+    def __init__(self, spec: DatasetSpec, tokenizer, max_length: int, batch_size: int, seed: int, on_bad_row: OnBadRow) -> None:
+        examples, report = load_sft_examples(spec, tokenizer, max_length, on_bad_row)
+        report.log()
+        if not examples:
+            raise LoraRlhfError(f"ppo.ptx: {spec.display()} holds no usable example")
+        self.cycler = Cycler(examples, seed + 1)
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id
+
+    def next(self) -> dict[str, torch.Tensor]:
+        examples: list[SFTExample] = self.cycler.next(self.batch_size)
+        return collate_sft(examples, self.pad_id)

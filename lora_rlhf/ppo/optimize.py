@@ -1,0 +1,147 @@
+"""One PPO iteration's learning: rewards and advantages of a rollout, then clipped updates of policy and value.
+
+Policy and value are separate adapters with separate optimizers (InstructGPT uses a separate value
+network initialised from the RM, with its own learning rate), so each role's loss is backpropagated
+while its own adapter is active; gradient checkpointing recomputes under that adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.ppo.advantages import RunningMoments, gae, masked_mean, penalized_rewards, transform_scores, whiten
+from lora_rlhf.ppo.config import PPOConfig
+from lora_rlhf.ppo.data import PtxStream
+from lora_rlhf.ppo.losses import explained_variance, policy_loss, value_loss
+from lora_rlhf.ppo.rollout import Rollout
+from lora_rlhf.sft.trainer import sft_loss
+
+
+@dataclasses.dataclass
+class Optimizers:
+    """The two roles' optimizers and schedulers, and the Accelerator that runs backward and clipping."""
+
+    accelerator: Any
+    policy: torch.optim.Optimizer
+    value: torch.optim.Optimizer
+    policy_scheduler: Any
+    value_scheduler: Any
+
+    def stateful(self) -> dict[str, Any]:
+        """What a checkpoint saves (state_dict / load_state_dict objects)."""
+        return {"policy": self.policy, "value": self.value, "policy_scheduler": self.policy_scheduler,
+                "value_scheduler": self.value_scheduler}
+
+
+def build_optimizers(stack: RoleStack, config: PPOConfig, accelerator) -> Optimizers:
+    from transformers import get_scheduler
+
+    def make(role: str, lr: float):
+        optimizer = torch.optim.AdamW(stack.parameters(role), lr=lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
+        scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+        return optimizer, scheduler
+
+    policy, policy_scheduler = make("policy", config.policy_learning_rate)
+    value, value_scheduler = make("value", config.value_learning_rate)
+    return Optimizers(accelerator, policy, value, policy_scheduler, value_scheduler)
+
+
+@torch.no_grad()
+def add_advantages(rollout: Rollout, kl_coef: float, config: PPOConfig, moments: RunningMoments) -> dict[str, float]:
+    """Fill `rollout.advantages` and `.returns` (InstructGPT eq. 2 rewards, GAE); return the rollout's figures."""
+    mask = rollout.response_mask
+    scores = transform_scores(rollout.scores, clip=config.score_clip, running=moments, normalize=config.score_normalize)
+    shaped = penalized_rewards(rollout.logprobs, rollout.ref_logprobs, scores, mask, kl_coef, config.kl_estimator)
+    estimate = gae(rollout.values, shaped.rewards, mask, config.gamma, config.lam)
+    rollout.returns = estimate.returns
+    rollout.advantages = whiten(estimate.advantages, mask) if config.whiten_advantages else estimate.advantages
+    sequence_kl = shaped.kl.sum(dim=1)  # (B,) the KL of each whole response, as eq. 2 charges it
+    return {
+        "reward": rollout.scores.mean().item(),
+        "reward_std": rollout.scores.std().item() if len(rollout) > 1 else 0.0,
+        "kl": sequence_kl.mean().item(),
+        "kl_penalty": (kl_coef * sequence_kl).mean().item(),
+        "entropy": masked_mean(rollout.entropy, mask).item(),
+        "response_length": mask.sum(dim=1).mean().item(),
+        "value_mean": masked_mean(rollout.values, mask).item(),
+        "returns_mean": masked_mean(estimate.returns, mask).item(),
+        "explained_variance": explained_variance(rollout.values, estimate.returns, mask),
+    }
+
+
+def train_on_rollout(
+    stack: RoleStack, rollout: Rollout, optimizers: Optimizers, config: PPOConfig, ptx: PtxStream | None, step: int
+) -> dict[str, float]:
+    """`ppo_epochs` passes over the rollout in shuffled minibatches; one optimizer step per minibatch and role."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + step)
+    rows: list[dict[str, float]] = []
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(len(rollout), generator=generator)
+        for begin in range(0, len(rollout), config.mini_batch_size):
+            rows.append(_minibatch(stack, rollout, order[begin : begin + config.mini_batch_size], optimizers, config, ptx))
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def _minibatch(stack: RoleStack, rollout: Rollout, rows: torch.Tensor, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None) -> dict[str, float]:
+    micros = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
+    stats: list[dict[str, float]] = []
+    for micro in micros:
+        part = rollout.select(micro)
+        stats.append(_policy_backward(stack, part, opt, config, ptx, len(micros)))
+        stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
+    figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+    for role, optimizer in (("policy", opt.policy), ("value", opt.value)):
+        norm = _step(stack.parameters(role), optimizer, opt.accelerator, config.max_grad_norm)
+        if norm is not None:
+            figures[f"{role}_grad_norm"] = norm
+    return figures
+
+
+def _policy_backward(stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None, n_micro: int) -> dict[str, float]:
+    p = part.prompt_width
+    with stack.use("policy"), opt.accelerator.autocast():
+        logprobs = stack.logprobs("policy", part.input_ids, part.attention_mask, temperature=config.temperature).logprobs[:, p - 1 :]
+        out = policy_loss(logprobs.float(), part.logprobs, part.advantages, part.response_mask, config.clip_range)
+        loss = out.loss
+        figures = {"policy_loss": out.loss.item(), "clipfrac": out.clipfrac.item(), "approx_kl": out.approx_kl.item(),
+                   "ratio": out.ratio_mean.item()}
+        if ptx is not None:
+            # PPO-ptx (eq. 2): + gamma_ptx * E_pretrain[log pi], i.e. the LM loss on its text, mixed into every minibatch.
+            batch = {k: v.to(stack.device) for k, v in ptx.next().items()}
+            lm = sft_loss(stack, batch, role="policy").loss
+            loss = loss + config.ptx_coef * lm
+            figures["ptx_loss"] = lm.item()
+        opt.accelerator.backward(loss / n_micro)
+    figures["loss"] = loss.item()
+    return figures
+
+
+def _value_backward(stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, n_micro: int) -> dict[str, float]:
+    p = part.prompt_width
+    with stack.use("value"), opt.accelerator.autocast():
+        values = stack.values(part.input_ids, part.attention_mask)[:, p - 1 : -1]
+        out = value_loss(values.float(), part.values, part.returns, part.response_mask, config.clip_range_value)
+        opt.accelerator.backward(out.loss / n_micro)
+    return {"value_loss": out.loss.item(), "value_clipfrac": out.clipfrac.item()}
+
+
+def _step(params: list[torch.nn.Parameter], optimizer, accelerator, max_grad_norm: float) -> float | None:
+    """Clip and step; a non-finite gradient norm skips the update (the NaN guard then stops the run)."""
+    norm = None
+    if max_grad_norm > 0:
+        norm = float(accelerator.clip_grad_norm_(params, max_grad_norm))
+    if norm is None or math.isfinite(norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def step_schedulers(optimizers: Optimizers) -> None:
+    """The learning-rate schedules count PPO iterations, not minibatches."""
+    optimizers.policy_scheduler.step()
+    optimizers.value_scheduler.step()

@@ -1,0 +1,172 @@
+"""Rollouts: sample responses from `policy`, then score them with the frozen roles on the same base.
+
+One rollout is one typed container (OpenRLHF-style). Sequences are laid out as
+
+    [pad ... pad | prompt tokens | response tokens (up to and including EOS) | pad ... pad]
+     <------------ P columns, left-padded ------------> <--------- A columns, right-padded --------->
+
+so column P + j holds response token j, and the distribution that produced it is read at column P + j - 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from lora_rlhf.data.batching import pad_left
+from lora_rlhf.models.roles import RoleStack
+
+# (prompts, responses) -> one score per response: the labeler's gold judge, or a programmatic reward.
+TextScorer = Callable[[list[str], list[str]], list[float]]
+
+
+@dataclasses.dataclass
+class EncodedPrompt:
+    ids: list[int]  # the prompt rendered with the chat template, tokenized
+    text: str  # the user's words (for a gold judge)
+
+
+@dataclasses.dataclass
+class Rollout:
+    input_ids: torch.Tensor  # (B, P + A) prompt (left-padded) + response (right-padded)
+    attention_mask: torch.Tensor  # (B, P + A) 1 on prompt and response tokens
+    response_mask: torch.Tensor  # (B, A) 1 on response tokens, up to and including EOS
+    prompt_width: int  # P
+    logprobs: torch.Tensor  # (B, A) log pi_old(a_t | s_t) of the sampling policy
+    ref_logprobs: torch.Tensor  # (B, A) log pi_SFT(a_t | s_t), the frozen reference
+    values: torch.Tensor  # (B, A) V_old(s_t) from the value role
+    scores: torch.Tensor  # (B,) reward-model score at the last response token (RM bias included)
+    entropy: torch.Tensor  # (B, A) entropy of pi_old(. | s_t), for logging
+    prompts: list[str]  # the user's words, per row
+    responses: list[str]  # decoded responses, per row
+    advantages: torch.Tensor | None = None  # (B, A) filled in by the trainer
+    returns: torch.Tensor | None = None  # (B, A) filled in by the trainer
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: torch.Tensor) -> Rollout:
+        """The sub-rollout of `rows` (a minibatch); tensors are indexed, lists picked."""
+        picked = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, torch.Tensor):
+                picked[field.name] = value[rows.to(value.device)]
+            elif isinstance(value, list):
+                picked[field.name] = [value[i] for i in rows.tolist()]
+            else:
+                picked[field.name] = value
+        return Rollout(**picked)
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+def eos_ids(stack: RoleStack) -> set[int]:
+    """Every token id that ends a response: the tokenizer's EOS and the generation config's."""
+    ids = {stack.tokenizer.eos_token_id}
+    configured = getattr(getattr(stack.model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids |= set(configured if isinstance(configured, (list, tuple)) else [configured])
+    return {i for i in ids if i is not None}
+
+
+def response_mask(responses: torch.Tensor, stop_ids: set[int]) -> torch.Tensor:
+    """(B, A) generated ids -> (B, A) mask of the response proper: every token up to and including the first stop.
+
+    `generate` pads finished rows with the pad token (often equal to EOS), so what follows the first
+    stop token is never part of the response.
+    """
+    is_stop = torch.zeros_like(responses, dtype=torch.bool)
+    for token in stop_ids:
+        is_stop |= responses == token
+    stops_before = is_stop.long().cumsum(dim=1) - is_stop.long()  # stop tokens strictly before column t
+    return (stops_before == 0).long()
+
+
+@torch.no_grad()
+def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Generate from `policy` -> (input_ids (B, P+A), attention_mask (B, P+A), response_mask (B, A), P)."""
+    ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
+    ids, mask = ids.to(stack.device), mask.to(stack.device)
+    options = {"top_p": sampling.top_p, "top_k": sampling.top_k}  # top_k 0: off (not the model default)
+    out = stack.generate(
+        "policy", ids, mask, do_sample=True, temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=sorted(eos_ids(stack)), **options,
+    )
+    width = ids.shape[1]
+    responses = out[:, width:]
+    resp_mask = response_mask(responses, eos_ids(stack))
+    keep = int(resp_mask.sum(dim=1).max().item()) if responses.shape[1] else 0
+    responses, resp_mask = responses[:, :keep], resp_mask[:, :keep]
+    pad = stack.tokenizer.pad_token_id
+    responses = torch.where(resp_mask.bool(), responses, torch.full_like(responses, pad))
+    return torch.cat([ids, responses], dim=1), torch.cat([mask, resp_mask], dim=1), resp_mask, width
+
+
+@torch.no_grad()
+def score(
+    stack: RoleStack,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    *,
+    temperature: float,
+    micro_batch_size: int,
+    use_reward_role: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Old log-probs and entropy (policy), reference log-probs (sft), values (value), scores (reward).
+
+    All four run on the one base, switching adapters; batched `micro_batch_size` rows at a time.
+    """
+    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "entropy": [], "ref_logprobs": [], "values": [], "scores": []}
+    p = prompt_width
+    for begin in range(0, input_ids.shape[0], micro_batch_size):
+        ids = input_ids[begin : begin + micro_batch_size]
+        mask = attention_mask[begin : begin + micro_batch_size]
+        policy = stack.logprobs("policy", ids, mask, temperature=temperature, with_entropy=True)
+        parts["logprobs"].append(policy.logprobs[:, p - 1 :])
+        parts["entropy"].append(policy.entropy[:, p - 1 :])
+        parts["ref_logprobs"].append(stack.logprobs("reference", ids, mask, temperature=temperature).logprobs[:, p - 1 :])
+        parts["values"].append(stack.values(ids, mask)[:, p - 1 : -1])
+        if use_reward_role:
+            parts["scores"].append(stack.rewards(ids, mask))
+    if not use_reward_role:
+        parts.pop("scores")
+    return {k: torch.cat(v).float() for k, v in parts.items()}
+
+
+def make_rollout(
+    stack: RoleStack,
+    prompts: Sequence[EncodedPrompt],
+    sampling: SamplingConfig,
+    micro_batch_size: int,
+    reward_fn: TextScorer | None = None,
+) -> tuple[Rollout, dict[str, float]]:
+    """Sample and score one batch of prompts; returns the rollout and the seconds spent generating and scoring.
+
+    Scores come from the reward role, or from `reward_fn` (a programmatic reward) when one is given.
+    """
+    start = time.perf_counter()
+    input_ids, attention_mask, resp_mask, width = sample(stack, prompts, sampling)
+    generated = time.perf_counter()
+    scored = score(stack, input_ids, attention_mask, width, temperature=sampling.temperature,
+                   micro_batch_size=micro_batch_size, use_reward_role=reward_fn is None)
+    texts = stack.tokenizer.batch_decode(input_ids[:, width:], skip_special_tokens=True)
+    if reward_fn is not None:
+        values = reward_fn([p.text for p in prompts], [t.strip() for t in texts])
+        scored["scores"] = torch.tensor(values, dtype=torch.float32, device=input_ids.device)
+    rollout = Rollout(
+        input_ids=input_ids, attention_mask=attention_mask, response_mask=resp_mask.float(), prompt_width=width,
+        prompts=[p.text for p in prompts], responses=[t.strip() for t in texts], **scored,
+    )
+    timing = {"time_generate": generated - start, "time_score": time.perf_counter() - generated}
+    return rollout, timing

@@ -1,0 +1,174 @@
+"""The PPO-ptx stage (InstructGPT §3.5): policy and value trained on one base beside the frozen sft and reward.
+
+    for each iteration:
+        rollout   = sample from policy; score with reward; log-probs of sft (reference); values of value
+        rewards   = score at the last token - beta * KL per token  (eq. 2);  advantages by GAE
+        update    = clipped surrogate (+ gamma_ptx * LM loss) for policy, clipped value loss for value
+        beta      = KL controller (fixed, or adaptive as in Ziegler et al. 2019)
+
+Writes metrics/ppo.jsonl, checkpoints/ppo/ (resumable: roles, optimizers, schedulers, KL controller,
+score statistics, RNG states, data positions) and finally adapters/policy/ and adapters/value/.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.metrics import MetricsWriter
+from lora_rlhf.models.lora import LoraSettings
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.ppo import guard
+from lora_rlhf.ppo.advantages import RunningMoments
+from lora_rlhf.ppo.config import PPOConfig
+from lora_rlhf.ppo.data import Cycler, PtxStream, load_ppo_prompts
+from lora_rlhf.ppo.kl_control import make_kl_controller
+from lora_rlhf.ppo.optimize import Optimizers, add_advantages, build_optimizers, step_schedulers, train_on_rollout
+from lora_rlhf.ppo.rollout import SamplingConfig, TextScorer, make_rollout
+from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable
+from lora_rlhf.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lora_rlhf.train.loop import make_accelerator
+
+logger = logging.getLogger(__name__)
+
+TRAINED = ("policy", "value")
+
+
+def setup_roles(stack: RoleStack, config: PPOConfig) -> None:
+    """policy <- copy of sft; value <- copy of reward, head included (InstructGPT §3.5), or fresh."""
+    for needed, stage in (("sft", "sft"), ("reward", "rm")):
+        if not stack.has_role(needed):
+            raise LoraRlhfError(f"ppo needs the {needed!r} role: train it first (`lora-rlhf {stage}`) or load it")
+    if not stack.has_role("policy"):
+        stack.copy_role("sft", "policy")
+    if not stack.has_role("value"):
+        if config.value_init == "reward":
+            stack.copy_role("reward", "value")
+        else:
+            stack.add_role("value", LoraSettings())
+
+
+class _State:
+    """What changes from one iteration to the next and must be checkpointed besides weights and optimizers."""
+
+    def __init__(self, config: PPOConfig, prompts: list, ptx: PtxStream | None) -> None:
+        self.kl_controller = make_kl_controller(config.kl_control, config.kl_coef, config.kl_target, config.kl_horizon)
+        self.moments = RunningMoments()
+        self.prompts = Cycler(prompts, config.seed)
+        self.ptx = ptx
+
+    def to_json(self) -> dict:
+        return {"prompt_position": self.prompts.position, "ptx_position": self.ptx.cycler.position if self.ptx else 0,
+                "kl_controller": self.kl_controller.state_dict(), "score_moments": self.moments.state_dict()}
+
+    def load_json(self, state: dict) -> None:
+        self.prompts.position = state["prompt_position"]
+        if self.ptx is not None:
+            self.ptx.cycler.position = state["ptx_position"]
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.moments.load_state_dict(state["score_moments"])
+
+
+def train_ppo(
+    stack: RoleStack,
+    config: PPOConfig,
+    output_dir: Path,
+    *,
+    resume: bool = False,
+    gold_fn: TextScorer | None = None,
+    reward_fn: TextScorer | None = None,
+) -> dict[str, float]:
+    """Run PPO-ptx for `config.steps` iterations; returns the first and last figures (reward, kl, gold).
+
+    `gold_fn` (a gold judge) is only logged; `reward_fn` replaces the reward role's score (a programmatic reward).
+    """
+    output_dir = Path(output_dir)
+    keep_nf4_differentiable(stack.base_model)  # no-grad rollouts must not break later gradients on CPU NF4
+    prompts, report = load_ppo_prompts(config.prompts, stack.tokenizer, config.max_prompt_length, config.on_bad_row)
+    report.log()
+    ptx = _ptx_stream(stack, config)
+    setup_roles(stack, config)
+    stack.set_trainable(*TRAINED)
+    optimizers = build_optimizers(stack, config, make_accelerator(config.mixed_precision, stack.device))
+    state = _State(config, prompts, ptx)
+    ckpt_dir = output_dir / "checkpoints" / "ppo"
+    step = _resume(stack, config, optimizers, state, ckpt_dir) if resume else 0
+    if step == 0:
+        torch.manual_seed(config.seed)
+    metrics = MetricsWriter(output_dir / "metrics" / "ppo.jsonl", resume_step=step if step else None)
+    # Eval mode throughout: LoRA dropout would make pi_old != pi at the first epoch (ratio != 1) and the
+    # rollouts unrepeatable; gradients still flow in eval mode.
+    stack.model.eval()
+    first, last = _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
+    stack.set_trainable()
+    for role in TRAINED:
+        stack.save_role(role, output_dir / "adapters" / role)
+    summary = {"steps": config.steps, "prompts": len(prompts), "dropped": report.dropped}
+    for key in ("reward", "kl", "gold"):
+        if key in last:
+            summary[f"{key}_first"], summary[f"{key}_last"] = first.get(key, float("nan")), last[key]
+    return summary
+
+
+def _iterate(stack, config: PPOConfig, optimizers: Optimizers, state: _State, step: int, metrics: MetricsWriter,
+             ckpt_dir: Path, scorers: tuple[TextScorer | None, TextScorer | None]) -> tuple[dict[str, float], dict[str, float]]:
+    sampling = SamplingConfig(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    progress = tqdm(total=config.steps, initial=step, desc="ppo: policy + value", unit="step")
+    while step < config.steps:
+        step += 1
+        figures = _one_iteration(stack, config, optimizers, state, sampling, step, ckpt_dir, scorers)
+        first, last = first or figures, figures
+        progress.update(1)
+        progress.set_postfix(reward=f"{figures['reward']:.3f}", kl=f"{figures['kl']:.3f}")
+        if step % config.logging_steps == 0 or step == config.steps:
+            metrics.log(step, **figures)
+        if step % config.save_steps == 0 or step == config.steps:
+            save_checkpoint(ckpt_dir, step, stack, TRAINED, optimizers.stateful(), state.to_json(), keep=config.keep_checkpoints)
+    progress.close()
+    return first, last
+
+
+def _one_iteration(stack, config: PPOConfig, optimizers: Optimizers, state: _State, sampling: SamplingConfig,
+                   step: int, ckpt_dir: Path, scorers: tuple[TextScorer | None, TextScorer | None]) -> dict[str, float]:
+    gold_fn, reward_fn = scorers
+    kl_coef = state.kl_controller.value
+    batch = state.prompts.next(config.rollout_batch_size)
+    rollout, timing = make_rollout(stack, batch, sampling, config.micro_batch_size, reward_fn)
+    figures = add_advantages(rollout, kl_coef, config, state.moments)
+    if gold_fn is not None:
+        figures["gold"] = sum(gold_fn(rollout.prompts, rollout.responses)) / len(rollout)
+    guard.check(figures, step=step, kl_ceiling=config.kl_ceiling, folder=ckpt_dir, stack=stack, rollout=rollout)
+    start = time.perf_counter()
+    figures.update(train_on_rollout(stack, rollout, optimizers, config, state.ptx, step))
+    step_schedulers(optimizers)
+    timing["time_train"] = time.perf_counter() - start
+    guard.check(figures, step=step, kl_ceiling=None, folder=ckpt_dir, stack=stack, rollout=rollout)
+    state.kl_controller.update(figures["kl"], len(rollout))
+    figures.update(timing, kl_coef=kl_coef, lr_policy=optimizers.policy_scheduler.get_last_lr()[0],
+                   lr_value=optimizers.value_scheduler.get_last_lr()[0])
+    return figures
+
+
+def _ptx_stream(stack: RoleStack, config: PPOConfig) -> PtxStream | None:
+    if not config.uses_ptx:
+        if config.ptx_coef > 0:
+            logger.info("ppo: no ppo.ptx data given, so no pretraining-mix term (plain PPO)")
+        return None
+    return PtxStream(config.ptx, stack.tokenizer, config.ptx_max_length, config.ptx_batch_size, config.seed, config.on_bad_row)
+
+
+def _resume(stack: RoleStack, config: PPOConfig, optimizers: Optimizers, state: _State, ckpt_dir: Path) -> int:
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is None:
+        return 0
+    saved = load_checkpoint(latest, stack, TRAINED, optimizers.stateful())
+    state.load_json(saved)
+    logger.info("ppo: resuming from %s (step %d)", latest, saved["step"])
+    return int(saved["step"])
