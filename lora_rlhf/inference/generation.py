@@ -1,0 +1,185 @@
+"""Generate text with one role of a RoleStack: chat templates, sampling options, stop strings, streaming.
+
+These functions do not lock; `AdapterRegistry` calls them while holding its lock, because
+`RoleStack.use()` switches the one active adapter of the shared base for the whole model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
+
+import torch
+
+from lora_rlhf.data.chat import Messages, Prompt, render_prompt
+from lora_rlhf.inference.options import GenerationOptions
+from lora_rlhf.models.roles import RoleStack
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Completion:
+    """One response and the counts OpenAI's `usage` and `finish_reason` report."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (the token budget ran out)
+
+
+def render(tokenizer, prompt: Prompt, *, chat: bool = True, system: str | None = None) -> str:
+    """The model text for `prompt`: through the chat template when `chat` (and the tokenizer has one), else raw."""
+    if not chat:
+        if isinstance(prompt, str):
+            return prompt
+        return render_prompt(_NoTemplate(), prompt)
+    messages: Messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system and not any(m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": system}, *messages]
+    return render_prompt(tokenizer, messages)
+
+
+class _NoTemplate:
+    chat_template = None
+
+
+@torch.no_grad()
+def generate_texts(stack: RoleStack, role: str, texts: Sequence[str], options: GenerationOptions) -> list[Completion]:
+    """Responses of `role` to already rendered prompt `texts`, generated as one left-padded batch."""
+    tokenizer = stack.tokenizer
+    batch = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
+    _seed(options)
+    out = stack.generate(role, batch.input_ids, batch.attention_mask, **_kwargs(stack, options))
+    width = batch.input_ids.shape[1]
+    completions = []
+    for row, mask in zip(out, batch.attention_mask):
+        ids, stopped = _until_eos(row[width:], stack)
+        text, cut = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), options.stop)
+        finish = "stop" if stopped or cut else "length"
+        completions.append(Completion(text, int(mask.sum()), len(ids), finish))
+    return completions
+
+
+def stream_text(
+    stack: RoleStack,
+    role: str,
+    text: str,
+    options: GenerationOptions,
+    *,
+    lock: threading.Lock | None = None,
+    check: Callable[[str], None] | None = None,
+) -> Generator[str, None, Completion]:
+    """Yield `role`'s response to the rendered prompt `text` piece by piece as it is generated.
+
+    Generation runs in a worker thread that holds `lock` (if given) until it finishes, and first calls
+    `check(role)` under the lock (the role may have been removed while waiting). Closing the
+    iterator early (a client that disconnects) stops generation at the next token. The last item
+    returned by the generator (its StopIteration value) is the finished Completion.
+    """
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    tokenizer = stack.tokenizer
+    cancel = threading.Event()
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    batch = tokenizer([text], return_tensors="pt", add_special_tokens=False).to(stack.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = _kwargs(stack, options) | {"streamer": streamer, "stopping_criteria": StoppingCriteriaList([_Cancelled()])}
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            with lock if lock is not None else contextlib.nullcontext():
+                if check is not None:
+                    check(role)
+                _seed(options)
+                result["ids"] = stack.generate(role, batch.input_ids, batch.attention_mask, **kwargs)
+        except BaseException as exc:  # surfaced in the consuming thread below
+            result["error"] = exc
+            streamer.end()
+
+    worker = threading.Thread(target=work, name=f"generate-{role}", daemon=True)
+    worker.start()
+    try:
+        emitted = yield from _emit_until_stop(streamer, options.stop)
+    finally:
+        cancel.set()
+    worker.join()
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    ids, stopped = _until_eos(result["ids"][0, batch.input_ids.shape[1] :], stack)  # type: ignore[index]
+    finish = "stop" if stopped or emitted.cut else "length"
+    return Completion(emitted.text, batch.input_ids.shape[1], len(ids), finish)
+
+
+@dataclasses.dataclass
+class _Emitted:
+    text: str
+    cut: bool
+
+
+def _emit_until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Generator[str, None, _Emitted]:
+    """Re-chunk streamed text so no stop string (nor its start, held back) is ever emitted."""
+    hold = max((len(s) for s in stop), default=1) - 1
+    text, sent = "", 0
+    for piece in pieces:
+        text += piece
+        cut_text, cut = cut_at_stop(text, stop)
+        if cut:
+            if len(cut_text) > sent:
+                yield cut_text[sent:]
+            return _Emitted(cut_text, True)
+        safe = len(text) - hold
+        if safe > sent:
+            yield text[sent:safe]
+            sent = safe
+    if len(text) > sent:
+        yield text[sent:]
+    return _Emitted(text, False)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the earliest stop string, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def _kwargs(stack: RoleStack, options: GenerationOptions) -> dict:
+    kwargs = options.generate_kwargs()
+    if options.stop:
+        # transformers stops generating as soon as a stop string appears; the text is cut afterwards.
+        kwargs.update(stop_strings=list(options.stop), tokenizer=stack.tokenizer)
+    return kwargs
+
+
+def _seed(options: GenerationOptions) -> None:
+    if options.seed is not None and not options.greedy:
+        torch.manual_seed(options.seed)
+
+
+def eos_ids(stack: RoleStack) -> set[int]:
+    """Every token id that ends a response: the tokenizer's EOS and the generation config's (chat models add theirs)."""
+    ids = {stack.tokenizer.eos_token_id}
+    configured = getattr(getattr(stack.base_model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return {i for i in ids if i is not None}
+
+
+def _until_eos(response: torch.Tensor, stack: RoleStack) -> tuple[torch.Tensor, bool]:
+    """Response ids before the first EOS (the rest is padding), and whether an EOS was found."""
+    ends = torch.tensor(sorted(eos_ids(stack)), device=response.device, dtype=response.dtype)
+    stops = torch.isin(response, ends).nonzero()
+    if len(stops):
+        return response[: int(stops[0])], True
+    pad = stack.tokenizer.pad_token_id
+    if pad is not None:
+        keep = (response != pad).nonzero()
+        return (response[: int(keep[-1]) + 1] if len(keep) else response[:0]), False
+    return response, False

@@ -1,0 +1,55 @@
+"""Sampling options for inference, validated on construction (the knobs of `transformers.generate`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from lora_rlhf.errors import LoraRlhfError
+
+
+@dataclasses.dataclass
+class GenerationOptions:
+    """How to sample one response; the defaults are greedy decoding of up to 128 tokens."""
+
+    # Response budget in tokens.
+    max_new_tokens: int = 128
+    # Softmax temperature; 0 means greedy decoding (argmax), which is reproducible.
+    temperature: float = 0.0
+    # Nucleus sampling: keep the smallest set of tokens whose probability sums to top_p (1.0 = off).
+    top_p: float = 1.0
+    # Keep only the k most likely tokens (0 = off).
+    top_k: int = 0
+    # >1 discourages repeating tokens already in the text (CTRL, Keskar et al. 2019); 1.0 = off.
+    repetition_penalty: float = 1.0
+    # Strings that end the response; the response is cut before the first one (OpenAI's `stop`).
+    stop: list[str] = dataclasses.field(default_factory=list)
+    # Seed of the sampler, for reproducible sampling (ignored when greedy).
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise LoraRlhfError(f"max_new_tokens: {self.max_new_tokens!r} must be a positive integer")
+        if self.temperature < 0:
+            raise LoraRlhfError(f"temperature: {self.temperature!r} must be >= 0 (0 = greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise LoraRlhfError(f"top_p: {self.top_p!r} must be in (0, 1]")
+        if self.top_k < 0:
+            raise LoraRlhfError(f"top_k: {self.top_k!r} must be >= 0 (0 = off)")
+        if self.repetition_penalty <= 0:
+            raise LoraRlhfError(f"repetition_penalty: {self.repetition_penalty!r} must be > 0")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise LoraRlhfError(f"stop: {self.stop!r} must be non-empty strings")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `model.generate` (explicit, so a model's generation_config cannot turn sampling on)."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if self.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+        return kwargs

@@ -1,0 +1,47 @@
+"""Adapter folders and run directories with non-trivial random adapters, for tests and examples (offline).
+
+A fresh LoRA adapter has B = 0 and so equals its base; these are perturbed so every adapter (and the
+bare base) answers differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lora_rlhf.io import write_json
+
+
+def make_adapters(
+    model_dir: str | Path, out_dir: str | Path, names: Sequence[str], *, r: int = 4, scale: float = 0.5, seed: int = 0
+) -> dict[str, Path]:
+    """Write one random adapter per name for the model at `model_dir` into out_dir/<name>; {name: folder}."""
+    from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack
+
+    stack = RoleStack.load(BaseModelConfig(str(model_dir), quantization="none", device="cpu"))
+    folders = {}
+    for index, name in enumerate(names):
+        stack.add_role(name, LoraSettings(r=r, dropout=0.0))
+        generator = torch.Generator().manual_seed(seed + index)
+        with torch.no_grad():
+            for param in stack.parameters(name):
+                param.add_(torch.randn(param.shape, generator=generator).to(param.dtype) * scale)
+        folders[name] = stack.save_role(name, Path(out_dir) / name)
+    return folders
+
+
+def make_run_dir(
+    model_dir: str | Path, run_dir: str | Path, roles: Sequence[str] = ("sft", "policy"), *, eval_figures: Mapping[str, Any] | None = None
+) -> Path:
+    """A run directory as the pipeline writes it: recipe.yaml (model section), adapters/<role>/, eval.json."""
+    run_dir = Path(run_dir)
+    make_adapters(model_dir, run_dir / "adapters", roles)
+    recipe = {"model": {"name_or_path": str(model_dir), "quantization": "none", "device": "cpu"}}
+    run_dir.joinpath("recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    if eval_figures is not None:
+        write_json(run_dir / "eval.json", dict(eval_figures))
+    return run_dir
