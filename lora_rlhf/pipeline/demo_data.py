@@ -25,6 +25,8 @@ FILES = {
     "ranking_prompts": "ranking_prompts.jsonl",
     "eval_prompts": "eval_prompts.jsonl",
 }
+# Sequences per batched generate call when sampling the K responses to rank.
+_SAMPLES_PER_CALL = 32
 # Each split of the task draws from its own seed offset, so no prompt is shared by accident.
 _SPLIT_SEEDS = {"demonstrations": 0, "ranking_prompts": 1, "prompts": 2, "eval_prompts": 3}
 
@@ -90,19 +92,27 @@ def write_rankings(stack: RoleStack, recipe: RecipeConfig, run: RunDir) -> None:
     demo = recipe.demo
     prompts = [json.loads(line)["prompt"] for line in run.data(FILES["ranking_prompts"]).read_text().splitlines()]
     torch.manual_seed(demo.seed)
-    samples = []
-    for prompt in tqdm(prompts, desc="demo: sampling responses to rank", unit="prompt"):
-        samples.append(_sample(stack, prompt, demo.responses_per_prompt, demo.sample_temperature, demo.max_new_tokens))
+    samples: list[list[str]] = []
+    k = demo.responses_per_prompt
+    per_call = max(1, _SAMPLES_PER_CALL // k)  # one batched generate call serves several prompts
+    with tqdm(total=len(prompts), desc="demo: sampling responses to rank", unit="prompt") as progress:
+        for begin in range(0, len(prompts), per_call):
+            chunk = prompts[begin : begin + per_call]
+            flat = _sample(stack, [p for p in chunk for _ in range(k)], demo.sample_temperature, demo.max_new_tokens)
+            samples += [flat[i * k : (i + 1) * k] for i in range(len(chunk))]
+            progress.update(len(chunk))
     rows = ranking_rows(prompts, samples, Labeler(disagreement=demo.disagreement, seed=demo.seed))
     _write_jsonl(target, rows)
     logger.info("demo: the labeler ranked %d prompts x %d responses into %s", len(rows), demo.responses_per_prompt, target)
 
 
-def _sample(stack: RoleStack, prompt: str, k: int, temperature: float, max_new_tokens: int) -> list[str]:
+def _sample(stack: RoleStack, prompts: list[str], temperature: float, max_new_tokens: int) -> list[str]:
+    """One sampled response of the sft role per prompt (prompts repeat to get K samples each)."""
     tokenizer = stack.tokenizer
-    enc = tokenizer([render_prompt(tokenizer, prompt)] * k, return_tensors="pt", add_special_tokens=False).to(stack.device)
+    rendered = [render_prompt(tokenizer, p) for p in prompts]
+    enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
     out = stack.generate("sft", enc.input_ids, enc.attention_mask, do_sample=True, temperature=temperature,
-                         top_p=1.0, max_new_tokens=max_new_tokens)
+                         top_p=1.0, top_k=0, max_new_tokens=max_new_tokens)
     return [t.strip() for t in tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)]
 
 

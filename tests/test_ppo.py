@@ -1,0 +1,190 @@
+"""The PPO stage on a tiny random model: it learns a programmatic reward, leaves frozen roles alone,
+resumes exactly, and stops on NaN or runaway KL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lora_rlhf.config.recipe import load_recipe
+from lora_rlhf.data.sources import DatasetSpec
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.metrics import read_metrics
+from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.ppo.config import PPOConfig
+from lora_rlhf.ppo.rollout import response_mask
+from lora_rlhf.ppo.trainer import train_ppo
+
+PROMPTS = ["sort the numbers 3 1 2", "reverse the words hello world", "count letters", "answer with yes or no"]
+
+
+def digit_fraction(prompts: list[str], responses: list[str]) -> list[float]:
+    """A programmatic reward: the fraction of a response's characters that are digits."""
+    return [sum(c.isdigit() for c in r) / max(1, len(r)) for r in responses]
+
+
+def make_stack(folder: str, quantization: str = "none") -> RoleStack:
+    """A tiny model whose output head is scaled up so its next-token distribution is not flat (as a
+    pretrained model's is not); LoRA on the layers below can then move it within a few dozen steps."""
+    stack = RoleStack.load(BaseModelConfig(name_or_path=folder, quantization=quantization, device="cpu"))
+    with torch.no_grad():
+        stack.lm_head.weight.mul_(10.0)
+    torch.manual_seed(0)
+    stack.add_role("sft")
+    stack.add_role("reward")
+    return stack
+
+
+def prompts_file(tmp_path: Path) -> DatasetSpec:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS * 4))
+    return DatasetSpec(str(path))
+
+
+def demos_file(tmp_path: Path) -> DatasetSpec:
+    path = tmp_path / "demos.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "completion": "1 2 3"}) + "\n" for p in PROMPTS))
+    return DatasetSpec(str(path))
+
+
+def config(tmp_path: Path, **overrides) -> PPOConfig:
+    settings = dict(prompts=prompts_file(tmp_path), steps=4, rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2,
+                    max_new_tokens=8, ptx_coef=0.0, policy_learning_rate=3e-3, value_learning_rate=3e-3, ppo_epochs=2,
+                    save_steps=2)
+    settings.update(overrides)
+    return PPOConfig(**settings)
+
+
+def snapshot(stack: RoleStack) -> dict[str, torch.Tensor]:
+    """The base's weights and the frozen roles' (sft, reward adapter + head)."""
+    state = {f"base.{n}": p.detach().clone() for n, p in stack.model.named_parameters() if "lora_" not in n}
+    for role in ("sft", "reward"):
+        state.update({f"{role}.{i}": p.detach().clone() for i, p in enumerate(stack.parameters(role))})
+    return state
+
+
+def test_ppo_raises_a_programmatic_reward_with_bounded_kl_and_frozen_roles(tiny_llama, tmp_path):
+    stack = make_stack(tiny_llama)
+    before = snapshot(stack)
+    cfg = config(tmp_path, steps=30, rollout_batch_size=16, mini_batch_size=8, micro_batch_size=8, max_new_tokens=16,
+                 kl_coef=0.001, save_steps=30)
+    train_ppo(stack, cfg, tmp_path / "run", reward_fn=digit_fraction)
+
+    rows = read_metrics(tmp_path / "run" / "metrics" / "ppo.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    early = sum(r["reward"] for r in rows[:5]) / 5
+    late = sum(r["reward"] for r in rows[-5:]) / 5
+    assert late > max(3 * early, 0.15), (early, late)
+    assert all(r["kl"] < 150 for r in rows)  # a 16-token response; the penalty keeps it finite and bounded
+    for key in ("reward", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clipfrac", "response_length",
+                "approx_kl", "explained_variance", "time_generate", "time_score", "time_train"):
+        assert key in rows[0], key
+    after = snapshot(stack)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    sft = torch.cat([p.flatten() for p in stack.parameters("sft")])
+    policy = torch.cat([p.flatten() for p in stack.parameters("policy")])
+    assert not torch.equal(sft, policy)  # the policy started as a copy of sft and moved
+
+
+def test_value_starts_as_a_copy_of_the_reward_model_with_its_head(tiny_llama, tmp_path):
+    stack = make_stack(tiny_llama)
+    with torch.no_grad():
+        stack.head("reward").linear.weight.add_(0.5)
+    train_ppo(stack, config(tmp_path, steps=1, policy_learning_rate=1e-12, value_learning_rate=1e-12), tmp_path / "run",
+              reward_fn=digit_fraction)
+    value_head = load_file(str(tmp_path / "run" / "adapters" / "value" / "head.safetensors"))
+    reward_w = stack.head("reward").linear.weight
+    assert torch.allclose(next(iter(v for k, v in value_head.items() if k.endswith("weight"))), reward_w, atol=1e-6)
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_llama, tmp_path):
+    cfg = config(tmp_path, ptx=demos_file(tmp_path), ptx_coef=0.5, ptx_batch_size=2)
+    train_ppo(make_stack(tiny_llama), cfg, tmp_path / "full", reward_fn=digit_fraction)
+
+    calls = {"n": 0}
+
+    def stop_at_step_3(prompts, responses):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return digit_fraction(prompts, responses)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(make_stack(tiny_llama), cfg, tmp_path / "resumed", reward_fn=stop_at_step_3)
+    assert not (tmp_path / "resumed" / "adapters" / "policy").exists()
+    train_ppo(make_stack(tiny_llama), cfg, tmp_path / "resumed", resume=True, reward_fn=digit_fraction)
+
+    full = read_metrics(tmp_path / "full" / "metrics" / "ppo.jsonl")
+    resumed = read_metrics(tmp_path / "resumed" / "metrics" / "ppo.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full, resumed):
+        for key in ("reward", "kl", "policy_loss", "value_loss", "ptx_loss", "kl_coef"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    for role in ("policy", "value"):
+        a = load_file(str(tmp_path / "full" / "adapters" / role / "adapter_model.safetensors"))
+        b = load_file(str(tmp_path / "resumed" / "adapters" / role / "adapter_model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_nan_reward_stops_with_the_step_and_saves_the_evidence(tiny_llama, tmp_path):
+    calls = {"n": 0}
+
+    def nan_at_step_2(prompts, responses):
+        calls["n"] += 1
+        return [float("nan") if calls["n"] == 2 else 0.5 for _ in responses]
+
+    with pytest.raises(LoraRlhfError, match=r"step 2: reward is nan"):
+        train_ppo(make_stack(tiny_llama), config(tmp_path), tmp_path / "run", reward_fn=nan_at_step_2)
+    failed = tmp_path / "run" / "checkpoints" / "ppo" / "failed-step-00000002"
+    assert (failed / "rollout.safetensors").is_file() and (failed / "roles" / "policy" / "adapter_config.json").is_file()
+    assert "reward is nan" in json.loads((failed / "failure.json").read_text())["problem"]
+    assert not (tmp_path / "run" / "adapters" / "policy").exists()  # no output that looks complete
+
+
+def test_kl_ceiling_stops_the_run(tiny_llama, tmp_path):
+    cfg = config(tmp_path, kl_ceiling=1e-6, policy_learning_rate=1e-2)
+    with pytest.raises(LoraRlhfError, match=r"step \d+: kl .* exceeds ppo.kl_ceiling"):
+        train_ppo(make_stack(tiny_llama), cfg, tmp_path / "run", reward_fn=digit_fraction)
+
+
+def test_nf4_base_runs_ppo_with_the_reward_role(tiny_llama, tmp_path):
+    stack = make_stack(tiny_llama, quantization="nf4")
+    summary = train_ppo(stack, config(tmp_path, steps=2, save_steps=1), tmp_path / "run")
+    assert summary["steps"] == 2
+    assert (tmp_path / "run" / "adapters" / "value" / "head.safetensors").is_file()
+
+
+def test_ppo_needs_the_sft_and_reward_roles(tiny_llama, tmp_path):
+    stack = RoleStack.load(BaseModelConfig(name_or_path=tiny_llama, quantization="none"))
+    stack.add_role("sft")
+    with pytest.raises(LoraRlhfError, match="ppo needs the 'reward' role"):
+        train_ppo(stack, config(tmp_path), tmp_path / "run")
+
+
+def test_response_mask_stops_after_the_first_eos():
+    eos, pad = 1, 0
+    ids = torch.tensor([[5, 6, eos, 7, pad], [eos, 5, 5, 5, 5], [5, 5, 5, 5, 5], [5, eos, eos, eos, eos]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    assert torch.equal(response_mask(ids, {eos}), expected)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ppo.rollout_batch_size=10", "rollout_batch_size: 10 must be a multiple of mini_batch_size"),
+        ("ppo.mini_batch_size=8", "must be a multiple of micro_batch_size"),
+        ("ppo.clip_range=1.5", "ppo.clip_range: 1.5 must be in"),
+        ("ppo.kl_control=pid", "ppo.kl_control: 'pid' is not one of fixed, adaptive"),
+        ("ppo.kl_coeff=0.1", "unknown key 'ppo.kl_coeff'"),
+    ],
+)
+def test_bad_ppo_settings_are_one_line_errors(override, message):
+    overrides = [override] + (["ppo.micro_batch_size=3"] if "micro_batch" in message else [])
+    with pytest.raises(LoraRlhfError) as info:
+        load_recipe(None, overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
