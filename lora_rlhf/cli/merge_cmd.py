@@ -36,9 +36,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"merged model written to {output}")
     if args.verify:
         texts = ["Hello, how are you?", "Sort the numbers 3 1 2.", "Write one sentence about the sea."]
-        diff = merge_difference(output, adapter, texts, base=base)
-        verdict = "within" if diff <= TOLERANCE[args.dtype] else "OUTSIDE"
-        print(f"max |logit difference| vs adapter-on-base: {diff:.3g} ({verdict} the {args.dtype} tolerance {TOLERANCE[args.dtype]:g})")
+        check = merge_difference(output, adapter, texts, base=base)
+        verdict = "within" if check.within(args.dtype) else "OUTSIDE"
+        print(
+            f"max |logit difference| vs adapter-on-base (float32): {check.max_abs_diff:.3g} at logit scale "
+            f"{check.logit_scale:.3g}, relative {check.relative:.3g} ({verdict} the {args.dtype} tolerance {TOLERANCE[args.dtype]:g})"
+        )
         return 0 if verdict == "within" else 1
     return 0
 

@@ -17,6 +17,7 @@ _ROLE_TEXT = {
     "sft": "supervised fine-tuning on demonstrations (InstructGPT step 1); the KL reference of PPO",
     "reward": "a reward model trained on K-way rankings (InstructGPT step 2); its scalar head is head.safetensors",
     "policy": "the PPO policy (InstructGPT step 3), trained against the reward model with a KL penalty to sft",
+    "run": "every role of an InstructGPT run (SFT, reward model, PPO policy and value), one folder each",
     "value": "PPO's value function (initialised from the reward model); its scalar head is head.safetensors",
 }
 
@@ -81,7 +82,8 @@ def model_card(
         model_name=repo_id.split("/")[-1] if eval_figures else None,
     )
     body = [f"# {repo_id}" + (f" — `{subfolder}`" if subfolder else ""), ""]
-    body += [f"A LoRA adapter for `{base_model or 'its base model'}`: {_ROLE_TEXT.get(role, role)}.", ""]
+    on = f"`{base_model}`" if base_model else "a local base model (no Hub id was given: `lora-rlhf push --base-model`)"
+    body += [f"LoRA adapter{'s' if role == 'run' else ''} for {on}: {_ROLE_TEXT.get(role, role)}.", ""]
     body += ["Trained with lora_rlhf — InstructGPT's SFT, reward model and PPO with one "
              "LoRA adapter per role on one (4-bit) base.", ""]
     body += _figures_table(eval_figures)

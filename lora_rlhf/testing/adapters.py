@@ -1,7 +1,7 @@
 """Adapter folders and run directories with non-trivial random adapters, for tests and examples (offline).
 
-A fresh LoRA adapter has B = 0 and so equals its base; these are perturbed so every adapter (and the
-bare base) answers differently.
+A fresh LoRA adapter has B = 0 and so equals its base; here B is drawn at random (A keeps PEFT's
+random init) so every adapter, and the bare base, answers differently.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lora_rlhf.io import write_json
 
 
 def make_adapters(
-    model_dir: str | Path, out_dir: str | Path, names: Sequence[str], *, r: int = 4, scale: float = 0.5, seed: int = 0
+    model_dir: str | Path, out_dir: str | Path, names: Sequence[str], *, r: int = 4, scale: float = 0.3, seed: int = 0
 ) -> dict[str, Path]:
     """Write one random adapter per name for the model at `model_dir` into out_dir/<name>; {name: folder}."""
     from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack
@@ -28,8 +28,9 @@ def make_adapters(
         stack.add_role(name, LoraSettings(r=r, dropout=0.0))
         generator = torch.Generator().manual_seed(seed + index)
         with torch.no_grad():
-            for param in stack.parameters(name):
-                param.add_(torch.randn(param.shape, generator=generator).to(param.dtype) * scale)
+            for key, param in stack.model.named_parameters():
+                if f".lora_B.{name}." in key:
+                    param.copy_(torch.randn(param.shape, generator=generator).to(param.dtype) * scale)
         folders[name] = stack.save_role(name, Path(out_dir) / name)
     return folders
 
