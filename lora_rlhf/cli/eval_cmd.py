@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     if set(overrides) - {"eval"}:
         raise LoraRlhfError(f"eval takes overrides of the eval section only, not {sorted(set(overrides) - {'eval'})[0]!r}")
     recipe = build(RecipeConfig, merge(saved, overrides))
+    if recipe.demo.enabled:
+        from lora_rlhf.pipeline import demo_data
+
+        demo_data.fill_paths(recipe, run_dir)
     (result,) = run_stages(recipe, run_dir, ("eval",))
     print(result.line())
     print(f"report: {run_dir.path / 'report.md'}")

@@ -43,9 +43,11 @@ def prepare(config_path: str | None, overrides: Sequence[str], output_dir: str |
     """Load the recipe, fill in the demo's data paths, and claim the run directory for it."""
     recipe = load_recipe(config_path, overrides)
     run = RunDir(output_dir or default_output_dir(config_path))
+    # Claimed before the demo's data paths are filled in: they derive from the run directory itself, so
+    # recipe.yaml keeps them empty and a moved or copied run directory still matches its recipe.
+    run.claim(recipe.to_dict())
     if recipe.demo.enabled:
         demo_data.fill_paths(recipe, run)
-    run.claim(recipe.to_dict())
     return recipe, run
 
 

