@@ -1,0 +1,194 @@
+"""`lora-rlhf generate` and the adapter registry: attach by name, hot-swap, compare, sampling, one generation at a time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lora_rlhf import LoraRlhfError
+from lora_rlhf.cli.main import main
+from lora_rlhf.inference import AdapterRegistry, GenerationOptions, UnknownAdapter
+from lora_rlhf.testing.adapters import make_run_dir
+
+PROMPTS = ["sort the numbers 3 1 2", "hello world"]
+GREEDY = GenerationOptions(max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_llama, tmp_path_factory):
+    return make_run_dir(tiny_llama, tmp_path_factory.mktemp("genrun") / "run", ("sft", "policy"))
+
+
+@pytest.fixture(scope="module")
+def registry(run_dir):
+    return AdapterRegistry.from_run(run_dir)
+
+
+def test_run_roles_attach_by_name_and_each_answers_differently(registry):
+    assert registry.names == ["base", "policy", "sft"]
+    answers = registry.compare(registry.names, PROMPTS, GREEDY)
+    assert len({tuple(a) for a in answers.values()}) == 3, answers
+
+
+@torch.no_grad()
+def test_each_adapter_generates_what_peft_alone_generates(registry, run_dir, tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    text = registry.render(PROMPTS[0])
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    for name in ("policy", "sft", "base"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        if name != "base":
+            model = PeftModel.from_pretrained(model, str(run_dir / "adapters" / name))
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        expected = tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+        assert registry.generate(name, [PROMPTS[0]], GREEDY) == [expected], name
+
+
+def test_chat_template_and_system_message(registry):
+    assert registry.render("hi") == "<|user|>\nhi<|end|>\n<|assistant|>\n"
+    assert registry.render("hi", system="be brief").startswith("<|system|>\nbe brief<|end|>\n<|user|>")
+    assert registry.render("hi", chat=False) == "hi"
+    assert registry.generate("policy", ["hi"], GREEDY) != registry.generate("policy", ["hi"], GREEDY, chat=False)
+
+
+def test_sampling_options(registry):
+    sample = dict(max_new_tokens=8, temperature=1.5)
+    first = registry.generate("policy", PROMPTS, GenerationOptions(**sample, seed=1))
+    assert first == registry.generate("policy", PROMPTS, GenerationOptions(**sample, seed=1))
+    others = [registry.generate("policy", PROMPTS, GenerationOptions(**sample, seed=s)) for s in range(2, 6)]
+    assert any(o != first for o in others)
+    # top_k = 1 keeps only the argmax: sampling then is greedy decoding.
+    assert registry.generate("policy", PROMPTS, GenerationOptions(max_new_tokens=8, temperature=1.0, top_k=1, seed=3)) == \
+        registry.generate("policy", PROMPTS, GREEDY)
+    full = registry.complete("policy", [registry.render(PROMPTS[0])], GREEDY)[0]
+    stop = full.text[2:4]
+    cut = registry.complete("policy", [registry.render(PROMPTS[0])], GenerationOptions(max_new_tokens=8, stop=[stop]))[0]
+    assert cut.text == full.text[: full.text.find(stop)] and cut.finish_reason == "stop"
+    for bad in (dict(max_new_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(stop=[""])):
+        with pytest.raises(LoraRlhfError):
+            GenerationOptions(**bad)
+
+
+def test_stream_reassembles_and_releases_the_lock_when_abandoned(registry):
+    text = registry.render(PROMPTS[1])
+    whole = registry.complete("sft", [text], GREEDY)[0]
+    stream = registry.stream("sft", text, GREEDY)
+    pieces = []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            pieces.append(next(stream))
+    assert "".join(pieces) == whole.text and done.value.value.completion_tokens == whole.completion_tokens
+    abandoned = registry.stream("sft", text, GenerationOptions(max_new_tokens=64))
+    next(abandoned, None)
+    abandoned.close()
+    assert registry.lock.acquire(timeout=20)
+    registry.lock.release()
+
+
+def test_generations_never_run_under_another_requests_adapter(registry, monkeypatch):
+    """Slow generation down and record the active adapter before and after: every call must see only its own."""
+    seen: list[tuple[str, object, object]] = []
+    model = registry.stack.model
+    original = model.generate
+    lora_layer = next(m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "disable_adapters"))
+
+    def active() -> str:
+        # What the LoRA layers themselves will run: every adapter off, or the active one.
+        return "base" if lora_layer.disable_adapters else lora_layer.active_adapters[0]
+
+    def slow_generate(*args, **kwargs):
+        before = active()
+        time.sleep(0.05)
+        out = original(*args, **kwargs)
+        seen.append((threading.current_thread().name, before, active()))
+        return out
+
+    monkeypatch.setattr(model, "generate", slow_generate)
+    names = ["policy", "sft", "base"] * 3
+    threads = [threading.Thread(target=registry.generate, args=(n, PROMPTS[:1], GREEDY), name=n) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == len(names)
+    for wanted, before, after in seen:
+        assert before == after == wanted, seen
+
+
+def test_attach_detach_and_reattach(tiny_llama, run_dir):
+    registry = AdapterRegistry.load(tiny_llama, quantization="none", device="cpu")
+    bare = registry.generate("base", PROMPTS, GREEDY)
+    registry.attach("one", run_dir / "adapters" / "policy")
+    registry.attach("two", run_dir / "adapters" / "sft")
+    one = registry.generate("one", PROMPTS, GREEDY)
+    registry.detach("one")
+    assert registry.names == ["base", "two"]
+    with pytest.raises(UnknownAdapter):
+        registry.generate("one", PROMPTS, GREEDY)
+    registry.detach("two")  # the last adapter: the base is unwrapped again
+    assert registry.names == ["base"] and registry.generate("base", PROMPTS, GREEDY) == bare
+    registry.attach("one", run_dir / "adapters" / "policy")
+    assert registry.generate("one", PROMPTS, GREEDY) == one
+    with pytest.raises(LoraRlhfError, match="already exists"):
+        registry.attach("one", run_dir / "adapters" / "policy")
+    with pytest.raises(LoraRlhfError, match="neither an existing folder nor a Hub id"):
+        registry.attach("x", "./no/such/folder")
+    with pytest.raises(LoraRlhfError, match="run directory"):
+        registry.attach("x", run_dir)
+
+
+def test_hub_ids_are_downloaded_with_snapshot_download(tiny_llama, run_dir, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None, **kwargs):
+        calls.append((repo_id, revision, allow_patterns))
+        root = tmp_path / repo_id.replace("/", "--")
+        shutil.copytree(run_dir / "adapters", root, dirs_exist_ok=True)
+        return str(root)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    registry = AdapterRegistry.load(tiny_llama, quantization="none", device="cpu")
+    registry.attach("hub-policy", "me/run/policy", revision="v1")
+    assert calls == [("me/run", "v1", ["policy/*"])]
+    local = AdapterRegistry.from_run(run_dir, roles=["policy"])
+    assert registry.generate("hub-policy", PROMPTS, GREEDY) == local.generate("policy", PROMPTS, GREEDY)
+    with pytest.raises(LoraRlhfError, match="holds no adapter_config.json"):
+        registry.attach("nothing", "me/run")
+
+
+def test_cli_compare_side_by_side(run_dir, capsys):
+    code = main(["generate", "--run", str(run_dir), "--compare", "-p", PROMPTS[0], "-p", PROMPTS[1], "--max-new-tokens", "6"])
+    out = capsys.readouterr().out
+    assert code == 0
+    header = next(line for line in out.splitlines() if line.startswith("base"))
+    assert "| policy" in header and "| sft" in header
+    assert out.count(">>> ") == 2
+
+
+def test_cli_single_model_and_json(run_dir, registry, capsys):
+    assert main(["generate", "--run", str(run_dir), "-p", PROMPTS[0], "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == registry.generate("policy", PROMPTS[:1], GREEDY)[0]
+    assert main(["generate", "--run", str(run_dir), "-m", "base", "-m", "sft", "-p", PROMPTS[1], "--max-new-tokens", "8", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["model"] for r in rows] == ["base", "sft"]
+    assert rows[1]["response"] == registry.generate("sft", PROMPTS[1:], GREEDY)[0]
+
+
+def test_cli_base_with_named_adapters_and_errors(tiny_llama, run_dir, capsys):
+    adapter = f"mine={run_dir / 'adapters' / 'sft'}"
+    assert main(["generate", "--base", tiny_llama, "--adapter", adapter, "-m", "mine", "-p", "hi", "--max-new-tokens", "4"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--base", tiny_llama, "-m", "nope", "-p", "hi"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lora-rlhf")]
+    assert len(err) == 1 and "model 'nope' does not exist" in err[0]
+    assert main(["generate", "--base", tiny_llama, "--run", str(run_dir), "-p", "hi"]) == 2
+    assert "exactly one of --base" in capsys.readouterr().err
+    assert main(["generate", "--base", tiny_llama]) == 2
+    assert "no prompts" in capsys.readouterr().err
