@@ -169,3 +169,57 @@ def test_ranking_truncation_is_counted(tmp_path, tokenizer):
     n_prompt = len(tokenizer(render_prompt(tokenizer, "p"), add_special_tokens=False).input_ids)
     (example,), report = rankings(tmp_path, tokenizer, rows, max_length=n_prompt + 2)
     assert report.truncated == 1 and [len(r) for r in example.response_ids] == [2, 2]
+
+
+# ------------------------------------------------------------------ sources, splits, templates
+def test_hub_dataset_ids_go_to_load_dataset_with_name_dir_and_split(monkeypatch, tokenizer):
+    import datasets
+
+    calls = []
+    hh = {"chosen": "\n\nHuman: hi\n\nAssistant: good", "rejected": "\n\nHuman: hi\n\nAssistant: bad"}
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        calls.append((path, name, kwargs))
+        return datasets.Dataset.from_list([hh, hh, hh])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    spec = DatasetSpec("Anthropic/hh-rlhf", split="test", data_dir="harmless-base", max_rows=2)
+    examples, report = load_ranking_examples(spec, tokenizer, 64)
+    assert calls == [("Anthropic/hh-rlhf", None, {"data_dir": "harmless-base", "split": "test"})]
+    assert len(examples) == 2 and report.source == "Anthropic/hh-rlhf[test]"
+
+
+def test_local_split_slices_and_missing_files(tmp_path, tokenizer):
+    rows = [{"prompt": str(i), "completion": "ok"} for i in range(4)]
+    spec = write_jsonl(tmp_path, rows)
+    spec.split = "train[:50%]"
+    examples, report = load_sft_examples(spec, tokenizer, max_length=64)
+    assert len(examples) == 2 and report.source.endswith("rows.jsonl[train[:50%]]")
+    with pytest.raises(LoraRlhfError, match=r"dataset file '.*nowhere\.jsonl' does not exist"):
+        load_sft_examples(DatasetSpec(str(tmp_path / "nowhere.jsonl")), tokenizer, max_length=64)
+
+
+def test_hold_out_fraction():
+    from lora_rlhf.data.split import hold_out
+
+    train, held = hold_out(list(range(20)), 0.25, seed=0)
+    assert len(held) == 5 and sorted(train + held) == list(range(20))
+    assert hold_out(list(range(20)), 0.25, seed=0) == (train, held)  # fixed by the seed
+    assert hold_out(list(range(20)), 0.25, seed=1)[1] != held
+    assert hold_out([1, 2], 0.01, seed=0)[1] != []  # a fraction > 0 holds out at least one item...
+    assert hold_out([1], 0.5, seed=0) == ([1], [])  # ...but never the last training item
+    assert hold_out(list(range(5)), 0.0, seed=0) == (list(range(5)), [])
+
+
+def test_prompts_without_a_chat_template_render_as_plain_text():
+    from types import SimpleNamespace
+
+    plain = SimpleNamespace(chat_template=None)
+    assert render_prompt(plain, "sort 3 1 2") == "sort 3 1 2"
+    assert render_prompt(plain, [{"role": "user", "content": "hi"}]) == "user: hi\nassistant: "
+
+
+def test_tied_ranks_out_of_range_are_rejected(tmp_path, tokenizer):
+    rows = [{"prompt": "p", "responses": ["a", "b", "c"], "ranks": [0, 0, 5]}]
+    with pytest.raises(LoraRlhfError, match=r"row 0: field 'ranks' \[0, 0, 5\] has values outside 0..2"):
+        rankings(tmp_path, tokenizer, rows, ties="skip_pairs")

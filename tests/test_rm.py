@@ -109,6 +109,9 @@ def test_bias_centres_the_demonstrations(tiny_llama, data, tmp_path):
     examples, _ = load_sft_examples(data["demos"], stack.tokenizer, 48)
     assert summary["bias_shift"] != 0.0
     assert abs(mean_reward(stack, [e.input_ids for e in examples], batch_size=2)) < 1e-5
+    saved = load_stack(tiny_llama, sft=False)  # the bias is stored with the head in adapters/reward/
+    saved.load_role("reward", tmp_path / "run" / "adapters" / "reward")
+    assert abs(mean_reward(saved, [e.input_ids for e in examples], batch_size=2)) < 1e-5
 
 
 def test_init_sft_copies_the_sft_adapter_and_requires_it(tiny_llama, data, tmp_path):
@@ -147,3 +150,63 @@ def test_rm_config_errors_name_the_key():
         build(RMConfig, {"init": "copy"}, "rm.")
     with pytest.raises(LoraRlhfError, match=r"^rm\.bias_examples: 0"):
         build(RMConfig, {"bias_examples": 0}, "rm.")
+
+
+def test_rm_step_scores_each_response_once_in_one_forward(tiny_llama):
+    from lora_rlhf.data.rankings import RankingExample
+    from lora_rlhf.rm.batching import collate_rankings
+    from lora_rlhf.rm.loss import ranking_loss
+    from lora_rlhf.rm.trainer import rm_step
+
+    stack = load_stack(tiny_llama, sft=False)
+    stack.add_role("reward", LoraSettings(r=4, dropout=0.0))
+    torch.manual_seed(0)
+    for p in stack.parameters("reward"):
+        torch.nn.init.normal_(p, std=0.05)
+    eos = stack.tokenizer.eos_token_id
+    examples = [RankingExample([5, 6, 7], [[8, eos], [9, 10, eos]], [1, 0]),
+                RankingExample([5], [[11, eos], [12, 13, 14, eos], [15, eos], [16, 17, eos]], [2, 0, 3, 1]),
+                RankingExample([6, 7], [[18, 19, eos], [20, eos], [21, eos]], [0, 2, 1])]
+    calls, rewards = [], stack.rewards
+
+    def counted(input_ids, attention_mask, role="reward"):
+        calls.append(tuple(input_ids.shape))
+        return rewards(input_ids, attention_mask, role=role)
+
+    stack.rewards = counted
+    with torch.no_grad():
+        out = rm_step(stack, collate_rankings(examples, stack.tokenizer.pad_token_id))
+        assert [n for n, _ in calls] == [9]  # the 2 + 4 + 3 responses, scored in ONE call
+        # Each response scored alone (no padding), then the loss of eq. 1 on the (B, K_max) grid.
+        alone = [[rewards(torch.tensor([e.prompt_ids + r]), torch.ones(1, len(e.prompt_ids + r), dtype=torch.long)).item()
+                  for r in e.response_ids] for e in examples]
+    grid = torch.tensor([row + [0.0] * (4 - len(row)) for row in alone])
+    ranks = torch.tensor([e.ranks + [0] * (4 - len(e.ranks)) for e in examples])
+    valid = torch.tensor([[k < len(e.ranks) for k in range(4)] for e in examples])
+    torch.testing.assert_close(out.loss, ranking_loss(grid, ranks, valid).loss, rtol=1e-5, atol=1e-5)
+
+
+def test_rm_skipped_rows_are_counted_and_ties_skip_their_pairs(tiny_llama, data, tmp_path):
+    rows = marker_rankings(12) + [
+        {"prompt": "say something", "responses": ["great dog", ""], "ranks": [0, 1]},  # empty response
+        {"prompt": "say something", "responses": ["a", "b", "c"], "ranks": [0, 1, 3]},  # not a permutation
+        {"prompt": "say something", "responses": ["great great", "great", "dog"], "ranks": [0, 1, 1]},  # a tie
+    ]
+    config = rm_config({**data, "rankings": write_jsonl(tmp_path / "bad.jsonl", rows)}, max_steps=1)
+    with pytest.raises(LoraRlhfError, match=r"bad\.jsonl, row 12: field 'responses\[1\]' is empty"):
+        train_reward_model(load_stack(tiny_llama), config, tmp_path / "strict")
+    config.on_bad_row, config.ties, config.eval_fraction = "skip", "skip_pairs", 0.0
+    summary = train_reward_model(load_stack(tiny_llama), config, tmp_path / "run")
+    assert summary["dropped"] == 2 and summary["prompts"] == 13  # the tied row is kept; its tied pair gives no loss
+
+
+@pytest.mark.parametrize("init", ["fresh", "sft"])
+def test_the_same_seed_gives_the_same_reward_model_whatever_ran_before(tiny_llama, data, tmp_path, init):
+    config = rm_config(data, max_steps=1)
+    config.init = init
+    first = load_stack(tiny_llama)
+    train_reward_model(first, config, tmp_path / "first")
+    second = load_stack(tiny_llama)  # seeds the RNG for its sft adapter: move it on after that
+    torch.rand(7)  # as other work in the same process would
+    train_reward_model(second, config, tmp_path / "second")
+    assert same(snapshot(first, "reward"), snapshot(second, "reward"))  # the head's random init included

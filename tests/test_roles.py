@@ -285,3 +285,98 @@ def test_atomic_save_leaves_old_folder_on_failure(tiny_llama, tmp_path, monkeypa
         stack.save_role("policy", tmp_path / "policy")
     assert (tmp_path / "policy" / "adapter_model.safetensors").read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["policy"]
+
+
+# ------------------------------------------------------------------ loading and per-role settings
+def test_each_role_has_its_own_lora_settings(tiny_llama):
+    stack = make_stack(tiny_llama)
+    stack.add_role("sft", LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    stack.add_role("reward", LoraSettings(r=8, alpha=32, dropout=0.1))
+    config = stack.model.peft_config
+    assert (config["sft"].r, config["sft"].lora_alpha, config["sft"].lora_dropout) == (4, 8, 0.0)
+    assert (config["reward"].r, config["reward"].lora_alpha, config["reward"].lora_dropout) == (8, 32, 0.1)
+
+    def adapted(role: str) -> dict[str, int]:
+        """{module kind: rank} of every layer carrying `role`'s LoRA A matrix."""
+        return {n.split(".lora_A")[0].rsplit(".", 1)[-1]: p.shape[0]
+                for n, p in stack.model.named_parameters() if f".lora_A.{role}." in n}
+
+    assert adapted("sft") == {"q_proj": 4, "v_proj": 4}
+    assert set(adapted("reward")) >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(adapted("reward").values()) == {8}
+
+
+def test_value_starts_as_a_copy_of_reward_head_included(tiny_llama):
+    stack = make_stack(tiny_llama)
+    stack.add_role("reward", LoraSettings(r=4))
+    perturb(stack, "reward")  # adapter and head
+    stack.copy_role("reward", "value")
+    ids, mask = batch(stack)
+    with torch.no_grad():
+        assert torch.equal(stack.values(ids, mask, role="value"), stack.values(ids, mask, role="reward"))
+    for mine, theirs in zip(stack.parameters("value"), stack.parameters("reward"), strict=True):
+        assert torch.equal(mine, theirs) and mine.data_ptr() != theirs.data_ptr()  # a copy, not shared storage
+
+
+def test_compute_dtype_reaches_the_weights_and_the_nf4_matmuls(tiny_llama):
+    import bitsandbytes as bnb
+
+    bf16 = make_stack(tiny_llama, compute_dtype="bfloat16")
+    assert {p.dtype for p in bf16.base_model.parameters()} == {torch.bfloat16}
+    nf4 = make_stack(tiny_llama, "nf4", compute_dtype="float32")
+    assert {m.compute_dtype for m in nf4.base_model.modules() if isinstance(m, bnb.nn.Linear4bit)} == {torch.float32}
+
+
+def test_tokenizer_gets_a_pad_token_and_left_padding(tiny_llama, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from lora_rlhf.models.base import load_tokenizer
+
+    folder = tmp_path / "no-pad"
+    shutil.copytree(tiny_llama, folder)
+    plain = AutoTokenizer.from_pretrained(folder)
+    plain.pad_token, plain.padding_side = None, "right"
+    plain.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).pad_token is None  # the model ships no pad token
+    tokenizer = load_tokenizer(BaseModelConfig(str(folder)))
+    assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == "left"
+    enc = tokenizer(["hello", "the quick brown fox"], padding=True)
+    assert enc.attention_mask[0][0] == 0 and enc.attention_mask[0][-1] == 1  # short row padded on the left
+
+
+def test_trust_remote_code_is_passed_only_when_asked(tiny_llama, monkeypatch):
+    import transformers
+
+    seen = []
+
+    class Recorder:
+        @staticmethod
+        def from_pretrained(source, **kwargs):
+            seen.append(kwargs["trust_remote_code"])
+            raise OSError("recorded")
+
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", Recorder)
+    monkeypatch.setattr(transformers, "AutoTokenizer", Recorder)
+    from lora_rlhf.models.base import load_tokenizer
+
+    for asked in (False, True):
+        for load in (load_base_model, load_tokenizer):
+            with pytest.raises(LoraRlhfError, match="recorded"):
+                load(BaseModelConfig(tiny_llama, trust_remote_code=asked))
+    assert seen == [False, False, True, True]
+
+
+def test_int8_on_cpu(tiny_llama):
+    import bitsandbytes as bnb
+
+    stack = make_stack(tiny_llama, "int8")
+    stack.add_role("sft", LoraSettings(r=4))
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in stack.base_model.modules())
+    ids, mask = batch(stack)
+    stack.set_trainable("sft")
+    stack.model.train()
+    with stack.use("sft"):
+        stack.logprobs("sft", ids, mask).logprobs.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in stack.parameters("sft"))

@@ -145,3 +145,72 @@ def test_nf4_base_stays_bit_identical_and_differentiable_through_held_out_evals(
     with torch.no_grad():
         stack.logprobs("sft", ids, mask)
     assert torch.equal(first_layer_grad(), before)
+
+
+def test_sft_loss_is_cross_entropy_on_the_response_tokens_only(tiny_llama, demos):
+    from lora_rlhf.data.demonstrations import IGNORE_INDEX, load_sft_examples
+    from lora_rlhf.sft.trainer import collate_sft, sft_loss
+
+    stack = load_stack(tiny_llama)
+    stack.add_role("sft", LoraSettings(r=4, dropout=0.0))
+    torch.manual_seed(0)
+    for p in stack.parameters("sft"):
+        torch.nn.init.normal_(p, std=0.05)
+    examples, _ = load_sft_examples(DatasetSpec(str(demos)), stack.tokenizer, max_length=64)
+    batch = collate_sft(examples[:4], stack.tokenizer.pad_token_id)  # right-padded, prompts of different lengths
+    every_token = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    with torch.no_grad():
+        ours = sft_loss(stack, batch).loss
+        with stack.use("sft"):
+            def hf_loss(labels: torch.Tensor) -> torch.Tensor:  # transformers' own shifted, masked mean CE
+                return stack.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+
+            response_only, with_prompt = hf_loss(batch["labels"]), hf_loss(every_token)
+    torch.testing.assert_close(ours, response_only)
+    assert not torch.isclose(ours, with_prompt)
+
+
+def test_gradient_accumulation_matches_one_larger_batch(tiny_llama, tmp_path):
+    """2 micro-batches of 1 accumulate to the step one batch of 2 takes (equal response lengths: same token mean)."""
+    rows = [{"prompt": p, "completion": c} for p, c in
+            [("sort the numbers 3 1 2", "no"), ("hello", "good"), ("reverse the words hello world", "bad"),
+             ("count letters", "great"), ("answer with yes or no", "hello"), ("please", "fox")]]
+    path = tmp_path / "demos.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def adapter_after(batch_size: int, accumulation: int, folder: str) -> dict[str, torch.Tensor]:
+        config = sft_config(path, max_steps=3, batch_size=batch_size, gradient_accumulation=accumulation)
+        config.eval_fraction, config.lora = 0.0, LoraSettings(r=4, alpha=8, dropout=0.0)
+        stack = load_stack(tiny_llama)
+        train_sft(stack, config, tmp_path / folder)
+        return snapshot(stack, "sft")
+
+    from lora_rlhf.data.demonstrations import IGNORE_INDEX, load_sft_examples
+
+    examples, _ = load_sft_examples(DatasetSpec(str(path)), load_stack(tiny_llama).tokenizer, max_length=64)
+    assert len({sum(label != IGNORE_INDEX for label in e.labels) for e in examples}) == 1  # the premise
+    accumulated = adapter_after(1, 2, "accumulated")
+    for k, v in adapter_after(2, 1, "batched").items():
+        torch.testing.assert_close(accumulated[k], v, rtol=1e-4, atol=1e-6)
+    single = adapter_after(1, 1, "single")  # the same data order without accumulation: a different run
+    assert not all(torch.allclose(accumulated[k], single[k], rtol=1e-4, atol=1e-6) for k in single)
+
+
+def test_learning_rate_warms_up_then_follows_the_schedule(tiny_llama, demos, tmp_path):
+    config = sft_config(demos, max_steps=4, learning_rate=1e-3, warmup_ratio=0.5, scheduler="linear")
+    train_sft(load_stack(tiny_llama), config, tmp_path / "run")
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics" / "sft.jsonl") if "split" not in r]
+    # "lr" is the rate after the step's scheduler update, as transformers.Trainer logs it: 2 warmup steps
+    # from 0 to the peak, then linear decay to 0 at step 4.
+    assert [r["lr"] for r in rows] == pytest.approx([5e-4, 1e-3, 5e-4, 0.0])
+
+
+def test_the_same_seed_gives_the_same_adapter_whatever_ran_before(tiny_llama, demos, tmp_path):
+    config = sft_config(demos, max_steps=1)
+    config.lora = LoraSettings(r=4, alpha=8, dropout=0.0)
+    first = load_stack(tiny_llama)
+    train_sft(first, config, tmp_path / "first")
+    torch.rand(7)  # other work in the same process moves the global RNG (the pipeline trains stages in turn)
+    second = load_stack(tiny_llama)
+    train_sft(second, config, tmp_path / "second")
+    assert same(snapshot(first, "sft"), snapshot(second, "sft"))  # LoRA A's random init included

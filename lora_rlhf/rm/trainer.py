@@ -94,6 +94,7 @@ def _create_reward_role(stack: RoleStack, config: RMConfig) -> None:
     """InstructGPT starts the RM from the SFT model (§3.5, "the SFT model with the final unembedding removed")."""
     if stack.has_role(ROLE):
         return
+    torch.manual_seed(config.train.seed)  # the head (and a fresh LoRA A) start random: same seed, same start
     if config.init == "sft":
         if not stack.has_role("sft"):
             raise LoraRlhfError("rm.init: 'sft' needs the sft role: train sft first, or set rm.init: fresh")

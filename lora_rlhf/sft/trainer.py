@@ -63,6 +63,7 @@ def train_sft(stack: RoleStack, config: SFTConfig, output_dir: Path, *, resume: 
     keep_nf4_differentiable(stack.base_model)  # held-out evals must not break later gradients
     train, held, report = _load_demonstrations(stack, config)
     if not stack.has_role("sft"):
+        torch.manual_seed(config.train.seed)  # LoRA's random A is part of the run: same seed, same adapter
         stack.add_role("sft", config.lora)
     pad, batch_size = stack.tokenizer.pad_token_id, config.train.batch_size
     task = Task(
