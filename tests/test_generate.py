@@ -192,3 +192,10 @@ def test_cli_base_with_named_adapters_and_errors(tiny_llama, run_dir, capsys):
     assert "exactly one of --base" in capsys.readouterr().err
     assert main(["generate", "--base", tiny_llama]) == 2
     assert "no prompts" in capsys.readouterr().err
+
+
+def test_adapters_hot_swap_on_an_nf4_base(tiny_llama, run_dir):
+    registry = AdapterRegistry.load(tiny_llama, quantization="nf4", device="cpu")
+    registry.attach("policy", run_dir / "adapters" / "policy")
+    answers = registry.compare(["base", "policy"], PROMPTS[:1], GenerationOptions(max_new_tokens=4))
+    assert answers["base"] != answers["policy"]
