@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class AdapterRegistry:
         self.stack = stack
         self.lock = threading.Lock()
         self.sources: dict[str, str] = {}  # name -> where it was loaded from
+        self.created: dict[str, int] = {BASE: int(time.time())}  # name -> unix time it was attached
 
     @classmethod
     def load(cls, base: str | BaseModelConfig, **model_options) -> AdapterRegistry:
@@ -61,6 +63,7 @@ class AdapterRegistry:
         with self.lock:
             self.stack.load_role(name, folder)
             self.sources[name] = str(source)
+            self.created[name] = int(time.time())
         logger.info("attached adapter %r from %s", name, source)
         return folder
 
@@ -81,6 +84,7 @@ class AdapterRegistry:
             self.require(name, allow_base=False)
             remove_role(self.stack, name)
             self.sources.pop(name, None)
+            self.created.pop(name, None)
         logger.info("detached adapter %r", name)
 
     # ----------------------------------------------------------- generation

@@ -87,7 +87,7 @@ def _model_card(registry: AdapterRegistry, name: str) -> dict[str, Any]:
     return {
         "id": name,
         "object": "model",
-        "created": int(time.time()),
+        "created": registry.created.get(name, int(time.time())),
         "owned_by": OWNER,
         "root": registry.stack.base_name,
         "parent": None if name == "base" else "base",
