@@ -90,14 +90,14 @@ def resolve_model_source(name_or_path: str) -> str:
     return name_or_path
 
 
-def _quantization_config(quantization: str, dtype: torch.dtype):
+def _quantization_config(quantization: str, dtype: torch.dtype, double_quant: bool = True):
     from transformers import BitsAndBytesConfig
 
     if quantization == "nf4":
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
+            bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=dtype,
         )
     if quantization == "int8":
@@ -139,7 +139,7 @@ def load_base_model(config: BaseModelConfig):
     device = config.resolved_device()
     dtype = config.resolved_dtype()
     quantization = config.resolved_quantization()
-    quant_config = _quantization_config(quantization, dtype)
+    quant_config = _quantization_config(quantization, dtype, config.double_quant)
     logger.info("loading %s (%s, compute %s) on %s", source, quantization, dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
