@@ -380,3 +380,25 @@ def test_int8_on_cpu(tiny_llama):
     with stack.use("sft"):
         stack.logprobs("sft", ids, mask).logprobs.mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in stack.parameters("sft"))
+
+
+def test_remove_role_leaves_the_others_and_the_last_one_restores_the_bare_base(tiny_llama):
+    stack = RoleStack.load(BaseModelConfig(tiny_llama, quantization="none"))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.ones_like(ids)
+    base = stack.logprobs("base", ids, mask).logprobs
+    stack.add_role("sft")
+    stack.add_role("reward")
+    with torch.no_grad():
+        for p in stack.parameters("sft"):
+            p.add_(0.3)
+    sft = stack.logprobs("sft", ids, mask).logprobs
+    stack.remove_role("reward")
+    assert stack.roles == ("sft",) and "reward" not in stack.heads
+    assert torch.equal(stack.logprobs("sft", ids, mask).logprobs, sft)
+    stack.remove_role("sft")
+    assert stack.roles == ()
+    assert torch.allclose(stack.logprobs("base", ids, mask).logprobs, base)
+    stack.add_role("policy")  # the stack is usable again, as before its first role
+    with pytest.raises(LoraRlhfError, match="has not been added"):
+        stack.remove_role("value")

@@ -131,21 +131,7 @@ class AdapterRegistry:
 
 
 def remove_role(stack: RoleStack, role: str) -> None:
-    """Delete `role`'s adapter and head from `stack`.
-
-    RoleStack has no removal yet, so this reaches into its bookkeeping (`_params`, `heads`). PEFT
-    cannot delete a PeftModel's last adapter (it keeps it as the active one), so the last one is
-    removed by unwrapping the LoRA layers instead, leaving the stack as it was before its first role.
-    """
+    """Delete `role`'s adapter and head from `stack` (an UnknownAdapter error if it is not attached)."""
     if role not in stack.roles:
         raise UnknownAdapter(f"adapter {role!r} is not attached")
-    if len(stack.roles) == 1:
-        stack.model = stack.model.unload()
-        stack.base_model = stack.model
-    else:
-        if stack.model.active_adapter == role:
-            stack.model.set_adapter(next(r for r in stack.roles if r != role))
-        stack.model.delete_adapter(role)
-    del stack._params[role]  # noqa: SLF001 — see the docstring
-    if role in stack.heads:
-        del stack.heads[role]
+    stack.remove_role(role)

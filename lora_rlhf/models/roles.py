@@ -265,6 +265,26 @@ class RoleStack:
                 for mine, saved in zip(self.heads[role].parameters(), head.parameters()):
                     mine.copy_(saved)
 
+    def remove_role(self, role: str) -> None:
+        """Delete `role`'s adapter and head (e.g. unloading an adapter from a server).
+
+        PEFT cannot delete a PeftModel's last adapter (it stays the active one), so the last role is
+        removed by unwrapping the LoRA layers, leaving the stack as it was before its first role.
+        """
+        name = self.resolve(role)
+        if name == BASE:
+            raise LoraRlhfError("the bare base cannot be removed")
+        if len(self._params) == 1:
+            self.model = self.model.unload()
+            self.base_model = self.model
+        else:
+            if self.model.active_adapter == name:
+                self.model.set_adapter(next(r for r in self._params if r != name))
+            self.model.delete_adapter(name)
+        del self._params[name]
+        if name in self.heads:
+            del self.heads[name]
+
     def adapter_nbytes(self, role: str) -> int:
         """Bytes held by `role`'s adapter and head (what adding it costs in memory)."""
         return sum(p.numel() * p.element_size() for p in self.parameters(role))
