@@ -402,3 +402,18 @@ def test_remove_role_leaves_the_others_and_the_last_one_restores_the_bare_base(t
     stack.add_role("policy")  # the stack is usable again, as before its first role
     with pytest.raises(LoraRlhfError, match="has not been added"):
         stack.remove_role("value")
+
+
+def test_logprobs_from_a_start_position_and_entropy_match_the_full_computation(tiny_llama):
+    stack = RoleStack.load(BaseModelConfig(tiny_llama, quantization="none"))
+    stack.add_role("sft")
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        full = stack.logprobs("sft", ids, mask, with_entropy=True, chunk_size=2)
+        tail = stack.logprobs("sft", ids, mask, with_entropy=True, chunk_size=2, start=3)
+        logits = stack.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logp = logits.log_softmax(-1)
+    assert torch.allclose(full.logprobs, logp.gather(-1, ids[:, 1:, None]).squeeze(-1), atol=1e-5)
+    assert torch.allclose(full.entropy, -(logp.exp() * logp).sum(-1), atol=1e-4)
+    assert torch.allclose(tail.logprobs, full.logprobs[:, 3:]) and torch.allclose(tail.entropy, full.entropy[:, 3:])

@@ -40,6 +40,18 @@ def _chunk_entropy(hidden: torch.Tensor, lm_head: nn.Module, temperature: float,
     return -(logp.exp() * logp).sum(-1)
 
 
+@torch.no_grad()
+def _chunk_logprobs_and_entropy(
+    hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module, temperature: float, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both from one projection (no grad needed): the LM head is the costliest matmul of a small model."""
+    logits = lm_head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp = (logits / temperature).log_softmax(-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
 def token_logprobs(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -67,7 +79,13 @@ def token_logprobs(
     for start in range(0, hidden.shape[1], chunk_size):
         h = hidden[:, start : start + chunk_size]
         t = targets[:, start : start + chunk_size]
-        if torch.is_grad_enabled() and h.requires_grad:
+        needs_grad = torch.is_grad_enabled() and h.requires_grad
+        if with_entropy and not needs_grad:
+            logprobs, entropy = _chunk_logprobs_and_entropy(h, t, lm_head, temperature, softcap)
+            pieces.append(logprobs)
+            entropies.append(entropy)
+            continue
+        if needs_grad:
             pieces.append(checkpoint(_chunk_logprobs, h, t, lm_head, temperature, softcap, use_reentrant=False))
         else:
             pieces.append(_chunk_logprobs(h, t, lm_head, temperature, softcap))

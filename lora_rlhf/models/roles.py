@@ -182,13 +182,18 @@ class RoleStack:
         temperature: float = 1.0,
         with_entropy: bool = False,
         chunk_size: int = 256,
+        start: int = 0,
     ) -> TokenLogProbs:
-        """Per-token log pi_role(x_{t+1} | x_{<=t}) of given sequences: (B, T) -> (B, T-1), chunked over T."""
+        """Per-token log pi_role(x_{t+1} | x_{<=t}) of given sequences: (B, T) -> (B, T-1-start), chunked over T.
+
+        `start` skips the LM head on the first positions (e.g. a prompt's, when only the response's
+        log-probs are wanted: start = P - 1 gives (B, A)); the backbone still sees every token.
+        """
         with self.use(role):
             hidden = self.hidden_states(input_ids, attention_mask)
             return token_logprobs(
-                hidden[:, :-1],
-                input_ids[:, 1:],
+                hidden[:, start:-1],
+                input_ids[:, start + 1 :],
                 self.lm_head,
                 chunk_size=chunk_size,
                 temperature=temperature,

@@ -105,7 +105,7 @@ def _minibatch(stack: RoleStack, rollout: Rollout, rows: torch.Tensor, opt: Opti
 def _policy_backward(stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None, n_micro: int) -> dict[str, float]:
     p = part.prompt_width
     with stack.use("policy"), opt.accelerator.autocast():
-        logprobs = stack.logprobs("policy", part.input_ids, part.attention_mask, temperature=config.temperature).logprobs[:, p - 1 :]
+        logprobs = stack.logprobs("policy", part.input_ids, part.attention_mask, temperature=config.temperature, start=p - 1).logprobs
         out = policy_loss(logprobs.float(), part.logprobs, part.advantages, part.response_mask, config.clip_range)
         loss = out.loss
         figures = {"policy_loss": out.loss.item(), "clipfrac": out.clipfrac.item(), "approx_kl": out.approx_kl.item(),

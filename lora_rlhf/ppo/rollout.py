@@ -132,10 +132,10 @@ def score(
     for begin in range(0, input_ids.shape[0], micro_batch_size):
         ids = input_ids[begin : begin + micro_batch_size]
         mask = attention_mask[begin : begin + micro_batch_size]
-        policy = stack.logprobs("policy", ids, mask, temperature=temperature, with_entropy=True)
-        parts["logprobs"].append(policy.logprobs[:, p - 1 :])
-        parts["entropy"].append(policy.entropy[:, p - 1 :])
-        parts["ref_logprobs"].append(stack.logprobs("reference", ids, mask, temperature=temperature).logprobs[:, p - 1 :])
+        policy = stack.logprobs("policy", ids, mask, temperature=temperature, with_entropy=True, start=p - 1)
+        parts["logprobs"].append(policy.logprobs)
+        parts["entropy"].append(policy.entropy)
+        parts["ref_logprobs"].append(stack.logprobs("reference", ids, mask, temperature=temperature, start=p - 1).logprobs)
         parts["values"].append(stack.values(ids, mask)[:, p - 1 : -1])
         if use_reward_role:
             parts["scores"].append(stack.rewards(ids, mask))
