@@ -46,7 +46,7 @@ def plot_ppo_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | Non
         ax.set_title(titles[key])
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
-    fig.suptitle("PPO training")
+    fig.suptitle("PPO training", y=1.04)  # above the panel titles, not over them
     return _save(fig, path)
 
 
