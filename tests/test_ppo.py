@@ -188,3 +188,13 @@ def test_bad_ppo_settings_are_one_line_errors(override, message):
     with pytest.raises(LoraRlhfError) as info:
         load_recipe(None, overrides)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_fresh_value_role_is_reproducible_from_the_seed(tiny_llama, tmp_path):
+    for name in ("a", "b"):
+        stack = make_stack(tiny_llama)
+        torch.rand(7 if name == "a" else 11)  # whatever drew from the RNG before must not change the run
+        train_ppo(stack, config(tmp_path, steps=1, value_init="fresh"), tmp_path / name, reward_fn=digit_fraction)
+    a = load_file(str(tmp_path / "a" / "adapters" / "value" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "adapters" / "value" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -92,6 +92,7 @@ def train_ppo(
     prompts, report = load_ppo_prompts(config.prompts, stack.tokenizer, config.max_prompt_length, config.on_bad_row)
     report.log()
     ptx = _ptx_stream(stack, config)
+    torch.manual_seed(config.seed)  # before setup_roles: a fresh value adapter's init draws from it (resume restores RNG)
     setup_roles(stack, config)
     stack.set_trainable(*TRAINED)
     optimizers = build_optimizers(stack, config, make_accelerator(config.mixed_precision, stack.device))
@@ -99,7 +100,7 @@ def train_ppo(
     ckpt_dir = output_dir / "checkpoints" / "ppo"
     step = _resume(stack, config, optimizers, state, ckpt_dir) if resume else 0
     if step == 0:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the rollouts' sampling starts from the seed, whatever set-up drew
     metrics = MetricsWriter(output_dir / "metrics" / "ppo.jsonl", resume_step=step if step else None)
     # Eval mode throughout: LoRA dropout would make pi_old != pi at the first epoch (ratio != 1) and the
     # rollouts unrepeatable; gradients still flow in eval mode.
