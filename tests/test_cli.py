@@ -149,3 +149,14 @@ def test_demo_pipeline_at_minimum_sizes_with_the_real_model(tmp_path, capsys):
     results = json.loads((tmp_path / "demo" / "eval.json").read_text())
     assert set(results["gold"]) == {"base", "sft", "ppo"} and all(0 <= v <= 1 for v in results["gold"].values())
     assert (tmp_path / "demo" / "report.md").is_file()
+
+
+def test_a_later_stage_may_take_its_own_overrides_and_a_failed_start_can_be_fixed(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["sft", "--config", TINY, "--output-dir", str(run), "sft.data.path=typo.jsonl"]) == 2
+    assert "typo.jsonl" in capsys.readouterr().err
+    assert main(["sft", "--config", TINY, "--output-dir", str(run)]) == 0  # the typo did not pin the directory
+    assert main(["rm", "--config", TINY, "--output-dir", str(run), "ppo.kl_coef=0.05"]) == 0
+    assert main(["rm", "--config", TINY, "--output-dir", str(run), "sft.train.learning_rate=0.1"]) == 2
+    assert "differs at sft.train.learning_rate" in capsys.readouterr().err
+    assert load_recipe(run / "recipe.yaml").ppo.kl_coef == 0.05

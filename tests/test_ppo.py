@@ -198,3 +198,65 @@ def test_a_fresh_value_role_is_reproducible_from_the_seed(tiny_llama, tmp_path):
     a = load_file(str(tmp_path / "a" / "adapters" / "value" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "adapters" / "value" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rollouts_ignore_sampling_options_from_the_models_generation_config(tiny_llama):
+    """A model's own repetition penalty (Qwen2.5 ships one) would bias samples away from pi_old unseen."""
+    from lora_rlhf.ppo.rollout import EncodedPrompt, SamplingConfig, sample
+
+    stack = make_stack(tiny_llama)
+    stack.copy_role("sft", "policy")
+    with torch.no_grad():
+        stack.lm_head.weight.mul_(3.0)
+    prompts = [EncodedPrompt([5, 6, 7], "x")] * 2
+    runs = []
+    for penalty in (1.0, 5.0):
+        stack.base_model.generation_config.repetition_penalty = penalty
+        torch.manual_seed(0)
+        runs.append(sample(stack, prompts, SamplingConfig(max_new_tokens=24))[0])
+    stack.base_model.generation_config.repetition_penalty = 1.0
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_missing_eos_penalty_lowers_every_return_of_a_truncated_response():
+    from lora_rlhf.ppo.advantages import RunningMoments
+    from lora_rlhf.ppo.optimize import add_advantages
+    from lora_rlhf.ppo.rollout import Rollout
+
+    zeros = torch.zeros(2, 3)
+    rollout = Rollout(
+        input_ids=torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5, dtype=torch.long),
+        response_mask=torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), prompt_width=2,
+        logprobs=zeros, ref_logprobs=zeros, values=zeros, scores=torch.tensor([0.5, 0.5]), entropy=zeros,
+        finished=torch.tensor([True, False]), prompts=["a", "b"], responses=["x", "y"],
+    )
+    settings = dict(gamma=1.0, lam=1.0, whiten_advantages=False)
+    add_advantages(rollout, 0.0, PPOConfig(**settings), RunningMoments())
+    plain = rollout.returns.clone()
+    figures = add_advantages(rollout, 0.0, PPOConfig(missing_eos_penalty=1.0, **settings), RunningMoments())
+    assert figures["truncated"] == 0.5
+    assert torch.equal(rollout.returns[0], plain[0])
+    assert torch.allclose(rollout.returns[1], plain[1] - 1.0)
+
+
+def test_ppo_updates_use_gradient_checkpointing_when_the_base_asks_for_it(tiny_llama, tmp_path, monkeypatch):
+    """transformers checkpoints a layer only in train mode: PPO must not run its updates in eval mode."""
+    import transformers.modeling_utils
+
+    from torch.utils.checkpoint import checkpoint
+
+    calls = []
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counting_checkpoint)
+    stack = RoleStack.load(BaseModelConfig(name_or_path=tiny_llama, quantization="none", gradient_checkpointing=True))
+    torch.manual_seed(0)
+    stack.add_role("sft")
+    stack.add_role("reward")
+    train_ppo(stack, config(tmp_path, steps=1, save_steps=1), tmp_path / "run", reward_fn=digit_fraction)
+    layers = stack.base_model.config.num_hidden_layers
+    micro_batches = 2 * 8 // 2  # ppo_epochs x rollout_batch_size / micro_batch_size
+    assert len(calls) == 2 * micro_batches * layers  # policy and value forwards with grad, every layer checkpointed

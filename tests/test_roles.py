@@ -417,3 +417,12 @@ def test_logprobs_from_a_start_position_and_entropy_match_the_full_computation(t
     assert torch.allclose(full.logprobs, logp.gather(-1, ids[:, 1:, None]).squeeze(-1), atol=1e-5)
     assert torch.allclose(full.entropy, -(logp.exp() * logp).sum(-1), atol=1e-4)
     assert torch.allclose(tail.logprobs, full.logprobs[:, 3:]) and torch.allclose(tail.entropy, full.entropy[:, 3:])
+
+
+def test_remove_role_leaves_every_gradient_flag_as_it_was(tiny_llama):
+    stack = RoleStack.load(BaseModelConfig(tiny_llama, quantization="none"))
+    for role in ("sft", "reward", "policy"):
+        stack.add_role(role)
+    assert stack.model.active_adapter == "sft"
+    stack.remove_role("sft")  # the active adapter: PEFT activates another one, which flips its requires_grad
+    assert not any(p.requires_grad for role in stack.roles for p in stack.parameters(role))

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 from lora_rlhf.cli.inference_args import add_model_arguments, load_registry
+from lora_rlhf.errors import LoraRlhfError
 
 DESCRIPTION = (
     "Load the base once, attach adapters by name (folders, Hub ids, a run's roles) and generate with one of them, "
@@ -72,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
 def _prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
-        handle = sys.stdin if args.prompts_file == "-" else open(args.prompts_file, encoding="utf-8")
+        try:
+            handle = sys.stdin if args.prompts_file == "-" else open(args.prompts_file, encoding="utf-8")
+        except OSError as exc:
+            raise LoraRlhfError(f"--prompts-file {args.prompts_file!r}: {exc.strerror or exc}") from None
         with handle:
             prompts += [line.rstrip("\n") for line in handle if line.strip()]
     return prompts

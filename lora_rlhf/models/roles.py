@@ -279,6 +279,8 @@ class RoleStack:
         name = self.resolve(role)
         if name == BASE:
             raise LoraRlhfError("the bare base cannot be removed")
+        removed = {id(p) for p in self.parameters(name)}
+        grads = {p: flag for p, flag in self._grad_state().items() if id(p) not in removed}  # PEFT's set_adapter flips them
         if len(self._params) == 1:
             self.model = self.model.unload()
             self.base_model = self.model
@@ -289,6 +291,7 @@ class RoleStack:
         del self._params[name]
         if name in self.heads:
             del self.heads[name]
+        self._restore_grads(grads)
 
     def adapter_nbytes(self, role: str) -> int:
         """Bytes held by `role`'s adapter and head (what adding it costs in memory)."""

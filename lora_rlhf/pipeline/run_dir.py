@@ -9,7 +9,7 @@
 
 A stage is finished when its adapters exist (they are written atomically, last). A finished stage is
 never trained again into the same directory; an interrupted one (checkpoints but no adapters) is
-continued only with --resume; a directory made with another recipe is refused.
+continued only with --resume; a recipe that contradicts what the directory already holds is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from lora_rlhf.io import atomic_file
 
 # The roles each stage produces.
 STAGE_ROLES = {"sft": ("sft",), "rm": ("reward",), "ppo": ("policy", "value")}
+# The recipe section each stage reads.
+_STAGE_SECTIONS = {"sft": "sft", "rm": "rm", "ppo": "ppo"}
 
 
 class RunDir:
@@ -64,16 +66,25 @@ class RunDir:
             yaml.safe_dump(dict(recipe), handle, sort_keys=False)
 
     def claim(self, recipe: Mapping[str, Any]) -> None:
-        """Record `recipe` as this directory's recipe, refusing a directory that holds another one."""
+        """Record `recipe` as this directory's recipe, refusing one that contradicts what the run already made.
+
+        What must match: the base model and the demo task always, and the section of every stage that has
+        started (finished, or interrupted with checkpoints). Sections of stages not yet run may change, so
+        a later stage can take its own overrides (`lora-rlhf ppo ... ppo.kl_coef=0.05` after sft and rm),
+        and a failed start (a typo in a data path) can be corrected.
+        """
         existing = self.read_recipe()
-        if existing is not None and existing != dict(recipe):
-            key = first_difference(existing, recipe)
-            raise LoraRlhfError(
-                f"{self.path} holds a run made with another recipe (it differs at {key}); "
-                "use a new --output-dir, or the same recipe and overrides as before"
-            )
+        if existing is not None:
+            started = [section for stage, section in _STAGE_SECTIONS.items() if self.finished(stage) or self.interrupted(stage)]
+            for section in ("model", "demo", *started):
+                if existing.get(section) != recipe.get(section):
+                    key = first_difference({section: existing.get(section)}, {section: recipe.get(section)})
+                    raise LoraRlhfError(
+                        f"{self.path} holds a run made with another recipe (it differs at {key}); "
+                        "use a new --output-dir, or the same recipe and overrides as before"
+                    )
         self.path.mkdir(parents=True, exist_ok=True)
-        if existing is None:
+        if existing != dict(recipe):
             self.write_recipe(recipe)
 
     def check_can_train(self, stage: str, *, resume: bool) -> bool:

@@ -64,6 +64,9 @@ class PPOConfig:
     kl_ceiling: float | None = None
     # Clip the RM score to [-score_clip, score_clip] (null: no clipping).
     score_clip: float | None = None
+    # Subtract this from the score of a response cut at max_new_tokens (TRL's missing_eos_penalty): the RM
+    # only ever saw responses ending in EOS, so its score of a truncated one is out of distribution (null: off).
+    missing_eos_penalty: float | None = None
     # Normalise RM scores by their running mean and std before use.
     score_normalize: bool = False
     # Discount (paper: 1, the episode is one response).
@@ -141,6 +144,7 @@ class PPOConfig:
             ("kl_target", self.kl_target > 0, "must be > 0"),
             ("kl_ceiling", self.kl_ceiling is None or self.kl_ceiling > 0, "must be > 0 or null"),
             ("score_clip", self.score_clip is None or self.score_clip > 0, "must be > 0 or null"),
+            ("missing_eos_penalty", self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "must be >= 0 or null"),
             ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
             ("lam", 0 <= self.lam <= 1, "must be in [0, 1]"),
             ("policy_learning_rate", self.policy_learning_rate > 0, "must be > 0"),

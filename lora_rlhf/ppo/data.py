@@ -28,6 +28,8 @@ def load_ppo_prompts(spec: DatasetSpec, tokenizer, max_prompt_length: int, on_ba
             raise BadRow(f"prompt longer than max_prompt_length ({len(ids)} tokens, max_prompt_length {max_prompt_length})")
         return EncodedPrompt(ids, prompt_text(prompt))
 
+    if not spec.path:
+        raise LoraRlhfError("ppo.prompts.path is empty: give a .json, .jsonl or .parquet file or a Hub dataset id of {prompt} or {messages} rows")
     prompts, report = parse_rows(load_rows(spec), encode, spec.display(), on_bad_row)
     if not prompts:
         raise LoraRlhfError(f"ppo.prompts: {spec.display()} holds no usable prompt")

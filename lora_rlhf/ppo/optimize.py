@@ -56,6 +56,8 @@ def add_advantages(rollout: Rollout, kl_coef: float, config: PPOConfig, moments:
     """Fill `rollout.advantages` and `.returns` (InstructGPT eq. 2 rewards, GAE); return the rollout's figures."""
     mask = rollout.response_mask
     scores = transform_scores(rollout.scores, clip=config.score_clip, running=moments, normalize=config.score_normalize)
+    if config.missing_eos_penalty is not None:
+        scores = scores - config.missing_eos_penalty * (~rollout.finished).to(scores.dtype)
     shaped = penalized_rewards(rollout.logprobs, rollout.ref_logprobs, scores, mask, kl_coef, config.kl_estimator)
     estimate = gae(rollout.values, shaped.rewards, mask, config.gamma, config.lam)
     rollout.returns = estimate.returns
@@ -68,6 +70,7 @@ def add_advantages(rollout: Rollout, kl_coef: float, config: PPOConfig, moments:
         "kl_penalty": (kl_coef * sequence_kl).mean().item(),
         "entropy": masked_mean(rollout.entropy, mask).item(),
         "response_length": mask.sum(dim=1).mean().item(),
+        "truncated": (~rollout.finished).float().mean().item(),  # share of responses cut at max_new_tokens
         "value_mean": masked_mean(rollout.values, mask).item(),
         "returns_mean": masked_mean(estimate.returns, mask).item(),
         "explained_variance": explained_variance(rollout.values, estimate.returns, mask),

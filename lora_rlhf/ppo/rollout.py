@@ -40,6 +40,7 @@ class Rollout:
     values: torch.Tensor  # (B, A) V_old(s_t) from the value role
     scores: torch.Tensor  # (B,) reward-model score at the last response token (RM bias included)
     entropy: torch.Tensor  # (B, A) entropy of pi_old(. | s_t), for logging
+    finished: torch.Tensor  # (B,) bool: the response ended with EOS (False: cut at max_new_tokens)
     prompts: list[str]  # the user's words, per row
     responses: list[str]  # decoded responses, per row
     advantages: torch.Tensor | None = None  # (B, A) filled in by the trainer
@@ -70,6 +71,13 @@ class SamplingConfig:
     top_k: int = 0
 
 
+# Logits processors a model's generation_config may switch on (Qwen2.5 sets repetition_penalty 1.05) that
+# the log-probs, the KL and the PPO ratio never see: sampling must use the policy's plain distribution.
+# transformers fills only unset (None) options from the model's config, so each is set to its neutral value.
+NEUTRAL_SAMPLING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "typical_p": 1.0, "min_p": 0.0,
+                    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_new_tokens": 0}
+
+
 def eos_ids(stack: RoleStack) -> set[int]:
     """Every token id that ends a response: the tokenizer's EOS and the generation config's."""
     ids = {stack.tokenizer.eos_token_id}
@@ -97,7 +105,7 @@ def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: Samplin
     """Generate from `policy` -> (input_ids (B, P+A), attention_mask (B, P+A), response_mask (B, A), P)."""
     ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
     ids, mask = ids.to(stack.device), mask.to(stack.device)
-    options = {"top_p": sampling.top_p, "top_k": sampling.top_k}  # top_k 0: off (not the model default)
+    options = {"top_p": sampling.top_p, "top_k": sampling.top_k, **NEUTRAL_SAMPLING}  # top_k 0: off (not the model default)
     out = stack.generate(
         "policy", ids, mask, do_sample=True, temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens,
         eos_token_id=sorted(eos_ids(stack)), **options,
@@ -161,12 +169,14 @@ def make_rollout(
     scored = score(stack, input_ids, attention_mask, width, temperature=sampling.temperature,
                    micro_batch_size=micro_batch_size, use_reward_role=reward_fn is None)
     texts = stack.tokenizer.batch_decode(input_ids[:, width:], skip_special_tokens=True)
+    last = input_ids[:, width:].gather(1, (resp_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
+    finished = torch.isin(last, torch.tensor(sorted(eos_ids(stack)), device=last.device))
     if reward_fn is not None:
         values = reward_fn([p.text for p in prompts], [t.strip() for t in texts])
         scored["scores"] = torch.tensor(values, dtype=torch.float32, device=input_ids.device)
     rollout = Rollout(
         input_ids=input_ids, attention_mask=attention_mask, response_mask=resp_mask.float(), prompt_width=width,
-        prompts=[p.text for p in prompts], responses=[t.strip() for t in texts], **scored,
+        prompts=[p.text for p in prompts], responses=[t.strip() for t in texts], finished=finished, **scored,
     )
     timing = {"time_generate": generated - start, "time_score": time.perf_counter() - generated}
     return rollout, timing

@@ -12,15 +12,17 @@ score statistics, RNG states, data positions) and finally adapters/policy/ and a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.metrics import MetricsWriter
+from lora_rlhf.metrics import MetricsWriter, read_metrics
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo import guard
@@ -102,30 +104,42 @@ def train_ppo(
     if step == 0:
         torch.manual_seed(config.seed)  # the rollouts' sampling starts from the seed, whatever set-up drew
     metrics = MetricsWriter(output_dir / "metrics" / "ppo.jsonl", resume_step=step if step else None)
-    # Eval mode throughout: LoRA dropout would make pi_old != pi at the first epoch (ratio != 1) and the
-    # rollouts unrepeatable; gradients still flow in eval mode.
-    stack.model.eval()
-    first, last = _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
+    # Train mode (gradient checkpointing only recomputes in train mode) but no dropout: LoRA dropout would
+    # make pi_old != pi at the first minibatch (ratio != 1) and the rollouts unrepeatable.
+    stack.model.train()
+    with dropout_off(stack.model):
+        _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
     stack.set_trainable()
     for role in TRAINED:
         stack.save_role(role, output_dir / "adapters" / role)
     summary = {"steps": config.steps, "prompts": len(prompts), "dropped": report.dropped}
+    rows = read_metrics(output_dir / "metrics" / "ppo.jsonl")  # the whole run's, also after a resume
     for key in ("reward", "kl", "gold"):
-        if key in last:
-            summary[f"{key}_first"], summary[f"{key}_last"] = first.get(key, float("nan")), last[key]
+        if rows and key in rows[-1]:
+            summary[f"{key}_first"], summary[f"{key}_last"] = rows[0].get(key, float("nan")), rows[-1][key]
     return summary
 
 
+@contextlib.contextmanager
+def dropout_off(model: torch.nn.Module) -> Iterator[None]:
+    """Set every dropout probability to 0 for the block (whatever train/eval mode callers switch to), then restore."""
+    saved = [(module, module.p) for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    try:
+        for module, _ in saved:
+            module.p = 0.0
+        yield
+    finally:
+        for module, p in saved:
+            module.p = p
+
+
 def _iterate(stack, config: PPOConfig, optimizers: Optimizers, state: _State, step: int, metrics: MetricsWriter,
-             ckpt_dir: Path, scorers: tuple[TextScorer | None, TextScorer | None]) -> tuple[dict[str, float], dict[str, float]]:
+             ckpt_dir: Path, scorers: tuple[TextScorer | None, TextScorer | None]) -> None:
     sampling = SamplingConfig(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
     progress = tqdm(total=config.steps, initial=step, desc="ppo: policy + value", unit="step")
     while step < config.steps:
         step += 1
         figures = _one_iteration(stack, config, optimizers, state, sampling, step, ckpt_dir, scorers)
-        first, last = first or figures, figures
         progress.update(1)
         progress.set_postfix(reward=f"{figures['reward']:.3f}", kl=f"{figures['kl']:.3f}")
         if step % config.logging_steps == 0 or step == config.steps:
@@ -133,7 +147,6 @@ def _iterate(stack, config: PPOConfig, optimizers: Optimizers, state: _State, st
         if step % config.save_steps == 0 or step == config.steps:
             save_checkpoint(ckpt_dir, step, stack, TRAINED, optimizers.stateful(), state.to_json(), keep=config.keep_checkpoints)
     progress.close()
-    return first, last
 
 
 def _one_iteration(stack, config: PPOConfig, optimizers: Optimizers, state: _State, sampling: SamplingConfig,
@@ -147,20 +160,21 @@ def _one_iteration(stack, config: PPOConfig, optimizers: Optimizers, state: _Sta
         figures["gold"] = sum(gold_fn(rollout.prompts, rollout.responses)) / len(rollout)
     guard.check(figures, step=step, kl_ceiling=config.kl_ceiling, folder=ckpt_dir, stack=stack, rollout=rollout)
     start = time.perf_counter()
+    lrs = {"lr_policy": optimizers.policy_scheduler.get_last_lr()[0], "lr_value": optimizers.value_scheduler.get_last_lr()[0]}
     figures.update(train_on_rollout(stack, rollout, optimizers, config, state.ptx, step))
     step_schedulers(optimizers)
     timing["time_train"] = time.perf_counter() - start
     guard.check(figures, step=step, kl_ceiling=None, folder=ckpt_dir, stack=stack, rollout=rollout)
     state.kl_controller.update(figures["kl"], len(rollout))
-    figures.update(timing, kl_coef=kl_coef, lr_policy=optimizers.policy_scheduler.get_last_lr()[0],
-                   lr_value=optimizers.value_scheduler.get_last_lr()[0])
+    figures.update(timing, **lrs, kl_coef=kl_coef)  # the rates this iteration's updates used
     return figures
 
 
 def _ptx_stream(stack: RoleStack, config: PPOConfig) -> PtxStream | None:
     if not config.uses_ptx:
         if config.ptx_coef > 0:
-            logger.info("ppo: no ppo.ptx data given, so no pretraining-mix term (plain PPO)")
+            logger.warning("ppo: ppo.ptx_coef is %g but ppo.ptx.path is empty: running plain PPO, without the "
+                           "PPO-ptx term (set ppo.ptx.path, or ppo.ptx_coef: 0 to silence this)", config.ptx_coef)
         return None
     return PtxStream(config.ptx, stack.tokenizer, config.ptx_max_length, config.ptx_batch_size, config.seed, config.on_bad_row)
 

@@ -8,7 +8,9 @@ from typing import Literal
 from lora_rlhf.errors import LoraRlhfError
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
-MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+# No "fp16": it needs a loss scaler whose unscaling before clipping requires optimizers prepared by
+# Accelerate, which the role-switching loops do not do; bf16 needs no scaler.
+MixedPrecision = Literal["auto", "no", "bf16"]
 
 
 @dataclasses.dataclass
