@@ -71,3 +71,15 @@ def test_evaluate_writes_eval_json_report_and_plots(tiny_llama, tmp_path):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
         assert f"(plots/{png})" in report
     assert "| ppo |" in report and len((tmp_path / "eval_samples.jsonl").read_text().splitlines()) == 3
+
+
+def test_evaluation_scores_without_dropout_whatever_mode_the_model_was_left_in(tiny_llama, tmp_path):
+    stack = _stack(tiny_llama)
+    prompts = ["sort the numbers 3 1 2", "hello"]
+    config = EvalConfig(max_new_tokens=4, batch_size=2)
+    stack.model.eval()
+    expected = evaluate(stack, prompts, config, tmp_path / "a")
+    stack.model.train()  # as a training stage leaves it: LoRA dropout (p = 0.05 by default) would be active
+    got = evaluate(stack, prompts, config, tmp_path / "b")
+    assert got["reward"] == expected["reward"] and got["kl"] == pytest.approx(expected["kl"], abs=1e-6)
+    assert stack.model.training

@@ -38,8 +38,19 @@ def evaluate(
     *,
     gold_fn: GoldFn | None = None,
 ) -> dict[str, Any]:
-    """Score every available model on `prompts`, write eval.json, report.md and plots/ into `run_dir`."""
-    run_dir = Path(run_dir)
+    """Score every available model on `prompts`, write eval.json, report.md and plots/ into `run_dir`.
+
+    Runs in eval mode (no LoRA dropout in the RM scores and the KL), whatever mode a stage left the model in.
+    """
+    was_training = stack.model.training
+    stack.model.eval()
+    try:
+        return _evaluate(stack, prompts, config, Path(run_dir), gold_fn)
+    finally:
+        stack.model.train(was_training)
+
+
+def _evaluate(stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None) -> dict[str, Any]:
     prompts = list(prompts)[: config.max_prompts]
     models = {name: role for name, role in MODELS.items() if role == "base" or stack.has_role(role)}
     rendered = [render_prompt(stack.tokenizer, p) for p in prompts]

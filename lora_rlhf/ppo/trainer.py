@@ -106,9 +106,13 @@ def train_ppo(
     metrics = MetricsWriter(output_dir / "metrics" / "ppo.jsonl", resume_step=step if step else None)
     # Train mode (gradient checkpointing only recomputes in train mode) but no dropout: LoRA dropout would
     # make pi_old != pi at the first minibatch (ratio != 1) and the rollouts unrepeatable.
+    was_training = stack.model.training
     stack.model.train()
-    with dropout_off(stack.model):
-        _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
+    try:
+        with dropout_off(stack.model):
+            _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
+    finally:
+        stack.model.train(was_training)
     stack.set_trainable()
     for role in TRAINED:
         stack.save_role(role, output_dir / "adapters" / role)
