@@ -35,7 +35,7 @@ from lora_rlhf.ppo.advantages import RunningMoments  # noqa: E402
 from lora_rlhf.ppo.config import PPOConfig  # noqa: E402
 from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout  # noqa: E402
 from lora_rlhf.ppo.rollout import EncodedPrompt, SamplingConfig, make_rollout  # noqa: E402
-from lora_rlhf.ppo.trainer import setup_roles  # noqa: E402
+from lora_rlhf.ppo.trainer import dropout_off, setup_roles  # noqa: E402
 from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable  # noqa: E402
 from lora_rlhf.train.loop import make_accelerator  # noqa: E402
 
@@ -83,14 +83,14 @@ def main() -> None:
                        max_new_tokens=args.max_new_tokens, ptx_coef=1.0 if args.ptx else 0.0)
     setup_roles(stack, config)
     stack.set_trainable("policy", "value")
-    stack.model.eval()
+    stack.model.train()  # as train_ppo: train mode, every dropout at p = 0
     optimizers = build_optimizers(stack, config, make_accelerator("auto", stack.device))
     ptx = _Ptx(stack, config.ptx_batch_size) if args.ptx else None
     tasks = sample_tasks(args.rollout * (args.iterations + 1), seed=3)
     prompts = [EncodedPrompt(stack.tokenizer(render_prompt(stack.tokenizer, t.prompt), add_special_tokens=False).input_ids, t.prompt) for t in tasks]
     sampling = SamplingConfig(args.max_new_tokens)
     rows = []
-    with PeakMemory(stack.device) as memory:
+    with PeakMemory(stack.device) as memory, dropout_off(stack.model):
         for it in range(args.iterations + 1):
             batch = prompts[it * args.rollout : (it + 1) * args.rollout]
             rollout, timing = make_rollout(stack, batch, sampling, config.micro_batch_size)

@@ -42,12 +42,8 @@ def evaluate(
 
     Runs in eval mode (no LoRA dropout in the RM scores and the KL), whatever mode a stage left the model in.
     """
-    was_training = stack.model.training
-    stack.model.eval()
-    try:
+    with stack.evaluating():
         return _evaluate(stack, prompts, config, Path(run_dir), gold_fn)
-    finally:
-        stack.model.train(was_training)
 
 
 def _evaluate(stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None) -> dict[str, Any]:

@@ -164,17 +164,9 @@ def _seed(options: GenerationOptions) -> None:
         torch.manual_seed(options.seed)
 
 
-def eos_ids(stack: RoleStack) -> set[int]:
-    """Every token id that ends a response: the tokenizer's EOS and the generation config's (chat models add theirs)."""
-    ids = {stack.tokenizer.eos_token_id}
-    configured = getattr(getattr(stack.base_model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return {i for i in ids if i is not None}
-
-
 def _until_eos(response: torch.Tensor, stack: RoleStack) -> tuple[torch.Tensor, bool]:
     """Response ids before the first EOS (the rest is padding), and whether an EOS was found."""
-    ends = torch.tensor(sorted(eos_ids(stack)), device=response.device, dtype=response.dtype)
+    ends = torch.tensor(sorted(stack.eos_ids()), device=response.device, dtype=response.dtype)
     stops = torch.isin(response, ends).nonzero()
     if len(stops):
         return response[: int(stops[0])], True

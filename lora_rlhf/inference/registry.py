@@ -82,7 +82,7 @@ class AdapterRegistry:
         """Remove adapter `name` and free its weights; requests already running finish first."""
         with self.lock:
             self.require(name, allow_base=False)
-            remove_role(self.stack, name)
+            self.stack.remove_role(name)
             self.sources.pop(name, None)
             self.created.pop(name, None)
         logger.info("detached adapter %r", name)
@@ -128,10 +128,3 @@ class AdapterRegistry:
             return
         if not self.stack.has_role(name):
             raise UnknownAdapter(f"model {name!r} does not exist; available: {', '.join(self.names)}")
-
-
-def remove_role(stack: RoleStack, role: str) -> None:
-    """Delete `role`'s adapter and head from `stack` (an UnknownAdapter error if it is not attached)."""
-    if role not in stack.roles:
-        raise UnknownAdapter(f"adapter {role!r} is not attached")
-    stack.remove_role(role)

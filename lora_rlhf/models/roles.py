@@ -145,6 +145,16 @@ class RoleStack:
                 self.model.set_adapter(previous)
             self._restore_grads(grads)
 
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode for the body (no LoRA dropout while measuring), then the previous train/eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
     def set_trainable(self, *roles: str) -> None:
         """Make exactly `roles` (adapters and heads) trainable; every other role and the base frozen."""
         wanted = {self.resolve(r) for r in roles}
@@ -223,6 +233,13 @@ class RoleStack:
             generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         with self.use(role), self._generation_mode():
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
+    def eos_ids(self) -> set[int]:
+        """Every token id that ends a response: the tokenizer's EOS and the generation config's (chat models add theirs)."""
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(self.base_model, "generation_config", None), "eos_token_id", None)
+        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+        return {i for i in ids if i is not None}
 
     # ---------------------------------------------------------------- save/load
     def save_role(self, role: str, folder: str | Path, *, card: str | None = None) -> Path:

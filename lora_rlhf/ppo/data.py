@@ -16,6 +16,7 @@ from lora_rlhf.data.sources import DatasetSpec, load_rows
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.ppo.rollout import EncodedPrompt
 from lora_rlhf.sft.trainer import collate_sft
+from lora_rlhf.train.loop import epoch_order
 
 
 def load_ppo_prompts(spec: DatasetSpec, tokenizer, max_prompt_length: int, on_bad_row: OnBadRow) -> tuple[list[EncodedPrompt], RowReport]:
@@ -34,12 +35,6 @@ def load_ppo_prompts(spec: DatasetSpec, tokenizer, max_prompt_length: int, on_ba
     if not prompts:
         raise LoraRlhfError(f"ppo.prompts: {spec.display()} holds no usable prompt")
     return prompts, report
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """A permutation of range(n) fixed by (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
 
 
 class Cycler:

@@ -78,24 +78,13 @@ NEUTRAL_SAMPLING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "typic
                     "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_new_tokens": 0}
 
 
-def eos_ids(stack: RoleStack) -> set[int]:
-    """Every token id that ends a response: the tokenizer's EOS and the generation config's."""
-    ids = {stack.tokenizer.eos_token_id}
-    configured = getattr(getattr(stack.model, "generation_config", None), "eos_token_id", None)
-    if configured is not None:
-        ids |= set(configured if isinstance(configured, (list, tuple)) else [configured])
-    return {i for i in ids if i is not None}
-
-
 def response_mask(responses: torch.Tensor, stop_ids: set[int]) -> torch.Tensor:
     """(B, A) generated ids -> (B, A) mask of the response proper: every token up to and including the first stop.
 
     `generate` pads finished rows with the pad token (often equal to EOS), so what follows the first
     stop token is never part of the response.
     """
-    is_stop = torch.zeros_like(responses, dtype=torch.bool)
-    for token in stop_ids:
-        is_stop |= responses == token
+    is_stop = torch.isin(responses, torch.tensor(sorted(stop_ids), device=responses.device))
     stops_before = is_stop.long().cumsum(dim=1) - is_stop.long()  # stop tokens strictly before column t
     return (stops_before == 0).long()
 
@@ -106,13 +95,14 @@ def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: Samplin
     ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
     ids, mask = ids.to(stack.device), mask.to(stack.device)
     options = {"top_p": sampling.top_p, "top_k": sampling.top_k, **NEUTRAL_SAMPLING}  # top_k 0: off (not the model default)
+    stops = stack.eos_ids()
     out = stack.generate(
         "policy", ids, mask, do_sample=True, temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens,
-        eos_token_id=sorted(eos_ids(stack)), **options,
+        eos_token_id=sorted(stops), **options,
     )
     width = ids.shape[1]
     responses = out[:, width:]
-    resp_mask = response_mask(responses, eos_ids(stack))
+    resp_mask = response_mask(responses, stops)
     keep = int(resp_mask.sum(dim=1).max().item()) if responses.shape[1] else 0
     responses, resp_mask = responses[:, :keep], resp_mask[:, :keep]
     pad = stack.tokenizer.pad_token_id
@@ -135,7 +125,8 @@ def score(
 
     All four run on the one base, switching adapters; batched `micro_batch_size` rows at a time.
     """
-    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "entropy": [], "ref_logprobs": [], "values": [], "scores": []}
+    names = ["logprobs", "entropy", "ref_logprobs", "values"] + (["scores"] if use_reward_role else [])
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     p = prompt_width
     for begin in range(0, input_ids.shape[0], micro_batch_size):
         ids = input_ids[begin : begin + micro_batch_size]
@@ -147,8 +138,6 @@ def score(
         parts["values"].append(stack.values(ids, mask)[:, p - 1 : -1])
         if use_reward_role:
             parts["scores"].append(stack.rewards(ids, mask))
-    if not use_reward_role:
-        parts.pop("scores")
     return {k: torch.cat(v).float() for k, v in parts.items()}
 
 
@@ -170,7 +159,7 @@ def make_rollout(
                    micro_batch_size=micro_batch_size, use_reward_role=reward_fn is None)
     texts = stack.tokenizer.batch_decode(input_ids[:, width:], skip_special_tokens=True)
     last = input_ids[:, width:].gather(1, (resp_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
-    finished = torch.isin(last, torch.tensor(sorted(eos_ids(stack)), device=last.device))
+    finished = torch.isin(last, torch.tensor(sorted(stack.eos_ids()), device=last.device))
     if reward_fn is not None:
         values = reward_fn([p.text for p in prompts], [t.strip() for t in texts])
         scored["scores"] = torch.tensor(values, dtype=torch.float32, device=input_ids.device)

@@ -24,16 +24,12 @@ logger = logging.getLogger(__name__)
 @torch.no_grad()
 def mean_reward(stack: RoleStack, sequences: list[list[int]], batch_size: int, role: str = "reward") -> float:
     """Mean score of `role` over token sequences (prompt + response + EOS, as the rankings were encoded)."""
-    was_training = stack.model.training
-    stack.model.eval()  # no LoRA dropout while measuring
-    try:
-        total = 0.0
+    total = 0.0
+    with stack.evaluating():  # no LoRA dropout while measuring
         for start in range(0, len(sequences), batch_size):
             ids, mask = pad_left(sequences[start : start + batch_size], stack.tokenizer.pad_token_id)
             total += float(stack.rewards(ids.to(stack.device), mask.to(stack.device), role=role).float().sum())
-        return total / len(sequences)
-    finally:
-        stack.model.train(was_training)
+    return total / len(sequences)
 
 
 def center_on_demonstrations(

@@ -54,10 +54,15 @@ def make_accelerator(mixed_precision: str, device: torch.device):
     return Accelerator(mixed_precision=mixed_precision if device.type != "cpu" else "no", cpu=device.type == "cpu")
 
 
-def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The micro-batches of one epoch: a permutation fixed by (seed, epoch), so resuming replays it exactly."""
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A permutation of range(n) fixed by (seed, epoch), so resuming replays it exactly."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=generator).tolist()
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The micro-batches of one epoch, in `epoch_order`."""
+    order = epoch_order(n, seed, epoch)
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
