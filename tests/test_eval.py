@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
+from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.eval import EvalConfig, evaluate, pairwise_win_rates, win_rate
 from lora_rlhf.eval.kl import sequence_kl
 
@@ -62,10 +64,12 @@ def test_evaluate_writes_eval_json_report_and_plots(tiny_llama, tmp_path):
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert set(saved["gold"]) == {"base", "sft", "ppo"} and set(saved["reward"]) == {"base", "sft", "ppo"}
-    assert saved["rm_accuracy"] == 0.8 and saved["kl"] >= 0
+    assert saved["rm_accuracy"] == 0.8 and saved["rm_accuracy_source"] == "metrics" and "rm_accuracy_ci" not in saved
+    assert saved["kl"] >= 0
     assert set(saved["win_rate"]) == {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"}
     # sft is a fresh adapter (B = 0): it answers exactly like the base, so every comparison is a tie
     assert saved["win_rate"]["sft_vs_base"] == 0.5 and saved["gold"]["sft"] == saved["gold"]["base"]
+    assert saved["gold_ci"]["sft_minus_base"] == [0.0, 0.0] and saved["win_rate_ci"]["sft_vs_base"] == [0.5, 0.5]
     report = (tmp_path / "report.md").read_text()
     for png in ("gold.png", "win_rate.png", "ppo.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
@@ -83,3 +87,53 @@ def test_evaluation_scores_without_dropout_whatever_mode_the_model_was_left_in(t
     got = evaluate(stack, prompts, config, tmp_path / "b")
     assert got["reward"] == expected["reward"] and got["kl"] == pytest.approx(expected["kl"], abs=1e-6)
     assert stack.model.training
+
+
+def _finite(value) -> bool:
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_evaluate_writes_intervals_rm_accuracy_best_of_n_and_lm_loss(tiny_llama, tmp_path):
+    stack = _stack(tiny_llama)
+    rankings = tmp_path / "rankings.jsonl"
+    rankings.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "sort the numbers 3 1 2", "responses": ["1 2 3", "3 2 1", "2 1"], "ranks": [0, 2, 1]},
+        {"prompt": "hello world", "chosen": "hello there", "rejected": "bad"},
+    ]))
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("the quick brown fox", "hello world please")))
+    config = EvalConfig(
+        max_new_tokens=5, batch_size=2, best_of_n=2, bootstrap_samples=200,
+        rankings=DatasetSpec(str(rankings)), lm_text=DatasetSpec(str(text)),
+    )
+    lengths = lambda ps, rs: [min(len(r), 10) / 10 for r in rs]  # noqa: E731 - a stand-in gold judge
+    results = evaluate(stack, ["sort the numbers 3 1 2", "hello world", "reverse the words"], config, tmp_path, gold_fn=lengths)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    pairs = ["sft_minus_base", "ppo_minus_base", "ppo_minus_sft"]
+    assert list(saved["gold_ci"]) == pairs and list(saved["win_rate_ci"]) == [p.replace("_minus_", "_vs_") for p in pairs]
+    assert set(saved["gold_mean_ci"]) == set(saved["reward_mean_ci"]) == {"base", "sft", "ppo"}
+    assert saved["rm_accuracy_source"] == "rankings" and saved["rm_accuracy_pairs"] == 4
+    assert set(saved["best_of_n"]) >= {"n", "reward", "gold", "gold_sft_sample"} and saved["best_of_n"]["n"] == 2
+    assert set(saved["lm_loss"]) == {"base", "sft", "ppo"} and saved["lm_loss"]["sft"] == saved["lm_loss"]["base"]
+    for key in ("gold", "gold_mean_ci", "gold_ci", "win_rate", "win_rate_ci", "reward", "reward_mean_ci", "rm_accuracy",
+                "rm_accuracy_ci", "rm_accuracy_pairs", "rm_accuracy_gold", "rm_accuracy_gold_ci", "rm_accuracy_gold_pairs",
+                "best_of_n", "best_of_n_ci", "lm_loss", "kl"):
+        assert _finite(saved[key]), (key, saved[key])
+    for interval in [*saved["gold_ci"].values(), *saved["win_rate_ci"].values(), saved["rm_accuracy_ci"], saved["best_of_n_ci"]["bon_minus_sft"]]:
+        assert len(interval) == 2 and interval[0] <= interval[1]
+    report = (tmp_path / "report.md").read_text()
+    for phrase in ("## Is the difference real?", "ppo − sft", "best-of-2", "LM loss", "over 4 pairs"):
+        assert phrase in report, phrase
+
+
+def test_evaluate_without_gold_gives_reward_judged_win_rates_intervals(tiny_llama, tmp_path):
+    stack = _stack(tiny_llama)
+    results = evaluate(stack, ["hello", "sort the numbers 3 1 2"], EvalConfig(max_new_tokens=3, batch_size=2, best_of_n=0), tmp_path)
+    assert results["win_rate_judge"] == "reward_model" and "gold" not in results and "best_of_n" not in results
+    assert set(results["win_rate_ci"]) == {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"}
+    assert results["rm_accuracy"] is None and "lm_loss" not in results

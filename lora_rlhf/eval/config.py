@@ -24,14 +24,41 @@ class EvalConfig:
     temperature: float = 0.0
     # Side-by-side examples shown in report.md.
     examples: int = 4
-    # Random seed for sampling.
+    # Random seed for sampling and for the bootstrap resamples.
     seed: int = 0
+    # Held-out rankings (the rm data formats) to measure the reward model's pairwise accuracy on, with a
+    # bootstrap interval; empty path = skip and report the RM stage's last logged held-out accuracy instead.
+    rankings: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
+    # Prompt + response tokens of a ranking row, longer responses cut as in RM training (match rm.max_length).
+    rankings_max_length: int = 512
+    # Best-of-N from the SFT model, picked by the RM (Gao et al. 2022): N samples per prompt; 0 = off.
+    best_of_n: int = 4
+    # Sampling temperature of the best-of-N candidates (> 0: greedy would give N identical candidates).
+    best_of_n_temperature: float = 1.0
+    # Held-out plain text ({"text"} rows) for the LM loss of each model, to see the "alignment tax"
+    # (InstructGPT §4.2: RLHF can cost language-modelling ability); empty path = skip.
+    lm_text: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
+    # Tokens per lm_text row (longer rows are truncated).
+    lm_max_length: int = 256
+    # Bootstrap resamples behind every confidence interval in eval.json.
+    bootstrap_samples: int = 2000
+    # Coverage of those intervals (0.95 -> 2.5% and 97.5% percentiles).
+    confidence: float = 0.95
 
     def __post_init__(self) -> None:
-        for key in ("max_prompts", "max_new_tokens", "batch_size"):
+        for key in ("max_prompts", "max_new_tokens", "batch_size", "bootstrap_samples"):
             if getattr(self, key) < 1:
                 raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
         if self.temperature < 0:
             raise LoraRlhfError(f"temperature: {self.temperature!r} must be >= 0 (0 = greedy)")
         if self.examples < 0:
             raise LoraRlhfError(f"examples: {self.examples!r} must be >= 0")
+        if self.best_of_n < 0:
+            raise LoraRlhfError(f"best_of_n: {self.best_of_n!r} must be >= 0 (0 = off)")
+        if not self.best_of_n_temperature > 0:
+            raise LoraRlhfError(f"best_of_n_temperature: {self.best_of_n_temperature!r} must be > 0 (candidates are sampled)")
+        for key in ("lm_max_length", "rankings_max_length"):
+            if getattr(self, key) < 2:
+                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be at least 2")
+        if not 0 < self.confidence < 1:
+            raise LoraRlhfError(f"confidence: {self.confidence!r} must lie strictly between 0 and 1")

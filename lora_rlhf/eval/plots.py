@@ -50,17 +50,36 @@ def plot_ppo_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | Non
     return _save(fig, path)
 
 
-def plot_scores(scores: Mapping[str, float], path: Path, *, title: str, ylabel: str) -> Path:
-    """One bar per model (base, sft, ppo): InstructGPT's Fig. 1 at small scale."""
+def plot_scores(
+    scores: Mapping[str, float],
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    intervals: Mapping[str, Sequence[float]] | None = None,
+) -> Path:
+    """One bar per model (base, sft, ppo, and e.g. a best-of-N bar): InstructGPT's Fig. 1 at small scale.
+
+    `intervals` ({name: [lo, hi]}, the CI of each mean) draws error bars, so a gap within the noise shows.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(scores), 3.4))
     names = list(scores)
-    bars = ax.bar(names, [scores[n] for n in names], color=[_COLORS.get(n, "#8064a2") for n in names])
-    ax.bar_label(bars, fmt="%.3f")
+    heights = [scores[n] for n in names]
+    errors = _error_bars(heights, [(intervals or {}).get(n) for n in names]) if intervals else None
+    bars = ax.bar(names, heights, color=[_COLORS.get(n, "#8064a2") for n in names], yerr=errors, capsize=4)
+    ax.bar_label(bars, fmt="%.3f", label_type="center")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def _error_bars(heights: Sequence[float], intervals: Sequence[Sequence[float] | None]) -> list[list[float]]:
+    """[lo, hi] per bar -> matplotlib's (2, n) distances below and above the bar (0 where none is known)."""
+    below = [max(h - iv[0], 0.0) if iv else 0.0 for h, iv in zip(heights, intervals)]
+    above = [max(iv[1] - h, 0.0) if iv else 0.0 for h, iv in zip(heights, intervals)]
+    return [below, above]
 
 
 def plot_win_rates(win_rates: Mapping[str, float], path: Path) -> Path:

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.ppo.rollout import NEUTRAL_SAMPLING
 
 
 @dataclasses.dataclass
@@ -29,7 +30,12 @@ def generate_responses(
     """Generate `role`'s response to every rendered prompt, `batch_size` prompts at a time."""
     tokenizer = stack.tokenizer
     texts, ids, starts = [], [], []
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+    # The model's own generation defaults (top_k 50, a repetition penalty, ...) would score a different
+    # distribution than the one PPO trained and best-of-N samples from; turn them off as the rollout does.
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0, **NEUTRAL_SAMPLING}
+    else:  # the sampling-only flags would draw "not valid" warnings from a greedy generate
+        sampling = {"do_sample": False, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
     for begin in range(0, len(prompt_texts), batch_size):
         batch = tokenizer(
             prompt_texts[begin : begin + batch_size], return_tensors="pt", padding=True, add_special_tokens=False

@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from lora_rlhf.data.batching import pad_left
 from lora_rlhf.data.chat import Prompt, render_prompt
 from lora_rlhf.data.prompts import prompt_text
-from lora_rlhf.eval.compare import mean, pairwise_win_rates
+from lora_rlhf.eval.best_of_n import best_of_n
+from lora_rlhf.eval.compare import mean
 from lora_rlhf.eval.config import EvalConfig
 from lora_rlhf.eval.kl import sequence_kl
+from lora_rlhf.eval.lm_loss import lm_losses
 from lora_rlhf.eval.report import write_report
-from lora_rlhf.data.batching import pad_left
 from lora_rlhf.eval.responses import Responses, generate_responses
+from lora_rlhf.eval.rm_accuracy import rm_accuracy
+from lora_rlhf.eval.scoring import GoldFn, compare_models, reward_scores
 from lora_rlhf.io import atomic_file, write_json
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.roles import RoleStack
 
 logger = logging.getLogger(__name__)
 
-GoldFn = Callable[[list[str], list[str]], list[float]]
 # Report name -> role: "ppo" is the policy PPO trained (InstructGPT's "PPO" / "PPO-ptx" models).
 MODELS = {"base": "base", "sft": "sft", "ppo": "policy"}
 
@@ -57,10 +60,17 @@ def _evaluate(stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, r
             stack, models[name], rendered, max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size, temperature=config.temperature,
         )
-    results = _score(stack, prompts, responses, config, gold_fn)
-    results["rm_accuracy"] = _rm_accuracy(run_dir)
+    gold = _gold_scores(prompts, responses, gold_fn)
+    results: dict[str, Any] = {"prompts": len(prompts), "confidence": config.confidence, "bootstrap_samples": config.bootstrap_samples}
+    results.update(_score(stack, responses, gold, config))
+    results.update(_rm_accuracy(stack, config, run_dir, gold_fn))
     if "ppo" in responses:
         results["kl"] = _policy_kl(stack, responses["ppo"], config.batch_size)
+    if config.best_of_n and stack.has_role("reward") and stack.has_role("sft"):
+        sft_gold = gold["sft"] if gold is not None else None
+        results.update(best_of_n(stack, prompts, rendered, config, gold_fn=gold_fn, sft_gold=sft_gold))
+    if config.lm_text.path:
+        results["lm_loss"] = lm_losses(stack, models, config.lm_text, config.lm_max_length, config.batch_size)
     write_json(run_dir / "eval.json", results)
     _write_samples(run_dir / "eval_samples.jsonl", prompts, responses, results)
     write_report(run_dir, results, prompts, {k: v.texts for k, v in responses.items()}, config.examples)
@@ -68,31 +78,28 @@ def _evaluate(stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, r
     return results
 
 
-def _score(stack, prompts, responses, config, gold_fn) -> dict[str, Any]:
-    results: dict[str, Any] = {"prompts": len(prompts)}
+def _gold_scores(prompts, responses: dict[str, Responses], gold_fn: GoldFn | None) -> dict[str, list[float]] | None:
+    if gold_fn is None:
+        return None
     raw = [prompt_text(p) for p in prompts]
-    if gold_fn is not None:
-        gold = {name: [float(s) for s in gold_fn(raw, r.texts)] for name, r in responses.items()}
-        results["gold"] = {name: mean(s) for name, s in gold.items()}
-        results["gold_scores"] = gold
+    return {name: [float(s) for s in gold_fn(raw, r.texts)] for name, r in responses.items()}
+
+
+def _score(stack: RoleStack, responses: dict[str, Responses], gold, config: EvalConfig) -> dict[str, Any]:
+    reward = None
     if stack.has_role("reward"):
-        reward = {name: _reward_scores(stack, r, config.batch_size) for name, r in responses.items()}
-        results["reward"] = {name: mean(s) for name, s in reward.items()}
-    judge = results.get("gold_scores") or (reward if stack.has_role("reward") else None)
-    if judge is not None:
-        results["win_rate"] = pairwise_win_rates(judge)
-        results["win_rate_judge"] = "gold" if gold_fn is not None else "reward_model"
-    results.pop("gold_scores", None)
-    return results
+        reward = {name: reward_scores(stack, r.input_ids, config.batch_size) for name, r in responses.items()}
+    return compare_models(gold, reward, config)
 
 
-@torch.no_grad()
-def _reward_scores(stack: RoleStack, responses: Responses, batch_size: int) -> list[float]:
-    scores: list[float] = []
-    for begin in range(0, len(responses.input_ids), batch_size):
-        ids, mask = pad_left(responses.input_ids[begin : begin + batch_size], stack.tokenizer.pad_token_id)
-        scores += stack.rewards(ids.to(stack.device), mask.to(stack.device)).float().cpu().tolist()
-    return scores
+def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None) -> dict[str, Any]:
+    """Measured on eval.rankings when given (with intervals); else the RM stage's last logged held-out figure."""
+    if config.rankings.path and stack.has_role("reward"):
+        return rm_accuracy(stack, config, gold_fn)
+    if config.rankings.path:
+        logger.warning("eval: rankings given but there is no reward role to score them; RM accuracy from metrics/rm.jsonl")
+    rows = [r for r in read_metrics(run_dir / "metrics" / "rm.jsonl") if r.get("split") == "eval" and "accuracy" in r]
+    return {"rm_accuracy": float(rows[-1]["accuracy"]) if rows else None, "rm_accuracy_source": "metrics"}
 
 
 @torch.no_grad()
@@ -110,12 +117,6 @@ def _policy_kl(stack: RoleStack, responses: Responses, batch_size: int) -> float
     return mean(kls)
 
 
-def _rm_accuracy(run_dir: Path) -> float | None:
-    """The reward model's held-out pairwise accuracy, as its stage last logged it."""
-    rows = [r for r in read_metrics(run_dir / "metrics" / "rm.jsonl") if r.get("split") == "eval" and "accuracy" in r]
-    return float(rows[-1]["accuracy"]) if rows else None
-
-
 def _write_samples(path: Path, prompts, responses: dict[str, Responses], results) -> None:
     with atomic_file(path) as handle:
         for i, prompt in enumerate(prompts):
@@ -130,4 +131,8 @@ def _summary_line(results: dict[str, Any]) -> str:
             parts.append(f"{key} " + " / ".join(f"{k} {v:.3f}" for k, v in results[key].items()))
     if "kl" in results:
         parts.append(f"KL {results['kl']:.3f}")
+    if results.get("rm_accuracy") is not None:
+        parts.append(f"RM accuracy {results['rm_accuracy']:.3f}")
+    if "gold" in results.get("best_of_n", {}):
+        parts.append(f"best-of-{results['best_of_n']['n']} gold {results['best_of_n']['gold']:.3f}")
     return "; ".join(parts)

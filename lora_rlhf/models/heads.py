@@ -25,7 +25,7 @@ class ScalarHead(nn.Module):
         self.kind = kind
         self.linear = nn.Linear(hidden_size, 1, dtype=torch.float32)
         # Small init so a fresh head starts near zero and does not swamp the KL penalty early in PPO.
-        nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -42,13 +42,23 @@ class RMConfig:
     bias_examples: int = 256
     # The reward role's LoRA adapter (init "fresh" only; a copy of sft keeps sft's settings).
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    # Learning rate of the scalar head (null: 10 x train.learning_rate). The head starts at zero and the
+    # adapter's gradient is proportional to the head's weights, so a head stuck near zero also stalls the
+    # adapter: on the demo, 16 steps at the adapter's rate left the margin at 0.01 and the loss at 0.69.
+    head_learning_rate: float | None = None
     # Optimisation (batch_size counts prompts, each with its K responses).
     train: OptimConfig = dataclasses.field(default_factory=_rm_optim)
+
+    @property
+    def resolved_head_learning_rate(self) -> float:
+        return self.head_learning_rate if self.head_learning_rate is not None else 10 * self.train.learning_rate
 
     def __post_init__(self) -> None:
         if not 0 <= self.eval_fraction < 1:
             raise LoraRlhfError(f"eval_fraction: {self.eval_fraction!r} must be in [0, 1)")
         if self.max_length < 2:
             raise LoraRlhfError(f"max_length: {self.max_length!r} must be at least 2")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise LoraRlhfError(f"head_learning_rate: {self.head_learning_rate!r} must be > 0 or null")
         if self.bias_examples < 1:
             raise LoraRlhfError(f"bias_examples: {self.bias_examples!r} must be a positive integer")

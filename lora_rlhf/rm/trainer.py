@@ -63,6 +63,7 @@ def train_reward_model(stack: RoleStack, config: RMConfig, output_dir: Path, *, 
     task = Task(
         "rm", ROLE, train, lambda items: collate_rankings(items, pad), lambda batch: rm_step(stack, batch),
         (lambda: evaluate_rankings(stack, held, batch_size)) if held else None,
+        head_learning_rate=config.resolved_head_learning_rate,
     )
     figures = fit(stack, task, config.train, output_dir, resume=resume)
     shift = center_on_demonstrations(

@@ -43,6 +43,8 @@ class Task:
     collate: Callable[[list[Any]], dict[str, torch.Tensor]]
     step: Callable[[dict[str, torch.Tensor]], StepOutput]
     evaluate: Callable[[], dict[str, float]] | None = None
+    # Learning rate of the role's scalar head, when it differs from the adapter's (None: the same).
+    head_learning_rate: float | None = None
 
 
 def make_accelerator(mixed_precision: str, device: torch.device):
@@ -77,8 +79,9 @@ def fit(stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, 
     accelerator = make_accelerator(config.mixed_precision, stack.device)
     torch.manual_seed(config.seed)
     stack.set_trainable(task.role)
-    params = stack.parameters(task.role)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        _param_groups(stack, task, config), lr=config.learning_rate, betas=tuple(config.adam_betas), weight_decay=config.weight_decay
+    )
     micro_per_epoch = math.ceil(len(task.examples) / config.batch_size)
     steps_per_epoch = max(1, micro_per_epoch // config.gradient_accumulation)
     total = config.max_steps or steps_per_epoch * config.epochs
@@ -116,6 +119,19 @@ def fit(stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, 
     progress.close()
     stack.set_trainable()
     return last
+
+
+def _param_groups(stack: RoleStack, task: Task, config: OptimConfig) -> list[dict[str, Any]]:
+    """The role's adapter at `learning_rate`; its head (if any) at `task.head_learning_rate` when set.
+
+    The schedule scales every group alike, so the head keeps its ratio to the adapter throughout.
+    """
+    head = list(stack.heads[task.role].parameters()) if task.role in stack.heads else []
+    ids = {id(p) for p in head}
+    adapter = [p for p in stack.parameters(task.role) if id(p) not in ids]
+    if not head or task.head_learning_rate is None:
+        return [{"params": adapter + head}]
+    return [{"params": adapter}, {"params": head, "lr": task.head_learning_rate}]
 
 
 def _optimizer_step(stack, task: Task, group: list[list[int]], accelerator, optimizer, scheduler, config: OptimConfig) -> dict[str, float]:

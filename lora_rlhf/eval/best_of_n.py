@@ -1,0 +1,89 @@
+"""Best-of-N sampling from the SFT model, picked by the reward model (Gao et al. 2022, "Scaling Laws for
+Reward Model Overoptimization").
+
+The cheapest check that the RM gives PPO something to climb: if the RM's favourite of N SFT samples does
+not beat one random sample on the gold judge, PPO optimising the same RM cannot be expected to either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lora_rlhf.data.prompts import prompt_text
+from lora_rlhf.data.chat import Prompt
+from lora_rlhf.eval import stats
+from lora_rlhf.eval.compare import mean
+from lora_rlhf.eval.config import EvalConfig
+from lora_rlhf.eval.responses import Responses, generate_responses
+from lora_rlhf.eval.scoring import GoldFn, bootstrap_kwargs, reward_scores
+from lora_rlhf.models.roles import RoleStack
+
+
+def select_best(scores: torch.Tensor | np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """(P, N) RM scores of N candidates per prompt -> (P,) index of each prompt's best candidate.
+
+    Ties go to the lowest index (the first sampled), so the pick is deterministic.
+    """
+    array = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"select_best needs a (prompts, candidates) score matrix with both sizes >= 1, got shape {array.shape}")
+    return array.argmax(axis=1)
+
+
+def sample_candidates(stack: RoleStack, rendered: Sequence[str], config: EvalConfig) -> Responses:
+    """N samples per prompt from "sft", prompt p's candidates at rows p*N .. p*N + N-1.
+
+    Each eval batch's prompts, repeated N times, go through one batched `generate`.
+    """
+    n = config.best_of_n
+    repeated = [text for text in rendered for _ in range(n)]
+    return generate_responses(
+        stack, "sft", repeated, max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size * n, temperature=config.best_of_n_temperature,
+    )
+
+
+def best_of_n(
+    stack: RoleStack,
+    prompts: Sequence[Prompt],
+    rendered: Sequence[str],
+    config: EvalConfig,
+    *,
+    gold_fn: GoldFn | None = None,
+    sft_gold: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """eval.json's best_of_n (and best_of_n_ci, paired against `sft_gold`, sft's own per-prompt gold).
+
+    Returns {"best_of_n": {"n", "temperature", "reward", "gold", "gold_ci", "gold_sft_sample"},
+    "best_of_n_ci": {"bon_minus_sample": [lo, hi], "bon_minus_sft": [lo, hi]}}, the gold fields only with
+    `gold_fn`; "gold_ci" is the interval of the picks' mean gold, "gold_sft_sample" the mean gold of all N*P
+    samples; "bon_minus_sample" pairs each pick with its prompt's mean sample, "bon_minus_sft" with sft's
+    greedy answer (only with `sft_gold`).
+    """
+    n = config.best_of_n
+    torch.manual_seed(config.seed)
+    candidates = sample_candidates(stack, rendered, config)
+    scores = np.asarray(reward_scores(stack, candidates.input_ids, config.batch_size)).reshape(len(prompts), n)
+    picks = select_best(scores)
+    summary: dict[str, Any] = {
+        "n": n, "temperature": config.best_of_n_temperature, "reward": float(scores[np.arange(len(prompts)), picks].mean()),
+    }
+    results: dict[str, Any] = {"best_of_n": summary}
+    if gold_fn is not None:
+        raw = [prompt_text(p) for p in prompts for _ in range(n)]
+        gold = np.asarray([float(g) for g in gold_fn(raw, candidates.texts)]).reshape(len(prompts), n)
+        picked_gold = gold[np.arange(len(prompts)), picks]
+        summary["gold"] = mean(picked_gold.tolist())
+        summary["gold_ci"] = list(stats.bootstrap_ci(picked_gold, **bootstrap_kwargs(config)))
+        summary["gold_sft_sample"] = float(gold.mean())  # what one random sample scores, on average
+        # The RM's pick against the average of the same prompt's N samples: > 0 means the RM ranks by something
+        # the gold judge rewards, i.e. there is a gradient for PPO to follow.
+        intervals = {"bon_minus_sample": list(stats.paired_diff_ci(picked_gold, gold.mean(axis=1), **bootstrap_kwargs(config)))}
+        if sft_gold is not None:
+            intervals["bon_minus_sft"] = list(stats.paired_diff_ci(picked_gold, sft_gold, **bootstrap_kwargs(config)))
+        results["best_of_n_ci"] = intervals
+    return results

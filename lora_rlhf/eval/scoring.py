@@ -1,0 +1,77 @@
+"""Scores of each model's responses (gold judge, reward model) and the intervals around their comparisons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from itertools import combinations
+from typing import Any
+
+import torch
+
+from lora_rlhf.data.batching import pad_left
+from lora_rlhf.eval import stats
+from lora_rlhf.eval.compare import mean, pairwise_win_rates
+from lora_rlhf.eval.config import EvalConfig
+from lora_rlhf.models.roles import RoleStack
+
+# (prompts' user text, responses) -> one gold score per response.
+GoldFn = Callable[[list[str], list[str]], list[float]]
+
+
+@torch.no_grad()
+def reward_scores(stack: RoleStack, sequences: Sequence[Sequence[int] | torch.Tensor], batch_size: int) -> list[float]:
+    """RM score of every prompt + response id sequence (no padding), `batch_size` sequences at a time."""
+    scores: list[float] = []
+    for begin in range(0, len(sequences), batch_size):
+        ids, mask = pad_left(sequences[begin : begin + batch_size], stack.tokenizer.pad_token_id)
+        scores += stack.rewards(ids.to(stack.device), mask.to(stack.device)).float().cpu().tolist()
+    return scores
+
+
+def bootstrap_kwargs(config: EvalConfig) -> dict[str, Any]:
+    return {"samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
+
+
+def mean_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) -> dict[str, list[float]]:
+    """{"base": [...], ...} -> {"base": [lo, hi], ...}: bootstrap interval of each model's mean score."""
+    return {name: list(stats.bootstrap_ci(s, **bootstrap_kwargs(config))) for name, s in scores.items()}
+
+
+def paired_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) -> dict[str, list[float]]:
+    """{"base", "sft", "ppo"} scores -> {"sft_minus_base": [lo, hi], ...}: every later model minus every
+    earlier one, paired over prompts (the pairs and their order of compare.pairwise_win_rates)."""
+    return {
+        f"{later}_minus_{earlier}": list(stats.paired_diff_ci(scores[later], scores[earlier], **bootstrap_kwargs(config)))
+        for earlier, later in combinations(list(scores), 2)
+    }
+
+
+def win_rate_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) -> dict[str, list[float]]:
+    """{"ppo_vs_sft": [lo, hi], ...}: paired bootstrap interval of each win rate of compare.pairwise_win_rates."""
+    return {
+        f"{later}_vs_{earlier}": list(stats.win_rate_ci(scores[later], scores[earlier], **bootstrap_kwargs(config)))
+        for earlier, later in combinations(list(scores), 2)
+    }
+
+
+def compare_models(
+    gold: Mapping[str, list[float]] | None, reward: Mapping[str, list[float]] | None, config: EvalConfig
+) -> dict[str, Any]:
+    """Means, win rates and their intervals from per-prompt scores ({model: (P,) scores}).
+
+    Win rates are judged by the gold scores where they exist, else by the reward model.
+    """
+    results: dict[str, Any] = {}
+    if gold is not None:
+        results["gold"] = {name: mean(s) for name, s in gold.items()}
+        results["gold_mean_ci"] = mean_intervals(gold, config)
+        results["gold_ci"] = paired_intervals(gold, config)
+    if reward is not None:
+        results["reward"] = {name: mean(s) for name, s in reward.items()}
+        results["reward_mean_ci"] = mean_intervals(reward, config)
+    judge = gold if gold is not None else reward
+    if judge is not None:
+        results["win_rate"] = pairwise_win_rates(judge)
+        results["win_rate_ci"] = win_rate_intervals(judge, config)
+        results["win_rate_judge"] = "gold" if gold is not None else "reward_model"
+    return results
