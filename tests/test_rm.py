@@ -14,6 +14,7 @@ from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.heads import ScalarHead
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.bias import mean_reward
@@ -210,3 +211,27 @@ def test_the_same_seed_gives_the_same_reward_model_whatever_ran_before(tiny_llam
     torch.rand(7)  # as other work in the same process would
     train_reward_model(second, config, tmp_path / "second")
     assert same(snapshot(first, "reward"), snapshot(second, "reward"))  # the head's random init included
+
+
+def _few_step_config(data, **overrides) -> RMConfig:
+    """The demo's regime: a LoRA learning rate, one epoch of 9 optimizer steps, a cosine schedule."""
+    optim = OptimConfig(learning_rate=5e-4, batch_size=8, epochs=1, logging_steps=3, eval_steps=9, save_steps=9,
+                        warmup_ratio=0.05, scheduler="cosine")
+    return RMConfig(data=data["rankings"], demonstrations=data["demos"], eval_fraction=0.25, max_length=48,
+                    init="sft", train=optim, **overrides)
+
+
+def test_rm_learns_a_marker_preference_in_a_few_steps_at_lora_rates(tiny_llama, data, tmp_path, monkeypatch):
+    """Issue 10: at LoRA rates and a handful of steps the RM must still learn. The control is the head as it
+    was before the fix (random init of std 1/sqrt(H), trained at the adapter's rate): it fails the same bar."""
+    summary = train_reward_model(load_stack(tiny_llama), _few_step_config(data), tmp_path / "run")
+    assert summary["accuracy"] >= 0.9, summary
+
+    def random_init(self, hidden_size, kind):
+        original_init(self, hidden_size, kind)
+        torch.nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+
+    original_init = ScalarHead.__init__
+    monkeypatch.setattr(ScalarHead, "__init__", random_init)
+    stuck = train_reward_model(load_stack(tiny_llama), _few_step_config(data, head_learning_rate=5e-4), tmp_path / "stuck")
+    assert stuck["accuracy"] < 0.9, stuck

@@ -54,11 +54,14 @@ class DemoConfig:
     ppo_prompts: int = 256
     # Held-out prompts for evaluation, disjoint from all training prompts.
     eval_prompts: int = 48
+    # Held-out prompts whose K sampled responses the labeler ranks, for the RM's accuracy at evaluation
+    # (never trained on; C(K, 2) pairs each, so a few dozen prompts give hundreds of pairs).
+    eval_ranking_prompts: int = 32
     # Seed of the task generator and the labeler.
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("demonstrations", "ranking_prompts", "ppo_prompts", "eval_prompts", "max_new_tokens"):
+        for key in ("demonstrations", "ranking_prompts", "ppo_prompts", "eval_prompts", "eval_ranking_prompts", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
         if self.responses_per_prompt < 2:

@@ -25,11 +25,18 @@ FILES = {
     "prompts": "prompts.jsonl",
     "ranking_prompts": "ranking_prompts.jsonl",
     "eval_prompts": "eval_prompts.jsonl",
+    "eval_ranking_prompts": "eval_ranking_prompts.jsonl",
+    "eval_rankings": "eval_rankings.jsonl",
+    "ptx_text": "ptx_text.jsonl",
+    "lm_text": "lm_text.jsonl",
 }
-# Sequences per batched generate call when sampling the K responses to rank.
-_SAMPLES_PER_CALL = 32
+# Paragraphs of general text written for PPO-ptx and for the held-out LM loss (demo/text.py).
+_TEXT_ROWS = 64
+# Sequences per batched generate call when sampling the K responses to rank (on the CPU a decoding step
+# costs little more for 64 rows than for 32).
+_SAMPLES_PER_CALL = 64
 # Each split of the task draws from its own seed offset, so no prompt is shared by accident.
-_SPLIT_SEEDS = {"demonstrations": 0, "ranking_prompts": 1, "prompts": 2, "eval_prompts": 3}
+_SPLIT_SEEDS = {"demonstrations": 0, "ranking_prompts": 1, "prompts": 2, "eval_prompts": 3, "eval_ranking_prompts": 4}
 
 
 def fill_paths(recipe: RecipeConfig, run: RunDir) -> None:
@@ -40,22 +47,32 @@ def fill_paths(recipe: RecipeConfig, run: RunDir) -> None:
         (recipe.rm.data, path["rankings"]),
         (recipe.rm.demonstrations, path["demonstrations"]),
         (recipe.ppo.prompts, path["prompts"]),
-        (recipe.ppo.ptx, path["demonstrations"]),
+        # PPO-ptx mixes general text standing in for the paper's pretraining data, never the demonstrations:
+        # a gain over SFT must come from the reinforcement term, not from more supervised training.
+        (recipe.ppo.ptx, path["ptx_text"]),
         (recipe.eval.prompts, path["eval_prompts"]),
+        (recipe.eval.rankings, path["eval_rankings"]),
+        (recipe.eval.lm_text, path["lm_text"]),
     ]
     for spec, default in pairs:
         if not spec.path:
             spec.path = default
+    recipe.eval.rankings_max_length = recipe.rm.max_length
 
 
 def write_task_data(recipe: RecipeConfig, run: RunDir) -> None:
-    """Write demonstrations and the PPO, ranking and eval prompts (once; later calls find them)."""
+    """Write demonstrations, the PPO, ranking and eval prompts, and the general text (once; later calls find them)."""
     from lora_rlhf.demo.labeler import Labeler
     from lora_rlhf.demo.tasks import sample_tasks
+    from lora_rlhf.demo.text import text_rows
 
     demo = recipe.demo
+    for name, use in (("ptx_text", "ptx"), ("lm_text", "heldout")):
+        if not run.data(FILES[name]).exists():
+            _write_jsonl(run.data(FILES[name]), text_rows(use, _TEXT_ROWS))
     counts = {"demonstrations": demo.demonstrations, "ranking_prompts": demo.ranking_prompts,
-              "prompts": demo.ppo_prompts, "eval_prompts": demo.eval_prompts}
+              "prompts": demo.ppo_prompts, "eval_prompts": demo.eval_prompts,
+              "eval_ranking_prompts": demo.eval_ranking_prompts}
     labeler = Labeler(disagreement=demo.disagreement, seed=demo.seed)
     seen: set[str] = set()
     for split, count in counts.items():
@@ -87,11 +104,28 @@ def write_rankings(stack: RoleStack, recipe: RecipeConfig, run: RunDir) -> None:
     from lora_rlhf.demo.datasets import ranking_rows
     from lora_rlhf.demo.labeler import Labeler
 
-    target = run.data(FILES["rankings"])
-    if target.exists():
+    target, held_target = run.data(FILES["rankings"]), run.data(FILES["eval_rankings"])
+    if target.exists() and held_target.exists():
         return
     demo = recipe.demo
-    prompts = [json.loads(line)["prompt"] for line in run.data(FILES["ranking_prompts"]).read_text().splitlines()]
+    train = _read_prompts(run.data(FILES["ranking_prompts"]))
+    held = _read_prompts(run.data(FILES["eval_ranking_prompts"]))
+    samples = _sample_k(stack, train + held, demo)
+    labeler = Labeler(disagreement=demo.disagreement, seed=demo.seed)
+    # The held-out rankings come from the same labeler (its noise included): eval measures the RM against
+    # them and, separately, against the gold order of the same responses.
+    for path, prompts, part in ((target, train, samples[: len(train)]), (held_target, held, samples[len(train) :])):
+        rows = ranking_rows(prompts, part, labeler)
+        _write_jsonl(path, rows)
+        logger.info("demo: the labeler ranked %d prompts x %d responses into %s", len(rows), demo.responses_per_prompt, path)
+
+
+def _read_prompts(path: Path) -> list[str]:
+    return [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+
+
+def _sample_k(stack: RoleStack, prompts: list[str], demo) -> list[list[str]]:
+    """K samples of the sft role per prompt, several prompts per batched generate call."""
     torch.manual_seed(demo.seed)
     samples: list[list[str]] = []
     k = demo.responses_per_prompt
@@ -102,9 +136,7 @@ def write_rankings(stack: RoleStack, recipe: RecipeConfig, run: RunDir) -> None:
             flat = _sample(stack, [p for p in chunk for _ in range(k)], demo.sample_temperature, demo.max_new_tokens)
             samples += [flat[i * k : (i + 1) * k] for i in range(len(chunk))]
             progress.update(len(chunk))
-    rows = ranking_rows(prompts, samples, Labeler(disagreement=demo.disagreement, seed=demo.seed))
-    _write_jsonl(target, rows)
-    logger.info("demo: the labeler ranked %d prompts x %d responses into %s", len(rows), demo.responses_per_prompt, target)
+    return samples
 
 
 def _sample(stack: RoleStack, prompts: list[str], temperature: float, max_new_tokens: int) -> list[str]:

@@ -97,7 +97,8 @@ class PPOConfig:
     max_grad_norm: float = 1.0
 
     # --- PPO-ptx (InstructGPT eq. 2, second term)
-    # Pretraining or demonstration text ({prompt, completion} or {messages}); empty path: no ptx term.
+    # Pretraining-style text ({"text"} rows, loss on every token) or demonstrations ({prompt, completion} or
+    # {messages}, loss on the completion); empty path: no ptx term.
     ptx: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
     # gamma_ptx (paper: 27.8); 0 turns the term off (plain "PPO" in the paper's figures).
     ptx_coef: float = 27.8

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 
 from lora_rlhf.data.chat import render_prompt
-from lora_rlhf.data.demonstrations import SFTExample, load_sft_examples
+from lora_rlhf.data.demonstrations import SFTExample, encode_demonstration, parse_demonstration
 from lora_rlhf.data.prompts import parse_prompt, prompt_text
-from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, parse_rows
+from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, parse_rows, text_field
 from lora_rlhf.data.sources import DatasetSpec, load_rows
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.ppo.rollout import EncodedPrompt
@@ -56,11 +56,29 @@ class Cycler:
         return batch
 
 
+def encode_ptx_row(row, tokenizer, max_length: int) -> SFTExample:
+    """A {"text"} row is pretraining-style text (loss on every token, no chat template, as in the paper's
+    pretraining mix); {prompt, completion} or {messages} rows are demonstrations (loss on the completion)."""
+    if row.get("text") is not None:
+        ids = tokenizer(text_field(row, "text"), add_special_tokens=True).input_ids
+        if len(ids) < 2:
+            raise BadRow("field 'text' has fewer than 2 tokens: nothing to predict")
+        return SFTExample(ids[:max_length], ids[:max_length], len(ids) > max_length)
+    return encode_demonstration(parse_demonstration(row), tokenizer, max_length)
+
+
+def load_ptx_examples(spec: DatasetSpec, tokenizer, max_length: int, on_bad_row: OnBadRow) -> tuple[list[SFTExample], RowReport]:
+    """Every ptx row of `spec`: {"text"} (pretraining-style), {prompt, completion} or {messages}."""
+    examples, report = parse_rows(load_rows(spec), lambda row: encode_ptx_row(row, tokenizer, max_length), spec.display(), on_bad_row)
+    report.truncated = sum(e.truncated for e in examples)
+    return examples, report
+
+
 class PtxStream:
-    """PPO-ptx batches (InstructGPT eq. 2): demonstration or pretraining text, loss on the completion tokens."""
+    """PPO-ptx batches (InstructGPT eq. 2): pretraining-style text (every token) or demonstrations (completion tokens)."""
 
     def __init__(self, spec: DatasetSpec, tokenizer, max_length: int, batch_size: int, seed: int, on_bad_row: OnBadRow) -> None:
-        examples, report = load_sft_examples(spec, tokenizer, max_length, on_bad_row)
+        examples, report = load_ptx_examples(spec, tokenizer, max_length, on_bad_row)
         report.log()
         if not examples:
             raise LoraRlhfError(f"ppo.ptx: {spec.display()} holds no usable example")
