@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from lora_rlhf.config.recipe import RecipeConfig
 from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.io import atomic_file
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline.run_dir import RunDir
@@ -58,6 +59,10 @@ def fill_paths(recipe: RecipeConfig, run: RunDir) -> None:
         if not spec.path:
             spec.path = default
     recipe.eval.rankings_max_length = recipe.rm.max_length
+    if recipe.rm.eval_data is None and recipe.rm.eval_fraction == 0:
+        # The RM stage's held-out figure comes from the same held-out rankings eval uses, so every ranked
+        # training prompt is trained on rather than 20% of them being held back.
+        recipe.rm.eval_data = DatasetSpec(path["eval_rankings"])
 
 
 def write_task_data(recipe: RecipeConfig, run: RunDir) -> None:

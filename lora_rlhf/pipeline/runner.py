@@ -152,7 +152,9 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
     gold_fn = demo_data.gold_fn() if recipe.demo.enabled else None
     results = evaluate(stack, prompts, recipe.eval, run.path, gold_fn=gold_fn)
     summary = {f"gold_{k}": v for k, v in results.get("gold", {}).items()}
-    summary.update({k: v for k, v in (("kl", results.get("kl")), ("rm_accuracy", results.get("rm_accuracy"))) if v is not None})
+    picked = {"kl": results.get("kl"), "rm_accuracy": results.get("rm_accuracy"), "rm_accuracy_gold": results.get("rm_accuracy_gold"),
+              "win_ppo_vs_sft": results.get("win_rate", {}).get("ppo_vs_sft"), "best_of_n_gold": results.get("best_of_n", {}).get("gold")}
+    summary.update({k: v for k, v in picked.items() if v is not None})
     return "evaluated", summary
 
 
