@@ -35,6 +35,9 @@ class EvalConfig:
     best_of_n: int = 4
     # Sampling temperature of the best-of-N candidates (> 0: greedy would give N identical candidates).
     best_of_n_temperature: float = 1.0
+    # Best-of-N on the first this many eval prompts only (null: all): its N samples per prompt cost N times
+    # a model's greedy pass, the dearest part of eval on a CPU.
+    best_of_n_prompts: int | None = None
     # Held-out plain text ({"text"} rows) for the LM loss of each model, to see the "alignment tax"
     # (InstructGPT §4.2: RLHF can cost language-modelling ability); empty path = skip.
     lm_text: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
@@ -53,6 +56,8 @@ class EvalConfig:
             raise LoraRlhfError(f"temperature: {self.temperature!r} must be >= 0 (0 = greedy)")
         if self.examples < 0:
             raise LoraRlhfError(f"examples: {self.examples!r} must be >= 0")
+        if self.best_of_n_prompts is not None and self.best_of_n_prompts < 1:
+            raise LoraRlhfError(f"best_of_n_prompts: {self.best_of_n_prompts!r} must be a positive integer or null")
         if self.best_of_n < 0:
             raise LoraRlhfError(f"best_of_n: {self.best_of_n!r} must be >= 0 (0 = off)")
         if not self.best_of_n_temperature > 0:

@@ -67,8 +67,10 @@ def _evaluate(stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, r
     if "ppo" in responses:
         results["kl"] = _policy_kl(stack, responses["ppo"], config.batch_size)
     if config.best_of_n and stack.has_role("reward") and stack.has_role("sft"):
-        sft_gold = gold["sft"] if gold is not None else None
-        results.update(best_of_n(stack, prompts, rendered, config, gold_fn=gold_fn, sft_gold=sft_gold))
+        m = config.best_of_n_prompts or len(prompts)
+        sft_gold = gold["sft"][:m] if gold is not None else None
+        results.update(best_of_n(stack, prompts[:m], rendered[:m], config, gold_fn=gold_fn, sft_gold=sft_gold))
+        results["best_of_n"]["prompts"] = len(prompts[:m])
     if config.lm_text.path:
         results["lm_loss"] = lm_losses(stack, models, config.lm_text, config.lm_max_length, config.batch_size)
     write_json(run_dir / "eval.json", results)
