@@ -97,6 +97,10 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _samples(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "eval_samples.jsonl").read_text().splitlines()]
+
+
 def test_evaluate_writes_intervals_rm_accuracy_best_of_n_and_lm_loss(tiny_llama, tmp_path):
     stack = _stack(tiny_llama)
     rankings = tmp_path / "rankings.jsonl"
@@ -107,7 +111,7 @@ def test_evaluate_writes_intervals_rm_accuracy_best_of_n_and_lm_loss(tiny_llama,
     text = tmp_path / "text.jsonl"
     text.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("the quick brown fox", "hello world please")))
     config = EvalConfig(
-        max_new_tokens=5, batch_size=2, best_of_n=2, bootstrap_samples=200,
+        max_new_tokens=5, batch_size=2, best_of_n=2, best_of_n_prompts=2, bootstrap_samples=200,
         rankings=DatasetSpec(str(rankings)), lm_text=DatasetSpec(str(text)),
     )
     lengths = lambda ps, rs: [min(len(r), 10) / 10 for r in rs]  # noqa: E731 - a stand-in gold judge
@@ -119,6 +123,9 @@ def test_evaluate_writes_intervals_rm_accuracy_best_of_n_and_lm_loss(tiny_llama,
     assert set(saved["gold_mean_ci"]) == set(saved["reward_mean_ci"]) == {"base", "sft", "ppo"}
     assert saved["rm_accuracy_source"] == "rankings" and saved["rm_accuracy_pairs"] == 4
     assert set(saved["best_of_n"]) >= {"n", "reward", "gold", "gold_sft_sample"} and saved["best_of_n"]["n"] == 2
+    # best-of-N on the first 2 of 3 prompts, its baseline sft's greedy gold on those same 2
+    assert saved["best_of_n"]["prompts"] == 2
+    assert saved["best_of_n"]["gold_sft_greedy"] == pytest.approx(sum(lengths(None, [r["sft"] for r in _samples(tmp_path)[:2]])) / 2)
     assert set(saved["lm_loss"]) == {"base", "sft", "ppo"} and saved["lm_loss"]["sft"] == saved["lm_loss"]["base"]
     for key in ("gold", "gold_mean_ci", "gold_ci", "win_rate", "win_rate_ci", "reward", "reward_mean_ci", "rm_accuracy",
                 "rm_accuracy_ci", "rm_accuracy_pairs", "rm_accuracy_gold", "rm_accuracy_gold_ci", "rm_accuracy_gold_pairs",

@@ -64,7 +64,7 @@ def _difference_rows(results: Mapping[str, Any]) -> list[tuple[str, str, Sequenc
         estimate = bon["gold"] - bon["gold_sft_sample"]
         rows.append((f"gold: best-of-{bon['n']} − one sft sample", f"{estimate:+.3f}", bon_ci["bon_minus_sample"], 0.0, 3))
     if "bon_minus_sft" in bon_ci:
-        estimate = bon["gold"] - results["gold"]["sft"]
+        estimate = bon["gold"] - bon.get("gold_sft_greedy", results["gold"]["sft"])
         rows.append((f"gold: best-of-{bon['n']} − sft (greedy)", f"{estimate:+.3f}", bon_ci["bon_minus_sft"], 0.0, 3))
     return rows
 
@@ -112,7 +112,8 @@ def extra_lines(results: Mapping[str, Any]) -> list[str]:
         lines += [f"KL(ppo ‖ sft), summed over the policy's response tokens, mean over prompts: **{results['kl']:.3f}** nats.", ""]
     bon = results.get("best_of_n")
     if bon:
-        text = (f"Best-of-{bon['n']} (sft samples at temperature {bon['temperature']:g}, the RM picks one; Gao et al. 2022): "
+        scope = f" on the first {bon['prompts']} prompts" if bon.get("prompts") not in (None, results.get("prompts")) else ""
+        text = (f"Best-of-{bon['n']}{scope} (sft samples at temperature {bon['temperature']:g}, the RM picks one; Gao et al. 2022): "
                 f"RM score of the picks **{bon['reward']:.3f}**")
         if "gold" in bon:
             text += (f", gold **{bon['gold']:.3f}**{_interval(bon.get('gold_ci'))} against {bon['gold_sft_sample']:.3f} "
@@ -132,8 +133,11 @@ def _make_plots(run_dir: Path, results: Mapping[str, Any]) -> list[tuple[str, Pa
         gold, intervals = dict(results["gold"]), dict(results.get("gold_mean_ci", {}))
         bon = results.get("best_of_n", {})
         if "gold" in bon:
-            gold[f"sft best-of-{bon['n']}"] = bon["gold"]
-            intervals[f"sft best-of-{bon['n']}"] = bon["gold_ci"]
+            label = f"sft best-of-{bon['n']}"
+            if bon.get("prompts") not in (None, results.get("prompts")):
+                label += f"\n(first {bon['prompts']} prompts)"
+            gold[label] = bon["gold"]
+            intervals[label] = bon["gold_ci"]
         made.append(("Gold score by model", plots.plot_scores(
             gold, out / "gold.png", title="Gold score on held-out prompts", ylabel=f"mean gold score ({_level(results)} CI)", intervals=intervals)))
     if "reward" in results:

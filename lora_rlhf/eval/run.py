@@ -71,6 +71,8 @@ def _evaluate(stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, r
         sft_gold = gold["sft"][:m] if gold is not None else None
         results.update(best_of_n(stack, prompts[:m], rendered[:m], config, gold_fn=gold_fn, sft_gold=sft_gold))
         results["best_of_n"]["prompts"] = len(prompts[:m])
+        if sft_gold is not None:  # sft's greedy gold on the same prompts, the pick's paired baseline
+            results["best_of_n"]["gold_sft_greedy"] = mean(sft_gold)
     if config.lm_text.path:
         results["lm_loss"] = lm_losses(stack, models, config.lm_text, config.lm_max_length, config.batch_size)
     write_json(run_dir / "eval.json", results)
