@@ -249,10 +249,13 @@ def sft_row(results: Mapping[str, Any]) -> dict[str, Any]:
 def best_of_n_row(results: Mapping[str, Any]) -> dict[str, Any]:
     """Best-of-N: its weights are sft's (same LM loss); its KL to sft is at most log N - (N-1)/N nats
     (the analytic bound of Stiennon et al. 2020 and Gao et al. 2022). No per-prompt picks are kept, so no win rate."""
-    n = _get(results, "best_of_n", "n")
-    return {"model": f"best-of-{n or 'N'} (sft + RM)", "gold": _get(results, "best_of_n", "gold"),
+    n, prompts = _get(results, "best_of_n", "n"), _get(results, "best_of_n", "prompts")
+    # Best-of-N may run on the first eval prompts only: compare with sft's greedy gold on those same prompts.
+    baseline = _get(results, "best_of_n", "gold_sft_greedy")
+    scope = f", first {prompts} prompts" if prompts not in (None, results.get("prompts")) else ""
+    return {"model": f"best-of-{n or 'N'} (sft + RM{scope})", "gold": _get(results, "best_of_n", "gold"),
             "gold_ci": _get(results, "best_of_n", "gold_ci"),
-            "gold_minus_sft": _minus(_get(results, "best_of_n", "gold"), _get(results, "gold", "sft")),
+            "gold_minus_sft": _minus(_get(results, "best_of_n", "gold"), baseline if baseline is not None else _get(results, "gold", "sft")),
             "gold_minus_sft_ci": _get(results, "best_of_n_ci", "bon_minus_sft"),
             "win_rate_vs_sft": None, "win_rate_vs_sft_ci": None, "reward": _get(results, "best_of_n", "reward"),
             "lm_loss": _get(results, "lm_loss", "sft") if n else None,
