@@ -24,7 +24,10 @@ class ScalarHead(nn.Module):
             raise ValueError(f"head kind must be 'reward' or 'value', not {kind!r}")
         self.kind = kind
         self.linear = nn.Linear(hidden_size, 1, dtype=torch.float32)
-        # Small init so a fresh head starts near zero and does not swamp the KL penalty early in PPO.
+        # Zero init: every response starts with the same score and the ranking loss alone sets the direction.
+        # The former random init (std 1/sqrt(H)) gave the demo model's untrained RM scores of std ~1.9, which
+        # a head trained at a LoRA rate could not undo in a few steps (issue 10; docs/benchmarks.md). A zero
+        # head also keeps a fresh value function from swamping the KL penalty early in PPO.
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 

@@ -80,7 +80,7 @@ def fit(stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, 
     torch.manual_seed(config.seed)
     stack.set_trainable(task.role)
     optimizer = torch.optim.AdamW(
-        _param_groups(stack, task, config), lr=config.learning_rate, betas=tuple(config.adam_betas), weight_decay=config.weight_decay
+        _param_groups(stack, task), lr=config.learning_rate, betas=tuple(config.adam_betas), weight_decay=config.weight_decay
     )
     micro_per_epoch = math.ceil(len(task.examples) / config.batch_size)
     steps_per_epoch = max(1, micro_per_epoch // config.gradient_accumulation)
@@ -121,7 +121,7 @@ def fit(stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, 
     return last
 
 
-def _param_groups(stack: RoleStack, task: Task, config: OptimConfig) -> list[dict[str, Any]]:
+def _param_groups(stack: RoleStack, task: Task) -> list[dict[str, Any]]:
     """The role's adapter at `learning_rate`; its head (if any) at `task.head_learning_rate` when set.
 
     The schedule scales every group alike, so the head keeps its ratio to the adapter throughout.
