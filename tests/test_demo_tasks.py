@@ -194,3 +194,24 @@ def test_ranking_rows_dedupe_and_skip_prompts_without_two_distinct_responses(tmp
     assert all(len(row["responses"]) == len(row["ranks"]) for row in rows)
     written = _read_jsonl(demo_data.write_jsonl(tmp_path / "r.jsonl", rows))
     assert written == rows
+
+
+def test_general_text_for_ptx_and_held_out_lm_loss_is_disjoint_prose():
+    from lora_rlhf.demo.text import text_rows
+
+    ptx, held = text_rows("ptx", 1000), text_rows("heldout", 1000)
+    assert len(ptx) >= 32 and len(held) >= 32
+    assert not {r["text"] for r in ptx} & {r["text"] for r in held}  # the alignment tax is measured on unseen text
+    assert all(not r["text"].startswith(("Sort", "Reverse", "What is")) for r in ptx + held)
+
+
+def test_ptx_text_rows_train_every_token_and_demonstrations_only_the_completion(tiny_llama):
+    from lora_rlhf.data.demonstrations import IGNORE_INDEX
+    from lora_rlhf.models.base import BaseModelConfig, load_tokenizer
+    from lora_rlhf.ppo.data import encode_ptx_row
+
+    tokenizer = load_tokenizer(BaseModelConfig(tiny_llama))
+    text = encode_ptx_row({"text": "the quick brown fox jumps over the lazy dog"}, tokenizer, 64)
+    assert text.labels == text.input_ids and not text.truncated
+    demo = encode_ptx_row({"prompt": "say hi", "completion": "hi"}, tokenizer, 64)
+    assert demo.labels[0] == IGNORE_INDEX and demo.labels[-1] == demo.input_ids[-1]
