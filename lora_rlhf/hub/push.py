@@ -18,6 +18,7 @@ from pathlib import Path
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.hub import card
 from lora_rlhf.inference.sources import is_adapter_folder, run_roles
+from lora_rlhf.models.adapter_io import saved_head_kind
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _adapter_uploads(
         uploads[0] = Upload(prefix + "adapter_config.json", content=(json.dumps(config, indent=2) + "\n").encode())
     text = card.model_card(
         role if role in card.ROLE_TAGS else "adapter", base_model=base, repo_id=repo_id, subfolder=subfolder,
-        datasets=datasets or (), eval_figures=figures, has_head=(folder / "head.safetensors").is_file(),
+        datasets=datasets or (), eval_figures=figures, head_kind=saved_head_kind(folder),
     )
     return [*uploads, Upload(prefix + "README.md", content=text.encode())]
 

@@ -41,7 +41,7 @@ def save_adapter(
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         if head is not None:
             save_head(head, tmp / HEAD_WEIGHTS)
-        (tmp / "README.md").write_text(card if card is not None else default_card(role, base_name))
+        (tmp / "README.md").write_text(card if card is not None else default_card(role, base_name, head))
     return folder
 
 
@@ -55,8 +55,7 @@ def load_head(folder: Path, hidden_size: int, device: torch.device) -> ScalarHea
     path = folder / HEAD_WEIGHTS
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = _head_metadata(path)
     kind = metadata.get("kind", "reward")
     saved_size = int(metadata.get("hidden_size", hidden_size))
     if saved_size != hidden_size:
@@ -66,6 +65,17 @@ def load_head(folder: Path, hidden_size: int, device: torch.device) -> ScalarHea
     head = ScalarHead(hidden_size, kind)
     head.linear.load_state_dict(load_file(str(path)))
     return head.to(device)
+
+
+def saved_head_kind(folder: Path) -> str | None:
+    """"reward" or "value" for a folder with head.safetensors (heads saved without a kind were rewards), else None."""
+    path = Path(folder) / HEAD_WEIGHTS
+    return _head_metadata(path).get("kind", "reward") if path.is_file() else None
+
+
+def _head_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
 
 
 def check_adapter_folder(folder: str | Path, base_model: nn.Module) -> Path:
@@ -111,9 +121,14 @@ def _check_tensor_fits(folder: Path, key: str, shape: tuple[int, ...], base_mode
         )
 
 
-def default_card(role: str, base_name: str) -> str:
-    """A minimal model card; `lora_rlhf.hub` writes the full one (with eval figures) when publishing."""
-    return (
+def default_card(role: str, base_name: str, head: ScalarHead | None = None) -> str:
+    """A minimal model card; `lora_rlhf.hub` writes the full one (with eval figures) when publishing.
+
+    A role with a scalar head also gets the code that scores with it without lora_rlhf.
+    """
+    from lora_rlhf.hub.card import head_usage
+
+    text = (
         "---\n"
         f"base_model: {base_name}\n"
         "library_name: peft\n"
@@ -128,3 +143,4 @@ def default_card(role: str, base_name: str) -> str:
         'model = PeftModel.from_pretrained(base, "path/to/this/folder")\n'
         "```\n"
     )
+    return text if head is None else text + "\n" + "\n".join(head_usage(head.kind, base_name))
