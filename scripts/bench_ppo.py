@@ -45,7 +45,7 @@ class _Ptx:
 
     def __init__(self, stack: RoleStack, batch_size: int) -> None:
         from lora_rlhf.data.demonstrations import Demonstration, encode_demonstration
-        from lora_rlhf.sft.trainer import collate_sft
+        from lora_rlhf.sft.loss import collate_sft
 
         labeler = Labeler(seed=0)
         tasks = sample_tasks(64, seed=7)

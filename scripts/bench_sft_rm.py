@@ -30,7 +30,7 @@ from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings
 from lora_rlhf.rm.trainer import rm_step
-from lora_rlhf.sft.trainer import collate_sft, sft_loss
+from lora_rlhf.sft.loss import collate_sft, sft_loss
 
 
 def default_model() -> str:

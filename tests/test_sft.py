@@ -149,7 +149,7 @@ def test_nf4_base_stays_bit_identical_and_differentiable_through_held_out_evals(
 
 def test_sft_loss_is_cross_entropy_on_the_response_tokens_only(tiny_llama, demos):
     from lora_rlhf.data.demonstrations import IGNORE_INDEX, load_sft_examples
-    from lora_rlhf.sft.trainer import collate_sft, sft_loss
+    from lora_rlhf.sft.loss import collate_sft, sft_loss
 
     stack = load_stack(tiny_llama)
     stack.add_role("sft", LoraSettings(r=4, dropout=0.0))

@@ -8,16 +8,7 @@ from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.base import BaseModelConfig
-
-
-def resolve_model_name(name: str) -> str:
-    """Built-in names ("demo:smollm2", "tiny:<arch>") to their local folders; anything else unchanged."""
-    if ":" not in name:
-        return name
-    # Imported here: the pipeline package pulls in every stage's config.
-    from lora_rlhf.pipeline.runner import resolve_model_name as resolve
-
-    return resolve(name)
+from lora_rlhf.models.names import resolve_model_name
 
 
 def base_config(name: str, **options: Any) -> BaseModelConfig:

@@ -19,9 +19,9 @@ from typing import Literal
 import torch
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.inference.loading import resolve_model_name
 from lora_rlhf.inference.sources import resolve_adapter_source
 from lora_rlhf.io import atomic_dir
+from lora_rlhf.models.names import resolve_model_name
 
 logger = logging.getLogger(__name__)
 

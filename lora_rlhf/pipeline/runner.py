@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lora_rlhf.config.recipe import DEMO_MODEL, RecipeConfig, load_recipe
+from lora_rlhf.config.recipe import RecipeConfig, load_recipe
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models.names import resolve_model_name
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline import demo_data
 from lora_rlhf.pipeline.run_dir import STAGE_ROLES, RunDir
@@ -49,22 +50,6 @@ def prepare(config_path: str | None, overrides: Sequence[str], output_dir: str |
     if recipe.demo.enabled:
         demo_data.fill_paths(recipe, run)
     return recipe, run
-
-
-def resolve_model_name(name: str) -> str:
-    """Built-in models: "demo:smollm2" (the embedded demo model) and "tiny:<arch>" (random, for tests)."""
-    if name == DEMO_MODEL:
-        from lora_rlhf.demo.model import demo_model_dir
-
-        return str(demo_model_dir())
-    if name.startswith("tiny:"):
-        from lora_rlhf.testing.tiny import TINY_ARCHITECTURES, tiny_model_dir
-
-        arch = name.removeprefix("tiny:")
-        if arch not in TINY_ARCHITECTURES:
-            raise LoraRlhfError(f"model.name_or_path: {name!r}: tiny models are {', '.join('tiny:' + a for a in TINY_ARCHITECTURES)}")
-        return str(tiny_model_dir(arch))
-    return name
 
 
 def load_stack(recipe: RecipeConfig) -> RoleStack:

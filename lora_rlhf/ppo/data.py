@@ -15,7 +15,7 @@ from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, parse_rows, text_fi
 from lora_rlhf.data.sources import DatasetSpec, load_rows
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.ppo.rollout import EncodedPrompt
-from lora_rlhf.sft.trainer import collate_sft
+from lora_rlhf.sft.loss import collate_sft
 from lora_rlhf.train.loop import epoch_order
 
 

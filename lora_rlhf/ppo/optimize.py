@@ -19,7 +19,7 @@ from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.ppo.data import PtxStream
 from lora_rlhf.ppo.losses import explained_variance, policy_loss, value_loss
 from lora_rlhf.ppo.rollout import Rollout
-from lora_rlhf.sft.trainer import sft_loss
+from lora_rlhf.sft.loss import sft_loss
 
 
 @dataclasses.dataclass

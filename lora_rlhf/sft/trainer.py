@@ -1,4 +1,4 @@
-"""SFT (InstructGPT §3.5): next-token cross-entropy on the demonstrated responses, the prompt masked out."""
+"""The SFT stage (InstructGPT §3.5): train the `sft` role on demonstrations, with a held-out loss (sft/loss.py)."""
 
 from __future__ import annotations
 
@@ -7,38 +7,16 @@ from pathlib import Path
 
 import torch
 
-from lora_rlhf.data.demonstrations import IGNORE_INDEX, SFTExample, load_sft_examples
+from lora_rlhf.data.demonstrations import SFTExample, load_sft_examples
 from lora_rlhf.data.rows import RowReport
 from lora_rlhf.data.split import hold_out
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.sft.config import SFTConfig
+from lora_rlhf.sft.loss import collate_sft, sft_loss
 from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable
-from lora_rlhf.train.loop import StepOutput, Task, fit
+from lora_rlhf.train.loop import Task, fit
 
 logger = logging.getLogger(__name__)
-
-
-def collate_sft(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: input_ids, attention_mask and labels (IGNORE_INDEX on padding)."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        labels[i, : len(e.labels)] = torch.tensor(e.labels)
-        mask[i, : len(e.input_ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def sft_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = "sft") -> StepOutput:
-    """Mean negative log-likelihood of the response tokens (labels != IGNORE_INDEX), chunked over the vocabulary."""
-    logprobs = stack.logprobs(role, batch["input_ids"], batch["attention_mask"]).logprobs  # (B, T-1)
-    targets = batch["labels"][:, 1:]
-    mask = (targets != IGNORE_INDEX).float()
-    tokens = mask.sum().clamp(min=1)
-    loss = -(logprobs * mask).sum() / tokens
-    return StepOutput(loss, {"loss": loss.item(), "tokens": float(tokens)})
 
 
 def evaluate_sft(stack: RoleStack, examples: list[SFTExample], batch_size: int, role: str = "sft") -> dict[str, float]:
