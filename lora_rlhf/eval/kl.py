@@ -2,7 +2,8 @@
 
 PPO's logged `kl` is the sampled estimate sum_t (log pi - log pi_ref)(a_t); for the evaluation report we
 can afford the exact per-state KL over the whole vocabulary, chunked over positions so no (B, T, V)
-fp32 tensor is ever materialised.
+fp32 tensor is ever materialised. The logits are the model's own (soft cap and logit scaling included:
+`RoleStack.logit_states`), so the KL is measured on the distribution `generate` samples from.
 """
 
 from __future__ import annotations
@@ -10,11 +11,6 @@ from __future__ import annotations
 import torch
 
 from lora_rlhf.models.roles import RoleStack
-
-
-@torch.no_grad()
-def _log_softmax_chunk(hidden: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
-    return lm_head(hidden).float().log_softmax(-1)
 
 
 @torch.no_grad()
@@ -37,16 +33,16 @@ def sequence_kl(
         (B,) sum over response tokens t of KL(pi_policy(.|x_<t) || pi_ref(.|x_<t)).
     """
     with stack.use(policy):
-        hidden_policy = stack.hidden_states(input_ids, attention_mask)[:, :-1]
+        states_policy, project = stack.logit_states(input_ids, attention_mask)
     with stack.use(reference):
-        hidden_ref = stack.hidden_states(input_ids, attention_mask)[:, :-1]
-    lm_head = stack.lm_head
+        states_ref, _ = stack.logit_states(input_ids, attention_mask)
+    states_policy, states_ref = states_policy[:, :-1], states_ref[:, :-1]
     mask = response_mask[:, 1:].float()
     total = torch.zeros(input_ids.shape[0], device=input_ids.device)
-    for start in range(0, hidden_policy.shape[1], chunk_size):
+    for start in range(0, states_policy.shape[1], chunk_size):
         end = start + chunk_size
-        logp = _log_softmax_chunk(hidden_policy[:, start:end], lm_head)
-        logq = _log_softmax_chunk(hidden_ref[:, start:end], lm_head)
+        logp = project(states_policy[:, start:end]).log_softmax(-1)
+        logq = project(states_ref[:, start:end]).log_softmax(-1)
         kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, chunk)
         total += (kl * mask[:, start:end]).sum(-1)
     return total

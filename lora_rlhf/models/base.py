@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
 from lora_rlhf.errors import LoraRlhfError
 
@@ -156,8 +157,29 @@ def load_base_model(config: BaseModelConfig):
     return prepare_for_training(model, quantized=quant_config is not None, gradient_checkpointing=config.gradient_checkpointing)
 
 
+def keep_nf4_differentiable(model: nn.Module) -> int:
+    """Turn off bitsandbytes' CPU repacking in every Linear4bit of `model`; returns how many layers it touched.
+
+    bitsandbytes 0.50's `Linear4bit.forward` repacks its weight for a CPU inference kernel (`gemv_4bit`)
+    the first time it runs in eval mode on inputs without grad (a held-out evaluation, a rollout, the RM
+    bias step). `gemv_4bit` has no autograd kernel and the repack rewrites the weights in place, so from
+    then on layers with a bias (gpt2, starcoder2) fail in training ("a view of a leaf Variable that
+    requires grad is being used in an in-place operation") and bias-free ones get wrong LoRA gradients
+    (measured on a tiny NF4 Llama: layer-0 lora_A grad norm 5.1e-3 before one no-grad eval forward,
+    1.4e-3 after). Switching the repack off keeps every forward on the differentiable path; it is called
+    when a base is loaded and when a RoleStack wraps a model, so stacks built in Python are safe too.
+    """
+    touched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            touched += 1
+    return touched
+
+
 def prepare_for_training(model, *, quantized: bool, gradient_checkpointing: bool):
     """Freeze the base and, if asked, turn on gradient checkpointing (with PEFT's k-bit preparation when quantized)."""
+    keep_nf4_differentiable(model)
     if quantized:
         from peft import prepare_model_for_kbit_training
 

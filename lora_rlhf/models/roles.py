@@ -29,9 +29,10 @@ from torch import nn
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models import adapter_io
-from lora_rlhf.models.base import BaseModelConfig, load_base_model, load_tokenizer
+from lora_rlhf.models.base import BaseModelConfig, keep_nf4_differentiable, load_base_model, load_tokenizer
 from lora_rlhf.models.heads import HeadKind, ScalarHead, gather_last
-from lora_rlhf.models.logprobs import TokenLogProbs, token_logprobs
+from lora_rlhf.models.logits import IDENTITY, LogitsProjection, matches_forward, projection_for
+from lora_rlhf.models.logprobs import Projection, TokenLogProbs, token_logprobs
 from lora_rlhf.models.lora import LoraSettings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class RoleStack:
         self.base_name = base_name or getattr(model.config, "_name_or_path", "") or "unknown"
         self.heads = nn.ModuleDict()
         self._params: dict[str, list[nn.Parameter]] = {}
+        # Before any no-grad forward (the probe below is one): bitsandbytes' CPU repack breaks NF4 gradients.
+        keep_nf4_differentiable(model)
+        self.projection: LogitsProjection = projection_for(model)
+        # Chunked log-probs only where the projection reproduces the model's forward (models/logits.py).
+        self.chunked_logits = matches_forward(model, model.base_model, self.projection)
 
     @classmethod
     def load(cls, config: BaseModelConfig) -> RoleStack:
@@ -200,16 +206,27 @@ class RoleStack:
         log-probs are wanted: start = P - 1 gives (B, A)); the backbone still sees every token.
         """
         with self.use(role):
-            hidden = self.hidden_states(input_ids, attention_mask)
+            states, project = self.logit_states(input_ids, attention_mask)
             return token_logprobs(
-                hidden[:, start:-1],
+                states[:, start:-1],
                 input_ids[:, start + 1 :],
-                self.lm_head,
+                project,
                 chunk_size=chunk_size,
                 temperature=temperature,
-                softcap=getattr(self.base_model.config, "final_logit_softcapping", None),
                 with_entropy=with_entropy,
             )
+
+    def logit_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Projection]:
+        """Under the active adapter: (B, T, .) states and the projection of any slice of them to float32 logits.
+
+        The last hidden states and the chunkable LM-head projection where that reproduces the model's
+        forward; otherwise the forward's own (B, T, V) logits and the identity (see `models/logits.py`).
+        """
+        if self.chunked_logits:
+            return self.hidden_states(input_ids, attention_mask), self.projection
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self._causal_lm()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.logits, IDENTITY
 
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, role: str = "reward") -> torch.Tensor:
         """(B, T) sequences -> (B,) scalar scores read at each row's last non-pad token."""
