@@ -1,4 +1,4 @@
-"""Metrics as JSON lines: one object per logged step, "step" first (DESIGN.md's metrics/<stage>.jsonl)."""
+"""Metrics as JSON lines: one object per logged step, "step" first (docs/design.md, "Metric names")."""
 
 from __future__ import annotations
 

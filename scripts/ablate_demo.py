@@ -240,7 +240,7 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 
 def sft_row(results: Mapping[str, Any]) -> dict[str, Any]:
-    # KL of sft to itself is 0 by definition: it is the reference (DESIGN.md, roles).
+    # KL of sft to itself is 0 by definition: it is the reference (docs/design.md, "Roles on one base").
     return {"model": "sft", "gold": _get(results, "gold", "sft"), "gold_ci": _get(results, "gold_mean_ci", "sft"),
             "gold_minus_sft": None, "gold_minus_sft_ci": None, "win_rate_vs_sft": None, "win_rate_vs_sft_ci": None,
             "reward": _get(results, "reward", "sft"), "lm_loss": _get(results, "lm_loss", "sft"), "kl": 0.0}

@@ -17,7 +17,7 @@ from lora_rlhf.config.recipe import RECIPES, load_recipe
 from lora_rlhf.metrics import read_metrics
 
 TINY = str(RECIPES / "tiny-test.yaml")
-# Figures each stage must log (DESIGN.md: "Contract: what a run writes").
+# Figures each stage must log (docs/design.md: "Metric names").
 REQUIRED = {
     "sft": {"loss"},
     "rm": {"loss", "accuracy"},

@@ -1,4 +1,4 @@
-"""Datasets: sources, the row formats of DESIGN.md, tokenization and batching."""
+"""Datasets: sources, the row formats of docs/design.md, tokenization and batching."""
 
 from lora_rlhf.data.demonstrations import DemoText, load_demonstrations, load_sft_examples
 from lora_rlhf.data.rankings import load_ranking_examples

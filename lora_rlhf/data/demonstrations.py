@@ -34,7 +34,7 @@ class SFTExample:
 
 
 def parse_demonstration(row: Mapping[str, Any]) -> Demonstration:
-    """One row in either format (DESIGN.md); BadRow names the field at fault."""
+    """One row in either format (docs/design.md, "Data formats"); BadRow names the field at fault."""
     if "messages" in row and row.get("messages") is not None:
         messages = messages_field(row)
         try:

@@ -1,6 +1,6 @@
 """Rankings for the reward model (InstructGPT §3.5): K responses to one prompt, ranked by a labeler.
 
-Accepted rows (DESIGN.md):
+Accepted rows (docs/design.md, "Data formats"):
     {"prompt", "responses": [K strings], "ranks": [K ints, 0 = best]}
     {"prompt", "chosen", "rejected"}                      (K = 2)
     {"chosen", "rejected"}  Anthropic hh-rlhf transcripts; their common prefix up to the last

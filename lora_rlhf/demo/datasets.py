@@ -1,4 +1,4 @@
-"""The demo's data files, in DESIGN.md's formats, deterministic per seed.
+"""The demo's data files, in the formats of docs/design.md ("Data formats"), deterministic per seed.
 
 Training files draw only "train" prompts and the eval file only "eval" prompts (`tasks.split_of`, a hash
 of the prompt text), so held-out prompts never reach SFT, the RM or PPO whatever seeds are used.

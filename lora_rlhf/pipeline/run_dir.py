@@ -1,4 +1,4 @@
-"""The output directory of a run (DESIGN.md's contract) and the rules for re-running into it.
+"""The output directory of a run (docs/design.md, "Contract: what a run writes") and the rules for re-running into it.
 
     OUTPUT_DIR/recipe.yaml          the fully resolved recipe
     OUTPUT_DIR/adapters/<role>/     plain PEFT adapter folders (+ head.safetensors, README.md)
