@@ -17,7 +17,7 @@ from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo.config import PPOConfig
-from lora_rlhf.ppo.rollout import response_mask
+from lora_rlhf.models.sequences import stop_mask
 from lora_rlhf.ppo.trainer import train_ppo
 
 PROMPTS = ["sort the numbers 3 1 2", "reverse the words hello world", "count letters", "answer with yes or no"]
@@ -170,7 +170,7 @@ def test_response_mask_stops_after_the_first_eos():
     eos, pad = 1, 0
     ids = torch.tensor([[5, 6, eos, 7, pad], [eos, 5, 5, 5, 5], [5, 5, 5, 5, 5], [5, eos, eos, eos, eos]])
     expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
-    assert torch.equal(response_mask(ids, {eos}), expected)
+    assert torch.equal(stop_mask(ids, {eos}), expected)
 
 
 @pytest.mark.parametrize(

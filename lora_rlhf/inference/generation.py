@@ -17,6 +17,7 @@ import torch
 from lora_rlhf.data.chat import Messages, Prompt, render_prompt
 from lora_rlhf.inference.options import GenerationOptions
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.models.sequences import until_stop
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def generate_texts(stack: RoleStack, role: str, texts: Sequence[str], options: G
     width = batch.input_ids.shape[1]
     completions = []
     for row, mask in zip(out, batch.attention_mask):
-        ids, stopped = _until_eos(row[width:], stack)
+        ids, stopped = _response_ids(row[width:], stack)
         text, cut = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), options.stop)
         finish = "stop" if stopped or cut else "length"
         completions.append(Completion(text, int(mask.sum()), len(ids), finish))
@@ -114,7 +115,7 @@ def stream_text(
     worker.join()
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
-    ids, stopped = _until_eos(result["ids"][0, batch.input_ids.shape[1] :], stack)  # type: ignore[index]
+    ids, stopped = _response_ids(result["ids"][0, batch.input_ids.shape[1] :], stack)  # type: ignore[index]
     finish = "stop" if stopped or emitted.cut else "length"
     return Completion(emitted.text, batch.input_ids.shape[1], len(ids), finish)
 
@@ -152,7 +153,8 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 
 def _kwargs(stack: RoleStack, options: GenerationOptions) -> dict:
-    kwargs = options.generate_kwargs()
+    # Generation halts at every id that ends a response, the same set rollouts and evaluation stop at.
+    kwargs = options.generate_kwargs() | {"eos_token_id": sorted(stack.eos_ids())}
     if options.stop:
         # transformers stops generating as soon as a stop string appears; the text is cut afterwards.
         kwargs.update(stop_strings=list(options.stop), tokenizer=stack.tokenizer)
@@ -164,14 +166,7 @@ def _seed(options: GenerationOptions) -> None:
         torch.manual_seed(options.seed)
 
 
-def _until_eos(response: torch.Tensor, stack: RoleStack) -> tuple[torch.Tensor, bool]:
-    """Response ids before the first EOS (the rest is padding), and whether an EOS was found."""
-    ends = torch.tensor(sorted(stack.eos_ids()), device=response.device, dtype=response.dtype)
-    stops = torch.isin(response, ends).nonzero()
-    if len(stops):
-        return response[: int(stops[0])], True
-    pad = stack.tokenizer.pad_token_id
-    if pad is not None:
-        keep = (response != pad).nonzero()
-        return (response[: int(keep[-1]) + 1] if len(keep) else response[:0]), False
-    return response, False
+def _response_ids(response: torch.Tensor, stack: RoleStack) -> tuple[torch.Tensor, bool]:
+    """Response ids before the first end-of-response id (the rest is padding), and whether one was found."""
+    ids, stopped = until_stop(response, stack.eos_ids(), stack.tokenizer.pad_token_id)
+    return (ids[:-1] if stopped else ids), stopped

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models.sequences import sampling_kwargs
 
 
 @dataclasses.dataclass
@@ -46,10 +47,9 @@ class GenerationOptions:
         return self.temperature == 0
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `model.generate` (explicit, so a model's generation_config cannot turn sampling on)."""
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
-        if self.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
-        return kwargs
+        """Keyword arguments for `model.generate`: only these options act (see `models/sequences.py`), none of the
+        model's generation_config defaults (its top_k 50 or repetition penalty)."""
+        sampling = sampling_kwargs(
+            self.temperature, top_p=self.top_p, top_k=self.top_k, repetition_penalty=self.repetition_penalty
+        )
+        return {"max_new_tokens": self.max_new_tokens, **sampling}

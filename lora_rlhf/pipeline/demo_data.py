@@ -16,7 +16,7 @@ from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.io import atomic_file
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline.run_dir import RunDir
-from lora_rlhf.ppo.rollout import NEUTRAL_SAMPLING
+from lora_rlhf.models.sequences import sampling_kwargs, until_stop
 
 logger = logging.getLogger(__name__)
 
@@ -149,9 +149,11 @@ def _sample(stack: RoleStack, prompts: list[str], temperature: float, max_new_to
     tokenizer = stack.tokenizer
     rendered = [render_prompt(tokenizer, p) for p in prompts]
     enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
-    out = stack.generate("sft", enc.input_ids, enc.attention_mask, do_sample=True, temperature=temperature,
-                         top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, **NEUTRAL_SAMPLING)
-    return [t.strip() for t in tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)]
+    stops = stack.eos_ids()
+    out = stack.generate("sft", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens,
+                         eos_token_id=sorted(stops), **sampling_kwargs(temperature))
+    responses = [until_stop(row, stops, tokenizer.pad_token_id)[0] for row in out[:, enc.input_ids.shape[1]:]]
+    return [t.strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
 
 
 def gold_fn():

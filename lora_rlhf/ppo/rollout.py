@@ -18,6 +18,7 @@ import torch
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.models.sequences import ends_with_stop, sampling_kwargs, stop_mask
 
 # (prompts, responses) -> one score per response: the labeler's gold judge, or a programmatic reward.
 TextScorer = Callable[[list[str], list[str]], list[float]]
@@ -71,38 +72,19 @@ class SamplingConfig:
     top_k: int = 0
 
 
-# Logits processors a model's generation_config may switch on (Qwen2.5 sets repetition_penalty 1.05) that
-# the log-probs, the KL and the PPO ratio never see: sampling must use the policy's plain distribution.
-# transformers fills only unset (None) options from the model's config, so each is set to its neutral value.
-NEUTRAL_SAMPLING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "typical_p": 1.0, "min_p": 0.0,
-                    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_new_tokens": 0}
-
-
-def response_mask(responses: torch.Tensor, stop_ids: set[int]) -> torch.Tensor:
-    """(B, A) generated ids -> (B, A) mask of the response proper: every token up to and including the first stop.
-
-    `generate` pads finished rows with the pad token (often equal to EOS), so what follows the first
-    stop token is never part of the response.
-    """
-    is_stop = torch.isin(responses, torch.tensor(sorted(stop_ids), device=responses.device))
-    stops_before = is_stop.long().cumsum(dim=1) - is_stop.long()  # stop tokens strictly before column t
-    return (stops_before == 0).long()
-
-
 @torch.no_grad()
 def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Generate from `policy` -> (input_ids (B, P+A), attention_mask (B, P+A), response_mask (B, A), P)."""
     ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
     ids, mask = ids.to(stack.device), mask.to(stack.device)
-    options = {"top_p": sampling.top_p, "top_k": sampling.top_k, **NEUTRAL_SAMPLING}  # top_k 0: off (not the model default)
+    options = sampling_kwargs(sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
     stops = stack.eos_ids()
     out = stack.generate(
-        "policy", ids, mask, do_sample=True, temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens,
-        eos_token_id=sorted(stops), **options,
+        "policy", ids, mask, max_new_tokens=sampling.max_new_tokens, eos_token_id=sorted(stops), **options
     )
     width = ids.shape[1]
     responses = out[:, width:]
-    resp_mask = response_mask(responses, stops)
+    resp_mask = stop_mask(responses, stops)
     keep = int(resp_mask.sum(dim=1).max().item()) if responses.shape[1] else 0
     responses, resp_mask = responses[:, :keep], resp_mask[:, :keep]
     pad = stack.tokenizer.pad_token_id
@@ -158,8 +140,7 @@ def make_rollout(
     scored = score(stack, input_ids, attention_mask, width, temperature=sampling.temperature,
                    micro_batch_size=micro_batch_size, use_reward_role=reward_fn is None)
     texts = stack.tokenizer.batch_decode(input_ids[:, width:], skip_special_tokens=True)
-    last = input_ids[:, width:].gather(1, (resp_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
-    finished = torch.isin(last, torch.tensor(sorted(stack.eos_ids()), device=last.device))
+    finished = ends_with_stop(input_ids[:, width:], resp_mask, stack.eos_ids())
     if reward_fn is not None:
         values = reward_fn([p.text for p in prompts], [t.strip() for t in texts])
         scored["scores"] = torch.tensor(values, dtype=torch.float32, device=input_ids.device)
