@@ -31,9 +31,9 @@ from lora_rlhf.demo.labeler import Labeler  # noqa: E402
 from lora_rlhf.demo.tasks import sample_tasks  # noqa: E402
 from lora_rlhf.models.base import BaseModelConfig  # noqa: E402
 from lora_rlhf.models.roles import RoleStack  # noqa: E402
-from lora_rlhf.ppo.advantages import RunningMoments  # noqa: E402
 from lora_rlhf.ppo.config import PPOConfig  # noqa: E402
 from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout  # noqa: E402
+from lora_rlhf.ppo.rewards import RunningMoments  # noqa: E402
 from lora_rlhf.ppo.rollout import EncodedPrompt, SamplingConfig, make_rollout  # noqa: E402
 from lora_rlhf.ppo.trainer import dropout_off, setup_roles  # noqa: E402
 from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable  # noqa: E402

@@ -219,7 +219,7 @@ def test_rollouts_ignore_sampling_options_from_the_models_generation_config(tiny
 
 
 def test_missing_eos_penalty_lowers_every_return_of_a_truncated_response():
-    from lora_rlhf.ppo.advantages import RunningMoments
+    from lora_rlhf.ppo.rewards import RunningMoments
     from lora_rlhf.ppo.optimize import add_advantages
     from lora_rlhf.ppo.rollout import Rollout
 

@@ -1,4 +1,5 @@
-"""PPO math against hand-computed values: GAE, KL-penalised rewards, clipped losses, whitening, KL control."""
+"""PPO math against hand-computed values: GAE, KL-penalised rewards, missing-EOS penalty, clipped and ptx losses,
+whitening, KL control."""
 
 from __future__ import annotations
 
@@ -8,17 +9,11 @@ import math
 import pytest
 import torch
 
-from lora_rlhf.ppo.advantages import (
-    RunningMoments,
-    gae,
-    masked_mean,
-    masked_var,
-    penalized_rewards,
-    transform_scores,
-    whiten,
-)
+from lora_rlhf.ppo.advantages import gae, whiten
 from lora_rlhf.ppo.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
-from lora_rlhf.ppo.losses import explained_variance, policy_loss, value_loss
+from lora_rlhf.ppo.losses import explained_variance, policy_loss, ptx_loss, value_loss
+from lora_rlhf.ppo.rewards import RunningMoments, penalize_missing_eos, penalized_rewards, transform_scores
+from lora_rlhf.ppo.stats import masked_mean, masked_var
 
 
 def _prefix_mask(lengths: list[int], n_positions: int) -> torch.Tensor:
@@ -116,6 +111,14 @@ def test_penalized_rewards_rejects_an_unknown_estimator():
         penalized_rewards(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2), 0.1, "k2")
 
 
+def test_missing_eos_penalty_lowers_only_the_truncated_responses():
+    scores = torch.tensor([0.5, 0.5, -2.0], dtype=torch.float64)
+    finished = torch.tensor([True, False, False])
+    out = penalize_missing_eos(scores, finished, 1.5)
+    torch.testing.assert_close(out, torch.tensor([0.5, -1.0, -3.5], dtype=torch.float64))
+    torch.testing.assert_close(penalize_missing_eos(scores, finished, 0.0), scores)
+
+
 # --- policy and value losses (PPO, Schulman et al. 2017) -----------------------------------------------
 
 
@@ -164,6 +167,18 @@ def test_value_loss_clipped_and_unclipped_by_hand():
     out.loss.backward()
     # d/dV ½·mean (V − R)² = (V − R)/3 where unclipped; 0 where the clipped branch won, and on padding
     torch.testing.assert_close(values.grad, torch.tensor([[0.0, (1.1 - 3.0) / 3, 0.5 / 3, 0.0]]))
+
+
+def test_ptx_loss_is_gamma_times_the_mean_nll_of_the_target_tokens():
+    logprobs = torch.tensor([[-1.0, -2.0, float("nan")], [-3.0, -6.0, -4.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])  # row 1: a prompt token, then the completion
+    out = ptx_loss(logprobs, mask, ptx_coef=0.5)
+    # mean −log π over the 4 target tokens = (1 + 2 + 6 + 4) / 4 = 3.25; the loss is γ times that
+    assert math.isclose(out.lm_loss.item(), 3.25) and math.isclose(out.loss.item(), 1.625)
+    assert not out.lm_loss.requires_grad
+    out.loss.backward()
+    # d/dlogp of −γ·mean = −γ/4 on target tokens; prompt and padding (even NaN) get none
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[-0.125, -0.125, 0.0], [0.0, -0.125, -0.125]]))
 
 
 def test_explained_variance():

@@ -1,4 +1,11 @@
-"""PPO's clipped losses for the policy and the value head (Schulman et al. 2017, arXiv:1707.06347).
+"""The losses PPO-ptx minimises: InstructGPT's objective (Ouyang et al. 2022, arXiv:2203.02155, eq. 2)
+
+    objective(φ) = E_{(x,y)~π_RL}[ r_θ(x, y) − β · log(π_RL(y|x) / π_SFT(y|x)) ] + γ · E_{x~D_pretrain}[ log π_RL(x) ]
+
+is maximised as three losses: PPO's clipped surrogate on advantages of the KL-penalised reward (ppo/rewards.py,
+ppo/advantages.py), the value head's clipped regression onto the returns, and the ptx term, −γ times the
+mean log-likelihood of pretraining-style text. The policy minimises policy_loss + ptx_loss; the value head,
+a separate role with its own optimizer, minimises value_loss (Schulman et al. 2017, arXiv:1707.06347).
 
 Per-token tensors are (B, A) with `mask` 1 on response tokens; every mean is over valid tokens only.
 """
@@ -9,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from lora_rlhf.ppo.advantages import masked_mean, masked_var
+from lora_rlhf.ppo.stats import masked_mean, masked_var
 
 
 class PolicyLoss(NamedTuple):
@@ -80,6 +87,26 @@ def value_loss(
     with torch.no_grad():
         clipfrac = masked_mean((clipped_error > unclipped_error).to(values.dtype), mask)
     return ValueLoss(loss, clipfrac)
+
+
+class PtxLoss(NamedTuple):
+    loss: torch.Tensor  # scalar, with grad: γ · lm_loss, added to the policy's loss
+    lm_loss: torch.Tensor  # scalar, detached: mean −log π_RL per target token (the alignment tax's measure)
+
+
+def ptx_loss(logprobs: torch.Tensor, mask: torch.Tensor, ptx_coef: float) -> PtxLoss:
+    """The pretraining term of eq. 2 (Ouyang et al. 2022), negated to be minimised: −γ · E_{x~D_pretrain}[log π_RL(x)].
+
+    The expectation is a mean over target tokens (every token of {"text"} rows, the completion of
+    demonstrations), as the SFT loss is, so γ weighs a per-token NLL against a per-token PPO loss.
+
+    Args:
+        logprobs: (B, T) log π_RL of each next token of the ptx batch (with grad).
+        mask: (B, T) 1 on target tokens, 0 on prompt and padding.
+        ptx_coef: γ (paper: 27.8).
+    """
+    lm = masked_mean(-logprobs.float(), mask)
+    return PtxLoss(ptx_coef * lm, lm.detach())
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

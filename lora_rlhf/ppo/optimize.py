@@ -14,12 +14,14 @@ from typing import Any
 import torch
 
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.ppo.advantages import RunningMoments, gae, masked_mean, penalized_rewards, transform_scores, whiten
+from lora_rlhf.ppo.advantages import gae, whiten
 from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.ppo.data import PtxStream
-from lora_rlhf.ppo.losses import explained_variance, policy_loss, value_loss
+from lora_rlhf.ppo.losses import PtxLoss, explained_variance, policy_loss, ptx_loss, value_loss
+from lora_rlhf.ppo.rewards import RunningMoments, penalize_missing_eos, penalized_rewards, transform_scores
 from lora_rlhf.ppo.rollout import Rollout
-from lora_rlhf.sft.loss import sft_loss
+from lora_rlhf.ppo.stats import masked_mean
+from lora_rlhf.sft.loss import target_mask
 
 
 @dataclasses.dataclass
@@ -57,7 +59,7 @@ def add_advantages(rollout: Rollout, kl_coef: float, config: PPOConfig, moments:
     mask = rollout.response_mask
     scores = transform_scores(rollout.scores, clip=config.score_clip, running=moments, normalize=config.score_normalize)
     if config.missing_eos_penalty is not None:
-        scores = scores - config.missing_eos_penalty * (~rollout.finished).to(scores.dtype)
+        scores = penalize_missing_eos(scores, rollout.finished, config.missing_eos_penalty)
     shaped = penalized_rewards(rollout.logprobs, rollout.ref_logprobs, scores, mask, kl_coef, config.kl_estimator)
     estimate = gae(rollout.values, shaped.rewards, mask, config.gamma, config.lam)
     rollout.returns = estimate.returns
@@ -114,14 +116,20 @@ def _policy_backward(stack: RoleStack, part: Rollout, opt: Optimizers, config: P
         figures = {"policy_loss": out.loss.item(), "clipfrac": out.clipfrac.item(), "approx_kl": out.approx_kl.item(),
                    "ratio": out.ratio_mean.item()}
         if ptx is not None:
-            # PPO-ptx (eq. 2): + gamma_ptx * E_pretrain[log pi], i.e. the LM loss on its text, mixed into every minibatch.
-            batch = {k: v.to(stack.device) for k, v in ptx.next().items()}
-            lm = sft_loss(stack, batch, role="policy").loss
-            loss = loss + config.ptx_coef * lm
-            figures["ptx_loss"] = lm.item()
+            # PPO-ptx (eq. 2): the pretraining term is mixed into every minibatch.
+            ptx_out = _ptx_term(stack, ptx, config.ptx_coef)
+            loss = loss + ptx_out.loss
+            figures["ptx_loss"] = ptx_out.lm_loss.item()
         opt.accelerator.backward(loss / n_micro)
     figures["loss"] = loss.item()
     return figures
+
+
+def _ptx_term(stack: RoleStack, ptx: PtxStream, ptx_coef: float) -> PtxLoss:
+    """The ptx term on the stream's next batch, under the active `policy` adapter."""
+    batch = {k: v.to(stack.device) for k, v in ptx.next().items()}
+    logprobs = stack.logprobs("policy", batch["input_ids"], batch["attention_mask"]).logprobs  # (B, T-1)
+    return ptx_loss(logprobs, target_mask(batch["labels"]), ptx_coef)
 
 
 def _value_backward(stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, n_micro: int) -> dict[str, float]:

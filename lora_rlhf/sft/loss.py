@@ -24,11 +24,15 @@ def collate_sft(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tens
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def target_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels -> (B, T-1) float, 1 where the next token carries loss (aligned with next-token log-probs)."""
+    return (labels[:, 1:] != IGNORE_INDEX).float()
+
+
 def sft_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = "sft") -> StepOutput:
     """Mean negative log-likelihood of the response tokens (labels != IGNORE_INDEX), chunked over the vocabulary."""
     logprobs = stack.logprobs(role, batch["input_ids"], batch["attention_mask"]).logprobs  # (B, T-1)
-    targets = batch["labels"][:, 1:]
-    mask = (targets != IGNORE_INDEX).float()
+    mask = target_mask(batch["labels"])
     tokens = mask.sum().clamp(min=1)
     loss = -(logprobs * mask).sum() / tokens
     return StepOutput(loss, {"loss": loss.item(), "tokens": float(tokens)})
