@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-TINY_ARCHITECTURES = ("llama", "qwen2", "gpt_neox")
+TINY_ARCHITECTURES = ("llama", "qwen2", "gpt_neox", "gpt2")
 
 _CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
