@@ -35,7 +35,7 @@ from lora_rlhf.ppo.config import PPOConfig  # noqa: E402
 from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout  # noqa: E402
 from lora_rlhf.ppo.rewards import RunningMoments  # noqa: E402
 from lora_rlhf.ppo.rollout import EncodedPrompt, SamplingConfig, make_rollout  # noqa: E402
-from lora_rlhf.ppo.trainer import dropout_off, setup_roles  # noqa: E402
+from lora_rlhf.ppo.trainer import setup_roles  # noqa: E402
 from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable  # noqa: E402
 from lora_rlhf.train.loop import make_accelerator  # noqa: E402
 
@@ -90,7 +90,7 @@ def main() -> None:
     prompts = [EncodedPrompt(stack.tokenizer(render_prompt(stack.tokenizer, t.prompt), add_special_tokens=False).input_ids, t.prompt) for t in tasks]
     sampling = SamplingConfig(args.max_new_tokens)
     rows = []
-    with PeakMemory(stack.device) as memory, dropout_off(stack.model):
+    with PeakMemory(stack.device) as memory, stack.training(dropout=False):
         for it in range(args.iterations + 1):
             batch = prompts[it * args.rollout : (it + 1) * args.rollout]
             rollout, timing = make_rollout(stack, batch, sampling, config.micro_batch_size)

@@ -426,3 +426,21 @@ def test_remove_role_leaves_every_gradient_flag_as_it_was(tiny_llama):
     assert stack.model.active_adapter == "sft"
     stack.remove_role("sft")  # the active adapter: PEFT activates another one, which flips its requires_grad
     assert not any(p.requires_grad for role in stack.roles for p in stack.parameters(role))
+
+
+def test_mode_context_managers_restore_the_mode_and_dropout(tiny_llama):
+    stack = make_stack(tiny_llama)
+    stack.add_role("sft", LoraSettings(r=4, dropout=0.1))
+    dropouts = [m for m in stack.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.1 for m in dropouts if m.p)
+    stack.model.eval()
+    with stack.training(dropout=False):
+        assert stack.model.training and all(m.p == 0.0 for m in dropouts)
+        with stack.evaluating():
+            assert not stack.model.training
+        assert stack.model.training
+    assert not stack.model.training and any(m.p == 0.1 for m in dropouts)
+    with pytest.raises(RuntimeError), stack.training():
+        assert stack.model.training and any(m.p == 0.1 for m in dropouts)
+        raise RuntimeError("a failed step")
+    assert not stack.model.training

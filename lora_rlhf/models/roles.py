@@ -161,6 +161,25 @@ class RoleStack:
         finally:
             self.model.train(was_training)
 
+    @contextlib.contextmanager
+    def training(self, *, dropout: bool = True) -> Iterator[None]:
+        """Train mode for the body, then the previous mode; `dropout=False` zeroes every dropout probability.
+
+        PPO trains with dropout off (gradient checkpointing recomputes only in train mode, but LoRA
+        dropout would make pi_old != pi at the first minibatch, ratio != 1, and rollouts unrepeatable).
+        """
+        was_training = self.model.training
+        saved = [] if dropout else [(m, m.p) for m in self.model.modules() if isinstance(m, nn.Dropout)]
+        self.model.train()
+        try:
+            for module, _ in saved:
+                module.p = 0.0
+            yield
+        finally:
+            for module, p in saved:
+                module.p = p
+            self.model.train(was_training)
+
     def set_trainable(self, *roles: str) -> None:
         """Make exactly `roles` (adapters and heads) trainable; every other role and the base frozen."""
         wanted = {self.resolve(r) for r in roles}

@@ -12,10 +12,8 @@ score statistics, RNG states, data positions) and finally adapters/policy/ and a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -104,15 +102,8 @@ def train_ppo(
     if step == 0:
         torch.manual_seed(config.seed)  # the rollouts' sampling starts from the seed, whatever set-up drew
     metrics = MetricsWriter(output_dir / "metrics" / "ppo.jsonl", resume_step=step if step else None)
-    # Train mode (gradient checkpointing only recomputes in train mode) but no dropout: LoRA dropout would
-    # make pi_old != pi at the first minibatch (ratio != 1) and the rollouts unrepeatable.
-    was_training = stack.model.training
-    stack.model.train()
-    try:
-        with dropout_off(stack.model):
-            _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
-    finally:
-        stack.model.train(was_training)
+    with stack.training(dropout=False):  # PPO's ratio needs pi_old == pi at the first minibatch
+        _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
     stack.set_trainable()
     for role in TRAINED:
         stack.save_role(role, output_dir / "adapters" / role)
@@ -122,19 +113,6 @@ def train_ppo(
         if rows and key in rows[-1]:
             summary[f"{key}_first"], summary[f"{key}_last"] = rows[0].get(key, float("nan")), rows[-1][key]
     return summary
-
-
-@contextlib.contextmanager
-def dropout_off(model: torch.nn.Module) -> Iterator[None]:
-    """Set every dropout probability to 0 for the block (whatever train/eval mode callers switch to), then restore."""
-    saved = [(module, module.p) for module in model.modules() if isinstance(module, torch.nn.Dropout)]
-    try:
-        for module, _ in saved:
-            module.p = 0.0
-        yield
-    finally:
-        for module, p in saved:
-            module.p = p
 
 
 def _iterate(stack, config: PPOConfig, optimizers: Optimizers, state: _State, step: int, metrics: MetricsWriter,

@@ -136,9 +136,8 @@ def _param_groups(stack: RoleStack, task: Task) -> list[dict[str, Any]]:
 
 def _optimizer_step(stack, task: Task, group: list[list[int]], accelerator, optimizer, scheduler, config: OptimConfig) -> dict[str, float]:
     """Accumulate gradients over the micro-batches of `group`, then take one clipped AdamW step."""
-    stack.model.train()
     stats: list[dict[str, float]] = []
-    with stack.use(task.role):  # backward inside: checkpointed blocks recompute under this adapter
+    with stack.training(), stack.use(task.role):  # backward inside: checkpointed blocks recompute under this adapter
         for indices in group:
             batch = {k: v.to(stack.device) for k, v in task.collate([task.examples[i] for i in indices]).items()}
             with accelerator.autocast():
@@ -155,11 +154,8 @@ def _optimizer_step(stack, task: Task, group: list[list[int]], accelerator, opti
 
 @torch.no_grad()
 def _evaluate(stack: RoleStack, task: Task) -> dict[str, float]:
-    stack.model.eval()
-    try:
+    with stack.evaluating():
         return task.evaluate()
-    finally:
-        stack.model.train()
 
 
 def _average(rows: list[dict[str, float]]) -> dict[str, float]:
