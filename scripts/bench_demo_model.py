@@ -29,21 +29,19 @@ from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 
 
-def keep_nf4_differentiable(model: torch.nn.Module) -> int:
-    """Stop bitsandbytes repacking NF4 weights for its CPU inference kernel; returns the layers changed.
+def allow_cpu_repack(model: torch.nn.Module) -> int:
+    """Undo the toolkit's NF4 guard (models/base.py: keep_nf4_differentiable), for a timing comparison only.
 
-    On CPUs with AVX512-BF16, bnb 0.50's Linear4bit repacks its weight the first time it runs in eval mode
-    on inputs without grad (i.e. while generating) and from then on calls `gemv_4bit`, which has no
-    autograd kernel: later training steps get (almost) no gradient through the frozen base layers, so
-    LoRA matrices below the last layers stop learning. Measured here: layer-0 q_proj lora_A grad norm
-    1.2e-2 before a generate() call, 9.9e-7 after it; with this switch off, identical before and after.
+    With the repack on, bitsandbytes switches eval-mode no-grad forwards to its `gemv_4bit` CPU kernel,
+    which has no autograd kernel: later training steps get wrong gradients (measured here: layer-0 q_proj
+    lora_A grad norm 1.2e-2 before a generate() call, 9.9e-7 after it).
     """
-    import bitsandbytes as bnb
-
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    return len(layers)
+    touched = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = True
+            touched += 1
+    return touched
 
 
 def greedy(stack: RoleStack, prompts: list[str], max_new_tokens: int, batch: int = 8) -> list[str]:
@@ -98,8 +96,8 @@ def main() -> None:
 
     start = time.perf_counter()
     stack = RoleStack.load(BaseModelConfig(str(demo_model_dir()), quantization="nf4", device=args.device))
-    if not args.cpu_repack:
-        keep_nf4_differentiable(stack.base_model)
+    if args.cpu_repack:
+        allow_cpu_repack(stack.base_model)
     print(f"load (incl. conversion on first use): {time.perf_counter() - start:.1f} s; cpu repack {args.cpu_repack}; "
           f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
 

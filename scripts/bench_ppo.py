@@ -36,7 +36,6 @@ from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_ro
 from lora_rlhf.ppo.rewards import RunningMoments  # noqa: E402
 from lora_rlhf.ppo.rollout import EncodedPrompt, SamplingConfig, make_rollout  # noqa: E402
 from lora_rlhf.ppo.trainer import setup_roles  # noqa: E402
-from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable  # noqa: E402
 from lora_rlhf.train.loop import make_accelerator  # noqa: E402
 
 
@@ -76,7 +75,6 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     stack = RoleStack.load(BaseModelConfig(name_or_path=args.model or default_model(), quantization=args.quantization, device=args.device))
-    keep_nf4_differentiable(stack.base_model)
     stack.add_role("sft")
     stack.add_role("reward")
     config = PPOConfig(rollout_batch_size=args.rollout, mini_batch_size=args.mini, micro_batch_size=args.micro,

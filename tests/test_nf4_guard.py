@@ -52,8 +52,9 @@ def test_an_eval_forward_leaves_nf4_training_gradients_unchanged(tmp_path, arch,
     stack.model.train()
     before = _grads(stack, enc.input_ids, enc.attention_mask)
 
-    with stack.evaluating(), torch.no_grad():  # a held-out evaluation, a rollout, the RM bias step
+    with stack.evaluating(), torch.no_grad():  # a held-out evaluation, the RM bias step
         stack.logprobs("sft", enc.input_ids, enc.attention_mask)
+    stack.generate("sft", enc.input_ids, enc.attention_mask, max_new_tokens=3, do_sample=False)  # a rollout
     stack.model.train()
     after = _grads(stack, enc.input_ids, enc.attention_mask)
 

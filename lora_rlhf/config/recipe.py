@@ -26,8 +26,6 @@ from lora_rlhf.sft.config import SFTConfig
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = RECIPES / "demo.yaml"
-# Where the demo model comes from: `model.name_or_path: demo:smollm2` (see lora_rlhf.demo.model).
-DEMO_MODEL = "demo:smollm2"
 
 
 @dataclasses.dataclass

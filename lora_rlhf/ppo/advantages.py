@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import torch
 
-from lora_rlhf.ppo.rewards import RunningMoments  # noqa: F401  (re-export: ppo/trainer.py imports it from here)
 from lora_rlhf.ppo.stats import masked_mean, masked_var, zero_padding
 
 

@@ -24,13 +24,12 @@ from lora_rlhf.metrics import MetricsWriter, read_metrics
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo import guard
-from lora_rlhf.ppo.advantages import RunningMoments
+from lora_rlhf.ppo.rewards import RunningMoments
 from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.ppo.data import Cycler, PtxStream, load_ppo_prompts
 from lora_rlhf.ppo.kl_control import make_kl_controller
 from lora_rlhf.ppo.optimize import Optimizers, add_advantages, build_optimizers, step_schedulers, train_on_rollout
 from lora_rlhf.ppo.rollout import SamplingConfig, TextScorer, make_rollout
-from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable
 from lora_rlhf.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lora_rlhf.train.loop import make_accelerator
 
@@ -88,7 +87,6 @@ def train_ppo(
     `gold_fn` (a gold judge) is only logged; `reward_fn` replaces the reward role's score (a programmatic reward).
     """
     output_dir = Path(output_dir)
-    keep_nf4_differentiable(stack.base_model)  # no-grad rollouts must not break later gradients on CPU NF4
     prompts, report = load_ppo_prompts(config.prompts, stack.tokenizer, config.max_prompt_length, config.on_bad_row)
     report.log()
     ptx = _ptx_stream(stack, config)

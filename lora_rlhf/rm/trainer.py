@@ -16,7 +16,6 @@ from lora_rlhf.rm.batching import collate_rankings, scatter_scores
 from lora_rlhf.rm.bias import center_on_demonstrations
 from lora_rlhf.rm.config import RMConfig
 from lora_rlhf.rm.loss import ranking_loss
-from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable
 from lora_rlhf.train.loop import StepOutput, Task, fit
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,6 @@ def train_reward_model(stack: RoleStack, config: RMConfig, output_dir: Path, *, 
     dropped (bad rows skipped), truncated (rows with a response cut to fit) and bias_shift.
     """
     output_dir = Path(output_dir)
-    keep_nf4_differentiable(stack.base_model)  # held-out evals must not break later gradients
     train, held, report = _load_rankings(stack, config)
     _create_reward_role(stack, config)
     pad, batch_size = stack.tokenizer.pad_token_id, config.train.batch_size

@@ -13,7 +13,6 @@ from lora_rlhf.data.split import hold_out
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.sft.config import SFTConfig
 from lora_rlhf.sft.loss import collate_sft, sft_loss
-from lora_rlhf.sft.nf4_cpu import keep_nf4_differentiable
 from lora_rlhf.train.loop import Task, fit
 
 logger = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ def train_sft(stack: RoleStack, config: SFTConfig, output_dir: Path, *, resume: 
     and truncated (rows whose response was cut to fit max_length).
     """
     output_dir = Path(output_dir)
-    keep_nf4_differentiable(stack.base_model)  # held-out evals must not break later gradients
     train, held, report = _load_demonstrations(stack, config)
     if not stack.has_role("sft"):
         torch.manual_seed(config.train.seed)  # LoRA's random A is part of the run: same seed, same adapter
