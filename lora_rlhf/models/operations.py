@@ -1,0 +1,125 @@
+"""What a RoleStack computes with its roles: hidden states, log-probs, rewards, values, generations.
+
+Kept apart from the stack's adapter lifecycle (roles.py: adding, switching, saving roles) so each file
+has one job. `RoleOperations` is a mixin of `RoleStack`: it relies on the stack's `model`, `base_model`,
+`tokenizer`, `projection` / `chunked_logits` (models/logits.py), `use(role)`, `head(role)` and
+`_causal_lm()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from lora_rlhf.models.heads import gather_last
+from lora_rlhf.models.logits import IDENTITY, LogitsProjection
+from lora_rlhf.models.logprobs import Projection, TokenLogProbs, token_logprobs
+
+
+class RoleOperations:
+    """Forward passes under one role at a time; see the module docstring for what the host provides."""
+
+    model: nn.Module
+    base_model: nn.Module
+    tokenizer: object
+    projection: LogitsProjection
+    chunked_logits: bool
+    # and the methods use(role), head(role) and _causal_lm(), defined by RoleStack
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, H) last hidden states under the active adapter (no LM head)."""
+        backbone = self._causal_lm().base_model
+        # Positions count real tokens only, so a left-padded row is encoded as if it were unpadded.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state
+
+    def logprobs(
+        self,
+        role: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        chunk_size: int = 256,
+        start: int = 0,
+    ) -> TokenLogProbs:
+        """Per-token log pi_role(x_{t+1} | x_{<=t}) of given sequences: (B, T) -> (B, T-1-start), chunked over T.
+
+        `start` skips the LM head on the first positions (e.g. a prompt's, when only the response's
+        log-probs are wanted: start = P - 1 gives (B, A)); the backbone still sees every token.
+        """
+        with self.use(role):
+            states, project = self.logit_states(input_ids, attention_mask)
+            return token_logprobs(
+                states[:, start:-1],
+                input_ids[:, start + 1 :],
+                project,
+                chunk_size=chunk_size,
+                temperature=temperature,
+                with_entropy=with_entropy,
+            )
+
+    def logit_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Projection]:
+        """Under the active adapter: (B, T, .) states and the projection of any slice of them to float32 logits.
+
+        The last hidden states and the chunkable LM-head projection where that reproduces the model's
+        forward; otherwise the forward's own (B, T, V) logits and the identity (see `models/logits.py`).
+        """
+        if self.chunked_logits:
+            return self.hidden_states(input_ids, attention_mask), self.projection
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self._causal_lm()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.logits, IDENTITY
+
+    def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, role: str = "reward") -> torch.Tensor:
+        """(B, T) sequences -> (B,) scalar scores read at each row's last non-pad token."""
+        head = self.head(role)
+        with self.use(role):
+            return gather_last(head(self.hidden_states(input_ids, attention_mask)), attention_mask)
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, role: str = "value") -> torch.Tensor:
+        """(B, T) sequences -> (B, T) value of the state ending at each position."""
+        head = self.head(role)
+        with self.use(role):
+            return head(self.hidden_states(input_ids, attention_mask))
+
+    @torch.no_grad()
+    def generate(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+        """`model.generate` under `role`, in eval mode with the KV cache on and gradient checkpointing off.
+
+        Returns (B, T + new) ids; pad `input_ids` on the left.
+        """
+        if self.tokenizer is not None:
+            generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        with self.use(role), self._generation_mode():
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
+    def eos_ids(self) -> set[int]:
+        """Every token id that ends a response: the tokenizer's EOS and the generation config's (chat models add theirs)."""
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(self.base_model, "generation_config", None), "eos_token_id", None)
+        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+        return {i for i in ids if i is not None}
+
+    @contextlib.contextmanager
+    def _generation_mode(self) -> Iterator[None]:
+        causal_lm = self._causal_lm()
+        was_training = self.model.training
+        checkpointing = getattr(causal_lm, "is_gradient_checkpointing", False)
+        use_cache = causal_lm.config.use_cache
+        self.model.eval()
+        if checkpointing:
+            causal_lm.gradient_checkpointing_disable()
+        causal_lm.config.use_cache = True
+        try:
+            yield
+        finally:
+            causal_lm.config.use_cache = use_cache
+            if checkpointing:
+                causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.train(was_training)
