@@ -30,20 +30,24 @@ def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
-    """Shared body of `sft`, `rm`, `ppo` and `pipeline`: prepare the run dir, run the stages, print a summary."""
+    """Shared body of `sft`, `rm`, `ppo` and `pipeline`: lock and prepare the run dir, run the stages, print a summary."""
     import time
 
-    from lora_rlhf.pipeline.runner import prepare, run_stages
+    from lora_rlhf.errors import LoraRlhfError
+    from lora_rlhf.pipeline.lock import run_dir_lock
+    from lora_rlhf.pipeline.run_dir import RunDir
+    from lora_rlhf.pipeline.runner import default_output_dir, prepare, run_stages
 
     start = time.perf_counter()
-    recipe, run = prepare(args.config, args.overrides, args.output_dir)
-    if len(stages) == 1 and run.finished(stages[0]):
-        from lora_rlhf.errors import LoraRlhfError
-
-        raise LoraRlhfError(
-            f"stage {stages[0]} already finished in {run.path}: nothing to do (use a new --output-dir to train again)"
-        )
-    results = run_stages(recipe, run, stages, resume=args.resume)
+    path = RunDir(args.output_dir or default_output_dir(args.config)).path
+    path.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(path):
+        recipe, run = prepare(args.config, args.overrides, str(path))
+        if len(stages) == 1 and run.finished(stages[0]):
+            raise LoraRlhfError(
+                f"stage {stages[0]} already finished in {run.path}: nothing to do (use a new --output-dir to train again)"
+            )
+        results = run_stages(recipe, run, stages, resume=args.resume)
     print(f"\n{'stage':<5} {'status':<9} {'time':>9}  summary")
     for result in results:
         print(result.line())

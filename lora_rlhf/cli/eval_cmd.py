@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from lora_rlhf.config.loader import build, merge, parse_overrides
     from lora_rlhf.config.recipe import RecipeConfig
     from lora_rlhf.errors import LoraRlhfError
+    from lora_rlhf.pipeline.lock import run_dir_lock
     from lora_rlhf.pipeline.run_dir import RunDir
     from lora_rlhf.pipeline.runner import run_stages
 
@@ -33,11 +34,12 @@ def run(args: argparse.Namespace) -> int:
     if set(overrides) - {"eval"}:
         raise LoraRlhfError(f"eval takes overrides of the eval section only, not {sorted(set(overrides) - {'eval'})[0]!r}")
     recipe = build(RecipeConfig, merge(saved, overrides))
-    if recipe.demo.enabled:
-        from lora_rlhf.pipeline import demo_data
+    with run_dir_lock(run_dir.path):
+        if recipe.demo.enabled:
+            from lora_rlhf.pipeline import demo_data
 
-        demo_data.fill_paths(recipe, run_dir)
-    (result,) = run_stages(recipe, run_dir, ("eval",))
+            demo_data.fill_paths(recipe, run_dir)
+        (result,) = run_stages(recipe, run_dir, ("eval",))
     print(result.line())
     print(f"report: {run_dir.path / 'report.md'}")
     return 0
