@@ -40,6 +40,8 @@ def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
 
     start = time.perf_counter()
     path = RunDir(args.output_dir or default_output_dir(args.config)).path
+    if args.resume:
+        RunDir(path).check_resume(stages)  # before anything is created: a mistyped directory stays absent
     path.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(path):
         recipe, run = prepare(args.config, args.overrides, str(path))

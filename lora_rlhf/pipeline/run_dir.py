@@ -6,15 +6,18 @@
     OUTPUT_DIR/checkpoints/<stage>/
     OUTPUT_DIR/data/                data the embedded demo generated
     OUTPUT_DIR/eval.json, report.md, plots/
+    OUTPUT_DIR/.lock                held by the command writing the run (lora_rlhf.pipeline.lock)
 
 A stage is finished when its adapters exist (they are written atomically, last). A finished stage is
-never trained again into the same directory; an interrupted one (checkpoints but no adapters) is
+never trained again into the same directory; an interrupted one (a checkpoint but no adapters) is
 continued only with --resume; a recipe that contradicts what the directory already holds is refused.
+--resume where none of the stages asked for has a checkpoint or is finished is refused too: the user
+expects to continue, and starting from scratch instead would go unnoticed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import yaml
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.io import atomic_file
+from lora_rlhf.train.checkpoint import list_checkpoints
 
 # The roles each stage produces.
 STAGE_ROLES = {"sft": ("sft",), "rm": ("reward",), "ppo": ("policy", "value")}
@@ -53,8 +57,8 @@ class RunDir:
         return all(self.has_role(role) for role in STAGE_ROLES[stage])
 
     def interrupted(self, stage: str) -> bool:
-        folder = self.checkpoints(stage)
-        return not self.finished(stage) and folder.is_dir() and any(folder.iterdir())
+        """Not finished, with a checkpoint (folders of interrupted checkpoint writes and PPO guard stops do not count)."""
+        return not self.finished(stage) and bool(list_checkpoints(self.checkpoints(stage)))
 
     def read_recipe(self) -> dict[str, Any] | None:
         if not self.recipe_path.is_file():
@@ -97,6 +101,16 @@ class RunDir:
                 "pass --resume to continue it, or use a new --output-dir"
             )
         return True
+
+    def check_resume(self, stages: Sequence[str]) -> None:
+        """Refuse --resume when none of the training stages among `stages` has a checkpoint or is finished."""
+        trained = [stage for stage in stages if stage in STAGE_ROLES]
+        if not trained or any(self.finished(stage) or self.interrupted(stage) for stage in trained):
+            return
+        where = ", ".join(f"checkpoints/{stage}/" for stage in trained)
+        raise LoraRlhfError(
+            f"--resume: nothing to resume in {self.path}: no checkpoint in {where}; run without --resume to start"
+        )
 
 
 def first_difference(a: Any, b: Any, prefix: str = "") -> str:
