@@ -14,6 +14,8 @@ DESCRIPTION = (
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a run: eval.json, report.md, plots/", description=DESCRIPTION)
     parser.add_argument("--run", "--output-dir", dest="run", metavar="DIR", required=True, help="the run directory (holds recipe.yaml and adapters/)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the base model's repository run its own Python code (a run's recipe.yaml cannot turn this on)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the eval section only, e.g. eval.max_prompts=16")
     parser.set_defaults(func=run)
 
@@ -22,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from lora_rlhf.config.loader import build, merge, parse_overrides
     from lora_rlhf.config.recipe import RecipeConfig
     from lora_rlhf.errors import LoraRlhfError
+    from lora_rlhf.inference.loading import untrusted_model_section
     from lora_rlhf.pipeline.lock import run_dir_lock
     from lora_rlhf.pipeline.run_dir import RunDir
     from lora_rlhf.pipeline.runner import run_stages
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if set(overrides) - {"eval"}:
         raise LoraRlhfError(f"eval takes overrides of the eval section only, not {sorted(set(overrides) - {'eval'})[0]!r}")
+    saved["model"] = untrusted_model_section(saved.get("model") or {}, args.trust_remote_code, run_dir.recipe_path)
     recipe = build(RecipeConfig, merge(saved, overrides))
     with run_dir_lock(run_dir.path):
         if recipe.demo.enabled:

@@ -1,14 +1,23 @@
-"""The base model config for inference: from a name (folder, Hub id, built-in) or from a run directory's recipe."""
+"""The base model config for inference: from a name (folder, Hub id, built-in) or from a run directory's recipe.
+
+A run directory is data, not code (issue 12): one downloaded from anywhere must not be able to switch on
+`trust_remote_code` (running the model repository's Python) by saying so in its recipe.yaml. Commands that
+read a run's recipe (generate, serve, eval --run) take it from their own --trust-remote-code flag only.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.names import resolve_model_name
+
+logger = logging.getLogger(__name__)
 
 
 def base_config(name: str, **options: Any) -> BaseModelConfig:
@@ -19,7 +28,10 @@ def base_config(name: str, **options: Any) -> BaseModelConfig:
 
 
 def base_config_from_run(run_dir: str | Path, **options: Any) -> BaseModelConfig:
-    """The `model` section of a run's recipe.yaml, with `options` (None = keep the recipe's) on top."""
+    """The `model` section of a run's recipe.yaml, with `options` (None = keep the recipe's) on top.
+
+    `trust_remote_code` is never the recipe's: it is False unless `options` sets it (from the command line).
+    """
     import yaml
 
     from lora_rlhf.config.loader import build
@@ -28,11 +40,26 @@ def base_config_from_run(run_dir: str | Path, **options: Any) -> BaseModelConfig
     if not path.is_file():
         raise LoraRlhfError(f"{run_dir} is not a run directory: recipe.yaml is missing")
     recipe = yaml.safe_load(path.read_text()) or {}
-    model = dict(recipe.get("model") or {})
     given = {k: v for k, v in options.items() if v is not None}
+    model = untrusted_model_section(recipe.get("model") or {}, bool(given.pop("trust_remote_code", False)), path)
     _check_fields(given)
     config = build(BaseModelConfig, {**model, **given}, "model.")
     return dataclasses.replace(config, name_or_path=resolve_model_name(config.name_or_path))
+
+
+def untrusted_model_section(model: Mapping[str, Any], trust_remote_code: bool, source: str | Path) -> dict[str, Any]:
+    """The `model` section of a recipe read from `source` (a run directory's), with trust_remote_code set to the flag's value.
+
+    A recipe that asks for remote code gets a warning: only --trust-remote-code on the command line enables it.
+    """
+    section = dict(model)
+    if section.get("trust_remote_code") and not trust_remote_code:
+        logger.warning(
+            "%s sets model.trust_remote_code, which a run directory cannot turn on: loading without remote code "
+            "(pass --trust-remote-code if you trust %s)", source, section.get("name_or_path")
+        )
+    section["trust_remote_code"] = trust_remote_code
+    return section
 
 
 def run_base_name(run_dir: str | Path) -> str | None:

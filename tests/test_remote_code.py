@@ -1,0 +1,58 @@
+"""A run directory is data, not code (issue 12): its recipe.yaml cannot switch on trust_remote_code for the
+commands that read it (generate, serve, eval --run); only the command line's --trust-remote-code can."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import yaml
+
+from lora_rlhf.cli.main import main
+from lora_rlhf.inference.loading import base_config_from_run
+from lora_rlhf.pipeline import runner
+
+
+@pytest.fixture()
+def remote_code_run(tmp_path):
+    """A run directory, as downloaded from anywhere, whose recipe asks for the base's own Python code."""
+    run = tmp_path / "run"
+    run.mkdir()
+    model = {"name_or_path": str(tmp_path / "some-base"), "quantization": "none", "trust_remote_code": True}
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"model": model}))
+    return run
+
+
+def test_a_run_recipe_cannot_turn_on_remote_code(remote_code_run, caplog):
+    with caplog.at_level(logging.WARNING, logger="lora_rlhf.inference.loading"):
+        config = base_config_from_run(remote_code_run)
+    assert config.trust_remote_code is False
+    assert "trust_remote_code" in caplog.text and "--trust-remote-code" in caplog.text
+
+
+def test_the_command_line_flag_turns_it_on(remote_code_run, caplog):
+    with caplog.at_level(logging.WARNING, logger="lora_rlhf.inference.loading"):
+        assert base_config_from_run(remote_code_run, trust_remote_code=True).trust_remote_code is True
+        assert base_config_from_run(remote_code_run, trust_remote_code=None).trust_remote_code is False
+    assert caplog.text.count("cannot turn on") == 1  # no warning when the flag was given
+
+
+@pytest.fixture()
+def evaluated(monkeypatch):
+    """The recipes `lora-rlhf eval` would evaluate with, instead of loading a model."""
+    seen = []
+
+    def fake_run_stages(recipe, run, stages, **_):
+        seen.append(recipe)
+        return [runner.StageResult("eval", "evaluated", 0.0, {})]
+
+    monkeypatch.setattr(runner, "run_stages", fake_run_stages)
+    return seen
+
+
+def test_eval_of_a_run_takes_remote_code_from_the_flag_only(remote_code_run, evaluated, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert main(["eval", "--run", str(remote_code_run)]) == 0
+    assert evaluated[-1].model.trust_remote_code is False and "cannot turn on" in caplog.text
+    assert main(["eval", "--run", str(remote_code_run), "--trust-remote-code"]) == 0
+    assert evaluated[-1].model.trust_remote_code is True
