@@ -15,11 +15,14 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 import torch
 
 from lora_rlhf.data.chat import Messages, Prompt, render_prompt
+from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.inference.options import GenerationOptions
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import until_stop
 
 logger = logging.getLogger(__name__)
+
+StopCheck = Callable[[], bool]  # asked once per generated token: True ends generation there
 
 
 @dataclasses.dataclass
@@ -48,13 +51,25 @@ class _NoTemplate:
     chat_template = None
 
 
+class Halted(LoraRlhfError):
+    """Generation was called off (`halt()` was true) before it started: the caller stopped waiting for it."""
+
+
 @torch.no_grad()
-def generate_texts(stack: RoleStack, role: str, texts: Sequence[str], options: GenerationOptions) -> list[Completion]:
-    """Responses of `role` to already rendered prompt `texts`, generated as one left-padded batch."""
+def generate_texts(
+    stack: RoleStack, role: str, texts: Sequence[str], options: GenerationOptions, *, halt: StopCheck | None = None
+) -> list[Completion]:
+    """Responses of `role` to already rendered prompt `texts`, generated as one left-padded batch.
+
+    `halt` is asked after every token; once it returns True generation stops and the responses end
+    there with finish_reason "length" (a client that left, a time limit, a server shutting down).
+    """
+    if halt is not None and halt():
+        raise Halted("generation was called off before it started")
     tokenizer = stack.tokenizer
     batch = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
     _seed(options)
-    out = stack.generate(role, batch.input_ids, batch.attention_mask, **_kwargs(stack, options))
+    out = stack.generate(role, batch.input_ids, batch.attention_mask, **_kwargs(stack, options, halt))
     width = batch.input_ids.shape[1]
     completions = []
     for row, mask in zip(out, batch.attention_mask):
@@ -73,26 +88,27 @@ def stream_text(
     *,
     lock: threading.Lock | None = None,
     check: Callable[[str], None] | None = None,
+    halt: StopCheck | None = None,
 ) -> Generator[str, None, Completion]:
     """Yield `role`'s response to the rendered prompt `text` piece by piece as it is generated.
 
     Generation runs in a worker thread that holds `lock` (if given) until it finishes, and first calls
     `check(role)` under the lock (the role may have been removed while waiting). Closing the
-    iterator early (a client that disconnects) stops generation at the next token. The last item
-    returned by the generator (its StopIteration value) is the finished Completion.
+    iterator early (a client that disconnects) stops generation at the next token, and so does `halt`
+    returning True (the response then ends with finish_reason "length"). The last item returned by
+    the generator (its StopIteration value) is the finished Completion.
     """
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+    from transformers import TextIteratorStreamer
 
     tokenizer = stack.tokenizer
     cancel = threading.Event()
 
-    class _Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+    def stopped() -> bool:
+        return cancel.is_set() or (halt is not None and halt())
 
     batch = tokenizer([text], return_tensors="pt", add_special_tokens=False).to(stack.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _kwargs(stack, options) | {"streamer": streamer, "stopping_criteria": StoppingCriteriaList([_Cancelled()])}
+    kwargs = _kwargs(stack, options, stopped) | {"streamer": streamer}
     result: dict[str, object] = {}
 
     def work() -> None:
@@ -100,6 +116,8 @@ def stream_text(
             with lock if lock is not None else contextlib.nullcontext():
                 if check is not None:
                     check(role)
+                if stopped():
+                    raise Halted("generation was called off before it started")
                 _seed(options)
                 result["ids"] = stack.generate(role, batch.input_ids, batch.attention_mask, **kwargs)
         except BaseException as exc:  # surfaced in the consuming thread below
@@ -152,13 +170,26 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
-def _kwargs(stack: RoleStack, options: GenerationOptions) -> dict:
+def _kwargs(stack: RoleStack, options: GenerationOptions, halt: StopCheck | None = None) -> dict:
     # Generation halts at every id that ends a response, the same set rollouts and evaluation stop at.
     kwargs = options.generate_kwargs() | {"eos_token_id": sorted(stack.eos_ids())}
     if options.stop:
         # transformers stops generating as soon as a stop string appears; the text is cut afterwards.
         kwargs.update(stop_strings=list(options.stop), tokenizer=stack.tokenizer)
+    if halt is not None:
+        kwargs["stopping_criteria"] = _halting(halt)
     return kwargs
+
+
+def _halting(halt: StopCheck):
+    """A StoppingCriteriaList that ends every row once `halt()` is true (asked once per generated token)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Halt(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), halt(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Halt()])
 
 
 def _seed(options: GenerationOptions) -> None:

@@ -10,19 +10,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from lora_rlhf.data.chat import Prompt
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.inference import generation, sources
-from lora_rlhf.inference.generation import Completion
+from lora_rlhf.inference.generation import Completion, StopCheck
 from lora_rlhf.inference.loading import base_config, base_config_from_run
 from lora_rlhf.inference.options import GenerationOptions
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.roles import BASE, RoleStack
 
 logger = logging.getLogger(__name__)
+
+# Context lengths above this are placeholders, not limits (transformers' "no limit" is int(1e30)).
+_SANE_CONTEXT = 10_000_000
+# Characters per token few texts exceed on average; only how early count_tokens can give up depends on it.
+_PREFIX_CHARS_PER_TOKEN = 16
 
 
 class UnknownAdapter(LoraRlhfError):
@@ -61,7 +68,11 @@ class AdapterRegistry:
         """Attach the adapter at `source` (a folder or "owner/repo[/subfolder]" on the Hub) as `name`."""
         folder = sources.resolve_adapter_source(str(source), revision=revision)
         with self.lock:
-            self.stack.load_role(name, folder)
+            try:
+                self.stack.load_role(name, folder)
+            except (SafetensorError, OSError, ValueError) as exc:
+                # A truncated or empty weights file, or a config PEFT refuses: the files are at fault, not the server.
+                raise LoraRlhfError(f"adapter {name!r} could not be loaded from {source}: {exc}") from exc
             self.sources[name] = str(source)
             self.created[name] = int(time.time())
         logger.info("attached adapter %r from %s", name, source)
@@ -92,12 +103,16 @@ class AdapterRegistry:
         return generation.render(self.stack.tokenizer, prompt, chat=chat, system=system)
 
     def complete(
-        self, name: str, texts: Sequence[str], options: GenerationOptions | None = None
+        self, name: str, texts: Sequence[str], options: GenerationOptions | None = None, *, halt: StopCheck | None = None
     ) -> list[Completion]:
-        """Responses of adapter `name` (or "base") to rendered prompt texts, under the lock."""
+        """Responses of adapter `name` (or "base") to rendered prompt texts, under the lock.
+
+        `halt()` true ends generation at the next token (finish_reason "length"); true already when the
+        lock is won, it raises generation.Halted instead of starting.
+        """
         with self.lock:
             self.require(name)
-            return generation.generate_texts(self.stack, name, texts, options or GenerationOptions())
+            return generation.generate_texts(self.stack, name, texts, options or GenerationOptions(), halt=halt)
 
     def generate(
         self,
@@ -118,10 +133,40 @@ class AdapterRegistry:
         """{name: responses} of several adapters to the same prompts."""
         return {name: self.generate(name, prompts, options, **render) for name in names}
 
-    def stream(self, name: str, text: str, options: GenerationOptions | None = None) -> Iterator[str]:
+    def stream(
+        self, name: str, text: str, options: GenerationOptions | None = None, *, halt: StopCheck | None = None
+    ) -> Generator[str, None, Completion]:
         """Pieces of adapter `name`'s response to one rendered prompt as they are generated (see stream_text)."""
         self.require(name)
-        return generation.stream_text(self.stack, name, text, options or GenerationOptions(), lock=self.lock, check=self.require)
+        return generation.stream_text(
+            self.stack, name, text, options or GenerationOptions(), lock=self.lock, check=self.require, halt=halt
+        )
+
+    def count_tokens(self, text: str, *, beyond: int | None = None) -> int:
+        """Tokens of a rendered prompt, as generation will see it.
+
+        With `beyond`, a text whose first `beyond * _PREFIX_CHARS_PER_TOKEN` characters already hold more than
+        `beyond` tokens is not tokenized further (the count returned is then a lower bound above `beyond`), so a
+        2 MB prompt is refused in milliseconds rather than seconds.
+        """
+        if beyond is not None and len(text) > beyond * _PREFIX_CHARS_PER_TOKEN:
+            head = self._count(text[: beyond * _PREFIX_CHARS_PER_TOKEN])
+            if head > beyond + 1:  # + 1: the cut may split one token in two
+                return head
+        return self._count(text)
+
+    def _count(self, text: str) -> int:
+        return len(self.stack.tokenizer(text, add_special_tokens=False).input_ids)
+
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens (prompt + response) the base takes: the smaller of the model config's and the tokenizer's
+        limits, each only where it is set and sane (tokenizers without one report 1e30); None if neither is."""
+        config = getattr(self.stack.base_model, "config", None)
+        known = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions")]
+        known.append(getattr(self.stack.tokenizer, "model_max_length", None))
+        sane = [n for n in known if isinstance(n, int) and 0 < n <= _SANE_CONTEXT]
+        return min(sane, default=None)
 
     def require(self, name: str, *, allow_base: bool = True) -> None:
         if name == BASE and allow_base:
