@@ -7,6 +7,10 @@ import os
 
 from lora_rlhf.cli.inference_args import add_model_arguments, load_registry
 
+# ServeLimits' defaults (serve/limits.py), repeated so that `lora-rlhf --help` works without the serve extra.
+MAX_TOKENS_LIMIT = 4096
+REQUEST_TIMEOUT_S = 300.0
+
 DESCRIPTION = (
     "Serve /v1/models, /v1/completions and /v1/chat/completions (streaming included); the request's `model` "
     "picks the adapter, 'base' the bare base. POST /v1/adapters {name, path} and DELETE /v1/adapters/NAME load and "
@@ -26,6 +30,13 @@ def add_parser(subparsers) -> None:
     http.add_argument("--api-key", default=os.environ.get("LORA_RLHF_API_KEY"),
                       help="require `Authorization: Bearer KEY` (default: $LORA_RLHF_API_KEY, else no key)")
     http.add_argument("--max-tokens", type=int, default=256, help="response budget of chat requests that set none")
+    http.add_argument("--max-tokens-limit", type=int, default=MAX_TOKENS_LIMIT, metavar="N",
+                      help="refuse (400) requests asking for more than N response tokens; the model's context "
+                           "bounds them too (default %(default)s)")
+    http.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S, metavar="SECONDS",
+                      help="stop a request's generation SECONDS after it arrived: the response keeps what was "
+                           "generated, with finish_reason 'length' (503 if it was still waiting for the model); "
+                           "0 = no limit (default %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -33,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lora_rlhf.serve import create_app, run_server
+    from lora_rlhf.serve.limits import ServeLimits
 
     registry = load_registry(args)
     roots = list(args.allowed_root)
     if not roots and args.run:
         roots = [str(Path(args.run) / "adapters")]
+    limits = ServeLimits(max_tokens=args.max_tokens_limit, request_timeout=args.request_timeout or None)
     app = create_app(registry, allowed_roots=roots, allow_hub=args.allow_hub, api_key=args.api_key,
-                     default_max_tokens=args.max_tokens)
+                     default_max_tokens=args.max_tokens, limits=limits)
     print(f"serving {', '.join(registry.names)} on http://{args.host}:{args.port}/v1")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print("warning: listening beyond this machine without --api-key")

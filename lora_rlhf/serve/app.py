@@ -2,25 +2,42 @@
 
 The request's `model` picks the adapter ("base" = the bare base). Generation goes through the
 AdapterRegistry's lock, so concurrent requests for different adapters are served one after another,
-each entirely under its own adapter.
+each entirely under its own adapter. A request's generation stops when its client disconnects, its time
+limit passes, or the server shuts down (serve/limits.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hmac
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from lora_rlhf.inference.generation import Halted
 from lora_rlhf.inference.registry import AdapterRegistry
 from lora_rlhf.serve.admin import AdminPolicy, add_admin_routes
 from lora_rlhf.serve.errors import APIError, install_handlers
-from lora_rlhf.serve.schemas import ChatCompletionRequest, CompletionRequest
+from lora_rlhf.serve.limits import (
+    Halt,
+    InFlight,
+    ServeLimits,
+    token_budget,
+    watch_disconnect,
+)
+from lora_rlhf.serve.schemas import (
+    DEFAULT_COMPLETION_TOKENS,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
 from lora_rlhf.serve.streaming import sse_events, usage_of
 
 OWNER = "lora_rlhf"
@@ -33,6 +50,7 @@ def create_app(
     allow_hub: bool = False,
     api_key: str | None = None,
     default_max_tokens: int = 256,
+    limits: ServeLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `registry`.
 
@@ -40,9 +58,19 @@ def create_app(
     allow_hub: let `POST /v1/adapters` download Hub ids too.
     api_key: if set, every request must carry `Authorization: Bearer <api_key>`.
     default_max_tokens: response budget of a chat request that sets none.
+    limits: the response budget and time limit of every request (see serve/limits.py).
     """
-    app = FastAPI(title="lora_rlhf", dependencies=[Depends(_auth(api_key))])
+    limits = limits or ServeLimits()
+    inflight = InFlight()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        inflight.halt_all()  # for other ASGI servers; run_server halts before it waits for running requests
+
+    app = FastAPI(title="lora_rlhf", dependencies=[Depends(_auth(api_key))], lifespan=lifespan)
     app.state.registry = registry
+    app.state.inflight = inflight
     install_handlers(app)
     add_admin_routes(app, registry, AdminPolicy.make(allowed_roots, allow_hub), _model_card)
 
@@ -60,16 +88,52 @@ def create_app(
         return _model_card(registry, name)
 
     @app.post("/v1/completions")
-    def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         registry.require(body.model)
-        return _completions(registry, body)
+        return await _serve(request, inflight, limits, functools.partial(_completions, registry, body, limits))
 
     @app.post("/v1/chat/completions")
-    def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
         registry.require(body.model)
-        return _chat(registry, body, default_max_tokens)
+        work = functools.partial(_chat, registry, body, limits, default_max_tokens=default_max_tokens)
+        return await _serve(request, inflight, limits, work)
 
     return app
+
+
+async def _serve(request: Request, inflight: InFlight, limits: ServeLimits, work: Callable[[Halt], Any]):
+    """Run `work(halt)` off the event loop while watching for the client leaving; a stream keeps the watch until it ends."""
+    with contextlib.ExitStack() as scope:
+        halt = scope.enter_context(inflight.track(limits.request_timeout))
+        watcher = asyncio.create_task(watch_disconnect(request, halt))
+        scope.callback(watcher.cancel)
+        try:
+            result = await run_in_threadpool(work, halt)
+        except Halted:
+            raise _not_started(halt, limits) from None
+        if isinstance(result, dict):
+            return result
+        return _sse(_until_closed(result, halt, scope.pop_all()))
+
+
+async def _until_closed(lines: Iterator[str], halt: Halt, scope: contextlib.ExitStack) -> AsyncIterator[str]:
+    # Starlette cancels this generator when the client disconnects; halting then frees the lock at the next token
+    # (after a stream that ended by itself, the flag stops nothing).
+    try:
+        async for line in iterate_in_threadpool(lines):
+            yield line
+    finally:
+        halt.set("disconnected")
+        scope.close()
+
+
+def _not_started(halt: Halt, limits: ServeLimits) -> APIError:
+    if halt.reason == "timeout":
+        return APIError(503, f"the request waited for the model past the server's time limit "
+                             f"({limits.request_timeout:g} s, --request-timeout)", "timeout")
+    if halt.reason == "shutdown":
+        return APIError(503, "the server is shutting down", "server_shutting_down")
+    return APIError(499, "the client disconnected", "client_disconnected")
 
 
 def _auth(api_key: str | None):
@@ -94,21 +158,21 @@ def _model_card(registry: AdapterRegistry, name: str) -> dict[str, Any]:
     }
 
 
-def _completions(registry: AdapterRegistry, body: CompletionRequest):
-    options = body.options()
+def _completions(registry: AdapterRegistry, body: CompletionRequest, limits: ServeLimits, halt: Halt):
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    longest = max(registry.count_tokens(p, beyond=registry.context_length) for p in prompts)
+    options = body.options(_budget(registry, body, longest, DEFAULT_COMPLETION_TOKENS, limits, "prompt"))
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": body.model}
     if body.stream:
         _check_streamable(len(prompts), body.n)
-        pieces = registry.stream(body.model, prompts[0], options)
+        pieces = registry.stream(body.model, prompts[0], options, halt=halt)
 
         def chunk(text: str | None, finish: str | None) -> dict:
             return meta | {"choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
 
-        usage = _usage_chunk(meta, body)
-        return _sse(sse_events(pieces, chunk, usage=usage))
+        return sse_events(pieces, chunk, usage=_usage_chunk(meta, body))
     texts = [p for p in prompts for _ in range(body.n)]
-    done = registry.complete(body.model, texts, options)
+    done = registry.complete(body.model, texts, options, halt=halt)
     choices = [
         {"index": i, "text": (texts[i] if body.echo else "") + c.text, "logprobs": None, "finish_reason": c.finish_reason}
         for i, c in enumerate(done)
@@ -116,13 +180,14 @@ def _completions(registry: AdapterRegistry, body: CompletionRequest):
     return meta | {"choices": choices, "usage": usage_of(done)}
 
 
-def _chat(registry: AdapterRegistry, body: ChatCompletionRequest, default_max_tokens: int):
-    options = body.options(default_max_tokens)
+def _chat(registry: AdapterRegistry, body: ChatCompletionRequest, limits: ServeLimits, halt: Halt, default_max_tokens: int):
     text = registry.render(body.conversation(), chat=True)
+    prompt_tokens = registry.count_tokens(text, beyond=registry.context_length)
+    options = body.options(_budget(registry, body, prompt_tokens, default_max_tokens, limits, "messages"))
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": body.model}
     if body.stream:
         _check_streamable(1, body.n)
-        pieces = registry.stream(body.model, text, options)
+        pieces = registry.stream(body.model, text, options, halt=halt)
         stream_meta = meta | {"object": "chat.completion.chunk"}
 
         def chunk(piece: str | None, finish: str | None) -> dict:
@@ -130,13 +195,17 @@ def _chat(registry: AdapterRegistry, body: ChatCompletionRequest, default_max_to
             return stream_meta | {"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
         first = stream_meta | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
-        return _sse(sse_events(pieces, chunk, first=first, usage=_usage_chunk(stream_meta, body)))
-    done = registry.complete(body.model, [text] * body.n, options)
+        return sse_events(pieces, chunk, first=first, usage=_usage_chunk(stream_meta, body))
+    done = registry.complete(body.model, [text] * body.n, options, halt=halt)
     choices = [
         {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None, "finish_reason": c.finish_reason}
         for i, c in enumerate(done)
     ]
     return meta | {"choices": choices, "usage": usage_of(done)}
+
+
+def _budget(registry: AdapterRegistry, body, prompt_tokens: int, default: int, limits: ServeLimits, param: str) -> int:
+    return token_budget(body.requested_tokens(), default, prompt_tokens, registry.context_length, limits.max_tokens, param)
 
 
 def _usage_chunk(meta: dict, body) -> Any:
@@ -150,5 +219,5 @@ def _check_streamable(prompts: int, n: int) -> None:
         raise APIError(400, "streaming serves one prompt with n=1; send several requests instead", "unsupported", "stream")
 
 
-def _sse(events) -> StreamingResponse:
+def _sse(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

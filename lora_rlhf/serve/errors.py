@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.inference.generation import Halted
 from lora_rlhf.inference.registry import UnknownAdapter
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          409: "conflict_error", 422: "invalid_request_error"}
+          409: "conflict_error", 422: "invalid_request_error", 499: "client_closed_request", 503: "server_busy"}
+
+logger = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -54,3 +59,17 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback too; the client still gets a body its OpenAI library can read.
+        return error_response(500, f"internal server error: {type(exc).__name__}", "internal_error")
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status an error raised while a response streams stands for (sent in-band as an error event)."""
+    if isinstance(exc, APIError):
+        return exc.status
+    if isinstance(exc, UnknownAdapter):
+        return 404
+    return 503 if isinstance(exc, Halted) else 500

@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from lora_rlhf.inference.options import GenerationOptions
 
 # OpenAI's documented defaults: 16 tokens for completions, temperature 1.
-_DEFAULT_MAX_TOKENS = 16
+DEFAULT_COMPLETION_TOKENS = 16
 
 
-class _Sampling(BaseModel):
+class _Request(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _utf8_only(cls, data: Any) -> Any:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"); no tokenizer can encode it (issue 12).
+        path = _lone_surrogate(data)
+        if path is not None:
+            raise ValueError(f"{path or 'body'} holds a lone UTF-16 surrogate, which is not valid Unicode text")
+        return data
+
+
+def _lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string in `value` that cannot be encoded as UTF-8, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, path) if isinstance(key, str) else None
+        found = found if found is not None else _lone_surrogate(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+class _Sampling(_Request):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -26,10 +54,14 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
 
-    def options(self, default_max_tokens: int = _DEFAULT_MAX_TOKENS) -> GenerationOptions:
+    def requested_tokens(self) -> int | None:
+        """The response budget the request asks for, if any."""
+        return self.max_tokens
+
+    def options(self, max_new_tokens: int) -> GenerationOptions:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return GenerationOptions(
-            max_new_tokens=self.max_tokens or default_max_tokens,
+            max_new_tokens=max_new_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             stop=stop,
@@ -67,18 +99,15 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
 
-    def options(self, default_max_tokens: int = 256) -> GenerationOptions:
-        options = super().options(default_max_tokens)
-        if self.max_completion_tokens is not None:
-            options.max_new_tokens = self.max_completion_tokens
-        return options
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def conversation(self) -> list[dict[str, str]]:
         # "developer" is OpenAI's newer name for the system role; chat templates know "system".
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
 
 
-class LoadAdapterRequest(BaseModel):
+class LoadAdapterRequest(_Request):
     name: str = Field(min_length=1)
     path: str = Field(min_length=1)
 

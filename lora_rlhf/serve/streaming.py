@@ -8,7 +8,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from lora_rlhf.inference.generation import Completion
-from lora_rlhf.serve.errors import error_body
+from lora_rlhf.serve.errors import error_body, status_of
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ def sse_events(
         if usage is not None:
             yield _line(usage(done))
     except Exception as exc:  # the status line is already sent; tell the client in-band
-        logger.exception("streaming failed")
-        status = 404 if type(exc).__name__ == "UnknownAdapter" else 500
+        status = status_of(exc)
+        if status == 500:  # a bug, not a halted or refused request
+            logger.exception("streaming failed")
         yield _line(error_body(status, str(exc) or type(exc).__name__))
     finally:
         pieces.close()
