@@ -19,6 +19,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     source.add_argument("--dtype", dest="compute_dtype", choices=["auto", "bfloat16", "float16", "float32"], help="compute dtype")
     source.add_argument("--revision", help="Hub revision of the adapters given as Hub ids")
+    source.add_argument("--trust-remote-code", action="store_true",
+                        help="let the base model's repository run its own Python code (a run's recipe.yaml cannot turn this on)")
 
 
 def load_registry(args: argparse.Namespace):
@@ -30,7 +32,8 @@ def load_registry(args: argparse.Namespace):
 
     if bool(args.base) == bool(args.run):
         raise LoraRlhfError("give exactly one of --base MODEL or --run DIR")
-    options = {"quantization": args.quantization, "device": args.device, "compute_dtype": args.compute_dtype}
+    options = {"quantization": args.quantization, "device": args.device, "compute_dtype": args.compute_dtype,
+               "trust_remote_code": args.trust_remote_code or None}
     config = base_config_from_run(args.run, **options) if args.run else base_config(args.base, **options)
     registry = AdapterRegistry.load(config)
     if args.run:
