@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx2 as httpx
 import openai
 import pytest
+import torch
 
 from lora_rlhf.inference import AdapterRegistry, GenerationOptions
 from lora_rlhf.inference.generation import Halted
@@ -39,15 +40,16 @@ class Pace:
     def __init__(self, registry: AdapterRegistry) -> None:
         self.delay = 0.0
         self.calls = 0
-        eos = sorted(registry.stack.eos_ids())
+        self._ends = torch.tensor(sorted(registry.stack.eos_ids()))
         registry.stack.base_model.register_forward_pre_hook(self._step)
-        registry.stack.base_model.get_output_embeddings().register_forward_hook(
-            lambda module, args, out: out.index_fill_(-1, _ids(eos, out), float("-inf"))
-        )
+        registry.stack.base_model.get_output_embeddings().register_forward_hook(self._never_end)
 
     def _step(self, module, args) -> None:
         self.calls += 1
         time.sleep(self.delay)
+
+    def _never_end(self, module, args, logits: torch.Tensor) -> torch.Tensor:
+        return logits.index_fill_(-1, self._ends.to(logits.device), float("-inf"))
 
     def settled(self, wait: float = 1.0) -> bool:
         """Whether no forward pass runs any more (none during `wait` seconds)."""
@@ -61,12 +63,6 @@ class Pace:
         while self.calls < start + calls:
             assert time.monotonic() < deadline, "generation did not start"
             time.sleep(0.02)
-
-
-def _ids(ids, like):
-    import torch
-
-    return torch.tensor(ids, device=like.device)
 
 
 @pytest.fixture(scope="module")
