@@ -444,3 +444,13 @@ def test_mode_context_managers_restore_the_mode_and_dropout(tiny_llama):
         assert stack.model.training and any(m.p == 0.1 for m in dropouts)
         raise RuntimeError("a failed step")
     assert not stack.model.training
+
+
+def test_an_empty_adapter_weights_file_is_a_one_line_error(tiny_llama, tmp_path):
+    stack = make_stack(tiny_llama)
+    stack.add_role("sft", LoraSettings(r=4))
+    folder = stack.save_role("sft", tmp_path / "sft")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    other = make_stack(tiny_llama)
+    with pytest.raises(LoraRlhfError, match="not a readable safetensors file"):
+        other.load_role("sft", folder)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -94,9 +94,13 @@ def check_adapter_folder(folder: str | Path, base_model: nn.Module) -> Path:
         json.loads((folder / ADAPTER_CONFIG).read_text())
     except json.JSONDecodeError as exc:
         raise LoraRlhfError(f"{folder / ADAPTER_CONFIG} is not valid JSON: {exc}") from exc
-    with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
-        for key in handle.keys():
-            _check_tensor_fits(folder, key, tuple(handle.get_slice(key).get_shape()), base_model)
+    try:
+        with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError) as exc:  # empty or truncated (a torn download or copy)
+        raise LoraRlhfError(f"{folder / ADAPTER_WEIGHTS} is not a readable safetensors file: {exc}") from None
+    for key, shape in shapes.items():
+        _check_tensor_fits(folder, key, shape, base_model)
     return folder
 
 
