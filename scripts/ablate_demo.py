@@ -6,12 +6,12 @@
 From the finished `sft` and `reward` roles of RUN_DIR (RUN_DIR/adapters/{sft,reward}, RUN_DIR/recipe.yaml),
 on one base loaded once, it trains two policies, each into its own run directory under RUN_DIR/ablation/:
 
-    ppo       plain PPO (ppo.ptx_coef=0): InstructGPT's "PPO" models
-    ppo_ptx   PPO-ptx (ppo.ptx_coef=--ptx-coef on --ptx-path): InstructGPT's "PPO-ptx" models (eq. 2)
+    ppo       plain PPO (ppo.ptx.coef=0): InstructGPT's "PPO" models
+    ppo_ptx   PPO-ptx (ppo.ptx.coef=--ptx-coef on --ptx-path): InstructGPT's "PPO-ptx" models (eq. 2)
 
 and evaluates each with the project's own eval (lora_rlhf.eval.run.evaluate, which also draws best-of-N
 from sft + reward, Gao et al. 2022). The ptx text defaults to RUN_DIR/data/ptx_text.jsonl ({"text"} rows
-standing in for the paper's pretraining data), else the recipe's own ppo.ptx.path; there is no silent
+standing in for the paper's pretraining data), else the recipe's own ppo.ptx.data.path; there is no silent
 fall-back to the demonstrations. Held-out LM loss is measured on eval.lm_text, by default
 RUN_DIR/data/lm_text.jsonl where it exists. KEY=VALUE overrides the ppo and eval sections only (the sft and
 rm sections are fixed by the adapters being reused).
@@ -37,8 +37,8 @@ from typing import Any
 
 from lora_rlhf.config.loader import build, merge, parse_overrides
 from lora_rlhf.config.recipe import RecipeConfig
-from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.data.sources import is_local
+from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.io import atomic_file, write_json
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline.run_dir import RunDir
@@ -52,7 +52,7 @@ REUSED = {"sft": "sft", "reward": "rm"}
 # Files of the finished stages a variant's eval reads (rm.jsonl: the RM accuracy fall-back).
 REUSED_METRICS = ("sft.jsonl", "rm.jsonl")
 # The flags that own these keys; an override of them would make the two variants' difference unclear.
-FLAG_KEYS = {"ptx_coef": "--ptx-coef", "ptx": "--ptx-path", "steps": "--steps"}
+FLAG_KEYS = {"ptx.coef": "--ptx-coef", "ptx.data": "--ptx-path", "steps": "--steps"}
 DASH = "—"
 
 
@@ -103,7 +103,7 @@ def run_ablation(args: argparse.Namespace) -> str:
     for i, (name, variant) in enumerate(variants.items(), 1):
         ppo = recipes[name].ppo
         logger.info("ablation [%d/%d] %s: ptx_coef %g, %d PPO steps -> %s",
-                    i, len(VARIANTS), VARIANTS[name], ppo.ptx_coef, ppo.steps, variant.path)
+                    i, len(VARIANTS), VARIANTS[name], ppo.ptx.coef, ppo.steps, variant.path)
         evals[name] = run_variant(stack, recipes[name], variant, resume=args.resume)
     summary = ablation_summary(evals, recipes, out)
     table = render_table(summary)
@@ -137,11 +137,11 @@ def resolve_ptx_path(given: str | None, run: RunDir, saved: Mapping[str, Any]) -
         return str(Path(given).expanduser().resolve())
     if run.data("ptx_text.jsonl").is_file():
         return str(run.data("ptx_text.jsonl").resolve())
-    recipe_path = ((saved.get("ppo") or {}).get("ptx") or {}).get("path")
+    recipe_path = (((saved.get("ppo") or {}).get("ptx") or {}).get("data") or {}).get("path")
     if recipe_path:  # a demo run's recipe.yaml keeps it empty, so this is a path the user chose (file or Hub id)
         return str(Path(recipe_path).expanduser().resolve()) if is_local(recipe_path) else recipe_path
     raise LoraRlhfError(f"no ptx text for PPO-ptx: {run.data('ptx_text.jsonl')} does not exist and the recipe sets no "
-                        "ppo.ptx.path; pass --ptx-path FILE ({\"text\"} or {\"prompt\", \"completion\"} rows)")
+                        "ppo.ptx.data.path; pass --ptx-path FILE ({\"text\"} or {\"prompt\", \"completion\"} rows)")
 
 
 def user_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -150,19 +150,28 @@ def user_overrides(items: Sequence[str]) -> dict[str, Any]:
     if set(overrides) - {"ppo", "eval"}:
         raise LoraRlhfError(f"overrides must be of the ppo or eval section, not {sorted(set(overrides) - {'ppo', 'eval'})[0]!r}")
     for key, flag in FLAG_KEYS.items():
-        if key in overrides.get("ppo", {}):
+        if _is_set(overrides.get("ppo", {}), key):
             raise LoraRlhfError(f"ppo.{key} is set by {flag}, not by an override")
     return overrides
+
+
+def _is_set(data: Mapping[str, Any], dotted: str) -> bool:
+    """Whether nested `data` holds the dotted key (e.g. "ptx.coef")."""
+    for part in dotted.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return False
+        data = data[part]
+    return True
 
 
 def variant_recipe(saved: Mapping[str, Any], source: RunDir, name: str, overrides: Mapping[str, Any], *,
                    steps: int | None, ptx_coef: float, ptx_path: str) -> RecipeConfig:
     """RUN_DIR's recipe + the user's overrides + the variant's ptx settings, its data paths absolute into RUN_DIR.
 
-    Both variants name the same ptx file, so their recipes differ in ppo.ptx_coef alone (and eval.best_of_n:
+    Both variants name the same ptx file, so their recipes differ in ppo.ptx.coef alone (and eval.best_of_n:
     best-of-N needs only sft and reward, so the second variant does not draw it again).
     """
-    ppo: dict[str, Any] = {"ptx_coef": 0.0 if name == "ppo" else ptx_coef, "ptx": {"path": ptx_path}}
+    ppo: dict[str, Any] = {"ptx": {"coef": 0.0 if name == "ppo" else ptx_coef, "data": {"path": ptx_path}}}
     if steps is not None:
         ppo["steps"] = steps
     update: dict[str, Any] = {"ppo": ppo}
@@ -219,7 +228,7 @@ def ablation_summary(evals: Mapping[str, Mapping[str, Any]], recipes: Mapping[st
     """ablation.json: the four rows, and what each variant was."""
     first = evals["ppo"]  # sft and best-of-N come from its eval (the second variant's eval repeats sft identically)
     rows = [sft_row(first), best_of_n_row(first)] + [policy_row(label, evals[name]) for name, label in VARIANTS.items()]
-    variants = {name: {"dir": str(out / name), "ptx_coef": recipes[name].ppo.ptx_coef, "ptx_path": recipes[name].ppo.ptx.path,
+    variants = {name: {"dir": str(out / name), "ptx_coef": recipes[name].ppo.ptx.coef, "ptx_path": recipes[name].ppo.ptx.data.path,
                        "steps": recipes[name].ppo.steps} for name in VARIANTS}
     return {"prompts": first.get("prompts"), "confidence": first.get("confidence", 0.95),
             "win_rate_judge": first.get("win_rate_judge"), "lm_text": recipes["ppo"].eval.lm_text.path or None,
@@ -298,7 +307,7 @@ def _notes(summary: Mapping[str, Any]) -> list[str]:
     return [
         f"- {summary['prompts']} held-out prompts; win rates judged by {judge}; intervals are bootstrap over prompts, "
         "paired where two models are compared.",
-        f"- PPO: ppo.ptx_coef 0; PPO-ptx: ppo.ptx_coef {ptx['ptx_coef']:g} on {ptx['ptx_path']}; "
+        f"- PPO: ppo.ptx.coef 0; PPO-ptx: ppo.ptx.coef {ptx['ptx_coef']:g} on {ptx['ptx_path']}; "
         f"PPO steps: {ptx['steps']} each, from the same sft and reward adapters.",
         "- best-of-N samples N answers from sft and keeps the RM's favourite: its weights are sft's (same LM loss), "
         "its KL is the bound log N − (N−1)/N.",

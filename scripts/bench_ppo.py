@@ -31,10 +31,10 @@ from lora_rlhf.demo.labeler import Labeler  # noqa: E402
 from lora_rlhf.demo.tasks import sample_tasks  # noqa: E402
 from lora_rlhf.models.base import BaseModelConfig  # noqa: E402
 from lora_rlhf.models.roles import RoleStack  # noqa: E402
-from lora_rlhf.ppo.config import PPOConfig  # noqa: E402
+from lora_rlhf.ppo.config import PPOConfig, PtxConfig, SamplingConfig  # noqa: E402
 from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout  # noqa: E402
 from lora_rlhf.ppo.rewards import RunningMoments  # noqa: E402
-from lora_rlhf.ppo.rollout import EncodedPrompt, SamplingConfig, make_rollout  # noqa: E402
+from lora_rlhf.ppo.rollout import EncodedPrompt, make_rollout  # noqa: E402
 from lora_rlhf.ppo.trainer import setup_roles  # noqa: E402
 from lora_rlhf.train.loop import make_accelerator  # noqa: E402
 
@@ -78,21 +78,20 @@ def main() -> None:
     stack.add_role("sft")
     stack.add_role("reward")
     config = PPOConfig(rollout_batch_size=args.rollout, mini_batch_size=args.mini, micro_batch_size=args.micro,
-                       max_new_tokens=args.max_new_tokens, ptx_coef=1.0 if args.ptx else 0.0)
+                       sampling=SamplingConfig(max_new_tokens=args.max_new_tokens), ptx=PtxConfig(coef=1.0 if args.ptx else 0.0))
     setup_roles(stack, config)
     stack.set_trainable("policy", "value")
     stack.model.train()  # as train_ppo: train mode, every dropout at p = 0
-    optimizers = build_optimizers(stack, config, make_accelerator("auto", stack.device))
-    ptx = _Ptx(stack, config.ptx_batch_size) if args.ptx else None
+    optimizers = build_optimizers(stack, config.optim, config.steps, make_accelerator("auto", stack.device))
+    ptx = _Ptx(stack, config.ptx.batch_size) if args.ptx else None
     tasks = sample_tasks(args.rollout * (args.iterations + 1), seed=3)
     prompts = [EncodedPrompt(stack.tokenizer(render_prompt(stack.tokenizer, t.prompt), add_special_tokens=False).input_ids, t.prompt) for t in tasks]
-    sampling = SamplingConfig(args.max_new_tokens)
     rows = []
     with PeakMemory(stack.device) as memory, stack.training(dropout=False):
         for it in range(args.iterations + 1):
             batch = prompts[it * args.rollout : (it + 1) * args.rollout]
-            rollout, timing = make_rollout(stack, batch, sampling, config.micro_batch_size)
-            add_advantages(rollout, config.kl_coef, config, RunningMoments())
+            rollout, timing = make_rollout(stack, batch, config.sampling, config.micro_batch_size)
+            add_advantages(rollout, config.rewards.kl_coef, config.rewards, RunningMoments())
             start = time.perf_counter()
             train_on_rollout(stack, rollout, optimizers, config, ptx, it)
             timing["time_train"] = time.perf_counter() - start

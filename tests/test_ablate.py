@@ -12,6 +12,7 @@ import yaml
 
 from lora_rlhf.cli.main import main as cli
 from lora_rlhf.config.recipe import RECIPES
+from lora_rlhf.errors import LoraRlhfError
 
 TINY = str(RECIPES / "tiny-test.yaml")
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "ablate_demo.py"
@@ -66,8 +67,8 @@ def test_one_table_with_the_four_rows(ablated, capsys):
 def test_the_variants_differ_in_the_ptx_coefficient_only(ablated):
     recipes = {name: yaml.safe_load((ablated / "ablation" / name / "recipe.yaml").read_text()) for name in ("ppo", "ppo_ptx")}
     ptx_path = str((ablated / "data" / "demonstrations.jsonl").resolve())
-    assert recipes["ppo"]["ppo"]["ptx_coef"] == 0 and recipes["ppo_ptx"]["ppo"]["ptx_coef"] == 0.5
-    assert recipes["ppo"]["ppo"]["ptx"]["path"] == recipes["ppo_ptx"]["ppo"]["ptx"]["path"] == ptx_path
+    assert recipes["ppo"]["ppo"]["ptx"]["coef"] == 0 and recipes["ppo_ptx"]["ppo"]["ptx"]["coef"] == 0.5
+    assert recipes["ppo"]["ppo"]["ptx"]["data"]["path"] == recipes["ppo_ptx"]["ppo"]["ptx"]["data"]["path"] == ptx_path
     assert all(r["ppo"]["steps"] == 1 for r in recipes.values())
     # Both variants train and evaluate on the original run's data, not on copies of their own.
     assert recipes["ppo"]["ppo"]["prompts"]["path"] == str((ablated / "data" / "prompts.jsonl").resolve())
@@ -96,3 +97,12 @@ def test_no_ptx_text_is_a_one_line_error(ablate, sft_rm_run, tmp_path, capsys):
     assert ablate.main([str(bare), "--steps", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--ptx-path" in err
+
+
+@pytest.mark.parametrize(("override", "message"), [("ppo.ptx.coef=2", "ppo.ptx.coef is set by --ptx-coef"),
+                                                   ("ppo.ptx.data.path=x.jsonl", "ppo.ptx.data is set by --ptx-path"),
+                                                   ("ppo.steps=3", "ppo.steps is set by --steps")])
+def test_overrides_of_what_a_flag_sets_are_refused(ablate, override, message):
+    with pytest.raises(LoraRlhfError, match=f"^{message}, not by an override$"):
+        ablate.user_overrides([override])
+    assert ablate.user_overrides(["ppo.ptx.batch_size=2"]) == {"ppo": {"ptx": {"batch_size": 2}}}

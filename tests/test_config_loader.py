@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
@@ -63,3 +63,33 @@ def test_overrides_parse_yaml_scalars_and_merge():
     assert config.model.name_or_path == "a/b"
     with pytest.raises(LoraRlhfError, match="override 'nonsense' is not of the form key.subkey=value"):
         parse_overrides(["nonsense"])
+
+
+@dataclasses.dataclass
+class Sectioned:
+    moved_keys: ClassVar[dict[str, str]] = {"rate": "inner.rate", "inner.limit": "inner.cap.limit"}
+
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+@dataclasses.dataclass
+class Holder:
+    sectioned: Sectioned = dataclasses.field(default_factory=Sectioned)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"sectioned": {"rate": 0.5}}, "sectioned.rate moved to sectioned.inner.rate"),
+        ({"sectioned": {"inner": {"limit": 3}}}, "sectioned.inner.limit moved to sectioned.inner.cap.limit"),
+    ],
+)
+def test_a_moved_key_names_its_new_place(data, message):
+    with pytest.raises(LoraRlhfError) as info:
+        build(Holder, data)
+    assert str(info.value) == message
+
+
+def test_moved_keys_do_not_touch_the_new_ones():
+    assert build(Holder, merge({"sectioned": {"inner": {"rate": 0.5}}}, parse_overrides(["sectioned.inner.mode=adaptive"]))) \
+        == Holder(Sectioned(Inner(rate=0.5, mode="adaptive")))

@@ -3,6 +3,7 @@ resumes exactly, and stops on NaN or runaway KL."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lora_rlhf.config.loader import build, merge
 from lora_rlhf.config.recipe import load_recipe
-from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.models.sequences import stop_mask
+from lora_rlhf.ppo.config import MOVED_KEYS, PPOConfig, RewardsConfig
 from lora_rlhf.ppo.trainer import train_ppo
 
 PROMPTS = ["sort the numbers 3 1 2", "reverse the words hello world", "count letters", "answer with yes or no"]
@@ -40,24 +41,24 @@ def make_stack(folder: str, quantization: str = "none") -> RoleStack:
     return stack
 
 
-def prompts_file(tmp_path: Path) -> DatasetSpec:
+def prompts_file(tmp_path: Path) -> dict[str, str]:
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS * 4))
-    return DatasetSpec(str(path))
+    return {"path": str(path)}
 
 
-def demos_file(tmp_path: Path) -> DatasetSpec:
+def demos_file(tmp_path: Path) -> dict[str, str]:
     path = tmp_path / "demos.jsonl"
     path.write_text("".join(json.dumps({"prompt": p, "completion": "1 2 3"}) + "\n" for p in PROMPTS))
-    return DatasetSpec(str(path))
+    return {"path": str(path)}
 
 
 def config(tmp_path: Path, **overrides) -> PPOConfig:
+    """A small PPO config; `overrides` are the YAML section's keys, nested sections merged (optim={...})."""
     settings = dict(prompts=prompts_file(tmp_path), steps=4, rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2,
-                    max_new_tokens=8, ptx_coef=0.0, policy_learning_rate=3e-3, value_learning_rate=3e-3, ppo_epochs=2,
-                    save_steps=2)
-    settings.update(overrides)
-    return PPOConfig(**settings)
+                    sampling={"max_new_tokens": 8}, ptx={"coef": 0.0},
+                    optim={"policy_learning_rate": 3e-3, "value_learning_rate": 3e-3}, ppo_epochs=2, save_steps=2)
+    return build(PPOConfig, merge(settings, overrides))
 
 
 def snapshot(stack: RoleStack) -> dict[str, torch.Tensor]:
@@ -71,8 +72,8 @@ def snapshot(stack: RoleStack) -> dict[str, torch.Tensor]:
 def test_ppo_raises_a_programmatic_reward_with_bounded_kl_and_frozen_roles(tiny_llama, tmp_path):
     stack = make_stack(tiny_llama)
     before = snapshot(stack)
-    cfg = config(tmp_path, steps=30, rollout_batch_size=16, mini_batch_size=8, micro_batch_size=8, max_new_tokens=16,
-                 kl_coef=0.001, save_steps=30)
+    cfg = config(tmp_path, steps=30, rollout_batch_size=16, mini_batch_size=8, micro_batch_size=8,
+                 sampling={"max_new_tokens": 16}, rewards={"kl_coef": 0.001}, save_steps=30)
     train_ppo(stack, cfg, tmp_path / "run", reward_fn=digit_fraction)
 
     rows = read_metrics(tmp_path / "run" / "metrics" / "ppo.jsonl")
@@ -95,15 +96,15 @@ def test_value_starts_as_a_copy_of_the_reward_model_with_its_head(tiny_llama, tm
     stack = make_stack(tiny_llama)
     with torch.no_grad():
         stack.head("reward").linear.weight.add_(0.5)
-    train_ppo(stack, config(tmp_path, steps=1, policy_learning_rate=1e-12, value_learning_rate=1e-12), tmp_path / "run",
-              reward_fn=digit_fraction)
+    frozen = config(tmp_path, steps=1, optim={"policy_learning_rate": 1e-12, "value_learning_rate": 1e-12})
+    train_ppo(stack, frozen, tmp_path / "run", reward_fn=digit_fraction)
     value_head = load_file(str(tmp_path / "run" / "adapters" / "value" / "head.safetensors"))
     reward_w = stack.head("reward").linear.weight
     assert torch.allclose(next(iter(v for k, v in value_head.items() if k.endswith("weight"))), reward_w, atol=1e-6)
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_llama, tmp_path):
-    cfg = config(tmp_path, ptx=demos_file(tmp_path), ptx_coef=0.5, ptx_batch_size=2)
+    cfg = config(tmp_path, ptx={"data": demos_file(tmp_path), "coef": 0.5, "batch_size": 2})
     train_ppo(make_stack(tiny_llama), cfg, tmp_path / "full", reward_fn=digit_fraction)
 
     calls = {"n": 0}
@@ -147,8 +148,8 @@ def test_nan_reward_stops_with_the_step_and_saves_the_evidence(tiny_llama, tmp_p
 
 
 def test_kl_ceiling_stops_the_run(tiny_llama, tmp_path):
-    cfg = config(tmp_path, kl_ceiling=1e-6, policy_learning_rate=1e-2)
-    with pytest.raises(LoraRlhfError, match=r"step \d+: kl .* exceeds ppo.kl_ceiling"):
+    cfg = config(tmp_path, rewards={"kl_ceiling": 1e-6}, optim={"policy_learning_rate": 1e-2})
+    with pytest.raises(LoraRlhfError, match=r"step \d+: kl .* exceeds ppo.rewards.kl_ceiling"):
         train_ppo(make_stack(tiny_llama), cfg, tmp_path / "run", reward_fn=digit_fraction)
 
 
@@ -178,9 +179,17 @@ def test_response_mask_stops_after_the_first_eos():
     [
         ("ppo.rollout_batch_size=10", "rollout_batch_size: 10 must be a multiple of mini_batch_size"),
         ("ppo.mini_batch_size=8", "must be a multiple of micro_batch_size"),
-        ("ppo.clip_range=1.5", "ppo.clip_range: 1.5 must be in"),
-        ("ppo.kl_control=pid", "ppo.kl_control: 'pid' is not one of fixed, adaptive"),
+        ("ppo.optim.clip_range=1.5", "ppo.optim.clip_range: 1.5 must be in"),
+        ("ppo.rewards.kl_control=pid", "ppo.rewards.kl_control: 'pid' is not one of fixed, adaptive"),
         ("ppo.kl_coeff=0.1", "unknown key 'ppo.kl_coeff'"),
+        ("ppo.sampling.temperature=-1", "ppo.sampling.temperature: -1.0 must be > 0"),
+        ("ppo.ptx.batch_size=0", "ppo.ptx.batch_size: 0 must be a positive integer"),
+        ("ppo.optim.adam_betas=[0.9]", "ppo.optim.adam_betas: [0.9] must be two numbers in [0, 1)"),
+        ("ppo.kl_coef=0.05", "ppo.kl_coef moved to ppo.rewards.kl_coef"),
+        ("ppo.ptx_coef=1", "ppo.ptx_coef moved to ppo.ptx.coef"),
+        ("ppo.temperature=0.7", "ppo.temperature moved to ppo.sampling.temperature"),
+        ("ppo.policy_learning_rate=1e-5", "ppo.policy_learning_rate moved to ppo.optim.policy_learning_rate"),
+        ("ppo.ptx.path=x.jsonl", "ppo.ptx.path moved to ppo.ptx.data.path"),
     ],
 )
 def test_bad_ppo_settings_are_one_line_errors(override, message):
@@ -188,6 +197,33 @@ def test_bad_ppo_settings_are_one_line_errors(override, message):
     with pytest.raises(LoraRlhfError) as info:
         load_recipe(None, overrides)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nested_overrides_reach_their_sections():
+    ppo = load_recipe(None, ["ppo.rewards.kl_coef=0.05", "ppo.sampling.temperature=0.7", "ppo.optim.clip_range=0.1",
+                             "ppo.ptx.coef=2", "ppo.ptx.data.path=text.jsonl"]).ppo
+    assert ppo.rewards.kl_coef == 0.05 and ppo.sampling.temperature == 0.7 and ppo.optim.clip_range == 0.1
+    assert ppo.ptx.coef == 2.0 and ppo.ptx.data.path == "text.jsonl" and ppo.ptx.enabled
+    assert ppo.rewards.gamma == 1.0 and ppo.sampling.max_new_tokens == 32  # the rest of the demo recipe's sections stay
+
+
+def test_a_recipe_file_with_old_flat_keys_names_their_new_place(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("ppo:\n  steps: 2\n  temperature: 0.7\n  ptx: {path: demos.jsonl}\n")
+    with pytest.raises(LoraRlhfError) as info:
+        load_recipe(old)
+    assert str(info.value).startswith("ppo.temperature moved to ppo.sampling.temperature (in ") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("old", sorted(MOVED_KEYS))
+def test_every_moved_key_is_refused_and_its_new_key_accepted(old):
+    with pytest.raises(LoraRlhfError, match=f"^ppo.{old} moved to ppo.{MOVED_KEYS[old]} "):
+        load_recipe(None, [f"ppo.{old}=1"])
+    section, _, name = f"ppo.{MOVED_KEYS[old]}".rpartition(".")
+    node = load_recipe(None).ppo
+    for part in section.split(".")[1:]:
+        node = getattr(node, part)
+    assert name in {f.name for f in dataclasses.fields(node)}
 
 
 def test_a_fresh_value_role_is_reproducible_from_the_seed(tiny_llama, tmp_path):
@@ -202,7 +238,8 @@ def test_a_fresh_value_role_is_reproducible_from_the_seed(tiny_llama, tmp_path):
 
 def test_rollouts_ignore_sampling_options_from_the_models_generation_config(tiny_llama):
     """A model's own repetition penalty (Qwen2.5 ships one) would bias samples away from pi_old unseen."""
-    from lora_rlhf.ppo.rollout import EncodedPrompt, SamplingConfig, sample
+    from lora_rlhf.ppo.config import SamplingConfig
+    from lora_rlhf.ppo.rollout import EncodedPrompt, sample
 
     stack = make_stack(tiny_llama)
     stack.copy_role("sft", "policy")
@@ -219,8 +256,8 @@ def test_rollouts_ignore_sampling_options_from_the_models_generation_config(tiny
 
 
 def test_missing_eos_penalty_lowers_every_return_of_a_truncated_response():
-    from lora_rlhf.ppo.rewards import RunningMoments
     from lora_rlhf.ppo.optimize import add_advantages
+    from lora_rlhf.ppo.rewards import RunningMoments
     from lora_rlhf.ppo.rollout import Rollout
 
     zeros = torch.zeros(2, 3)
@@ -231,9 +268,9 @@ def test_missing_eos_penalty_lowers_every_return_of_a_truncated_response():
         finished=torch.tensor([True, False]), prompts=["a", "b"], responses=["x", "y"],
     )
     settings = dict(gamma=1.0, lam=1.0, whiten_advantages=False)
-    add_advantages(rollout, 0.0, PPOConfig(**settings), RunningMoments())
+    add_advantages(rollout, 0.0, RewardsConfig(**settings), RunningMoments())
     plain = rollout.returns.clone()
-    figures = add_advantages(rollout, 0.0, PPOConfig(missing_eos_penalty=1.0, **settings), RunningMoments())
+    figures = add_advantages(rollout, 0.0, RewardsConfig(missing_eos_penalty=1.0, **settings), RunningMoments())
     assert figures["truncated"] == 0.5
     assert torch.equal(rollout.returns[0], plain[0])
     assert torch.allclose(rollout.returns[1], plain[1] - 1.0)
@@ -242,7 +279,6 @@ def test_missing_eos_penalty_lowers_every_return_of_a_truncated_response():
 def test_ppo_updates_use_gradient_checkpointing_when_the_base_asks_for_it(tiny_llama, tmp_path, monkeypatch):
     """transformers checkpoints a layer only in train mode: PPO must not run its updates in eval mode."""
     import transformers.modeling_utils
-
     from torch.utils.checkpoint import checkpoint
 
     calls = []

@@ -1,7 +1,9 @@
 """Build nested dataclass configs from YAML mappings and dotted `key=value` overrides.
 
 Every unknown key or ill-typed value becomes a one-line LoraRlhfError naming the dotted key and what
-is allowed; the dataclasses' own `__post_init__` checks the values' ranges.
+is allowed; the dataclasses' own `__post_init__` checks the values' ranges. A dataclass may list keys it
+no longer has in a `moved_keys` table (old dotted key -> new, relative to it): such a key is answered
+with where it went ("ppo.kl_coef moved to ppo.rewards.kl_coef").
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise LoraRlhfError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {_show(data)}")
+    _reject_moved(getattr(cls, "moved_keys", {}), data, prefix)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]
@@ -38,6 +41,18 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
         if prefix and message.split(":")[0] in fields:
             raise LoraRlhfError(prefix + message) from None
         raise
+
+
+def _reject_moved(moved: Mapping[str, str], data: Mapping[str, Any], prefix: str) -> None:
+    """A one-line error for the first old key of `moved` (old dotted key -> new) that `data` still sets."""
+    for old, new in moved.items():
+        node: Any = data
+        for part in old.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            raise LoraRlhfError(f"{prefix}{old} moved to {prefix}{new}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -109,7 +124,7 @@ def _show(value: Any) -> str:
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """["ppo.kl_coef=0.05", "model.quantization=nf4"] -> nested dict; values are parsed as YAML scalars."""
+    """["ppo.rewards.kl_coef=0.05", "model.quantization=nf4"] -> nested dict; values are parsed as YAML scalars."""
     nested: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")

@@ -15,8 +15,8 @@ from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.io import atomic_file
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.pipeline.run_dir import RunDir
 from lora_rlhf.models.sequences import sampling_kwargs, until_stop
+from lora_rlhf.pipeline.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def fill_paths(recipe: RecipeConfig, run: RunDir) -> None:
         (recipe.ppo.prompts, path["prompts"]),
         # PPO-ptx mixes general text standing in for the paper's pretraining data, never the demonstrations:
         # a gain over SFT must come from the reinforcement term, not from more supervised training.
-        (recipe.ppo.ptx, path["ptx_text"]),
+        (recipe.ppo.ptx.data, path["ptx_text"]),
         (recipe.eval.prompts, path["eval_prompts"]),
         (recipe.eval.rankings, path["eval_rankings"]),
         (recipe.eval.lm_text, path["lm_text"]),

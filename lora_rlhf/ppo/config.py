@@ -1,55 +1,75 @@
 """The PPO stage's config (YAML section "ppo"): InstructGPT §3.5 / Appendix C.4, adapted to LoRA.
 
-Where a default differs from the paper it says so and why.
+    ppo:
+      prompts, max_prompt_length, on_bad_row       what to roll out on
+      steps, rollout_batch_size, mini_batch_size,  batch geometry
+        micro_batch_size, ppo_epochs
+      value_init                                   how the value role starts
+      sampling:  SamplingConfig                    how rollouts sample from the policy
+      rewards:   RewardsConfig                     eq. 2's reward (KL penalty, its β, score shaping) and GAE
+      optim:     PPOOptimConfig                    AdamW per role, schedule, clip ranges
+      ptx:       PtxConfig                         the PPO-ptx term
+      logging_steps, save_steps, keep_checkpoints, seed
+
+Every section is validated on construction; the loader names a bad value by its full key
+(`ppo.sampling.temperature: -1.0 must be > 0`). Where a default differs from the paper it says so and why.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, ClassVar, Literal
 
 from lora_rlhf.data.rows import OnBadRow
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.train.config import MixedPrecision
+from lora_rlhf.train.config import AdamWConfig, Scheduler
 
 KLControl = Literal["fixed", "adaptive"]
 KLEstimator = Literal["k1", "k3"]
-PPOScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
+
+
+def _check_positive(config: Any, keys: Iterable[str]) -> None:
+    for key in keys:
+        value = getattr(config, key)
+        if not isinstance(value, int) or value < 1:
+            raise LoraRlhfError(f"{key}: {value!r} must be a positive integer")
+
+
+def _check_rules(config: Any, rules: Iterable[tuple[str, bool, str]]) -> None:
+    """(key, holds, rule) triples -> a one-line error "key: value rule" for the first that does not hold."""
+    for key, holds, rule in rules:
+        if not holds:
+            raise LoraRlhfError(f"{key}: {getattr(config, key)!r} {rule}")
 
 
 @dataclasses.dataclass
-class PPOConfig:
-    """PPO-ptx on the `policy` and `value` roles against the frozen `reward` role, KL-anchored to `sft`."""
+class SamplingConfig:
+    """How rollouts sample from `policy` (ppo.sampling); log-probs are read at the same temperature."""
 
-    # Prompts to roll out on: {"prompt"} or {"messages"} rows.
-    prompts: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
-    # PPO iterations (one rollout of `rollout_batch_size` prompts + its optimisation each).
-    steps: int = 100
-    # Prompts per rollout (paper: 512). Small by default: LoRA on one GPU, not 256 A100s.
-    rollout_batch_size: int = 32
-    # Sequences per optimizer step (paper: 64).
-    mini_batch_size: int = 8
-    # Sequences per forward/backward pass; mini_batch_size must be a multiple (gradient accumulation).
-    micro_batch_size: int = 4
-    # Passes over each rollout (paper: 1 epoch of PPO per batch).
-    ppo_epochs: int = 1
-
-    # --- rollout
     # Response budget in tokens; generation stops earlier at EOS.
     max_new_tokens: int = 64
-    # Prompts longer than this (in tokens, chat template included) are bad rows.
-    max_prompt_length: int = 256
     # Sampling temperature of the policy; log-probs are computed at the same temperature.
     temperature: float = 1.0
     # Nucleus sampling (1.0 = off).
     top_p: float = 1.0
     # Top-k sampling (0 = off).
     top_k: int = 0
-    # Unusable prompt rows: "error", or "skip" and count them.
-    on_bad_row: OnBadRow = "error"
 
-    # --- rewards and advantages (InstructGPT eq. 2)
+    def __post_init__(self) -> None:
+        _check_positive(self, ("max_new_tokens",))
+        _check_rules(self, [
+            ("temperature", self.temperature > 0, "must be > 0"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("top_k", self.top_k >= 0, "must be >= 0"),
+        ])
+
+
+@dataclasses.dataclass
+class RewardsConfig:
+    """The per-token reward of InstructGPT eq. 2 (RM score shaped, minus β·KL) and its advantages (ppo.rewards)."""
+
     # Initial KL coefficient beta (paper: 0.02).
     kl_coef: float = 0.02
     # "fixed" beta, or "adaptive" (Ziegler et al. 2019 §2.2) steering the KL toward kl_target.
@@ -76,40 +96,123 @@ class PPOConfig:
     # Whiten advantages over valid tokens of the rollout.
     whiten_advantages: bool = True
 
-    # --- optimisation
+    def __post_init__(self) -> None:
+        _check_positive(self, ("kl_horizon",))
+        _check_rules(self, [
+            ("kl_coef", self.kl_coef >= 0, "must be >= 0"),
+            ("kl_target", self.kl_target > 0, "must be > 0"),
+            ("kl_ceiling", self.kl_ceiling is None or self.kl_ceiling > 0, "must be > 0 or null"),
+            ("score_clip", self.score_clip is None or self.score_clip > 0, "must be > 0 or null"),
+            ("missing_eos_penalty", self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "must be >= 0 or null"),
+            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
+            ("lam", 0 <= self.lam <= 1, "must be in [0, 1]"),
+        ])
+
+
+@dataclasses.dataclass
+class PPOOptimConfig(AdamWConfig):
+    """The policy's and the value's AdamW (ppo.optim): weight_decay, adam_betas, max_grad_norm (each role's
+    clipped separately) and mixed_precision as in sft.train, plus a rate per role and PPO's clip ranges."""
+
     # Policy LR. Paper: 9.65e-6 (1.3B) for full fine-tuning; LoRA updates few weights and needs ~10x more.
     policy_learning_rate: float = 5e-5
     # Value LR (the paper uses a different rate for the value function); the value head starts from the RM.
     value_learning_rate: float = 1e-4
-    # Adam betas (paper: 0.9, 0.95).
-    adam_betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.95])
-    # AdamW weight decay.
-    weight_decay: float = 0.0
-    # Learning-rate schedule over `steps` iterations (paper: constant after warmup).
-    scheduler: PPOScheduler = "constant_with_warmup"
+    # Learning-rate schedule over `ppo.steps` iterations (paper: constant after warmup).
+    scheduler: Scheduler = "constant_with_warmup"
     # Iterations spent warming both learning rates up (paper: 10).
     warmup_steps: int = 0
     # Surrogate clip epsilon (paper: 0.2).
     clip_range: float = 0.2
     # Value clip epsilon (clipped value loss).
     clip_range_value: float = 0.2
-    # Clip each role's gradient norm to this (0 disables).
-    max_grad_norm: float = 1.0
 
-    # --- PPO-ptx (InstructGPT eq. 2, second term)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_rules(self, [
+            ("policy_learning_rate", self.policy_learning_rate > 0, "must be > 0"),
+            ("value_learning_rate", self.value_learning_rate > 0, "must be > 0"),
+            ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("clip_range", 0 < self.clip_range < 1, "must be in (0, 1)"),
+            ("clip_range_value", self.clip_range_value > 0, "must be > 0"),
+        ])
+
+
+@dataclasses.dataclass
+class PtxConfig:
+    """PPO-ptx (InstructGPT eq. 2, second term; ppo.ptx): gamma_ptx times an LM loss mixed into every minibatch."""
+
     # Pretraining-style text ({"text"} rows, loss on every token) or demonstrations ({prompt, completion} or
     # {messages}, loss on the completion); empty path: no ptx term.
-    ptx: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
+    data: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
     # gamma_ptx (paper: 27.8); 0 turns the term off (plain "PPO" in the paper's figures).
-    ptx_coef: float = 27.8
+    coef: float = 27.8
     # Longest ptx example in tokens.
-    ptx_max_length: int = 256
+    max_length: int = 256
     # ptx examples per micro-batch.
-    ptx_batch_size: int = 4
+    batch_size: int = 4
 
-    # --- roles
+    def __post_init__(self) -> None:
+        _check_positive(self, ("max_length", "batch_size"))
+        _check_rules(self, [("coef", self.coef >= 0, "must be >= 0 (0 turns PPO-ptx off)")])
+
+    @property
+    def enabled(self) -> bool:
+        return self.coef > 0 and bool(self.data.path)
+
+
+_MOVED_INTO = {
+    "sampling": ("max_new_tokens", "temperature", "top_p", "top_k"),
+    "rewards": ("kl_coef", "kl_control", "kl_target", "kl_horizon", "kl_estimator", "kl_ceiling", "score_clip",
+                "missing_eos_penalty", "score_normalize", "gamma", "lam", "whiten_advantages"),
+    "optim": ("policy_learning_rate", "value_learning_rate", "adam_betas", "weight_decay", "scheduler", "warmup_steps",
+              "clip_range", "clip_range_value", "max_grad_norm", "mixed_precision"),
+}
+# Issue 11 nested the flat keys of older recipes in sections: the loader answers an old key with its new one
+# ("ppo.kl_coef moved to ppo.rewards.kl_coef"), in a YAML file and in an override alike.
+MOVED_KEYS: dict[str, str] = {
+    **{old: f"{section}.{old}" for section, olds in _MOVED_INTO.items() for old in olds},
+    "ptx_coef": "ptx.coef",
+    "ptx_max_length": "ptx.max_length",
+    "ptx_batch_size": "ptx.batch_size",
+    **{f"ptx.{key.name}": f"ptx.data.{key.name}" for key in dataclasses.fields(DatasetSpec)},
+}
+
+
+@dataclasses.dataclass
+class PPOConfig:
+    """PPO-ptx on the `policy` and `value` roles against the frozen `reward` role, KL-anchored to `sft`."""
+
+    # Old flat keys -> their place in the sections (read by config/loader.py).
+    moved_keys: ClassVar[dict[str, str]] = MOVED_KEYS
+
+    # Prompts to roll out on: {"prompt"} or {"messages"} rows.
+    prompts: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
+    # PPO iterations (one rollout of `rollout_batch_size` prompts + its optimisation each).
+    steps: int = 100
+    # Prompts per rollout (paper: 512). Small by default: LoRA on one GPU, not 256 A100s.
+    rollout_batch_size: int = 32
+    # Sequences per optimizer step (paper: 64).
+    mini_batch_size: int = 8
+    # Sequences per forward/backward pass; mini_batch_size must be a multiple (gradient accumulation).
+    micro_batch_size: int = 4
+    # Passes over each rollout (paper: 1 epoch of PPO per batch).
+    ppo_epochs: int = 1
+    # Prompts longer than this (in tokens, chat template included) are bad rows.
+    max_prompt_length: int = 256
+    # Unusable prompt rows: "error", or "skip" and count them.
+    on_bad_row: OnBadRow = "error"
     # Value role init: a copy of the reward role, head included (the paper), or a fresh adapter and head.
     value_init: Literal["reward", "fresh"] = "reward"
+
+    # How rollouts sample (ppo.sampling).
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    # The KL-penalised reward, its beta controller, score shaping and GAE (ppo.rewards).
+    rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
+    # Both roles' AdamW, schedule and clip ranges (ppo.optim).
+    optim: PPOOptimConfig = dataclasses.field(default_factory=PPOOptimConfig)
+    # The PPO-ptx term (ppo.ptx).
+    ptx: PtxConfig = dataclasses.field(default_factory=PtxConfig)
 
     # --- bookkeeping
     # Log every N iterations.
@@ -120,48 +223,11 @@ class PPOConfig:
     keep_checkpoints: int = 2
     # Seed of prompt order, sampling and minibatch shuffling.
     seed: int = 0
-    # Autocast on accelerators ("auto": bf16 where supported; off on the CPU).
-    mixed_precision: MixedPrecision = "auto"
 
     def __post_init__(self) -> None:
-        positive = ("steps", "rollout_batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs", "max_new_tokens",
-                    "max_prompt_length", "kl_horizon", "ptx_max_length", "ptx_batch_size", "logging_steps",
-                    "save_steps", "keep_checkpoints")
-        for key in positive:
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
+        _check_positive(self, ("steps", "rollout_batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs",
+                               "max_prompt_length", "logging_steps", "save_steps", "keep_checkpoints"))
         if self.rollout_batch_size % self.mini_batch_size:
             raise LoraRlhfError(f"rollout_batch_size: {self.rollout_batch_size} must be a multiple of mini_batch_size ({self.mini_batch_size})")
         if self.mini_batch_size % self.micro_batch_size:
             raise LoraRlhfError(f"mini_batch_size: {self.mini_batch_size} must be a multiple of micro_batch_size ({self.micro_batch_size})")
-        self._check_ranges()
-
-    def _check_ranges(self) -> None:
-        checks = [
-            ("temperature", self.temperature > 0, "must be > 0"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("top_k", self.top_k >= 0, "must be >= 0"),
-            ("kl_coef", self.kl_coef >= 0, "must be >= 0"),
-            ("kl_target", self.kl_target > 0, "must be > 0"),
-            ("kl_ceiling", self.kl_ceiling is None or self.kl_ceiling > 0, "must be > 0 or null"),
-            ("score_clip", self.score_clip is None or self.score_clip > 0, "must be > 0 or null"),
-            ("missing_eos_penalty", self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "must be >= 0 or null"),
-            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
-            ("lam", 0 <= self.lam <= 1, "must be in [0, 1]"),
-            ("policy_learning_rate", self.policy_learning_rate > 0, "must be > 0"),
-            ("value_learning_rate", self.value_learning_rate > 0, "must be > 0"),
-            ("adam_betas", len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "must be two numbers in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
-            ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
-            ("clip_range", 0 < self.clip_range < 1, "must be in (0, 1)"),
-            ("clip_range_value", self.clip_range_value > 0, "must be > 0"),
-            ("max_grad_norm", self.max_grad_norm >= 0, "must be >= 0"),
-            ("ptx_coef", self.ptx_coef >= 0, "must be >= 0 (0 turns PPO-ptx off)"),
-        ]
-        for key, ok, rule in checks:
-            if not ok:
-                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} {rule}")
-
-    @property
-    def uses_ptx(self) -> bool:
-        return self.ptx_coef > 0 and bool(self.ptx.path)

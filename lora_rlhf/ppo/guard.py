@@ -30,7 +30,7 @@ def find_problem(figures: Mapping[str, float], kl_ceiling: float | None) -> str 
         if key in figures and not math.isfinite(figures[key]):
             return f"{key} is {figures[key]}"
     if kl_ceiling is not None and figures.get("kl", 0.0) > kl_ceiling:
-        return f"kl {figures['kl']:.4g} exceeds ppo.kl_ceiling {kl_ceiling:g}"
+        return f"kl {figures['kl']:.4g} exceeds ppo.rewards.kl_ceiling {kl_ceiling:g}"
     return None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from lora_rlhf.ppo.config import KLControl
 
 
 class FixedKLController:
@@ -45,7 +45,7 @@ class AdaptiveKLController:
 
 
 def make_kl_controller(
-    kind: Literal["fixed", "adaptive"], init_kl_coef: float, target: float | None, horizon: int
+    kind: KLControl, init_kl_coef: float, target: float | None, horizon: int
 ) -> FixedKLController | AdaptiveKLController:
     """The controller a PPO config asks for; `target` is required (and > 0) for "adaptive"."""
     if kind == "fixed":

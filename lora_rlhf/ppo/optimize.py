@@ -15,7 +15,7 @@ import torch
 
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo.advantages import gae, whiten
-from lora_rlhf.ppo.config import PPOConfig
+from lora_rlhf.ppo.config import PPOConfig, PPOOptimConfig, RewardsConfig
 from lora_rlhf.ppo.data import PtxStream
 from lora_rlhf.ppo.losses import PtxLoss, explained_variance, policy_loss, ptx_loss, value_loss
 from lora_rlhf.ppo.rewards import RunningMoments, penalize_missing_eos, penalized_rewards, transform_scores
@@ -40,21 +40,22 @@ class Optimizers:
                 "value_scheduler": self.value_scheduler}
 
 
-def build_optimizers(stack: RoleStack, config: PPOConfig, accelerator) -> Optimizers:
+def build_optimizers(stack: RoleStack, optim: PPOOptimConfig, steps: int, accelerator) -> Optimizers:
+    """An AdamW and a schedule over `steps` PPO iterations for each of policy and value, at its own rate."""
     from transformers import get_scheduler
 
     def make(role: str, lr: float):
-        optimizer = torch.optim.AdamW(stack.parameters(role), lr=lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
-        scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+        optimizer = torch.optim.AdamW(stack.parameters(role), lr=lr, betas=tuple(optim.adam_betas), weight_decay=optim.weight_decay)
+        scheduler = get_scheduler(optim.scheduler, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=steps)
         return optimizer, scheduler
 
-    policy, policy_scheduler = make("policy", config.policy_learning_rate)
-    value, value_scheduler = make("value", config.value_learning_rate)
+    policy, policy_scheduler = make("policy", optim.policy_learning_rate)
+    value, value_scheduler = make("value", optim.value_learning_rate)
     return Optimizers(accelerator, policy, value, policy_scheduler, value_scheduler)
 
 
 @torch.no_grad()
-def add_advantages(rollout: Rollout, kl_coef: float, config: PPOConfig, moments: RunningMoments) -> dict[str, float]:
+def add_advantages(rollout: Rollout, kl_coef: float, config: RewardsConfig, moments: RunningMoments) -> dict[str, float]:
     """Fill `rollout.advantages` and `.returns` (InstructGPT eq. 2 rewards, GAE); return the rollout's figures."""
     mask = rollout.response_mask
     scores = transform_scores(rollout.scores, clip=config.score_clip, running=moments, normalize=config.score_normalize)
@@ -101,7 +102,7 @@ def _minibatch(stack: RoleStack, rollout: Rollout, rows: torch.Tensor, opt: Opti
         stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
     figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
     for role, optimizer in (("policy", opt.policy), ("value", opt.value)):
-        norm = _step(stack.parameters(role), optimizer, opt.accelerator, config.max_grad_norm)
+        norm = _step(stack.parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
         if norm is not None:
             figures[f"{role}_grad_norm"] = norm
     return figures
@@ -110,14 +111,14 @@ def _minibatch(stack: RoleStack, rollout: Rollout, rows: torch.Tensor, opt: Opti
 def _policy_backward(stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None, n_micro: int) -> dict[str, float]:
     p = part.prompt_width
     with stack.use("policy"), opt.accelerator.autocast():
-        logprobs = stack.logprobs("policy", part.input_ids, part.attention_mask, temperature=config.temperature, start=p - 1).logprobs
-        out = policy_loss(logprobs.float(), part.logprobs, part.advantages, part.response_mask, config.clip_range)
+        logprobs = stack.logprobs("policy", part.input_ids, part.attention_mask, temperature=config.sampling.temperature, start=p - 1).logprobs
+        out = policy_loss(logprobs.float(), part.logprobs, part.advantages, part.response_mask, config.optim.clip_range)
         loss = out.loss
         figures = {"policy_loss": out.loss.item(), "clipfrac": out.clipfrac.item(), "approx_kl": out.approx_kl.item(),
                    "ratio": out.ratio_mean.item()}
         if ptx is not None:
             # PPO-ptx (eq. 2): the pretraining term is mixed into every minibatch.
-            ptx_out = _ptx_term(stack, ptx, config.ptx_coef)
+            ptx_out = _ptx_term(stack, ptx, config.ptx.coef)
             loss = loss + ptx_out.loss
             figures["ptx_loss"] = ptx_out.lm_loss.item()
         opt.accelerator.backward(loss / n_micro)
@@ -136,7 +137,7 @@ def _value_backward(stack: RoleStack, part: Rollout, opt: Optimizers, config: PP
     p = part.prompt_width
     with stack.use("value"), opt.accelerator.autocast():
         values = stack.values(part.input_ids, part.attention_mask)[:, p - 1 : -1]
-        out = value_loss(values.float(), part.values, part.returns, part.response_mask, config.clip_range_value)
+        out = value_loss(values.float(), part.values, part.returns, part.response_mask, config.optim.clip_range_value)
         opt.accelerator.backward(out.loss / n_micro)
     return {"value_loss": out.loss.item(), "value_clipfrac": out.clipfrac.item()}
 

@@ -19,6 +19,7 @@ import torch
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import ends_with_stop, sampling_kwargs, stop_mask
+from lora_rlhf.ppo.config import SamplingConfig
 
 # (prompts, responses) -> one score per response: the labeler's gold judge, or a programmatic reward.
 TextScorer = Callable[[list[str], list[str]], list[float]]
@@ -62,14 +63,6 @@ class Rollout:
             else:
                 picked[field.name] = value
         return Rollout(**picked)
-
-
-@dataclasses.dataclass
-class SamplingConfig:
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
 
 
 @torch.no_grad()

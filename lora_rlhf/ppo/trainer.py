@@ -24,12 +24,12 @@ from lora_rlhf.metrics import MetricsWriter, read_metrics
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo import guard
-from lora_rlhf.ppo.rewards import RunningMoments
 from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.ppo.data import Cycler, PtxStream, load_ppo_prompts
 from lora_rlhf.ppo.kl_control import make_kl_controller
 from lora_rlhf.ppo.optimize import Optimizers, add_advantages, build_optimizers, step_schedulers, train_on_rollout
-from lora_rlhf.ppo.rollout import SamplingConfig, TextScorer, make_rollout
+from lora_rlhf.ppo.rewards import RunningMoments
+from lora_rlhf.ppo.rollout import TextScorer, make_rollout
 from lora_rlhf.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lora_rlhf.train.loop import make_accelerator
 
@@ -56,7 +56,8 @@ class _State:
     """What changes from one iteration to the next and must be checkpointed besides weights and optimizers."""
 
     def __init__(self, config: PPOConfig, prompts: list, ptx: PtxStream | None) -> None:
-        self.kl_controller = make_kl_controller(config.kl_control, config.kl_coef, config.kl_target, config.kl_horizon)
+        rewards = config.rewards
+        self.kl_controller = make_kl_controller(rewards.kl_control, rewards.kl_coef, rewards.kl_target, rewards.kl_horizon)
         self.moments = RunningMoments()
         self.prompts = Cycler(prompts, config.seed)
         self.ptx = ptx
@@ -93,7 +94,7 @@ def train_ppo(
     torch.manual_seed(config.seed)  # before setup_roles: a fresh value adapter's init draws from it (resume restores RNG)
     setup_roles(stack, config)
     stack.set_trainable(*TRAINED)
-    optimizers = build_optimizers(stack, config, make_accelerator(config.mixed_precision, stack.device))
+    optimizers = build_optimizers(stack, config.optim, config.steps, make_accelerator(config.optim.mixed_precision, stack.device))
     state = _State(config, prompts, ptx)
     ckpt_dir = output_dir / "checkpoints" / "ppo"
     step = _resume(stack, config, optimizers, state, ckpt_dir) if resume else 0
@@ -115,11 +116,10 @@ def train_ppo(
 
 def _iterate(stack, config: PPOConfig, optimizers: Optimizers, state: _State, step: int, metrics: MetricsWriter,
              ckpt_dir: Path, scorers: tuple[TextScorer | None, TextScorer | None]) -> None:
-    sampling = SamplingConfig(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
     progress = tqdm(total=config.steps, initial=step, desc="ppo: policy + value", unit="step")
     while step < config.steps:
         step += 1
-        figures = _one_iteration(stack, config, optimizers, state, sampling, step, ckpt_dir, scorers)
+        figures = _one_iteration(stack, config, optimizers, state, step, ckpt_dir, scorers)
         progress.update(1)
         progress.set_postfix(reward=f"{figures['reward']:.3f}", kl=f"{figures['kl']:.3f}")
         if step % config.logging_steps == 0 or step == config.steps:
@@ -129,16 +129,16 @@ def _iterate(stack, config: PPOConfig, optimizers: Optimizers, state: _State, st
     progress.close()
 
 
-def _one_iteration(stack, config: PPOConfig, optimizers: Optimizers, state: _State, sampling: SamplingConfig,
-                   step: int, ckpt_dir: Path, scorers: tuple[TextScorer | None, TextScorer | None]) -> dict[str, float]:
+def _one_iteration(stack, config: PPOConfig, optimizers: Optimizers, state: _State, step: int, ckpt_dir: Path,
+                   scorers: tuple[TextScorer | None, TextScorer | None]) -> dict[str, float]:
     gold_fn, reward_fn = scorers
     kl_coef = state.kl_controller.value
     batch = state.prompts.next(config.rollout_batch_size)
-    rollout, timing = make_rollout(stack, batch, sampling, config.micro_batch_size, reward_fn)
-    figures = add_advantages(rollout, kl_coef, config, state.moments)
+    rollout, timing = make_rollout(stack, batch, config.sampling, config.micro_batch_size, reward_fn)
+    figures = add_advantages(rollout, kl_coef, config.rewards, state.moments)
     if gold_fn is not None:
         figures["gold"] = sum(gold_fn(rollout.prompts, rollout.responses)) / len(rollout)
-    guard.check(figures, step=step, kl_ceiling=config.kl_ceiling, folder=ckpt_dir, stack=stack, rollout=rollout)
+    guard.check(figures, step=step, kl_ceiling=config.rewards.kl_ceiling, folder=ckpt_dir, stack=stack, rollout=rollout)
     start = time.perf_counter()
     lrs = {"lr_policy": optimizers.policy_scheduler.get_last_lr()[0], "lr_value": optimizers.value_scheduler.get_last_lr()[0]}
     figures.update(train_on_rollout(stack, rollout, optimizers, config, state.ptx, step))
@@ -151,12 +151,13 @@ def _one_iteration(stack, config: PPOConfig, optimizers: Optimizers, state: _Sta
 
 
 def _ptx_stream(stack: RoleStack, config: PPOConfig) -> PtxStream | None:
-    if not config.uses_ptx:
-        if config.ptx_coef > 0:
-            logger.warning("ppo: ppo.ptx_coef is %g but ppo.ptx.path is empty: running plain PPO, without the "
-                           "PPO-ptx term (set ppo.ptx.path, or ppo.ptx_coef: 0 to silence this)", config.ptx_coef)
+    ptx = config.ptx
+    if not ptx.enabled:
+        if ptx.coef > 0:
+            logger.warning("ppo: ppo.ptx.coef is %g but ppo.ptx.data.path is empty: running plain PPO, without the "
+                           "PPO-ptx term (set ppo.ptx.data.path, or ppo.ptx.coef: 0 to silence this)", ptx.coef)
         return None
-    return PtxStream(config.ptx, stack.tokenizer, config.ptx_max_length, config.ptx_batch_size, config.seed, config.on_bad_row)
+    return PtxStream(ptx.data, stack.tokenizer, ptx.max_length, ptx.batch_size, config.seed, config.on_bad_row)
 
 
 def _resume(stack: RoleStack, config: PPOConfig, optimizers: Optimizers, state: _State, ckpt_dir: Path) -> int:
