@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 OVERRIDES_HELP = (
-    "dotted overrides of the recipe, e.g. ppo.kl_coef=0.05 model.quantization=nf4 sft.data.path=demos.jsonl; "
+    "dotted overrides of the recipe, e.g. ppo.rewards.kl_coef=0.05 model.quantization=nf4 sft.data.path=demos.jsonl; "
     "values are parsed as YAML (numbers, true/false, null, [lists])"
 )
 

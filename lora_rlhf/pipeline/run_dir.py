@@ -74,7 +74,7 @@ class RunDir:
 
         What must match: the base model and the demo task always, and the section of every stage that has
         started (finished, or interrupted with checkpoints). Sections of stages not yet run may change, so
-        a later stage can take its own overrides (`lora-rlhf ppo ... ppo.kl_coef=0.05` after sft and rm),
+        a later stage can take its own overrides (`lora-rlhf ppo ... ppo.rewards.kl_coef=0.05` after sft and rm),
         and a failed start (a typo in a data path) can be corrected.
         """
         existing = self.read_recipe()
