@@ -1,4 +1,4 @@
-"""`lora-rlhf {sft,rm,ppo,pipeline,eval,generate,serve,merge,push}`.
+"""`lora-rlhf {sft,rm,ppo,pipeline,eval,generate,serve,merge,push,plan}`.
 
 Each subcommand lives in its own module exposing `add_parser(subparsers)` (which registers the
 subcommand and sets `func` to a `run(args) -> int`). A LoraRlhfError is printed as one line on
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from lora_rlhf.errors import LoraRlhfError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("sft", "rm", "ppo", "pipeline", "eval", "generate", "serve", "merge", "push")
+COMMANDS = ("sft", "rm", "ppo", "pipeline", "eval", "generate", "serve", "merge", "push", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:
