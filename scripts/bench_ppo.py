@@ -48,8 +48,15 @@ class _Ptx:
 
         labeler = Labeler(seed=0)
         tasks = sample_tasks(64, seed=7)
-        self.examples = [encode_demonstration(Demonstration(t.prompt, labeler.demonstrate(t)), stack.tokenizer, 160) for t in tasks]
-        self.collate, self.batch_size, self.pad, self.position = collate_sft, batch_size, stack.tokenizer.pad_token_id, 0
+        self.examples = [
+            encode_demonstration(Demonstration(t.prompt, labeler.demonstrate(t)), stack.tokenizer, 160) for t in tasks
+        ]
+        self.collate, self.batch_size, self.pad, self.position = (
+            collate_sft,
+            batch_size,
+            stack.tokenizer.pad_token_id,
+            0,
+        )
 
     def next(self) -> dict[str, torch.Tensor]:
         batch = [self.examples[(self.position + i) % len(self.examples)] for i in range(self.batch_size)]
@@ -74,18 +81,30 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
-    stack = RoleStack.load(BaseModelConfig(name_or_path=args.model or default_model(), quantization=args.quantization, device=args.device))
+    stack = RoleStack.load(
+        BaseModelConfig(name_or_path=args.model or default_model(), quantization=args.quantization, device=args.device)
+    )
     stack.add_role("sft")
     stack.add_role("reward")
-    config = PPOConfig(rollout_batch_size=args.rollout, mini_batch_size=args.mini, micro_batch_size=args.micro,
-                       sampling=SamplingConfig(max_new_tokens=args.max_new_tokens), ptx=PtxConfig(coef=1.0 if args.ptx else 0.0))
+    config = PPOConfig(
+        rollout_batch_size=args.rollout,
+        mini_batch_size=args.mini,
+        micro_batch_size=args.micro,
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
+        ptx=PtxConfig(coef=1.0 if args.ptx else 0.0),
+    )
     setup_roles(stack, config)
     stack.set_trainable("policy", "value")
     stack.model.train()  # as train_ppo: train mode, every dropout at p = 0
     optimizers = build_optimizers(stack, config.optim, config.steps, make_accelerator("auto", stack.device))
     ptx = _Ptx(stack, config.ptx.batch_size) if args.ptx else None
     tasks = sample_tasks(args.rollout * (args.iterations + 1), seed=3)
-    prompts = [EncodedPrompt(stack.tokenizer(render_prompt(stack.tokenizer, t.prompt), add_special_tokens=False).input_ids, t.prompt) for t in tasks]
+    prompts = [
+        EncodedPrompt(
+            stack.tokenizer(render_prompt(stack.tokenizer, t.prompt), add_special_tokens=False).input_ids, t.prompt
+        )
+        for t in tasks
+    ]
     rows = []
     with PeakMemory(stack.device) as memory, stack.training(dropout=False):
         for it in range(args.iterations + 1):
@@ -100,14 +119,26 @@ def main() -> None:
                 rows.append(timing)
     result = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     result["time_total"] = result["time_generate"] + result["time_score"] + result["time_train"]
-    result.update(device=str(stack.device), quantization=args.quantization, rollout=args.rollout, mini=args.mini,
-                  micro=args.micro, max_new_tokens=args.max_new_tokens, ptx=args.ptx, threads=torch.get_num_threads(),
-                  peak_mib=round(memory.peak / 2**20, 1), added_mib=round((memory.peak - memory.before) / 2**20, 1))
+    result.update(
+        device=str(stack.device),
+        quantization=args.quantization,
+        rollout=args.rollout,
+        mini=args.mini,
+        micro=args.micro,
+        max_new_tokens=args.max_new_tokens,
+        ptx=args.ptx,
+        threads=torch.get_num_threads(),
+        peak_mib=round(memory.peak / 2**20, 1),
+        added_mib=round((memory.peak - memory.before) / 2**20, 1),
+    )
     if stack.device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(stack.device)
     share = {k: result[f"time_{k}"] / result["time_total"] for k in ("generate", "score", "train")}
-    print(f"one PPO iteration: {result['time_total']:.1f} s = generate {share['generate']:.0%}, score {share['score']:.0%}, "
-          f"train {share['train']:.0%}; peak {result['peak_mib']:.0f} MiB (+{result['added_mib']:.0f} by PPO)")
+    print(
+        f"one PPO iteration: {result['time_total']:.1f} s = "
+        f"generate {share['generate']:.0%}, score {share['score']:.0%}, "
+        f"train {share['train']:.0%}; peak {result['peak_mib']:.0f} MiB (+{result['added_mib']:.0f} by PPO)"
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -7,7 +7,8 @@ The steps are the stages' own: `sft_loss` on a right-padded batch of B sequences
 prompts x K responses scored in one forward pass with the K-way ranking loss (InstructGPT §3.5).
 Tokens/s counts non-pad tokens through forward and backward (median step). Peak memory: on CUDA the
 allocator's peak (model included); on the CPU the process's peak resident set, sampled every 2 ms; both
-also as what the steps added to the memory held before the first one (activations, gradients, Adam state). Timings depend on what else runs: say how many cores were free.
+also as what the steps added to the memory held before the first one (activations, gradients, Adam state). \
+Timings depend on what else runs: say how many cores were free.
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ def rm_batch(vocab: int, batch: int, k: int, prompt_len: int, response_len: int)
     def ids(n: int) -> list[int]:
         return torch.randint(10, vocab, (n,)).tolist()
 
-    return [RankingExample(ids(prompt_len), [ids(response_len) for _ in range(k)], torch.randperm(k).tolist())
-            for _ in range(batch)]
+    return [
+        RankingExample(ids(prompt_len), [ids(response_len) for _ in range(k)], torch.randperm(k).tolist())
+        for _ in range(batch)
+    ]
 
 
 def time_step(stack: RoleStack, role: str, loss_of: Callable[[], torch.Tensor], optimizer) -> float:
@@ -114,9 +117,14 @@ def bench(stack: RoleStack, role: str, batch: dict[str, torch.Tensor], loss_of, 
     stack.set_trainable()
     tokens = int(batch["attention_mask"].sum())
     best = min(times)
-    return {"tokens": tokens, "step_s": round(statistics.median(times), 4), "best_s": round(best, 4),
-            "tokens_per_s": round(tokens / statistics.median(times), 1), "peak_mib": round(memory.peak / 2**20, 1),
-            "added_mib": round((memory.peak - memory.before) / 2**20, 1)}
+    return {
+        "tokens": tokens,
+        "step_s": round(statistics.median(times), 4),
+        "best_s": round(best, 4),
+        "tokens_per_s": round(tokens / statistics.median(times), 1),
+        "peak_mib": round(memory.peak / 2**20, 1),
+        "added_mib": round((memory.peak - memory.before) / 2**20, 1),
+    }
 
 
 def main() -> None:
@@ -136,29 +144,47 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     model = args.model or default_model()
-    config = BaseModelConfig(model, quantization=args.quantization, device=args.device,
-                             gradient_checkpointing=args.gradient_checkpointing)
+    config = BaseModelConfig(
+        model, quantization=args.quantization, device=args.device, gradient_checkpointing=args.gradient_checkpointing
+    )
     stack = RoleStack.load(config)
     for role in ("sft", "reward"):
         stack.add_role(role, LoraSettings(r=args.lora_r, alpha=2 * args.lora_r))
     vocab, pad = stack.tokenizer.vocab_size, stack.tokenizer.pad_token_id
     torch.manual_seed(0)
-    sft = {k: v.to(stack.device) for k, v in collate_sft(sft_batch(vocab, args.batch, args.seq_len, args.prompt_len), pad).items()}
-    rm = {k: v.to(stack.device) for k, v in
-          collate_rankings(rm_batch(vocab, args.batch, args.k, args.prompt_len, args.response_len), pad).items()}
+    sft = {
+        k: v.to(stack.device)
+        for k, v in collate_sft(sft_batch(vocab, args.batch, args.seq_len, args.prompt_len), pad).items()
+    }
+    rm = {
+        k: v.to(stack.device)
+        for k, v in collate_rankings(
+            rm_batch(vocab, args.batch, args.k, args.prompt_len, args.response_len), pad
+        ).items()
+    }
     results = {
-        "model": model, "device": str(stack.device), "quantization": config.resolved_quantization(),
-        "threads": torch.get_num_threads(), "gradient_checkpointing": args.gradient_checkpointing,
-        "sft": {"shape": f"{args.batch} x {args.seq_len}", **bench(stack, "sft", sft, lambda b: sft_loss(stack, b).loss, args.steps)},
-        "rm": {"shape": f"{args.batch} prompts x K={args.k} x {args.prompt_len}+{args.response_len}",
-               **bench(stack, "reward", rm, lambda b: rm_step(stack, b).loss, args.steps)},
+        "model": model,
+        "device": str(stack.device),
+        "quantization": config.resolved_quantization(),
+        "threads": torch.get_num_threads(),
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "sft": {
+            "shape": f"{args.batch} x {args.seq_len}",
+            **bench(stack, "sft", sft, lambda b: sft_loss(stack, b).loss, args.steps),
+        },
+        "rm": {
+            "shape": f"{args.batch} prompts x K={args.k} x {args.prompt_len}+{args.response_len}",
+            **bench(stack, "reward", rm, lambda b: rm_step(stack, b).loss, args.steps),
+        },
     }
     if stack.device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(stack.device)
     for stage in ("sft", "rm"):
         r = results[stage]
-        print(f"{stage:>3}: {r['shape']:<32} {r['tokens_per_s']:>9.1f} tokens/s  step {r['step_s']:.3f} s  "
-              f"peak {r['peak_mib']:.1f} MiB (+{r['added_mib']:.1f} by the step)")
+        print(
+            f"{stage:>3}: {r['shape']:<32} {r['tokens_per_s']:>9.1f} tokens/s  step {r['step_s']:.3f} s  "
+            f"peak {r['peak_mib']:.1f} MiB (+{r['added_mib']:.1f} by the step)"
+        )
     print(json.dumps(results))
 
 

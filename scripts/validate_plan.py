@@ -46,16 +46,23 @@ def _predict(shape, op: str, rows: int, tokens: int, quant: str, dropout: bool) 
     static = estimate.base_weight_bytes(shape, quant, "float32") + estimate.adapter_bytes(shape, R, 1, 0)
     if op.startswith("train"):
         static += shape.lora_params(R) * 4  # gradients (no optimizer step here)
-        act = estimate.activation_bytes(shape, rows, tokens, "float32", grad=True, checkpointing=op == "train-gc",
-                                        lora_dropout=dropout)
+        act = estimate.activation_bytes(
+            shape, rows, tokens, "float32", grad=True, checkpointing=op == "train-gc", lora_dropout=dropout
+        )
         return static + act + estimate.logit_bytes(shape, rows, min(tokens, 256), grad=True)
     if op == "score":
-        act = estimate.activation_bytes(shape, rows, tokens, "float32", grad=False, checkpointing=False, lora_dropout=False)
+        act = estimate.activation_bytes(
+            shape, rows, tokens, "float32", grad=False, checkpointing=False, lora_dropout=False
+        )
         return static + act + estimate.logit_bytes(shape, rows, min(tokens, 256), grad=False)
     prompt = tokens - NEW_TOKENS
     act = estimate.activation_bytes(shape, rows, prompt, "float32", grad=False, checkpointing=False, lora_dropout=False)
-    return (static + act + estimate.kv_cache_bytes(shape, rows, tokens, "float32")
-            + estimate.logit_bytes(shape, rows, 1, grad=False))
+    return (
+        static
+        + act
+        + estimate.kv_cache_bytes(shape, rows, tokens, "float32")
+        + estimate.logit_bytes(shape, rows, 1, grad=False)
+    )
 
 
 def _measure(stack: RoleStack, op: str, rows: int, tokens: int) -> int:
@@ -78,8 +85,15 @@ def _measure(stack: RoleStack, op: str, rows: int, tokens: int) -> int:
     else:
         prompt = tokens - NEW_TOKENS
         with allocated_peak(stack.device) as peak:
-            stack.generate("sft", ids[:, :prompt], mask[:, :prompt], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                           do_sample=True, top_k=0)
+            stack.generate(
+                "sft",
+                ids[:, :prompt],
+                mask[:, :prompt],
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=True,
+                top_k=0,
+            )
     measured = resident_bytes(stack.base_model) + peak.bytes
     stack.model.zero_grad(set_to_none=True)
     return measured
@@ -97,15 +111,21 @@ def main() -> None:
         for name in args.models.split(","):
             folder = _folder(name, Path(tmp))
             quant = "nf4" if name == "demo" else "none"
-            stack = RoleStack.load(BaseModelConfig(folder, quantization=quant, device=args.device, gradient_checkpointing=False))
+            stack = RoleStack.load(
+                BaseModelConfig(folder, quantization=quant, device=args.device, gradient_checkpointing=False)
+            )
             stack.add_role("sft", LoraSettings(r=R, dropout=0.05))
             shape = model_shape(folder)
             for op in ("train", "train-gc", "score", "generate"):
                 for rows, tokens in SIZES["demo" if name == "demo" else "tiny"]:
                     predicted = _predict(shape, op, rows, tokens, quant, dropout=True)
                     measured = _measure(stack, op, rows, tokens)
-                    print(f"| {name} | {quant} | {op} | {rows} x {tokens} | {predicted / 1e6:,.0f} | {measured / 1e6:,.0f} "
-                          f"| {predicted / measured:.2f} |", flush=True)
+                    print(
+                        f"| {name} | {quant} | {op} | {rows} x {tokens} "
+                        f"| {predicted / 1e6:,.0f} | {measured / 1e6:,.0f} "
+                        f"| {predicted / measured:.2f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""`lora-rlhf generate` and the adapter registry: attach by name, hot-swap, compare, sampling, one generation at a time."""
+"""`lora-rlhf generate` and the adapter registry: attach by name, hot-swap, compare, sampling, one generation at a
+time.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def test_each_adapter_generates_what_peft_alone_generates(registry, run_dir, tin
         if name != "base":
             model = PeftModel.from_pretrained(model, str(run_dir / "adapters" / name))
         out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        expected = tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+        expected = tokenizer.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
         assert registry.generate(name, [PROMPTS[0]], GREEDY) == [expected], name
 
 
@@ -65,11 +67,14 @@ def test_sampling_options(registry):
     others = [registry.generate("policy", PROMPTS, GenerationOptions(**sample, seed=s)) for s in range(2, 6)]
     assert any(o != first for o in others)
     # top_k = 1 keeps only the argmax: sampling then is greedy decoding.
-    assert registry.generate("policy", PROMPTS, GenerationOptions(max_new_tokens=8, temperature=1.0, top_k=1, seed=3)) == \
-        registry.generate("policy", PROMPTS, GREEDY)
+    assert registry.generate(
+        "policy", PROMPTS, GenerationOptions(max_new_tokens=8, temperature=1.0, top_k=1, seed=3)
+    ) == registry.generate("policy", PROMPTS, GREEDY)
     full = registry.complete("policy", [registry.render(PROMPTS[0])], GREEDY)[0]
     stop = full.text[2:4]
-    cut = registry.complete("policy", [registry.render(PROMPTS[0])], GenerationOptions(max_new_tokens=8, stop=[stop]))[0]
+    cut = registry.complete("policy", [registry.render(PROMPTS[0])], GenerationOptions(max_new_tokens=8, stop=[stop]))[
+        0
+    ]
     assert cut.text == full.text[: full.text.find(stop)] and cut.finish_reason == "stop"
     for bad in (dict(max_new_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(stop=[""])):
         with pytest.raises(LoraRlhfError):
@@ -164,7 +169,9 @@ def test_hub_ids_are_downloaded_with_snapshot_download(tiny_llama, run_dir, tmp_
 
 
 def test_cli_compare_side_by_side(run_dir, capsys):
-    code = main(["generate", "--run", str(run_dir), "--compare", "-p", PROMPTS[0], "-p", PROMPTS[1], "--max-new-tokens", "6"])
+    code = main(
+        ["generate", "--run", str(run_dir), "--compare", "-p", PROMPTS[0], "-p", PROMPTS[1], "--max-new-tokens", "6"]
+    )
     out = capsys.readouterr().out
     assert code == 0
     header = next(line for line in out.splitlines() if line.startswith("base"))
@@ -175,7 +182,25 @@ def test_cli_compare_side_by_side(run_dir, capsys):
 def test_cli_single_model_and_json(run_dir, registry, capsys):
     assert main(["generate", "--run", str(run_dir), "-p", PROMPTS[0], "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.rstrip("\n") == registry.generate("policy", PROMPTS[:1], GREEDY)[0]
-    assert main(["generate", "--run", str(run_dir), "-m", "base", "-m", "sft", "-p", PROMPTS[1], "--max-new-tokens", "8", "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--run",
+                str(run_dir),
+                "-m",
+                "base",
+                "-m",
+                "sft",
+                "-p",
+                PROMPTS[1],
+                "--max-new-tokens",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["model"] for r in rows] == ["base", "sft"]
     assert rows[1]["response"] == registry.generate("sft", PROMPTS[1:], GREEDY)[0]
@@ -183,7 +208,12 @@ def test_cli_single_model_and_json(run_dir, registry, capsys):
 
 def test_cli_base_with_named_adapters_and_errors(tiny_llama, run_dir, capsys):
     adapter = f"mine={run_dir / 'adapters' / 'sft'}"
-    assert main(["generate", "--base", tiny_llama, "--adapter", adapter, "-m", "mine", "-p", "hi", "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            ["generate", "--base", tiny_llama, "--adapter", adapter, "-m", "mine", "-p", "hi", "--max-new-tokens", "4"]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["generate", "--base", tiny_llama, "-m", "nope", "-p", "hi"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lora-rlhf")]

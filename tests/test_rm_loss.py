@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from lora_rlhf.rm.batching import collate_rankings, scatter_scores
 from lora_rlhf.data.rankings import RankingExample
+from lora_rlhf.rm.batching import collate_rankings, scatter_scores
 from lora_rlhf.rm.loss import preference_pairs, ranking_loss
 
 
@@ -35,14 +35,18 @@ def test_k4_loss_is_the_mean_of_its_six_pairwise_losses():
     ranks = [1, 3, 0, 2]  # best to worst: response 2, 0, 3, 1
     out = ranking_loss(torch.tensor([scores]), torch.tensor([ranks]), torch.ones(1, 4, dtype=torch.bool))
     pairs = [(2, 0), (2, 3), (2, 1), (0, 3), (0, 1), (3, 1)]  # (winner, loser), C(4,2) = 6
-    expected = sum(_nls(scores[w] - scores[l]) for w, l in pairs) / 6
+    expected = sum(_nls(scores[winner] - scores[loser]) for winner, loser in pairs) / 6
     assert math.isclose(out.loss.item(), expected, rel_tol=1e-6)
     # By hand: margins 1.7, 1.3, 3.2, -0.4, 1.5, 1.9 -> log(1+e^-m) = .16779 .24096 .03995 .91302 .20141 .13939
     assert math.isclose(out.loss.item(), 1.702516 / 6, rel_tol=1e-4)
     # 0.3 vs 0.7: response 0 (rank 1) beats 3 (rank 2) but scores lower -> 5 of 6 pairs right.
     assert math.isclose(out.accuracy.item(), 5 / 6, rel_tol=1e-6)
-    pair_losses = [ranking_loss(torch.tensor([[scores[w], scores[l]]]), torch.tensor([[0, 1]]),
-                                torch.ones(1, 2, dtype=torch.bool)).loss.item() for w, l in pairs]
+    pair_losses = [
+        ranking_loss(
+            torch.tensor([[scores[winner], scores[loser]]]), torch.tensor([[0, 1]]), torch.ones(1, 2, dtype=torch.bool)
+        ).loss.item()
+        for winner, loser in pairs
+    ]
     assert math.isclose(out.loss.item(), sum(pair_losses) / 6, rel_tol=1e-6)
 
 
@@ -70,7 +74,10 @@ def test_gradient_pushes_winner_up_and_loser_down():
 
 
 def test_collate_scores_each_response_once_and_scatters_back():
-    examples = [RankingExample([5, 6], [[7, 1], [8, 9, 1]], [1, 0]), RankingExample([5], [[7, 1], [8, 1], [9, 1]], [0, 2, 1])]
+    examples = [
+        RankingExample([5, 6], [[7, 1], [8, 9, 1]], [1, 0]),
+        RankingExample([5], [[7, 1], [8, 1], [9, 1]], [0, 2, 1]),
+    ]
     batch = collate_rankings(examples, pad_id=0)
     assert batch["input_ids"].shape == (5, 5)  # N = 2 + 3 sequences, one row each
     assert batch["input_ids"][1].tolist() == [5, 6, 8, 9, 1] and batch["input_ids"][0].tolist() == [0, 5, 6, 7, 1]

@@ -126,9 +126,11 @@ def test_token_budget_by_hand():
     assert token_budget(None, 16, 10, None, 4096, "prompt") == 16
     assert token_budget(100, 16, 10, 512, 4096, "prompt") == 100
     assert token_budget(502, 16, 10, 512, 4096, "prompt") == 502
-    for requested, prompt, code, param in [(503, 10, "context_length_exceeded", "max_tokens"),
-                                          (5000, 10, "max_tokens_too_large", "max_tokens"),
-                                          (None, 512, "context_length_exceeded", "prompt")]:
+    for requested, prompt, code, param in [
+        (503, 10, "context_length_exceeded", "max_tokens"),
+        (5000, 10, "max_tokens_too_large", "max_tokens"),
+        (None, 512, "context_length_exceeded", "prompt"),
+    ]:
         with pytest.raises(APIError) as err:
             token_budget(requested, 16, prompt, 512, 4096, "prompt")
         assert (err.value.status, err.value.code, err.value.param) == (400, code, param)
@@ -192,7 +194,10 @@ def test_prompt_longer_than_the_context_is_400_while_others_are_served(registry,
     with serve(registry) as server:
         client = client_of(server)
         small, small_out = in_thread(lambda: chat(client, 2))
-        for call in (lambda: chat(client, 2, huge), lambda: client.completions.create(model="polite", prompt=[PROMPT, huge])):
+        for call in (
+            lambda: chat(client, 2, huge),
+            lambda: client.completions.create(model="polite", prompt=[PROMPT, huge]),
+        ):
             with pytest.raises(openai.BadRequestError) as err:
                 call()
             body = err.value.body
@@ -271,7 +276,9 @@ def test_sigterm_stops_running_generation_within_seconds(tiny_llama):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-c", _SIGTERM_SERVER, tiny_llama, str(port), str(Path(__file__).parent)])
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_SERVER, tiny_llama, str(port), str(Path(__file__).parent)]
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -282,8 +289,11 @@ def test_sigterm_stops_running_generation_within_seconds(tiny_llama):
                     break
             time.sleep(0.2)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=60)
-        long, long_out = in_thread(lambda: client.chat.completions.create(
-            model="base", messages=[{"role": "user", "content": PROMPT}], max_tokens=LONG, temperature=0))
+        long, long_out = in_thread(
+            lambda: client.chat.completions.create(
+                model="base", messages=[{"role": "user", "content": PROMPT}], max_tokens=LONG, temperature=0
+            )
+        )
         time.sleep(2.0)  # about 20 tokens in
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -301,13 +311,19 @@ def test_sigterm_stops_running_generation_within_seconds(tiny_llama):
 def test_lone_surrogate_is_400_in_openai_shape(registry):
     # The openai client cannot send one (it encodes UTF-8); a JSON client that escapes UTF-16 can.
     bodies = {
-        "chat/completions": '{"model": "polite", "max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+        "chat/completions": (
+            '{"model": "polite", "max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+        ),
         "completions": '{"model": "polite", "max_tokens": 2, "prompt": ["ok", "\\udfff"]}',
     }
     with serve(registry) as server:
         for endpoint, body in bodies.items():
-            response = httpx.post(f"{server.url}/v1/{endpoint}", content=body.encode(),
-                                  headers={"content-type": "application/json"}, timeout=20)
+            response = httpx.post(
+                f"{server.url}/v1/{endpoint}",
+                content=body.encode(),
+                headers={"content-type": "application/json"},
+                timeout=20,
+            )
             assert response.status_code == 400, response.text
             error = response.json()["error"]
             assert error["type"] == "invalid_request_error" and "surrogate" in error["message"], error

@@ -30,7 +30,9 @@ def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
-    """Shared body of `sft`, `rm`, `ppo` and `pipeline`: lock and prepare the run dir, run the stages, print a summary."""
+    """Shared body of `sft`, `rm`, `ppo` and `pipeline`: lock and prepare the run dir, run the stages, print a
+    summary.
+    """
     import time
 
     from lora_rlhf.errors import LoraRlhfError
@@ -47,7 +49,8 @@ def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         recipe, run = prepare(args.config, args.overrides, str(path))
         if len(stages) == 1 and run.finished(stages[0]):
             raise LoraRlhfError(
-                f"stage {stages[0]} already finished in {run.path}: nothing to do (use a new --output-dir to train again)"
+                f"stage {stages[0]} already finished in {run.path}: nothing to do "
+                "(use a new --output-dir to train again)"
             )
         results = run_stages(recipe, run, stages, resume=args.resume)
     print(f"\n{'stage':<5} {'status':<9} {'time':>9}  summary")

@@ -22,7 +22,9 @@ COMMANDS = ("sft", "rm", "ppo", "pipeline", "eval", "generate", "serve", "merge"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-rlhf",
-        description="InstructGPT's recipe (SFT, ranking reward model, PPO-ptx) with one LoRA adapter per role on one base.",
+        description=(
+            "InstructGPT's recipe (SFT, ranking reward model, PPO-ptx) with one LoRA adapter per role on one base."
+        ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

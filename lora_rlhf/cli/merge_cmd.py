@@ -11,14 +11,22 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("merge", help="merge an adapter into the base: a standalone model folder", description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "merge", help="merge an adapter into the base: a standalone model folder", description=DESCRIPTION
+    )
     parser.add_argument("--adapter", metavar="SOURCE", help="adapter folder or Hub id owner/repo[/subfolder]")
     parser.add_argument("--run", metavar="DIR", help="a run directory: merge its --role (default policy) into its base")
     parser.add_argument("--role", default="policy", help="with --run: the role to merge (default policy)")
-    parser.add_argument("--base", metavar="MODEL", help="base model (default: the run's, else the adapter's base_model_name_or_path)")
+    parser.add_argument(
+        "--base", metavar="MODEL", help="base model (default: the run's, else the adapter's base_model_name_or_path)"
+    )
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="the merged model folder to write")
-    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="dtype of the merged weights")
-    parser.add_argument("--verify", action="store_true", help="then compare its logits with adapter-on-base (float32) on a few prompts")
+    parser.add_argument(
+        "--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="dtype of the merged weights"
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="then compare its logits with adapter-on-base (float32) on a few prompts"
+    )
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.set_defaults(func=run)
 
@@ -40,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         verdict = "within" if check.within(args.dtype) else "OUTSIDE"
         print(
             f"max |logit difference| vs adapter-on-base (float32): {check.max_abs_diff:.3g} at logit scale "
-            f"{check.logit_scale:.3g}, relative {check.relative:.3g} ({verdict} the {args.dtype} tolerance {TOLERANCE[args.dtype]:g})"
+            f"{check.logit_scale:.3g}, relative {check.relative:.3g} "
+            f"({verdict} the {args.dtype} tolerance {TOLERANCE[args.dtype]:g})"
         )
         return 0 if verdict == "within" else 1
     return 0

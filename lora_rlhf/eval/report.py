@@ -28,9 +28,12 @@ def results_table(results: Mapping[str, Any]) -> str:
     names = list(results.get("gold") or results.get("reward") or {})
     level = _level(results)
     columns = [
-        (key, label, ci) for key, label, ci in (
-            ("gold", f"gold score [{level} CI]", "gold_mean_ci"), ("reward", f"RM score [{level} CI]", "reward_mean_ci"),
-        ) if key in results
+        (key, label, ci)
+        for key, label, ci in (
+            ("gold", f"gold score [{level} CI]", "gold_mean_ci"),
+            ("reward", f"RM score [{level} CI]", "reward_mean_ci"),
+        )
+        if key in results
     ]
     header = "| model | " + " | ".join(label for _, label, _ in columns) + " | win rate vs base |"
     lines = [header, "|---" * (len(columns) + 2) + "|"]
@@ -39,7 +42,9 @@ def results_table(results: Mapping[str, Any]) -> str:
         cells = [f"{results[key][name]:.3f}{_interval(results.get(ci, {}).get(name))}" for key, _, ci in columns]
         win = wins.get(f"{name}_vs_base")
         win_ci = results.get("win_rate_ci", {}).get(f"{name}_vs_base")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'—' if win is None else f'{win:.2f}{_interval(win_ci, 2)}'} |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {'—' if win is None else f'{win:.2f}{_interval(win_ci, 2)}'} |"
+        )
     return "\n".join(lines)
 
 
@@ -58,11 +63,15 @@ def _difference_rows(results: Mapping[str, Any]) -> list[tuple[str, str, Sequenc
         rows.append((f"gold: {later} − {earlier}", f"{estimate:+.3f}", interval, 0.0, 3))
     judge = "gold" if results.get("win_rate_judge") == "gold" else "RM"
     for key, interval in results.get("win_rate_ci", {}).items():
-        rows.append((f"win rate ({judge}): {key.replace('_vs_', ' vs ')}", f"{results['win_rate'][key]:.2f}", interval, 0.5, 2))
+        rows.append(
+            (f"win rate ({judge}): {key.replace('_vs_', ' vs ')}", f"{results['win_rate'][key]:.2f}", interval, 0.5, 2)
+        )
     bon, bon_ci = results.get("best_of_n", {}), results.get("best_of_n_ci", {})
     if "bon_minus_sample" in bon_ci:
         estimate = bon["gold"] - bon["gold_sft_sample"]
-        rows.append((f"gold: best-of-{bon['n']} − one sft sample", f"{estimate:+.3f}", bon_ci["bon_minus_sample"], 0.0, 3))
+        rows.append(
+            (f"gold: best-of-{bon['n']} − one sft sample", f"{estimate:+.3f}", bon_ci["bon_minus_sample"], 0.0, 3)
+        )
     if "bon_minus_sft" in bon_ci:
         estimate = bon["gold"] - bon.get("gold_sft_greedy", results["gold"]["sft"])
         rows.append((f"gold: best-of-{bon['n']} − sft (greedy)", f"{estimate:+.3f}", bon_ci["bon_minus_sft"], 0.0, 3))
@@ -70,23 +79,32 @@ def _difference_rows(results: Mapping[str, Any]) -> list[tuple[str, str, Sequenc
 
 
 def difference_section(results: Mapping[str, Any]) -> list[str]:
-    """"Is the difference real?": every paired interval (gold differences, win rates, best-of-N)."""
+    """ "Is the difference real?": every paired interval (gold differences, win rates, best-of-N)."""
     rows = _difference_rows(results)
     if not rows:
         return []
     level = _level(results)
     lines = [
-        "## Is the difference real?", "",
+        "## Is the difference real?",
+        "",
         f"{level} paired bootstrap intervals over the {results['prompts']} prompts "
-        f"({results.get('bootstrap_samples', '?')} resamples of the prompts, both models' answers to a prompt kept together). "
+        f"({results.get('bootstrap_samples', '?')} resamples of the prompts, "
+        "both models' answers to a prompt kept together). "
         "A difference whose interval excludes 0, or a win rate whose interval excludes 0.5, is unlikely to be "
-        "an accident of which prompts were drawn.", "",
+        "an accident of which prompts were drawn.",
+        "",
     ]
     if results["prompts"] < _FEW_PROMPTS:
-        lines += [f"**Only {results['prompts']} prompts:** with fewer than {_FEW_PROMPTS} the bootstrap sees too little "
-                  "variation and these intervals come out too narrow; read them as optimistic.", ""]
+        lines += [
+            f"**Only {results['prompts']} prompts:** with fewer than {_FEW_PROMPTS} the bootstrap sees too little "
+            "variation and these intervals come out too narrow; read them as optimistic.",
+            "",
+        ]
     lines += [f"| comparison | estimate | {level} interval | |", "|---|---|---|---|"]
-    lines += [f"| {label} | {estimate} |{_interval(iv, digits)} | {_verdict(iv, null)} |" for label, estimate, iv, null, digits in rows]
+    lines += [
+        f"| {label} | {estimate} |{_interval(iv, digits)} | {_verdict(iv, null)} |"
+        for label, estimate, iv, null, digits in rows
+    ]
     return lines + [""]
 
 
@@ -94,12 +112,23 @@ def rm_accuracy_lines(results: Mapping[str, Any]) -> list[str]:
     if results.get("rm_accuracy_source") != "rankings":
         if results.get("rm_accuracy") is None:
             return []
-        return [f"Reward model held-out pairwise accuracy (last value the rm stage logged; no interval): **{results['rm_accuracy']:.3f}**.", ""]
-    lines = [f"Reward model pairwise accuracy on {results.get('rm_accuracy_rows', 0)} held-out rankings "
-             f"({results.get('rm_accuracy_skipped_rows', 0)} unusable rows skipped; {_level(results)} intervals resample prompts):", ""]
+        return [
+            "Reward model held-out pairwise accuracy (last value the rm stage logged; no interval): "
+            f"**{results['rm_accuracy']:.3f}**.",
+            "",
+        ]
+    lines = [
+        f"Reward model pairwise accuracy on {results.get('rm_accuracy_rows', 0)} held-out rankings "
+        f"({results.get('rm_accuracy_skipped_rows', 0)} unusable rows skipped; "
+        f"{_level(results)} intervals resample prompts):",
+        "",
+    ]
     for prefix, against in (("rm_accuracy", "the labels"), ("rm_accuracy_gold", "the gold judge")):
         if results.get(prefix) is not None:
-            lines.append(f"- against {against}: **{results[prefix]:.3f}**{_interval(results[prefix + '_ci'])} over {results[prefix + '_pairs']} pairs")
+            lines.append(
+                f"- against {against}: **{results[prefix]:.3f}**{_interval(results[prefix + '_ci'])} "
+                f"over {results[prefix + '_pairs']} pairs"
+            )
         elif f"{prefix}_pairs" in results:
             lines.append(f"- against {against}: no untied pair")
     return lines + [""]
@@ -109,19 +138,38 @@ def extra_lines(results: Mapping[str, Any]) -> list[str]:
     """KL, best-of-N and LM loss (alignment tax) lines."""
     lines = []
     if results.get("kl") is not None:
-        lines += [f"KL(ppo ‖ sft), summed over the policy's response tokens, mean over prompts: **{results['kl']:.3f}** nats.", ""]
+        lines += [
+            "KL(ppo ‖ sft), summed over the policy's response tokens, mean over prompts: "
+            f"**{results['kl']:.3f}** nats.",
+            "",
+        ]
     bon = results.get("best_of_n")
     if bon:
-        scope = f" on the first {bon['prompts']} prompts" if bon.get("prompts") not in (None, results.get("prompts")) else ""
-        text = (f"Best-of-{bon['n']}{scope} (sft samples at temperature {bon['temperature']:g}, the RM picks one; Gao et al. 2022): "
-                f"RM score of the picks **{bon['reward']:.3f}**")
+        scope = (
+            f" on the first {bon['prompts']} prompts"
+            if bon.get("prompts") not in (None, results.get("prompts"))
+            else ""
+        )
+        text = (
+            f"Best-of-{bon['n']}{scope} (sft samples at temperature {bon['temperature']:g}, "
+            "the RM picks one; Gao et al. 2022): "
+            f"RM score of the picks **{bon['reward']:.3f}**"
+        )
         if "gold" in bon:
-            text += (f", gold **{bon['gold']:.3f}**{_interval(bon.get('gold_ci'))} against {bon['gold_sft_sample']:.3f} "
-                     "for one random sft sample — if the pick does not beat a random sample, the RM gives PPO nothing to climb")
+            text += (
+                f", gold **{bon['gold']:.3f}**{_interval(bon.get('gold_ci'))} against {bon['gold_sft_sample']:.3f} "
+                "for one random sft sample — if the pick does not beat a random sample, "
+                "the RM gives PPO nothing to climb"
+            )
         lines += [text + ".", ""]
     if results.get("lm_loss"):
-        lines += ["LM loss on held-out text (mean NLL per token, nats; higher after RLHF = the alignment tax, InstructGPT §4.2):", "",
-                  "| model | LM loss |", "|---|---|"]
+        lines += [
+            "LM loss on held-out text (mean NLL per token, nats; "
+            "higher after RLHF = the alignment tax, InstructGPT §4.2):",
+            "",
+            "| model | LM loss |",
+            "|---|---|",
+        ]
         lines += [f"| {name} | {value:.4f} |" for name, value in results["lm_loss"].items()] + [""]
     return lines
 
@@ -138,18 +186,45 @@ def _make_plots(run_dir: Path, results: Mapping[str, Any]) -> list[tuple[str, Pa
                 label += f"\n(first {bon['prompts']} prompts)"
             gold[label] = bon["gold"]
             intervals[label] = bon["gold_ci"]
-        made.append(("Gold score by model", plots.plot_scores(
-            gold, out / "gold.png", title="Gold score on held-out prompts", ylabel=f"mean gold score ({_level(results)} CI)", intervals=intervals)))
+        made.append(
+            (
+                "Gold score by model",
+                plots.plot_scores(
+                    gold,
+                    out / "gold.png",
+                    title="Gold score on held-out prompts",
+                    ylabel=f"mean gold score ({_level(results)} CI)",
+                    intervals=intervals,
+                ),
+            )
+        )
     if "reward" in results:
-        made.append(("RM score by model", plots.plot_scores(
-            results["reward"], out / "reward.png", title="Reward-model score on held-out prompts", ylabel="mean RM score",
-            intervals=results.get("reward_mean_ci"))))
+        made.append(
+            (
+                "RM score by model",
+                plots.plot_scores(
+                    results["reward"],
+                    out / "reward.png",
+                    title="Reward-model score on held-out prompts",
+                    ylabel="mean RM score",
+                    intervals=results.get("reward_mean_ci"),
+                ),
+            )
+        )
     if results.get("win_rate"):
         made.append(("Win rates", plots.plot_win_rates(results["win_rate"], out / "win_rate.png")))
     ppo_rows = read_metrics(run_dir / "metrics" / "ppo.jsonl")
     made.append(("PPO training", plots.plot_ppo_curves(ppo_rows, out / "ppo.png")))
-    made.append(("SFT and RM training", plots.plot_stage_losses(
-        read_metrics(run_dir / "metrics" / "sft.jsonl"), read_metrics(run_dir / "metrics" / "rm.jsonl"), out / "stages.png")))
+    made.append(
+        (
+            "SFT and RM training",
+            plots.plot_stage_losses(
+                read_metrics(run_dir / "metrics" / "sft.jsonl"),
+                read_metrics(run_dir / "metrics" / "rm.jsonl"),
+                out / "stages.png",
+            ),
+        )
+    )
     return [(title, path) for title, path in made if path is not None]
 
 

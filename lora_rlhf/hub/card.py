@@ -92,8 +92,11 @@ def model_card(
     body = [f"# {repo_id}" + (f" — `{subfolder}`" if subfolder else ""), ""]
     on = f"`{base_model}`" if base_model else "a local base model (no Hub id was given: `lora-rlhf push --base-model`)"
     body += [f"LoRA adapter{'s' if role == 'run' else ''} for {on}: {_ROLE_TEXT.get(role, role)}.", ""]
-    body += ["Trained with lora_rlhf — InstructGPT's SFT, reward model and PPO with one "
-             "LoRA adapter per role on one (4-bit) base.", ""]
+    body += [
+        "Trained with lora_rlhf — InstructGPT's SFT, reward model and PPO with one "
+        "LoRA adapter per role on one (4-bit) base.",
+        "",
+    ]
     body += _figures_table(eval_figures)
     body += _usage(base_model, repo_id, subfolder)
     if head_kind is not None:
@@ -110,8 +113,14 @@ def _eval_results(role: str, figures: Mapping[str, Any] | None, repo_id: str):
     flat = flatten_figures(figures)
     wanted = {name: value for name, value in flat.items() if (key and name.endswith(f".{key}")) or "." not in name}
     results = [
-        EvalResult(task_type="text-generation", dataset_type="held-out-prompts", dataset_name="held-out prompts",
-                   metric_type=name, metric_value=value, metric_name=name)
+        EvalResult(
+            task_type="text-generation",
+            dataset_type="held-out-prompts",
+            dataset_name="held-out prompts",
+            metric_type=name,
+            metric_value=value,
+            metric_name=name,
+        )
         for name, value in sorted(wanted.items())
     ]
     return results or None
@@ -129,15 +138,24 @@ def _usage(base_model: str | None, repo_id: str, subfolder: str | None) -> list[
     base = base_model or "BASE_MODEL"
     sub = f', subfolder="{subfolder}"' if subfolder else ""
     lines = [
-        "## How to load it", "", "```python",
+        "## How to load it",
+        "",
+        "```python",
         "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
         f'base = AutoModelForCausalLM.from_pretrained("{base}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{base}")',
-        f'model = PeftModel.from_pretrained(base, "{repo_id}"{sub})', "```", "",
-        "With lora_rlhf, several adapters on one base, hot-swapped by name:", "", "```bash",
-        f"lora-rlhf generate --base {base} --adapter mine={repo_id}{'/' + subfolder if subfolder else ''} --prompt \"Hello\"",
-        "```", "",
+        f'model = PeftModel.from_pretrained(base, "{repo_id}"{sub})',
+        "```",
+        "",
+        "With lora_rlhf, several adapters on one base, hot-swapped by name:",
+        "",
+        "```bash",
+        f"lora-rlhf generate --base {base} "
+        f'--adapter mine={repo_id}{"/" + subfolder if subfolder else ""} --prompt "Hello"',
+        "```",
+        "",
     ]
     return lines
 
@@ -239,8 +257,12 @@ def head_usage(kind: str, base_model: str, adapter_line: str = LOCAL_ADAPTER) ->
     """
     if kind not in _HEAD_READ:
         raise ValueError(f"head kind must be one of {sorted(_HEAD_READ)}, not {kind!r}")
-    imports = ["import torch", "from peft import PeftModel", "from safetensors.torch import load_file",
-               "from transformers import AutoModelForCausalLM, AutoTokenizer"]
+    imports = [
+        "import torch",
+        "from peft import PeftModel",
+        "from safetensors.torch import load_file",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+    ]
     if "snapshot_download(" in adapter_line:
         imports.insert(1, "from huggingface_hub import snapshot_download")
     code = "\n".join([*imports, "", f'BASE = "{base_model}"', adapter_line, "", _HEAD_CODE + _HEAD_READ[kind]])

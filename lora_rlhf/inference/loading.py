@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 def base_config(name: str, **options: Any) -> BaseModelConfig:
-    """A BaseModelConfig for `name`; `options` are BaseModelConfig fields (quantization, device, ...), None = default."""
+    """A BaseModelConfig for `name`; `options` are BaseModelConfig fields (quantization, device, ...),
+    None = default.
+    """
     given = {k: v for k, v in options.items() if v is not None}
     _check_fields(given)
     return BaseModelConfig(name_or_path=resolve_model_name(name), **given)
@@ -48,7 +50,8 @@ def base_config_from_run(run_dir: str | Path, **options: Any) -> BaseModelConfig
 
 
 def untrusted_model_section(model: Mapping[str, Any], trust_remote_code: bool, source: str | Path) -> dict[str, Any]:
-    """The `model` section of a recipe read from `source` (a run directory's), with trust_remote_code set to the flag's value.
+    """The `model` section of a recipe read from `source` (a run directory's), with trust_remote_code set to the
+    flag's value.
 
     A recipe that asks for remote code gets a warning: only --trust-remote-code on the command line enables it.
     """
@@ -56,7 +59,9 @@ def untrusted_model_section(model: Mapping[str, Any], trust_remote_code: bool, s
     if section.get("trust_remote_code") and not trust_remote_code:
         logger.warning(
             "%s sets model.trust_remote_code, which a run directory cannot turn on: loading without remote code "
-            "(pass --trust-remote-code if you trust %s)", source, section.get("name_or_path")
+            "(pass --trust-remote-code if you trust %s)",
+            source,
+            section.get("name_or_path"),
         )
     section["trust_remote_code"] = trust_remote_code
     return section

@@ -73,7 +73,9 @@ class RoleOperations:
         if self.chunked_logits:
             return self.hidden_states(input_ids, attention_mask), self.projection
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self._causal_lm()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        out = self._causal_lm()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
         return out.logits, IDENTITY
 
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, role: str = "reward") -> torch.Tensor:
@@ -89,7 +91,9 @@ class RoleOperations:
             return head(self.hidden_states(input_ids, attention_mask))
 
     @torch.no_grad()
-    def generate(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+    def generate(
+        self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generate_kwargs
+    ) -> torch.Tensor:
         """`model.generate` under `role`, in eval mode with the KV cache on and gradient checkpointing off.
 
         Returns (B, T + new) ids; pad `input_ids` on the left.
@@ -100,7 +104,9 @@ class RoleOperations:
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
     def eos_ids(self) -> set[int]:
-        """Every token id that ends a response: the tokenizer's EOS and the generation config's (chat models add theirs)."""
+        """Every token id that ends a response: the tokenizer's EOS and the generation config's
+        (chat models add theirs).
+        """
         ids = {self.tokenizer.eos_token_id}
         configured = getattr(getattr(self.base_model, "generation_config", None), "eos_token_id", None)
         ids.update(configured if isinstance(configured, (list, tuple)) else [configured])

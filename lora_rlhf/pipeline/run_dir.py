@@ -57,7 +57,9 @@ class RunDir:
         return all(self.has_role(role) for role in STAGE_ROLES[stage])
 
     def interrupted(self, stage: str) -> bool:
-        """Not finished, with a checkpoint (folders of interrupted checkpoint writes and PPO guard stops do not count)."""
+        """Not finished, with a checkpoint (folders of interrupted checkpoint writes and PPO guard stops do not
+        count).
+        """
         return not self.finished(stage) and bool(list_checkpoints(self.checkpoints(stage)))
 
     def read_recipe(self) -> dict[str, Any] | None:
@@ -79,7 +81,9 @@ class RunDir:
         """
         existing = self.read_recipe()
         if existing is not None:
-            started = [section for stage, section in _STAGE_SECTIONS.items() if self.finished(stage) or self.interrupted(stage)]
+            started = [
+                section for stage, section in _STAGE_SECTIONS.items() if self.finished(stage) or self.interrupted(stage)
+            ]
             for section in ("model", "demo", *started):
                 if existing.get(section) != recipe.get(section):
                     key = first_difference({section: existing.get(section)}, {section: recipe.get(section)})
@@ -92,7 +96,9 @@ class RunDir:
             self.write_recipe(recipe)
 
     def check_can_train(self, stage: str, *, resume: bool) -> bool:
-        """True if `stage` should run now; False if it is finished (skip); refuses an interrupted run without --resume."""
+        """True if `stage` should run now; False if it is finished (skip); refuses an interrupted run without
+        --resume.
+        """
         if self.finished(stage):
             return False
         if self.interrupted(stage) and not resume:

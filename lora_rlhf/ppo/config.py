@@ -59,11 +59,14 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, ("max_new_tokens",))
-        _check_rules(self, [
-            ("temperature", self.temperature > 0, "must be > 0"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("top_k", self.top_k >= 0, "must be >= 0"),
-        ])
+        _check_rules(
+            self,
+            [
+                ("temperature", self.temperature > 0, "must be > 0"),
+                ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+                ("top_k", self.top_k >= 0, "must be >= 0"),
+            ],
+        )
 
 
 @dataclasses.dataclass
@@ -98,15 +101,22 @@ class RewardsConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, ("kl_horizon",))
-        _check_rules(self, [
-            ("kl_coef", self.kl_coef >= 0, "must be >= 0"),
-            ("kl_target", self.kl_target > 0, "must be > 0"),
-            ("kl_ceiling", self.kl_ceiling is None or self.kl_ceiling > 0, "must be > 0 or null"),
-            ("score_clip", self.score_clip is None or self.score_clip > 0, "must be > 0 or null"),
-            ("missing_eos_penalty", self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "must be >= 0 or null"),
-            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
-            ("lam", 0 <= self.lam <= 1, "must be in [0, 1]"),
-        ])
+        _check_rules(
+            self,
+            [
+                ("kl_coef", self.kl_coef >= 0, "must be >= 0"),
+                ("kl_target", self.kl_target > 0, "must be > 0"),
+                ("kl_ceiling", self.kl_ceiling is None or self.kl_ceiling > 0, "must be > 0 or null"),
+                ("score_clip", self.score_clip is None or self.score_clip > 0, "must be > 0 or null"),
+                (
+                    "missing_eos_penalty",
+                    self.missing_eos_penalty is None or self.missing_eos_penalty >= 0,
+                    "must be >= 0 or null",
+                ),
+                ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
+                ("lam", 0 <= self.lam <= 1, "must be in [0, 1]"),
+            ],
+        )
 
 
 @dataclasses.dataclass
@@ -129,13 +139,16 @@ class PPOOptimConfig(AdamWConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_rules(self, [
-            ("policy_learning_rate", self.policy_learning_rate > 0, "must be > 0"),
-            ("value_learning_rate", self.value_learning_rate > 0, "must be > 0"),
-            ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
-            ("clip_range", 0 < self.clip_range < 1, "must be in (0, 1)"),
-            ("clip_range_value", self.clip_range_value > 0, "must be > 0"),
-        ])
+        _check_rules(
+            self,
+            [
+                ("policy_learning_rate", self.policy_learning_rate > 0, "must be > 0"),
+                ("value_learning_rate", self.value_learning_rate > 0, "must be > 0"),
+                ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+                ("clip_range", 0 < self.clip_range < 1, "must be in (0, 1)"),
+                ("clip_range_value", self.clip_range_value > 0, "must be > 0"),
+            ],
+        )
 
 
 @dataclasses.dataclass
@@ -163,10 +176,32 @@ class PtxConfig:
 
 _MOVED_INTO = {
     "sampling": ("max_new_tokens", "temperature", "top_p", "top_k"),
-    "rewards": ("kl_coef", "kl_control", "kl_target", "kl_horizon", "kl_estimator", "kl_ceiling", "score_clip",
-                "missing_eos_penalty", "score_normalize", "gamma", "lam", "whiten_advantages"),
-    "optim": ("policy_learning_rate", "value_learning_rate", "adam_betas", "weight_decay", "scheduler", "warmup_steps",
-              "clip_range", "clip_range_value", "max_grad_norm", "mixed_precision"),
+    "rewards": (
+        "kl_coef",
+        "kl_control",
+        "kl_target",
+        "kl_horizon",
+        "kl_estimator",
+        "kl_ceiling",
+        "score_clip",
+        "missing_eos_penalty",
+        "score_normalize",
+        "gamma",
+        "lam",
+        "whiten_advantages",
+    ),
+    "optim": (
+        "policy_learning_rate",
+        "value_learning_rate",
+        "adam_betas",
+        "weight_decay",
+        "scheduler",
+        "warmup_steps",
+        "clip_range",
+        "clip_range_value",
+        "max_grad_norm",
+        "mixed_precision",
+    ),
 }
 # Issue 11 nested the flat keys of older recipes in sections: the loader answers an old key with its new one
 # ("ppo.kl_coef moved to ppo.rewards.kl_coef"), in a YAML file and in an override alike.
@@ -225,9 +260,27 @@ class PPOConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("steps", "rollout_batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs",
-                               "max_prompt_length", "logging_steps", "save_steps", "keep_checkpoints"))
+        _check_positive(
+            self,
+            (
+                "steps",
+                "rollout_batch_size",
+                "mini_batch_size",
+                "micro_batch_size",
+                "ppo_epochs",
+                "max_prompt_length",
+                "logging_steps",
+                "save_steps",
+                "keep_checkpoints",
+            ),
+        )
         if self.rollout_batch_size % self.mini_batch_size:
-            raise LoraRlhfError(f"rollout_batch_size: {self.rollout_batch_size} must be a multiple of mini_batch_size ({self.mini_batch_size})")
+            raise LoraRlhfError(
+                f"rollout_batch_size: {self.rollout_batch_size} "
+                f"must be a multiple of mini_batch_size ({self.mini_batch_size})"
+            )
         if self.mini_batch_size % self.micro_batch_size:
-            raise LoraRlhfError(f"mini_batch_size: {self.mini_batch_size} must be a multiple of micro_batch_size ({self.micro_batch_size})")
+            raise LoraRlhfError(
+                f"mini_batch_size: {self.mini_batch_size} "
+                f"must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )

@@ -19,18 +19,25 @@ from lora_rlhf.sft.loss import collate_sft
 from lora_rlhf.train.loop import epoch_order
 
 
-def load_ppo_prompts(spec: DatasetSpec, tokenizer, max_prompt_length: int, on_bad_row: OnBadRow) -> tuple[list[EncodedPrompt], RowReport]:
+def load_ppo_prompts(
+    spec: DatasetSpec, tokenizer, max_prompt_length: int, on_bad_row: OnBadRow
+) -> tuple[list[EncodedPrompt], RowReport]:
     """Render every prompt with the chat template and tokenize it; a prompt over the limit is a bad row."""
 
     def encode(row) -> EncodedPrompt:
         prompt = parse_prompt(row)
         ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False).input_ids
         if len(ids) > max_prompt_length:
-            raise BadRow(f"prompt longer than max_prompt_length ({len(ids)} tokens, max_prompt_length {max_prompt_length})")
+            raise BadRow(
+                f"prompt longer than max_prompt_length ({len(ids)} tokens, max_prompt_length {max_prompt_length})"
+            )
         return EncodedPrompt(ids, prompt_text(prompt))
 
     if not spec.path:
-        raise LoraRlhfError("ppo.prompts.path is empty: give a .json, .jsonl or .parquet file or a Hub dataset id of {prompt} or {messages} rows")
+        raise LoraRlhfError(
+            "ppo.prompts.path is empty: give a .json, .jsonl or .parquet file "
+            "or a Hub dataset id of {prompt} or {messages} rows"
+        )
     prompts, report = parse_rows(load_rows(spec), encode, spec.display(), on_bad_row)
     if not prompts:
         raise LoraRlhfError(f"ppo.prompts: {spec.display()} holds no usable prompt")
@@ -67,17 +74,25 @@ def encode_ptx_row(row, tokenizer, max_length: int) -> SFTExample:
     return encode_demonstration(parse_demonstration(row), tokenizer, max_length)
 
 
-def load_ptx_examples(spec: DatasetSpec, tokenizer, max_length: int, on_bad_row: OnBadRow) -> tuple[list[SFTExample], RowReport]:
+def load_ptx_examples(
+    spec: DatasetSpec, tokenizer, max_length: int, on_bad_row: OnBadRow
+) -> tuple[list[SFTExample], RowReport]:
     """Every ptx row of `spec`: {"text"} (pretraining-style), {prompt, completion} or {messages}."""
-    examples, report = parse_rows(load_rows(spec), lambda row: encode_ptx_row(row, tokenizer, max_length), spec.display(), on_bad_row)
+    examples, report = parse_rows(
+        load_rows(spec), lambda row: encode_ptx_row(row, tokenizer, max_length), spec.display(), on_bad_row
+    )
     report.truncated = sum(e.truncated for e in examples)
     return examples, report
 
 
 class PtxStream:
-    """PPO-ptx batches (InstructGPT eq. 2): pretraining-style text (every token) or demonstrations (completion tokens)."""
+    """PPO-ptx batches (InstructGPT eq. 2): pretraining-style text (every token) or demonstrations
+    (completion tokens).
+    """
 
-    def __init__(self, spec: DatasetSpec, tokenizer, max_length: int, batch_size: int, seed: int, on_bad_row: OnBadRow) -> None:
+    def __init__(
+        self, spec: DatasetSpec, tokenizer, max_length: int, batch_size: int, seed: int, on_bad_row: OnBadRow
+    ) -> None:
         examples, report = load_ptx_examples(spec, tokenizer, max_length, on_bad_row)
         report.log()
         if not examples:

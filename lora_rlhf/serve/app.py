@@ -102,7 +102,9 @@ def create_app(
 
 
 async def _serve(request: Request, inflight: InFlight, limits: ServeLimits, work: Callable[[Halt], Any]):
-    """Run `work(halt)` off the event loop while watching for the client leaving; a stream keeps the watch until it ends."""
+    """Run `work(halt)` off the event loop while watching for the client leaving; a stream keeps the watch until
+    it ends.
+    """
     with contextlib.ExitStack() as scope:
         halt = scope.enter_context(inflight.track(limits.request_timeout))
         watcher = asyncio.create_task(watch_disconnect(request, halt))
@@ -129,8 +131,12 @@ async def _until_closed(lines: Iterator[str], halt: Halt, scope: contextlib.Exit
 
 def _not_started(halt: Halt, limits: ServeLimits) -> APIError:
     if halt.reason == "timeout":
-        return APIError(503, f"the request waited for the model past the server's time limit "
-                             f"({limits.request_timeout:g} s, --request-timeout)", "timeout")
+        return APIError(
+            503,
+            f"the request waited for the model past the server's time limit "
+            f"({limits.request_timeout:g} s, --request-timeout)",
+            "timeout",
+        )
     if halt.reason == "shutdown":
         return APIError(503, "the server is shutting down", "server_shutting_down")
     return APIError(499, "the client disconnected", "client_disconnected")
@@ -162,7 +168,12 @@ def _completions(registry: AdapterRegistry, body: CompletionRequest, limits: Ser
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     longest = max(registry.count_tokens(p, beyond=registry.context_length) for p in prompts)
     options = body.options(_budget(registry, body, longest, DEFAULT_COMPLETION_TOKENS, limits, "prompt"))
-    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": body.model}
+    meta = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.model,
+    }
     if body.stream:
         _check_streamable(len(prompts), body.n)
         pieces = registry.stream(body.model, prompts[0], options, halt=halt)
@@ -174,17 +185,29 @@ def _completions(registry: AdapterRegistry, body: CompletionRequest, limits: Ser
     texts = [p for p in prompts for _ in range(body.n)]
     done = registry.complete(body.model, texts, options, halt=halt)
     choices = [
-        {"index": i, "text": (texts[i] if body.echo else "") + c.text, "logprobs": None, "finish_reason": c.finish_reason}
+        {
+            "index": i,
+            "text": (texts[i] if body.echo else "") + c.text,
+            "logprobs": None,
+            "finish_reason": c.finish_reason,
+        }
         for i, c in enumerate(done)
     ]
     return meta | {"choices": choices, "usage": usage_of(done)}
 
 
-def _chat(registry: AdapterRegistry, body: ChatCompletionRequest, limits: ServeLimits, halt: Halt, default_max_tokens: int):
+def _chat(
+    registry: AdapterRegistry, body: ChatCompletionRequest, limits: ServeLimits, halt: Halt, default_max_tokens: int
+):
     text = registry.render(body.conversation(), chat=True)
     prompt_tokens = registry.count_tokens(text, beyond=registry.context_length)
     options = body.options(_budget(registry, body, prompt_tokens, default_max_tokens, limits, "messages"))
-    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": body.model}
+    meta = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
+    }
     if body.stream:
         _check_streamable(1, body.n)
         pieces = registry.stream(body.model, text, options, halt=halt)
@@ -194,18 +217,29 @@ def _chat(registry: AdapterRegistry, body: ChatCompletionRequest, limits: ServeL
             delta = {"content": piece} if piece is not None else {}
             return stream_meta | {"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        first = stream_meta | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
+        first = stream_meta | {
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            ]
+        }
         return sse_events(pieces, chunk, first=first, usage=_usage_chunk(stream_meta, body))
     done = registry.complete(body.model, [text] * body.n, options, halt=halt)
     choices = [
-        {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None, "finish_reason": c.finish_reason}
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": None,
+            "finish_reason": c.finish_reason,
+        }
         for i, c in enumerate(done)
     ]
     return meta | {"choices": choices, "usage": usage_of(done)}
 
 
 def _budget(registry: AdapterRegistry, body, prompt_tokens: int, default: int, limits: ServeLimits, param: str) -> int:
-    return token_budget(body.requested_tokens(), default, prompt_tokens, registry.context_length, limits.max_tokens, param)
+    return token_budget(
+        body.requested_tokens(), default, prompt_tokens, registry.context_length, limits.max_tokens, param
+    )
 
 
 def _usage_chunk(meta: dict, body) -> Any:
@@ -216,7 +250,9 @@ def _usage_chunk(meta: dict, body) -> Any:
 
 def _check_streamable(prompts: int, n: int) -> None:
     if prompts != 1 or n != 1:
-        raise APIError(400, "streaming serves one prompt with n=1; send several requests instead", "unsupported", "stream")
+        raise APIError(
+            400, "streaming serves one prompt with n=1; send several requests instead", "unsupported", "stream"
+        )
 
 
 def _sse(events: AsyncIterator[str]) -> StreamingResponse:

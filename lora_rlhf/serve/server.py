@@ -39,7 +39,9 @@ def _server(app, **config):
 
 
 class BackgroundServer:
-    """`with BackgroundServer(app) as server: OpenAI(base_url=server.url + "/v1", api_key="x")`; port 0 = any free port."""
+    """`with BackgroundServer(app) as server: OpenAI(base_url=server.url + "/v1", api_key="x")`;
+    port 0 = any free port.
+    """
 
     def __init__(self, app, *, host: str = DEFAULT_HOST, port: int = 0, log_level: str = "warning") -> None:
         self._server = _server(app, host=host, port=port, log_level=log_level)

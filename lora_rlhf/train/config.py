@@ -1,4 +1,6 @@
-"""Optimisation settings: what every role's AdamW shares (AdamWConfig), and the SFT and RM training loop's (OptimConfig)."""
+"""Optimisation settings: what every role's AdamW shares (AdamWConfig), and the SFT and RM training loop's
+(OptimConfig).
+"""
 
 from __future__ import annotations
 
@@ -68,7 +70,15 @@ class OptimConfig(AdamWConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "gradient_accumulation", "logging_steps", "eval_steps", "save_steps", "keep_checkpoints"):
+        for key in (
+            "epochs",
+            "batch_size",
+            "gradient_accumulation",
+            "logging_steps",
+            "eval_steps",
+            "save_steps",
+            "keep_checkpoints",
+        ):
             if getattr(self, key) < 1:
                 raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
         if self.max_steps is not None and self.max_steps < 1:
