@@ -1,6 +1,6 @@
 # Two commands for a fresh machine:
 #   make demo   runs the main job (the embedded default pipeline)
-#   make test   runs the whole test suite
+#   make test   lints (ruff) and runs the whole test suite
 # Each creates (or reuses) the virtual environment in $(VENV) and installs what it needs.
 
 VENV ?= .venv
@@ -22,6 +22,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/lora-rlhf pipeline --output-dir $(OUTPUT_DIR)
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check lora_rlhf tests scripts
+	$(PY) -m ruff format --check lora_rlhf tests scripts
 	$(PY) -m pytest -q -ra tests
 
 test-fast: $(VENV)/.installed

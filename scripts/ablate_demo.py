@@ -60,18 +60,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run with finished sft and rm stages")
     parser.add_argument("--steps", type=int, help="PPO iterations of each variant (default: the recipe's ppo.steps)")
-    parser.add_argument("--ptx-coef", type=float, default=1.0, help="gamma_ptx of the PPO-ptx variant (default 1.0; paper: 27.8)")
-    parser.add_argument("--ptx-path", help="ptx text, {text} or {prompt, completion} rows (default: RUN_DIR/data/ptx_text.jsonl)")
+    parser.add_argument(
+        "--ptx-coef", type=float, default=1.0, help="gamma_ptx of the PPO-ptx variant (default 1.0; paper: 27.8)"
+    )
+    parser.add_argument(
+        "--ptx-path", help="ptx text, {text} or {prompt, completion} rows (default: RUN_DIR/data/ptx_text.jsonl)"
+    )
     parser.add_argument("--output-dir", help="where the variants and the table go (default: RUN_DIR/ablation)")
-    parser.add_argument("--resume", action="store_true", help="continue a variant's interrupted PPO from its last checkpoint")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="ppo or eval overrides, e.g. eval.max_prompts=16")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue a variant's interrupted PPO from its last checkpoint"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="ppo or eval overrides, e.g. eval.max_prompts=16"
+    )
     # Intermixed: RUN_DIR, options and KEY=VALUE pairs may come in any order.
     return parser.parse_intermixed_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     try:
         table = run_ablation(args)
     except LoraRlhfError as exc:
@@ -90,8 +100,12 @@ def run_ablation(args: argparse.Namespace) -> str:
     ptx_path = resolve_ptx_path(args.ptx_path, source, saved)
     overrides = user_overrides(args.overrides)
     out = Path(args.output_dir).expanduser() if args.output_dir else source.path / "ablation"
-    recipes = {name: variant_recipe(saved, source, name, overrides, steps=args.steps, ptx_coef=args.ptx_coef, ptx_path=ptx_path)
-               for name in VARIANTS}
+    recipes = {
+        name: variant_recipe(
+            saved, source, name, overrides, steps=args.steps, ptx_coef=args.ptx_coef, ptx_path=ptx_path
+        )
+        for name in VARIANTS
+    }
     variants = {name: RunDir(out / name) for name in VARIANTS}
     for name, variant in variants.items():  # before the base loads: a contradicting earlier ablation fails fast
         variant.claim(recipes[name].to_dict())
@@ -102,8 +116,15 @@ def run_ablation(args: argparse.Namespace) -> str:
     evals = {}
     for i, (name, variant) in enumerate(variants.items(), 1):
         ppo = recipes[name].ppo
-        logger.info("ablation [%d/%d] %s: ptx_coef %g, %d PPO steps -> %s",
-                    i, len(VARIANTS), VARIANTS[name], ppo.ptx.coef, ppo.steps, variant.path)
+        logger.info(
+            "ablation [%d/%d] %s: ptx_coef %g, %d PPO steps -> %s",
+            i,
+            len(VARIANTS),
+            VARIANTS[name],
+            ppo.ptx.coef,
+            ppo.steps,
+            variant.path,
+        )
         evals[name] = run_variant(stack, recipes[name], variant, resume=args.resume)
     summary = ablation_summary(evals, recipes, out)
     table = render_table(summary)
@@ -121,8 +142,10 @@ def check_run(run: RunDir) -> dict[str, Any]:
         raise LoraRlhfError(f"{run.path} is not a run directory: {run.recipe_path} is missing")
     for role, stage in REUSED.items():
         if not run.has_role(role):
-            raise LoraRlhfError(f"{run.path} has no adapters/{role}: run `lora-rlhf {stage} --config {run.recipe_path} "
-                                f"--output-dir {run.path}` first")
+            raise LoraRlhfError(
+                f"{run.path} has no adapters/{role}: run `lora-rlhf {stage} --config {run.recipe_path} "
+                f"--output-dir {run.path}` first"
+            )
     return saved
 
 
@@ -140,15 +163,19 @@ def resolve_ptx_path(given: str | None, run: RunDir, saved: Mapping[str, Any]) -
     recipe_path = (((saved.get("ppo") or {}).get("ptx") or {}).get("data") or {}).get("path")
     if recipe_path:  # a demo run's recipe.yaml keeps it empty, so this is a path the user chose (file or Hub id)
         return str(Path(recipe_path).expanduser().resolve()) if is_local(recipe_path) else recipe_path
-    raise LoraRlhfError(f"no ptx text for PPO-ptx: {run.data('ptx_text.jsonl')} does not exist and the recipe sets no "
-                        "ppo.ptx.data.path; pass --ptx-path FILE ({\"text\"} or {\"prompt\", \"completion\"} rows)")
+    raise LoraRlhfError(
+        f"no ptx text for PPO-ptx: {run.data('ptx_text.jsonl')} does not exist and the recipe sets no "
+        'ppo.ptx.data.path; pass --ptx-path FILE ({"text"} or {"prompt", "completion"} rows)'
+    )
 
 
 def user_overrides(items: Sequence[str]) -> dict[str, Any]:
     """KEY=VALUE overrides, limited to the sections a variant trains or evaluates anew."""
     overrides = parse_overrides(items)
     if set(overrides) - {"ppo", "eval"}:
-        raise LoraRlhfError(f"overrides must be of the ppo or eval section, not {sorted(set(overrides) - {'ppo', 'eval'})[0]!r}")
+        raise LoraRlhfError(
+            f"overrides must be of the ppo or eval section, not {sorted(set(overrides) - {'ppo', 'eval'})[0]!r}"
+        )
     for key, flag in FLAG_KEYS.items():
         if _is_set(overrides.get("ppo", {}), key):
             raise LoraRlhfError(f"ppo.{key} is set by {flag}, not by an override")
@@ -164,8 +191,16 @@ def _is_set(data: Mapping[str, Any], dotted: str) -> bool:
     return True
 
 
-def variant_recipe(saved: Mapping[str, Any], source: RunDir, name: str, overrides: Mapping[str, Any], *,
-                   steps: int | None, ptx_coef: float, ptx_path: str) -> RecipeConfig:
+def variant_recipe(
+    saved: Mapping[str, Any],
+    source: RunDir,
+    name: str,
+    overrides: Mapping[str, Any],
+    *,
+    steps: int | None,
+    ptx_coef: float,
+    ptx_path: str,
+) -> RecipeConfig:
     """RUN_DIR's recipe + the user's overrides + the variant's ptx settings, its data paths absolute into RUN_DIR.
 
     Both variants name the same ptx file, so their recipes differ in ppo.ptx.coef alone (and eval.best_of_n:
@@ -204,7 +239,9 @@ def reuse_finished_stages(source: RunDir, variant: RunDir) -> None:
     data (so the demo does not write it again) and the finished stages' metrics."""
     for role in REUSED:
         if not variant.has_role(role):
-            shutil.copytree(source.adapter(role), variant.adapter(role), copy_function=_link_or_copy, dirs_exist_ok=True)
+            shutil.copytree(
+                source.adapter(role), variant.adapter(role), copy_function=_link_or_copy, dirs_exist_ok=True
+            )
     if (source.path / "data").is_dir():
         shutil.copytree(source.path / "data", variant.path / "data", copy_function=_link_or_copy, dirs_exist_ok=True)
     for name in REUSED_METRICS:
@@ -224,15 +261,29 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def ablation_summary(evals: Mapping[str, Mapping[str, Any]], recipes: Mapping[str, RecipeConfig], out: Path) -> dict[str, Any]:
+def ablation_summary(
+    evals: Mapping[str, Mapping[str, Any]], recipes: Mapping[str, RecipeConfig], out: Path
+) -> dict[str, Any]:
     """ablation.json: the four rows, and what each variant was."""
     first = evals["ppo"]  # sft and best-of-N come from its eval (the second variant's eval repeats sft identically)
     rows = [sft_row(first), best_of_n_row(first)] + [policy_row(label, evals[name]) for name, label in VARIANTS.items()]
-    variants = {name: {"dir": str(out / name), "ptx_coef": recipes[name].ppo.ptx.coef, "ptx_path": recipes[name].ppo.ptx.data.path,
-                       "steps": recipes[name].ppo.steps} for name in VARIANTS}
-    return {"prompts": first.get("prompts"), "confidence": first.get("confidence", 0.95),
-            "win_rate_judge": first.get("win_rate_judge"), "lm_text": recipes["ppo"].eval.lm_text.path or None,
-            "rows": rows, "variants": variants}
+    variants = {
+        name: {
+            "dir": str(out / name),
+            "ptx_coef": recipes[name].ppo.ptx.coef,
+            "ptx_path": recipes[name].ppo.ptx.data.path,
+            "steps": recipes[name].ppo.steps,
+        }
+        for name in VARIANTS
+    }
+    return {
+        "prompts": first.get("prompts"),
+        "confidence": first.get("confidence", 0.95),
+        "win_rate_judge": first.get("win_rate_judge"),
+        "lm_text": recipes["ppo"].eval.lm_text.path or None,
+        "rows": rows,
+        "variants": variants,
+    }
 
 
 def _get(results: Mapping[str, Any], *keys: str) -> Any:
@@ -250,9 +301,18 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 def sft_row(results: Mapping[str, Any]) -> dict[str, Any]:
     # KL of sft to itself is 0 by definition: it is the reference (docs/design.md, "Roles on one base").
-    return {"model": "sft", "gold": _get(results, "gold", "sft"), "gold_ci": _get(results, "gold_mean_ci", "sft"),
-            "gold_minus_sft": None, "gold_minus_sft_ci": None, "win_rate_vs_sft": None, "win_rate_vs_sft_ci": None,
-            "reward": _get(results, "reward", "sft"), "lm_loss": _get(results, "lm_loss", "sft"), "kl": 0.0}
+    return {
+        "model": "sft",
+        "gold": _get(results, "gold", "sft"),
+        "gold_ci": _get(results, "gold_mean_ci", "sft"),
+        "gold_minus_sft": None,
+        "gold_minus_sft_ci": None,
+        "win_rate_vs_sft": None,
+        "win_rate_vs_sft_ci": None,
+        "reward": _get(results, "reward", "sft"),
+        "lm_loss": _get(results, "lm_loss", "sft"),
+        "kl": 0.0,
+    }
 
 
 def best_of_n_row(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,21 +322,36 @@ def best_of_n_row(results: Mapping[str, Any]) -> dict[str, Any]:
     # Best-of-N may run on the first eval prompts only: compare with sft's greedy gold on those same prompts.
     baseline = _get(results, "best_of_n", "gold_sft_greedy")
     scope = f", first {prompts} prompts" if prompts not in (None, results.get("prompts")) else ""
-    return {"model": f"best-of-{n or 'N'} (sft + RM{scope})", "gold": _get(results, "best_of_n", "gold"),
-            "gold_ci": _get(results, "best_of_n", "gold_ci"),
-            "gold_minus_sft": _minus(_get(results, "best_of_n", "gold"), baseline if baseline is not None else _get(results, "gold", "sft")),
-            "gold_minus_sft_ci": _get(results, "best_of_n_ci", "bon_minus_sft"),
-            "win_rate_vs_sft": None, "win_rate_vs_sft_ci": None, "reward": _get(results, "best_of_n", "reward"),
-            "lm_loss": _get(results, "lm_loss", "sft") if n else None,
-            "kl": math.log(n) - (n - 1) / n if n else None, "kl_is_bound": True}
+    return {
+        "model": f"best-of-{n or 'N'} (sft + RM{scope})",
+        "gold": _get(results, "best_of_n", "gold"),
+        "gold_ci": _get(results, "best_of_n", "gold_ci"),
+        "gold_minus_sft": _minus(
+            _get(results, "best_of_n", "gold"), baseline if baseline is not None else _get(results, "gold", "sft")
+        ),
+        "gold_minus_sft_ci": _get(results, "best_of_n_ci", "bon_minus_sft"),
+        "win_rate_vs_sft": None,
+        "win_rate_vs_sft_ci": None,
+        "reward": _get(results, "best_of_n", "reward"),
+        "lm_loss": _get(results, "lm_loss", "sft") if n else None,
+        "kl": math.log(n) - (n - 1) / n if n else None,
+        "kl_is_bound": True,
+    }
 
 
 def policy_row(label: str, results: Mapping[str, Any]) -> dict[str, Any]:
-    return {"model": label, "gold": _get(results, "gold", "ppo"), "gold_ci": _get(results, "gold_mean_ci", "ppo"),
-            "gold_minus_sft": _minus(_get(results, "gold", "ppo"), _get(results, "gold", "sft")),
-            "gold_minus_sft_ci": _get(results, "gold_ci", "ppo_minus_sft"),
-            "win_rate_vs_sft": _get(results, "win_rate", "ppo_vs_sft"), "win_rate_vs_sft_ci": _get(results, "win_rate_ci", "ppo_vs_sft"),
-            "reward": _get(results, "reward", "ppo"), "lm_loss": _get(results, "lm_loss", "ppo"), "kl": results.get("kl")}
+    return {
+        "model": label,
+        "gold": _get(results, "gold", "ppo"),
+        "gold_ci": _get(results, "gold_mean_ci", "ppo"),
+        "gold_minus_sft": _minus(_get(results, "gold", "ppo"), _get(results, "gold", "sft")),
+        "gold_minus_sft_ci": _get(results, "gold_ci", "ppo_minus_sft"),
+        "win_rate_vs_sft": _get(results, "win_rate", "ppo_vs_sft"),
+        "win_rate_vs_sft_ci": _get(results, "win_rate_ci", "ppo_vs_sft"),
+        "reward": _get(results, "reward", "ppo"),
+        "lm_loss": _get(results, "lm_loss", "ppo"),
+        "kl": results.get("kl"),
+    }
 
 
 def _fmt(value: float | None, interval: Sequence[float] | None = None, *, signed: bool = False) -> str:
@@ -289,21 +364,41 @@ def _fmt(value: float | None, interval: Sequence[float] | None = None, *, signed
 def render_table(summary: Mapping[str, Any]) -> str:
     """ablation.md: one markdown table and the notes a reader needs to trust it."""
     level = f"{summary['confidence']:.0%}"
-    header = ["model", f"gold [{level} CI]", f"gold − sft [paired {level} CI]", f"win rate vs sft [{level} CI]",
-              "RM score", "held-out LM loss", "KL to sft (nats)"]
-    lines = ["# Ablation: what RL adds, what ptx costs or saves", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = [
+        "model",
+        f"gold [{level} CI]",
+        f"gold − sft [paired {level} CI]",
+        f"win rate vs sft [{level} CI]",
+        "RM score",
+        "held-out LM loss",
+        "KL to sft (nats)",
+    ]
+    lines = [
+        "# Ablation: what RL adds, what ptx costs or saves",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in summary["rows"]:
         kl = _fmt(row["kl"])
-        cells = [row["model"], _fmt(row["gold"], row["gold_ci"]), _fmt(row["gold_minus_sft"], row["gold_minus_sft_ci"], signed=True),
-                 _fmt(row["win_rate_vs_sft"], row["win_rate_vs_sft_ci"]), _fmt(row["reward"]), _fmt(row["lm_loss"]),
-                 f"≤ {kl}" if row.get("kl_is_bound") and kl != DASH else kl]
+        cells = [
+            row["model"],
+            _fmt(row["gold"], row["gold_ci"]),
+            _fmt(row["gold_minus_sft"], row["gold_minus_sft_ci"], signed=True),
+            _fmt(row["win_rate_vs_sft"], row["win_rate_vs_sft_ci"]),
+            _fmt(row["reward"]),
+            _fmt(row["lm_loss"]),
+            f"≤ {kl}" if row.get("kl_is_bound") and kl != DASH else kl,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [""] + _notes(summary)) + "\n"
 
 
 def _notes(summary: Mapping[str, Any]) -> list[str]:
     ptx = summary["variants"]["ppo_ptx"]
-    judge = {"gold": "the gold judge", "reward_model": "the reward model (no gold judge)"}.get(summary["win_rate_judge"], DASH)
+    judge = {"gold": "the gold judge", "reward_model": "the reward model (no gold judge)"}.get(
+        summary["win_rate_judge"], DASH
+    )
     return [
         f"- {summary['prompts']} held-out prompts; win rates judged by {judge}; intervals are bootstrap over prompts, "
         "paired where two models are compared.",

@@ -56,12 +56,14 @@ def greedy(stack: RoleStack, prompts: list[str], max_new_tokens: int, batch: int
 
 def time_generation(stack: RoleStack, prompts: list[str], new_tokens: int) -> float:
     tokenizer = stack.tokenizer
-    enc = tokenizer([render_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
-                    add_special_tokens=False).to(stack.device)
+    enc = tokenizer(
+        [render_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
+    ).to(stack.device)
     start = time.perf_counter()
     # min_new_tokens forces the full budget, so the figure is for exactly len(prompts) x new_tokens tokens.
-    stack.generate("base", enc.input_ids, enc.attention_mask, do_sample=False, max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens)
+    stack.generate(
+        "base", enc.input_ids, enc.attention_mask, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens
+    )
     return time.perf_counter() - start
 
 
@@ -88,9 +90,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="task seed")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--examples", type=int, default=1, help="responses to show per family")
-    parser.add_argument("--cpu-repack", action="store_true",
-                        help="let bitsandbytes repack NF4 weights for its faster CPU inference kernel "
-                        "(breaks gradients of later training steps; for timing comparison only)")
+    parser.add_argument(
+        "--cpu-repack",
+        action="store_true",
+        help="let bitsandbytes repack NF4 weights for its faster CPU inference kernel "
+        "(breaks gradients of later training steps; for timing comparison only)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -98,8 +103,10 @@ def main() -> None:
     stack = RoleStack.load(BaseModelConfig(str(demo_model_dir()), quantization="nf4", device=args.device))
     if args.cpu_repack:
         allow_cpu_repack(stack.base_model)
-    print(f"load (incl. conversion on first use): {time.perf_counter() - start:.1f} s; cpu repack {args.cpu_repack}; "
-          f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    print(
+        f"load (incl. conversion on first use): {time.perf_counter() - start:.1f} s; cpu repack {args.cpu_repack}; "
+        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}"
+    )
 
     tasks = sample_tasks(args.tasks, args.seed, split="eval")
     start = time.perf_counter()
@@ -122,8 +129,10 @@ def main() -> None:
     gen = [time_generation(stack, [t.prompt for t in tasks[:8]], 48) for _ in range(2)]
     print(f"generate 8 x 48 new tokens (NF4, {args.device}): {min(gen):.2f} s (best of {len(gen)}: {gen})")
     steps = [time_train_step(stack, 8, 128) for _ in range(3)]
-    print(f"one LoRA step on 8 x 128 tokens (NF4, r=16 all-linear, AdamW): {min(steps[1:]):.2f} s "
-          f"(first {steps[0]:.2f} s, all {[round(s, 2) for s in steps]})")
+    print(
+        f"one LoRA step on 8 x 128 tokens (NF4, r=16 all-linear, AdamW): {min(steps[1:]):.2f} s "
+        f"(first {steps[0]:.2f} s, all {[round(s, 2) for s in steps]})"
+    )
 
 
 if __name__ == "__main__":

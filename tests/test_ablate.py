@@ -43,10 +43,25 @@ def sft_rm_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ablated(ablate, sft_rm_run, tmp_path_factory) -> Path:
     lm_text = tmp_path_factory.mktemp("text") / "lm_text.jsonl"
-    lm_text.write_text("".join(json.dumps({"text": f"plain text number {i} about nothing in particular."}) + "\n" for i in range(4)))
-    ptx = sft_rm_run / "data" / "demonstrations.jsonl"  # {prompt, completion} rows: no dependence on {"text"} ptx support
-    argv = [str(sft_rm_run), "--steps", "1", "--ptx-coef", "0.5", "--ptx-path", str(ptx),
-            "eval.bootstrap_samples=20", "eval.best_of_n=2", "eval.max_prompts=4", f"eval.lm_text.path={lm_text}"]
+    lm_text.write_text(
+        "".join(json.dumps({"text": f"plain text number {i} about nothing in particular."}) + "\n" for i in range(4))
+    )
+    ptx = (
+        sft_rm_run / "data" / "demonstrations.jsonl"
+    )  # {prompt, completion} rows: no dependence on {"text"} ptx support
+    argv = [
+        str(sft_rm_run),
+        "--steps",
+        "1",
+        "--ptx-coef",
+        "0.5",
+        "--ptx-path",
+        str(ptx),
+        "eval.bootstrap_samples=20",
+        "eval.best_of_n=2",
+        "eval.max_prompts=4",
+        f"eval.lm_text.path={lm_text}",
+    ]
     assert ablate.main(argv) == 0
     return sft_rm_run
 
@@ -65,7 +80,9 @@ def test_one_table_with_the_four_rows(ablated, capsys):
 
 
 def test_the_variants_differ_in_the_ptx_coefficient_only(ablated):
-    recipes = {name: yaml.safe_load((ablated / "ablation" / name / "recipe.yaml").read_text()) for name in ("ppo", "ppo_ptx")}
+    recipes = {
+        name: yaml.safe_load((ablated / "ablation" / name / "recipe.yaml").read_text()) for name in ("ppo", "ppo_ptx")
+    }
     ptx_path = str((ablated / "data" / "demonstrations.jsonl").resolve())
     assert recipes["ppo"]["ppo"]["ptx"]["coef"] == 0 and recipes["ppo_ptx"]["ppo"]["ptx"]["coef"] == 0.5
     assert recipes["ppo"]["ppo"]["ptx"]["data"]["path"] == recipes["ppo_ptx"]["ppo"]["ptx"]["data"]["path"] == ptx_path
@@ -75,8 +92,9 @@ def test_the_variants_differ_in_the_ptx_coefficient_only(ablated):
     for name in recipes:
         variant = ablated / "ablation" / name
         assert (variant / "adapters" / "policy" / "adapter_config.json").is_file()
-        assert (variant / "adapters" / "sft" / "adapter_model.safetensors").read_bytes() == \
-            (ablated / "adapters" / "sft" / "adapter_model.safetensors").read_bytes()
+        assert (variant / "adapters" / "sft" / "adapter_model.safetensors").read_bytes() == (
+            ablated / "adapters" / "sft" / "adapter_model.safetensors"
+        ).read_bytes()
         assert (variant / "eval.json").is_file()
 
 
@@ -99,9 +117,14 @@ def test_no_ptx_text_is_a_one_line_error(ablate, sft_rm_run, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--ptx-path" in err
 
 
-@pytest.mark.parametrize(("override", "message"), [("ppo.ptx.coef=2", "ppo.ptx.coef is set by --ptx-coef"),
-                                                   ("ppo.ptx.data.path=x.jsonl", "ppo.ptx.data is set by --ptx-path"),
-                                                   ("ppo.steps=3", "ppo.steps is set by --steps")])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ppo.ptx.coef=2", "ppo.ptx.coef is set by --ptx-coef"),
+        ("ppo.ptx.data.path=x.jsonl", "ppo.ptx.data is set by --ptx-path"),
+        ("ppo.steps=3", "ppo.steps is set by --steps"),
+    ],
+)
 def test_overrides_of_what_a_flag_sets_are_refused(ablate, override, message):
     with pytest.raises(LoraRlhfError, match=f"^{message}, not by an override$"):
         ablate.user_overrides([override])

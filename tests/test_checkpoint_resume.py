@@ -122,10 +122,24 @@ def test_saving_after_resuming_from_an_older_checkpoint_drops_the_abandoned_late
 def test_sft_resumes_from_the_newest_intact_checkpoint_and_matches_an_uninterrupted_run(tiny_llama, tmp_path, caplog):
     demos = tmp_path / "demos.jsonl"
     demos.write_text("".join(json.dumps(r) + "\n" for r in DEMOS))
-    optim = OptimConfig(learning_rate=5e-3, batch_size=2, max_steps=6, logging_steps=1, eval_steps=100, save_steps=2,
-                        keep_checkpoints=3, warmup_ratio=0.0, scheduler="linear")
-    config = SFTConfig(data=DatasetSpec(str(demos)), eval_fraction=0.25, max_length=64, train=optim,
-                       lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    optim = OptimConfig(
+        learning_rate=5e-3,
+        batch_size=2,
+        max_steps=6,
+        logging_steps=1,
+        eval_steps=100,
+        save_steps=2,
+        keep_checkpoints=3,
+        warmup_ratio=0.0,
+        scheduler="linear",
+    )
+    config = SFTConfig(
+        data=DatasetSpec(str(demos)),
+        eval_fraction=0.25,
+        max_length=64,
+        train=optim,
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+    )
     whole = RoleStack.load(BaseModelConfig(name_or_path=tiny_llama))
     train_sft(whole, config, tmp_path / "whole")
     cut = tmp_path / "cut"

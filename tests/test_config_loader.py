@@ -55,7 +55,9 @@ def test_errors_name_the_key(data, message):
 
 
 def test_overrides_parse_yaml_scalars_and_merge():
-    overrides = parse_overrides(["inner.rate=0.05", "inner.names=[q_proj, v_proj]", "flag=true", "model.name_or_path=a/b"])
+    overrides = parse_overrides(
+        ["inner.rate=0.05", "inner.names=[q_proj, v_proj]", "flag=true", "model.name_or_path=a/b"]
+    )
     merged = merge({"inner": {"mode": "adaptive"}}, overrides)
     config = build(Outer, merged)
     assert config.inner.rate == 0.05 and config.inner.mode == "adaptive"
@@ -91,5 +93,6 @@ def test_a_moved_key_names_its_new_place(data, message):
 
 
 def test_moved_keys_do_not_touch_the_new_ones():
-    assert build(Holder, merge({"sectioned": {"inner": {"rate": 0.5}}}, parse_overrides(["sectioned.inner.mode=adaptive"]))) \
-        == Holder(Sectioned(Inner(rate=0.5, mode="adaptive")))
+    assert build(
+        Holder, merge({"sectioned": {"inner": {"rate": 0.5}}}, parse_overrides(["sectioned.inner.mode=adaptive"]))
+    ) == Holder(Sectioned(Inner(rate=0.5, mode="adaptive")))

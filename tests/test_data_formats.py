@@ -33,13 +33,24 @@ def rankings(tmp_path, tokenizer, rows, max_length=64, **kwargs):
 
 # ------------------------------------------------------------------ demonstrations
 def test_sft_labels_mask_every_prompt_token(tmp_path, tokenizer):
-    rows = [{"prompt": "sort the numbers 3 1 2", "completion": "1 2 3"},
-            {"messages": [{"role": "system", "content": "be good"}, {"role": "user", "content": "hello world"},
-                          {"role": "assistant", "content": "thanks"}]}]
+    rows = [
+        {"prompt": "sort the numbers 3 1 2", "completion": "1 2 3"},
+        {
+            "messages": [
+                {"role": "system", "content": "be good"},
+                {"role": "user", "content": "hello world"},
+                {"role": "assistant", "content": "thanks"},
+            ]
+        },
+    ]
     examples, report = load_sft_examples(write_jsonl(tmp_path, rows), tokenizer, max_length=128)
     assert report.kept == 2 and report.dropped == 0
-    prompts = [render_prompt(tokenizer, "sort the numbers 3 1 2"),
-               render_prompt(tokenizer, [{"role": "system", "content": "be good"}, {"role": "user", "content": "hello world"}])]
+    prompts = [
+        render_prompt(tokenizer, "sort the numbers 3 1 2"),
+        render_prompt(
+            tokenizer, [{"role": "system", "content": "be good"}, {"role": "user", "content": "hello world"}]
+        ),
+    ]
     for example, prompt, completion in zip(examples, prompts, ["1 2 3", "thanks"]):
         n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
         assert example.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt  # every prompt token masked
@@ -50,7 +61,9 @@ def test_sft_labels_mask_every_prompt_token(tmp_path, tokenizer):
 
 
 def test_truncation_shortens_but_never_empties_a_response(tmp_path, tokenizer):
-    spec = write_jsonl(tmp_path, [{"prompt": "hello", "completion": "the quick brown fox jumps over the lazy dog " * 4}])
+    spec = write_jsonl(
+        tmp_path, [{"prompt": "hello", "completion": "the quick brown fox jumps over the lazy dog " * 4}]
+    )
     n_prompt = len(tokenizer(render_prompt(tokenizer, "hello"), add_special_tokens=False).input_ids)
     examples, report = load_sft_examples(spec, tokenizer, max_length=n_prompt + 3)
     assert report.truncated == 1 and len(examples[0].input_ids) == n_prompt + 3
@@ -68,8 +81,10 @@ def test_truncation_shortens_but_never_empties_a_response(tmp_path, tokenizer):
         ({"prompt": "hi", "completion": 3}, r"row 1: field 'completion' is int, expected a string"),
         ({"prompt": "hi", "completion": "  "}, r"row 1: field 'completion' is empty"),
         ({"messages": [{"role": "user", "content": "hi"}]}, r"row 1: field 'messages'.*expected 'assistant'"),
-        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
-         r"row 1: field 'messages': the assistant's response is empty"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+            r"row 1: field 'messages': the assistant's response is empty",
+        ),
     ],
 )
 def test_bad_demonstrations_name_file_row_and_field(tmp_path, tokenizer, row, message):
@@ -104,8 +119,10 @@ def test_three_ranking_formats(tmp_path, tokenizer):
     rows = [
         {"prompt": "say", "responses": ["good", "bad", "great"], "ranks": [1, 2, 0]},
         {"prompt": "say", "chosen": "good", "rejected": "bad"},
-        {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: thanks\n\nAssistant: good",
-         "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: thanks\n\nAssistant: bad"},
+        {
+            "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: thanks\n\nAssistant: good",
+            "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: thanks\n\nAssistant: bad",
+        },
     ]
     examples, report = rankings(tmp_path, tokenizer, rows)
     assert report.kept == 3
@@ -118,9 +135,13 @@ def test_three_ranking_formats(tmp_path, tokenizer):
 def test_hh_rlhf_transcripts_split_at_the_last_shared_assistant_turn():
     prompt, chosen, rejected = split_transcripts(
         "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: great answer",
-        "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: gross answer")
-    assert prompt == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                      {"role": "user", "content": "and?"}]
+        "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: gross answer",
+    )
+    assert prompt == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and?"},
+    ]
     assert (chosen, rejected) == ("great answer", "gross answer")
 
 

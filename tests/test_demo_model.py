@@ -52,10 +52,11 @@ def test_demo_model_converts_once_reloads_from_cache_and_generates(tmp_path, mon
     assert tokenizer.chat_template
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     prompts = ["What is the capital of France?", "What is the capital of Italy?"]
-    enc = tokenizer([render_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
-                    add_special_tokens=False)
+    enc = tokenizer(
+        [render_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
+    )
     with torch.no_grad():
         out = model.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in texts[0]
     assert len(texts[1].split()) >= 3  # fluent text (the 135M model is not reliably right about Italy)

@@ -44,7 +44,10 @@ def test_reference_answers_are_right():
     assert make_task("arithmetic", {"a": 12, "op": "-", "b": 30}).answer == "-18"
     assert make_task("count", {"letter": "r", "words": ["river", "tiger"]}).answer == "3"
     assert make_task("uppercase", {"words": ["green", "tea"]}).answer == "GREEN TEA"
-    assert json.loads(make_task("json", {"pairs": {"city": "Oslo", "name": "Ana"}}).answer) == {"city": "Oslo", "name": "Ana"}
+    assert json.loads(make_task("json", {"pairs": {"city": "Oslo", "name": "Ana"}}).answer) == {
+        "city": "Oslo",
+        "name": "Ana",
+    }
 
 
 def test_train_and_eval_splits_are_disjoint_whatever_the_seed():
@@ -66,13 +69,23 @@ def test_gold_judge_gives_one_to_the_demonstration_and_less_to_corruptions():
     "params, family, right, partly, wrong",
     [
         ({"numbers": [40, 10, 30, 20]}, "sort", "10, 20, 30, 40", "10, 20, 40, 30", "99, 98"),
-        ({"words": ["apple", "river", "stone", "cloud"]}, "reverse", "cloud stone river apple",
-         "cloud stone apple river", "banana"),
+        (
+            {"words": ["apple", "river", "stone", "cloud"]},
+            "reverse",
+            "cloud stone river apple",
+            "cloud stone apple river",
+            "banana",
+        ),
         ({"a": 40, "op": "+", "b": 25}, "arithmetic", "65", "63", "12"),
         ({"letter": "e", "words": ["green", "tree", "lemon"]}, "count", "5", "4", "40"),
         ({"words": ["green", "river"]}, "uppercase", "GREEN RIVER", "green river", "blue sky"),
-        ({"pairs": {"city": "Oslo", "name": "Ana"}}, "json", '{"city": "Oslo", "name": "Ana"}',
-         '{"city": "Oslo", "name": "Leo"}', "city Oslo"),
+        (
+            {"pairs": {"city": "Oslo", "name": "Ana"}},
+            "json",
+            '{"city": "Oslo", "name": "Ana"}',
+            '{"city": "Oslo", "name": "Leo"}',
+            "city Oslo",
+        ),
     ],
 )
 def test_gold_judge_is_graded(params, family, right, partly, wrong):

@@ -45,7 +45,9 @@ def test_sequence_kl_matches_direct_computation(tiny_llama):
         logp = {}
         for role in ("policy", "sft"):
             with stack.use(role):
-                logits = stack.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, position_ids=position_ids).logits
+                logits = stack.model(
+                    input_ids=enc.input_ids, attention_mask=enc.attention_mask, position_ids=position_ids
+                ).logits
             logp[role] = logits.float().log_softmax(-1)
     kl = (logp["policy"].exp() * (logp["policy"] - logp["sft"])).sum(-1)[:, -3:-1].sum(-1)
     torch.testing.assert_close(got, kl)
@@ -57,10 +59,14 @@ def test_evaluate_writes_eval_json_report_and_plots(tiny_llama, tmp_path):
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     (metrics / "rm.jsonl").write_text(json.dumps({"step": 5, "loss": 0.5, "accuracy": 0.8, "split": "eval"}) + "\n")
-    (metrics / "ppo.jsonl").write_text("".join(json.dumps({"step": s, "reward": s * 0.1, "kl": s * 0.01, "gold": 0.1}) + "\n" for s in range(1, 4)))
+    (metrics / "ppo.jsonl").write_text(
+        "".join(json.dumps({"step": s, "reward": s * 0.1, "kl": s * 0.01, "gold": 0.1}) + "\n" for s in range(1, 4))
+    )
     prompts = ["sort the numbers 3 1 2", "hello world", "reverse the words"]
     lengths = lambda ps, rs: [min(len(r), 10) / 10 for r in rs]  # noqa: E731 - a stand-in gold judge
-    results = evaluate(stack, prompts, EvalConfig(max_new_tokens=6, batch_size=2, examples=2), tmp_path, gold_fn=lengths)
+    results = evaluate(
+        stack, prompts, EvalConfig(max_new_tokens=6, batch_size=2, examples=2), tmp_path, gold_fn=lengths
+    )
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert set(saved["gold"]) == {"base", "sft", "ppo"} and set(saved["reward"]) == {"base", "sft", "ppo"}
@@ -104,34 +110,71 @@ def _samples(run_dir) -> list[dict]:
 def test_evaluate_writes_intervals_rm_accuracy_best_of_n_and_lm_loss(tiny_llama, tmp_path):
     stack = _stack(tiny_llama)
     rankings = tmp_path / "rankings.jsonl"
-    rankings.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"prompt": "sort the numbers 3 1 2", "responses": ["1 2 3", "3 2 1", "2 1"], "ranks": [0, 2, 1]},
-        {"prompt": "hello world", "chosen": "hello there", "rejected": "bad"},
-    ]))
+    rankings.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"prompt": "sort the numbers 3 1 2", "responses": ["1 2 3", "3 2 1", "2 1"], "ranks": [0, 2, 1]},
+                {"prompt": "hello world", "chosen": "hello there", "rejected": "bad"},
+            ]
+        )
+    )
     text = tmp_path / "text.jsonl"
     text.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("the quick brown fox", "hello world please")))
     config = EvalConfig(
-        max_new_tokens=5, batch_size=2, best_of_n=2, best_of_n_prompts=2, bootstrap_samples=200,
-        rankings=DatasetSpec(str(rankings)), lm_text=DatasetSpec(str(text)),
+        max_new_tokens=5,
+        batch_size=2,
+        best_of_n=2,
+        best_of_n_prompts=2,
+        bootstrap_samples=200,
+        rankings=DatasetSpec(str(rankings)),
+        lm_text=DatasetSpec(str(text)),
     )
     lengths = lambda ps, rs: [min(len(r), 10) / 10 for r in rs]  # noqa: E731 - a stand-in gold judge
-    results = evaluate(stack, ["sort the numbers 3 1 2", "hello world", "reverse the words"], config, tmp_path, gold_fn=lengths)
+    results = evaluate(
+        stack, ["sort the numbers 3 1 2", "hello world", "reverse the words"], config, tmp_path, gold_fn=lengths
+    )
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved == json.loads(json.dumps(results))
     pairs = ["sft_minus_base", "ppo_minus_base", "ppo_minus_sft"]
-    assert list(saved["gold_ci"]) == pairs and list(saved["win_rate_ci"]) == [p.replace("_minus_", "_vs_") for p in pairs]
+    assert list(saved["gold_ci"]) == pairs and list(saved["win_rate_ci"]) == [
+        p.replace("_minus_", "_vs_") for p in pairs
+    ]
     assert set(saved["gold_mean_ci"]) == set(saved["reward_mean_ci"]) == {"base", "sft", "ppo"}
     assert saved["rm_accuracy_source"] == "rankings" and saved["rm_accuracy_pairs"] == 4
     assert set(saved["best_of_n"]) >= {"n", "reward", "gold", "gold_sft_sample"} and saved["best_of_n"]["n"] == 2
     # best-of-N on the first 2 of 3 prompts, its baseline sft's greedy gold on those same 2
     assert saved["best_of_n"]["prompts"] == 2
-    assert saved["best_of_n"]["gold_sft_greedy"] == pytest.approx(sum(lengths(None, [r["sft"] for r in _samples(tmp_path)[:2]])) / 2)
+    assert saved["best_of_n"]["gold_sft_greedy"] == pytest.approx(
+        sum(lengths(None, [r["sft"] for r in _samples(tmp_path)[:2]])) / 2
+    )
     assert set(saved["lm_loss"]) == {"base", "sft", "ppo"} and saved["lm_loss"]["sft"] == saved["lm_loss"]["base"]
-    for key in ("gold", "gold_mean_ci", "gold_ci", "win_rate", "win_rate_ci", "reward", "reward_mean_ci", "rm_accuracy",
-                "rm_accuracy_ci", "rm_accuracy_pairs", "rm_accuracy_gold", "rm_accuracy_gold_ci", "rm_accuracy_gold_pairs",
-                "best_of_n", "best_of_n_ci", "lm_loss", "kl"):
+    for key in (
+        "gold",
+        "gold_mean_ci",
+        "gold_ci",
+        "win_rate",
+        "win_rate_ci",
+        "reward",
+        "reward_mean_ci",
+        "rm_accuracy",
+        "rm_accuracy_ci",
+        "rm_accuracy_pairs",
+        "rm_accuracy_gold",
+        "rm_accuracy_gold_ci",
+        "rm_accuracy_gold_pairs",
+        "best_of_n",
+        "best_of_n_ci",
+        "lm_loss",
+        "kl",
+    ):
         assert _finite(saved[key]), (key, saved[key])
-    for interval in [*saved["gold_ci"].values(), *saved["win_rate_ci"].values(), saved["rm_accuracy_ci"], saved["best_of_n_ci"]["bon_minus_sft"]]:
+    for interval in [
+        *saved["gold_ci"].values(),
+        *saved["win_rate_ci"].values(),
+        saved["rm_accuracy_ci"],
+        saved["best_of_n_ci"]["bon_minus_sft"],
+    ]:
         assert len(interval) == 2 and interval[0] <= interval[1]
     report = (tmp_path / "report.md").read_text()
     for phrase in ("## Is the difference real?", "ppo − sft", "best-of-2", "LM loss", "over 4 pairs"):
@@ -140,7 +183,9 @@ def test_evaluate_writes_intervals_rm_accuracy_best_of_n_and_lm_loss(tiny_llama,
 
 def test_evaluate_without_gold_gives_reward_judged_win_rates_intervals(tiny_llama, tmp_path):
     stack = _stack(tiny_llama)
-    results = evaluate(stack, ["hello", "sort the numbers 3 1 2"], EvalConfig(max_new_tokens=3, batch_size=2, best_of_n=0), tmp_path)
+    results = evaluate(
+        stack, ["hello", "sort the numbers 3 1 2"], EvalConfig(max_new_tokens=3, batch_size=2, best_of_n=0), tmp_path
+    )
     assert results["win_rate_judge"] == "reward_model" and "gold" not in results and "best_of_n" not in results
     assert set(results["win_rate_ci"]) == {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"}
     assert results["rm_accuracy"] is None and "lm_loss" not in results

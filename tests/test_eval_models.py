@@ -49,16 +49,26 @@ def test_rm_accuracy_against_labels_and_gold_on_hand_built_rankings(stack, tmp_p
     rows = [
         {"prompt": "sort the numbers", "responses": ["great", "bad", "good"], "ranks": [0, 2, 1]},  # 3 pairs, all right
         {"prompt": "hello world", "responses": ["terrible", "good"], "ranks": [0, 1]},  # 1 pair, wrong
-        {"prompt": "reverse the words", "responses": ["good", "bad", "great"], "ranks": [0, 0, 1]},  # 2 untied pairs, both wrong
+        {
+            "prompt": "reverse the words",
+            "responses": ["good", "bad", "great"],
+            "ranks": [0, 0, 1],
+        },  # 2 untied pairs, both wrong
         {"prompt": "count letters", "responses": ["good", "good"], "ranks": [0, 1]},  # 1 pair, RM tie: 1/2
         {"prompt": "no ranks here", "responses": ["good", "bad"]},  # bad row
         {"prompt": "all tied", "responses": ["good", "bad"], "ranks": [0, 0]},  # no pair: bad row
     ]
-    config = EvalConfig(rankings=DatasetSpec(_write_jsonl(tmp_path / "rankings.jsonl", rows)), batch_size=3, bootstrap_samples=200)
+    config = EvalConfig(
+        rankings=DatasetSpec(_write_jsonl(tmp_path / "rankings.jsonl", rows)), batch_size=3, bootstrap_samples=200
+    )
     monkeypatch.setattr(stack, "rewards", _stub_rewards(stack))
     gold_by_length = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731 - a stand-in gold judge
     got = rm_accuracy(stack, config, gold_by_length)
-    assert got["rm_accuracy_source"] == "rankings" and got["rm_accuracy_rows"] == 4 and got["rm_accuracy_skipped_rows"] == 2
+    assert (
+        got["rm_accuracy_source"] == "rankings"
+        and got["rm_accuracy_rows"] == 4
+        and got["rm_accuracy_skipped_rows"] == 2
+    )
     assert got["rm_accuracy"] == pytest.approx(3.5 / 7) and got["rm_accuracy_pairs"] == 7
     lo, hi = got["rm_accuracy_ci"]
     assert 0 <= lo <= got["rm_accuracy"] <= hi <= 1
@@ -69,7 +79,9 @@ def test_rm_accuracy_against_labels_and_gold_on_hand_built_rankings(stack, tmp_p
 
 def test_lm_loss_matches_a_direct_computation_from_the_logits(stack, tmp_path):
     texts = ["the quick brown fox jumps over the lazy dog", "hello world", "sort the numbers 3 1 2 please thanks"]
-    path = _write_jsonl(tmp_path / "text.jsonl", [{"text": t} for t in texts] + [{"text": ""}])  # the empty row is skipped
+    path = _write_jsonl(
+        tmp_path / "text.jsonl", [{"text": t} for t in texts] + [{"text": ""}]
+    )  # the empty row is skipped
     got = lm_losses(stack, {"base": "base", "ppo": "policy"}, DatasetSpec(path), max_length=8, batch_size=2)
     for name, role in (("base", "base"), ("ppo", "policy")):
         total, count = 0.0, 0
@@ -85,9 +97,15 @@ def test_lm_loss_matches_a_direct_computation_from_the_logits(stack, tmp_path):
 
 def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch):
     # RM scores of the 2 prompts x 3 samples, prompt-major
-    monkeypatch.setattr("lora_rlhf.eval.best_of_n.reward_scores", lambda stack, seqs, batch_size: [0.0, 5.0, 1.0, 2.0, 2.0, -1.0])
+    monkeypatch.setattr(
+        "lora_rlhf.eval.best_of_n.reward_scores", lambda stack, seqs, batch_size: [0.0, 5.0, 1.0, 2.0, 2.0, -1.0]
+    )
     generate, batches = stack.generate, []
-    monkeypatch.setattr(stack, "generate", lambda role, ids, mask, **kw: batches.append((role, ids.shape[0])) or generate(role, ids, mask, **kw))
+    monkeypatch.setattr(
+        stack,
+        "generate",
+        lambda role, ids, mask, **kw: batches.append((role, ids.shape[0])) or generate(role, ids, mask, **kw),
+    )
     gold_calls = []
 
     def gold(prompts, responses):

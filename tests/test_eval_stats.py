@@ -21,7 +21,10 @@ def test_bootstrap_of_constant_values_is_a_point_and_a_single_value_is_itself():
     lo, hi = bootstrap_ci([0.3] * 20)
     assert lo == hi == pytest.approx(0.3)
     assert bootstrap_ci([1.7]) == (1.7, 1.7)
-    assert cluster_accuracy_ci([[1.0, 0.0, 1.0]]) == (pytest.approx(2 / 3), (pytest.approx(2 / 3), pytest.approx(2 / 3)))
+    assert cluster_accuracy_ci([[1.0, 0.0, 1.0]]) == (
+        pytest.approx(2 / 3),
+        (pytest.approx(2 / 3), pytest.approx(2 / 3)),
+    )
 
 
 def test_empty_inputs_and_bad_settings_raise_clear_errors():
@@ -83,7 +86,9 @@ def test_cluster_accuracy_weighs_pairs_and_widens_the_interval_for_correlated_pa
 def test_bootstrap_interval_roughly_covers_the_true_mean():
     rng = np.random.default_rng(5)
     trials = 200
-    covered = sum(lo <= 0 <= hi for lo, hi in (bootstrap_ci(rng.normal(size=30), samples=400, seed=t) for t in range(trials)))
+    covered = sum(
+        lo <= 0 <= hi for lo, hi in (bootstrap_ci(rng.normal(size=30), samples=400, seed=t) for t in range(trials))
+    )
     assert 0.85 <= covered / trials <= 0.99  # nominal 0.95; the percentile method runs a little short at n = 30
 
 
@@ -112,13 +117,23 @@ def test_pair_outcomes_by_ranks_and_by_gold():
     assert pair_outcomes([5.0, 3.0, 5.0], [0.0, 1.0, 2.0], higher_is_better=True) == [0.0, 1.0]
 
     assert accuracy_fields("rm_accuracy_gold", [[], []], EvalConfig()) == {
-        "rm_accuracy_gold": None, "rm_accuracy_gold_ci": None, "rm_accuracy_gold_pairs": 0}
+        "rm_accuracy_gold": None,
+        "rm_accuracy_gold_ci": None,
+        "rm_accuracy_gold_pairs": 0,
+    }
 
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("best_of_n", -1), ("best_of_n_temperature", 0.0), ("lm_max_length", 1), ("rankings_max_length", 0),
-     ("bootstrap_samples", 0), ("confidence", 1.0), ("confidence", 0.0)],
+    [
+        ("best_of_n", -1),
+        ("best_of_n_temperature", 0.0),
+        ("lm_max_length", 1),
+        ("rankings_max_length", 0),
+        ("bootstrap_samples", 0),
+        ("confidence", 1.0),
+        ("confidence", 0.0),
+    ],
 )
 def test_eval_config_rejects_bad_values_naming_the_key(key, value):
     with pytest.raises(LoraRlhfError, match=f"^{key}: {value!r}"):

@@ -78,7 +78,20 @@ def test_merge_replaces_output_atomically_and_fails_cleanly(adapter, tmp_path):
 
 def test_cli_merges_a_runs_role_with_verification(tiny_llama, tmp_path, capsys):
     run = make_run_dir(tiny_llama, tmp_path / "run", ("sft", "policy"))
-    code = main(["merge", "--run", str(run), "--role", "policy", "--output", str(tmp_path / "m"), "--dtype", "float32", "--verify"])
+    code = main(
+        [
+            "merge",
+            "--run",
+            str(run),
+            "--role",
+            "policy",
+            "--output",
+            str(tmp_path / "m"),
+            "--dtype",
+            "float32",
+            "--verify",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "within the float32 tolerance" in out

@@ -20,9 +20,14 @@ from lora_rlhf.testing.architectures import tiny_causal_lm
 
 # A hand-sized Llama-like layer: H = 8, kv = 4, I = 16 (gate and up), 2 layers, V = 10.
 SHAPE = ModelShape(
-    name="hand", layers=2, hidden=8, vocab=10, kv_dim=4,
+    name="hand",
+    layers=2,
+    hidden=8,
+    vocab=10,
+    kv_dim=4,
     layer_linears=((8, 8), (8, 4), (8, 4), (8, 8), (8, 16), (8, 16), (16, 8)),
-    linear_params=2 * (64 + 32 + 32 + 64 + 128 + 128 + 128), other_params=100,
+    linear_params=2 * (64 + 32 + 32 + 64 + 128 + 128 + 128),
+    other_params=100,
 )
 
 
@@ -49,7 +54,9 @@ def test_activations_logits_and_kv_cache_by_hand():
     assert full == 2 * rows * tokens * per_token * 4 + rows * tokens * 8 * 4
     gc = estimate.activation_bytes(SHAPE, rows, tokens, "float32", grad=True, checkpointing=True, lora_dropout=False)
     assert gc == 2 * rows * tokens * 8 * 4 + rows * tokens * per_token * 4
-    no_grad = estimate.activation_bytes(SHAPE, rows, tokens, "bfloat16", grad=False, checkpointing=False, lora_dropout=True)
+    no_grad = estimate.activation_bytes(
+        SHAPE, rows, tokens, "bfloat16", grad=False, checkpointing=False, lora_dropout=True
+    )
     assert no_grad == rows * tokens * (3 * 16 + 4 * 8) * 2 + rows * tokens * 8 * 2
     assert estimate.logit_bytes(SHAPE, rows, 4, grad=True) == rows * 4 * 10 * 4 * 3
     assert estimate.kv_cache_bytes(SHAPE, rows, tokens, "bfloat16") == 2 * rows * tokens * 2 * 4 * 2
@@ -65,8 +72,16 @@ def test_shapes_come_from_the_config_alone_and_count_every_parameter_once(tiny_l
     loaded = RoleStack.load(BaseModelConfig(tiny_llama, quantization="none")).base_model
     planned = model_shape(tiny_llama)
     assert planned.params == sum(p.numel() for p in loaded.parameters())
-    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "tie_word_embeddings": True}
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+        "tie_word_embeddings": True,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     tied = model_shape(str(tmp_path / "config.json"))
     assert tied.layers == 3 and tied.kv_dim == 32 and tied.other_params == 100 * 64 + 64 + 3 * 2 * 64
@@ -88,7 +103,10 @@ def test_a_recipe_that_does_not_fit_names_the_knob_that_brings_it_under():
     assert options["model.gradient_checkpointing=true"] < sft.total
     assert any(total <= budget for total in options.values())
     # K defaults to the demo's responses per prompt; rm rows scale with it.
-    assert plan_recipe(recipe, shape, device="cpu", responses_per_prompt=6).phases[1].activations == 2 * loose.phases[1].activations
+    assert (
+        plan_recipe(recipe, shape, device="cpu", responses_per_prompt=6).phases[1].activations
+        == 2 * loose.phases[1].activations
+    )
 
 
 def test_plan_cli_prints_the_table_and_exits_1_when_it_does_not_fit(capsys):
@@ -124,7 +142,9 @@ def test_a_training_step_peak_is_predicted_within_25_percent(tmp_path):
         stack.logprobs("sft", ids, torch.ones_like(ids)).logprobs.mean().backward()
     measured = resident_bytes(stack.base_model) + peak.bytes
     predicted = (
-        estimate.base_weight_bytes(shape, "none", "float32") + estimate.adapter_bytes(shape, 8, 1, 0) + shape.lora_params(8) * 4
+        estimate.base_weight_bytes(shape, "none", "float32")
+        + estimate.adapter_bytes(shape, 8, 1, 0)
+        + shape.lora_params(8) * 4
         + estimate.activation_bytes(shape, rows, tokens, "float32", grad=True, checkpointing=True, lora_dropout=True)
         + estimate.logit_bytes(shape, rows, tokens, grad=True)
     )

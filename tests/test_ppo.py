@@ -55,9 +55,18 @@ def demos_file(tmp_path: Path) -> dict[str, str]:
 
 def config(tmp_path: Path, **overrides) -> PPOConfig:
     """A small PPO config; `overrides` are the YAML section's keys, nested sections merged (optim={...})."""
-    settings = dict(prompts=prompts_file(tmp_path), steps=4, rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2,
-                    sampling={"max_new_tokens": 8}, ptx={"coef": 0.0},
-                    optim={"policy_learning_rate": 3e-3, "value_learning_rate": 3e-3}, ppo_epochs=2, save_steps=2)
+    settings = dict(
+        prompts=prompts_file(tmp_path),
+        steps=4,
+        rollout_batch_size=8,
+        mini_batch_size=4,
+        micro_batch_size=2,
+        sampling={"max_new_tokens": 8},
+        ptx={"coef": 0.0},
+        optim={"policy_learning_rate": 3e-3, "value_learning_rate": 3e-3},
+        ppo_epochs=2,
+        save_steps=2,
+    )
     return build(PPOConfig, merge(settings, overrides))
 
 
@@ -72,8 +81,16 @@ def snapshot(stack: RoleStack) -> dict[str, torch.Tensor]:
 def test_ppo_raises_a_programmatic_reward_with_bounded_kl_and_frozen_roles(tiny_llama, tmp_path):
     stack = make_stack(tiny_llama)
     before = snapshot(stack)
-    cfg = config(tmp_path, steps=30, rollout_batch_size=16, mini_batch_size=8, micro_batch_size=8,
-                 sampling={"max_new_tokens": 16}, rewards={"kl_coef": 0.001}, save_steps=30)
+    cfg = config(
+        tmp_path,
+        steps=30,
+        rollout_batch_size=16,
+        mini_batch_size=8,
+        micro_batch_size=8,
+        sampling={"max_new_tokens": 16},
+        rewards={"kl_coef": 0.001},
+        save_steps=30,
+    )
     train_ppo(stack, cfg, tmp_path / "run", reward_fn=digit_fraction)
 
     rows = read_metrics(tmp_path / "run" / "metrics" / "ppo.jsonl")
@@ -82,8 +99,21 @@ def test_ppo_raises_a_programmatic_reward_with_bounded_kl_and_frozen_roles(tiny_
     late = sum(r["reward"] for r in rows[-5:]) / 5
     assert late > max(3 * early, 0.15), (early, late)
     assert all(r["kl"] < 150 for r in rows)  # a 16-token response; the penalty keeps it finite and bounded
-    for key in ("reward", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clipfrac", "response_length",
-                "approx_kl", "explained_variance", "time_generate", "time_score", "time_train"):
+    for key in (
+        "reward",
+        "kl",
+        "kl_coef",
+        "entropy",
+        "policy_loss",
+        "value_loss",
+        "clipfrac",
+        "response_length",
+        "approx_kl",
+        "explained_variance",
+        "time_generate",
+        "time_score",
+        "time_train",
+    ):
         assert key in rows[0], key
     after = snapshot(stack)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -142,7 +172,9 @@ def test_nan_reward_stops_with_the_step_and_saves_the_evidence(tiny_llama, tmp_p
     with pytest.raises(LoraRlhfError, match=r"step 2: reward is nan"):
         train_ppo(make_stack(tiny_llama), config(tmp_path), tmp_path / "run", reward_fn=nan_at_step_2)
     failed = tmp_path / "run" / "checkpoints" / "ppo" / "failed-step-00000002"
-    assert (failed / "rollout.safetensors").is_file() and (failed / "roles" / "policy" / "adapter_config.json").is_file()
+    assert (failed / "rollout.safetensors").is_file() and (
+        failed / "roles" / "policy" / "adapter_config.json"
+    ).is_file()
     assert "reward is nan" in json.loads((failed / "failure.json").read_text())["problem"]
     assert not (tmp_path / "run" / "adapters" / "policy").exists()  # no output that looks complete
 
@@ -200,8 +232,16 @@ def test_bad_ppo_settings_are_one_line_errors(override, message):
 
 
 def test_nested_overrides_reach_their_sections():
-    ppo = load_recipe(None, ["ppo.rewards.kl_coef=0.05", "ppo.sampling.temperature=0.7", "ppo.optim.clip_range=0.1",
-                             "ppo.ptx.coef=2", "ppo.ptx.data.path=text.jsonl"]).ppo
+    ppo = load_recipe(
+        None,
+        [
+            "ppo.rewards.kl_coef=0.05",
+            "ppo.sampling.temperature=0.7",
+            "ppo.optim.clip_range=0.1",
+            "ppo.ptx.coef=2",
+            "ppo.ptx.data.path=text.jsonl",
+        ],
+    ).ppo
     assert ppo.rewards.kl_coef == 0.05 and ppo.sampling.temperature == 0.7 and ppo.optim.clip_range == 0.1
     assert ppo.ptx.coef == 2.0 and ppo.ptx.data.path == "text.jsonl" and ppo.ptx.enabled
     assert ppo.rewards.gamma == 1.0 and ppo.sampling.max_new_tokens == 32  # the rest of the demo recipe's sections stay
@@ -212,7 +252,9 @@ def test_a_recipe_file_with_old_flat_keys_names_their_new_place(tmp_path):
     old.write_text("ppo:\n  steps: 2\n  temperature: 0.7\n  ptx: {path: demos.jsonl}\n")
     with pytest.raises(LoraRlhfError) as info:
         load_recipe(old)
-    assert str(info.value).startswith("ppo.temperature moved to ppo.sampling.temperature (in ") and "\n" not in str(info.value)
+    assert str(info.value).startswith("ppo.temperature moved to ppo.sampling.temperature (in ") and "\n" not in str(
+        info.value
+    )
 
 
 @pytest.mark.parametrize("old", sorted(MOVED_KEYS))
@@ -262,10 +304,18 @@ def test_missing_eos_penalty_lowers_every_return_of_a_truncated_response():
 
     zeros = torch.zeros(2, 3)
     rollout = Rollout(
-        input_ids=torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5, dtype=torch.long),
-        response_mask=torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), prompt_width=2,
-        logprobs=zeros, ref_logprobs=zeros, values=zeros, scores=torch.tensor([0.5, 0.5]), entropy=zeros,
-        finished=torch.tensor([True, False]), prompts=["a", "b"], responses=["x", "y"],
+        input_ids=torch.zeros(2, 5, dtype=torch.long),
+        attention_mask=torch.ones(2, 5, dtype=torch.long),
+        response_mask=torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]),
+        prompt_width=2,
+        logprobs=zeros,
+        ref_logprobs=zeros,
+        values=zeros,
+        scores=torch.tensor([0.5, 0.5]),
+        entropy=zeros,
+        finished=torch.tensor([True, False]),
+        prompts=["a", "b"],
+        responses=["x", "y"],
     )
     settings = dict(gamma=1.0, lam=1.0, whiten_advantages=False)
     add_advantages(rollout, 0.0, RewardsConfig(**settings), RunningMoments())

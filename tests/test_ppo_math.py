@@ -30,8 +30,10 @@ def _gae_reference(values, rewards, lengths, gamma, lam):
             delta = rewards[b][t] + gamma * next_value - values[b][t]
             next_advantage = delta + gamma * lam * next_advantage
             advantages[b][t] = next_advantage
-    returns = [[a + v if t < n else 0.0 for t, (a, v) in enumerate(zip(ra, rv))]
-               for ra, rv, n in zip(advantages, values, lengths)]
+    returns = [
+        [a + v if t < n else 0.0 for t, (a, v) in enumerate(zip(ra, rv))]
+        for ra, rv, n in zip(advantages, values, lengths)
+    ]
     return torch.tensor(advantages), torch.tensor(returns)
 
 
@@ -101,8 +103,14 @@ def test_penalized_rewards_k3_by_hand_and_nonnegative():
     torch.testing.assert_close(out.kl, expected)
     torch.testing.assert_close(out.rewards, -expected)
     gen = torch.Generator().manual_seed(1)
-    many = penalized_rewards(torch.randn(8, 16, generator=gen), torch.randn(8, 16, generator=gen),
-                             torch.zeros(8), torch.ones(8, 16), kl_coef=0.1, kl_estimator="k3")
+    many = penalized_rewards(
+        torch.randn(8, 16, generator=gen),
+        torch.randn(8, 16, generator=gen),
+        torch.zeros(8),
+        torch.ones(8, 16),
+        kl_coef=0.1,
+        kl_estimator="k3",
+    )
     assert (many.kl >= 0).all()
 
 

@@ -28,25 +28,45 @@ class FakeHub(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.requests.append({"method": "POST", "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+        self.requests.append(
+            {
+                "method": "POST",
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body,
+            }
+        )
         if self.status != 200:
             return self._json(self.status, {"error": "Invalid credentials in Authorization header"})
         path = self.path.split("?")[0]
         if path == "/api/repos/create":
             payload = json.loads(body)
-            return self._json(200, {"url": f"http://{self.headers['host']}/{payload['organization']}/{payload['name']}"})
+            return self._json(
+                200, {"url": f"http://{self.headers['host']}/{payload['organization']}/{payload['name']}"}
+            )
         if path == "/api/validate-yaml":
             return self._json(200, {"errors": [], "warnings": []})
         if "/preupload/" in path:
             files = json.loads(body)["files"]
-            return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+            return self._json(
+                200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+            )
         if "/commit/" in path:
             repo = path.removeprefix("/api/models/").split("/commit/")[0]
-            return self._json(200, {"commitUrl": f"http://{self.headers['host']}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40})
+            return self._json(
+                200, {"commitUrl": f"http://{self.headers['host']}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40}
+            )
         return self._json(404, {"error": f"no route {path}"})
 
     def do_GET(self) -> None:  # noqa: N802
-        self.requests.append({"method": "GET", "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": b""})
+        self.requests.append(
+            {
+                "method": "GET",
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": b"",
+            }
+        )
         self._json(self.status if self.status != 200 else 404, {"error": "not found"})
 
     def _json(self, status: int, obj: dict) -> None:
@@ -77,20 +97,29 @@ def hub(monkeypatch):
 @pytest.fixture(scope="module")
 def run_dir(tiny_llama, tmp_path_factory):
     run = make_run_dir(tiny_llama, tmp_path_factory.mktemp("pushrun") / "run", ("sft", "policy"), eval_figures=EVAL)
-    recipe = {"model": {"name_or_path": "demo:smollm2"}, "sft": {"data": {"path": "Anthropic/hh-rlhf", "split": "train"}}}
+    recipe = {
+        "model": {"name_or_path": "demo:smollm2"},
+        "sft": {"data": {"path": "Anthropic/hh-rlhf", "split": "train"}},
+    }
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     return run
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def committed_files(hub) -> dict[str, bytes]:
     (commit,) = [r for r in hub.requests if "/commit/" in r["path"]]
     lines = [json.loads(line) for line in commit["body"].splitlines()]
     assert lines[0]["key"] == "header"
-    files = {item["value"]["path"]: base64.b64decode(item["value"]["content"]) for item in lines if item["key"] == "file"}
+    files = {
+        item["value"]["path"]: base64.b64decode(item["value"]["content"]) for item in lines if item["key"] == "file"
+    }
     return {"__summary__": lines[0]["value"]["summary"].encode(), **files}
 
 
@@ -113,7 +142,10 @@ def test_push_run_uploads_every_role_with_cards(hub, run_dir, capfd):
     files = committed_files(hub)
     assert files.pop("__summary__") == b"first version"
     for role in ("sft", "policy"):
-        assert files[f"{role}/adapter_model.safetensors"] == (run_dir / "adapters" / role / "adapter_model.safetensors").read_bytes()
+        assert (
+            files[f"{role}/adapter_model.safetensors"]
+            == (run_dir / "adapters" / role / "adapter_model.safetensors").read_bytes()
+        )
         config = json.loads(files[f"{role}/adapter_config.json"])
         assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert files["eval.json"] == (run_dir / "eval.json").read_bytes()
@@ -135,7 +167,13 @@ def test_dry_run_lists_files_and_sends_nothing(hub, run_dir, capfd):
     assert main(["push", str(run_dir), "--repo-id", "me/rlhf-run", "--role", "policy", "--dry-run"]) == 0
     out, err = capfd.readouterr()
     assert "would upload" in out
-    for name in ("policy/adapter_model.safetensors", "policy/adapter_config.json", "policy/README.md", "eval.json", "README.md"):
+    for name in (
+        "policy/adapter_model.safetensors",
+        "policy/adapter_config.json",
+        "policy/README.md",
+        "eval.json",
+        "README.md",
+    ):
         assert name in out
     assert "sft/" not in out
     assert hub.requests == []

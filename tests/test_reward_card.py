@@ -34,8 +34,14 @@ def bases(tmp_path_factory) -> dict[str, Path]:
     llama = make_tiny_model(root / "llama", "llama")
     tokenizer = AutoTokenizer.from_pretrained(llama)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(root / "gpt2")

@@ -38,7 +38,9 @@ def marker_rankings(n: int, seed: int = 0) -> list[dict]:
             words = [rng.choice(FILLER) for _ in range(3)] + [MARKER] * (k - 1 - rank)
             rng.shuffle(words)
             responses.append(" ".join(words))
-        rows.append({"prompt": rng.choice(["say something", "answer with yes or no"]), "responses": responses, "ranks": ranks})
+        rows.append(
+            {"prompt": rng.choice(["say something", "answer with yes or no"]), "responses": responses, "ranks": ranks}
+        )
     return rows
 
 
@@ -69,17 +71,37 @@ def load_stack(folder: str, *, sft: bool = True) -> RoleStack:
 
 @pytest.fixture()
 def data(tmp_path) -> dict[str, DatasetSpec]:
-    demos = [{"prompt": "say something", "completion": "the lazy dog"}, {"prompt": "hello", "completion": "great great"}]
-    return {"rankings": write_jsonl(tmp_path / "rankings.jsonl", marker_rankings(96)),
-            "demos": write_jsonl(tmp_path / "demos.jsonl", demos)}
+    demos = [
+        {"prompt": "say something", "completion": "the lazy dog"},
+        {"prompt": "hello", "completion": "great great"},
+    ]
+    return {
+        "rankings": write_jsonl(tmp_path / "rankings.jsonl", marker_rankings(96)),
+        "demos": write_jsonl(tmp_path / "demos.jsonl", demos),
+    }
 
 
 def rm_config(data, **train) -> RMConfig:
-    optim = dict(learning_rate=3e-3, batch_size=8, epochs=3, logging_steps=3, eval_steps=9, save_steps=9,
-                 warmup_ratio=0.0, scheduler="constant")
+    optim = dict(
+        learning_rate=3e-3,
+        batch_size=8,
+        epochs=3,
+        logging_steps=3,
+        eval_steps=9,
+        save_steps=9,
+        warmup_ratio=0.0,
+        scheduler="constant",
+    )
     optim.update(train)
-    return RMConfig(data=data["rankings"], demonstrations=data["demos"], eval_fraction=0.25, max_length=48,
-                    init="fresh", lora=LoraSettings(r=8, alpha=16, dropout=0.0), train=OptimConfig(**optim))
+    return RMConfig(
+        data=data["rankings"],
+        demonstrations=data["demos"],
+        eval_fraction=0.25,
+        max_length=48,
+        init="fresh",
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
+        train=OptimConfig(**optim),
+    )
 
 
 def test_rm_learns_a_marker_preference_and_leaves_other_roles_untouched(tiny_llama, data, tmp_path):
@@ -165,9 +187,11 @@ def test_rm_step_scores_each_response_once_in_one_forward(tiny_llama):
     for p in stack.parameters("reward"):
         torch.nn.init.normal_(p, std=0.05)
     eos = stack.tokenizer.eos_token_id
-    examples = [RankingExample([5, 6, 7], [[8, eos], [9, 10, eos]], [1, 0]),
-                RankingExample([5], [[11, eos], [12, 13, 14, eos], [15, eos], [16, 17, eos]], [2, 0, 3, 1]),
-                RankingExample([6, 7], [[18, 19, eos], [20, eos], [21, eos]], [0, 2, 1])]
+    examples = [
+        RankingExample([5, 6, 7], [[8, eos], [9, 10, eos]], [1, 0]),
+        RankingExample([5], [[11, eos], [12, 13, 14, eos], [15, eos], [16, 17, eos]], [2, 0, 3, 1]),
+        RankingExample([6, 7], [[18, 19, eos], [20, eos], [21, eos]], [0, 2, 1]),
+    ]
     calls, rewards = [], stack.rewards
 
     def counted(input_ids, attention_mask, role="reward"):
@@ -179,8 +203,13 @@ def test_rm_step_scores_each_response_once_in_one_forward(tiny_llama):
         out = rm_step(stack, collate_rankings(examples, stack.tokenizer.pad_token_id))
         assert [n for n, _ in calls] == [9]  # the 2 + 4 + 3 responses, scored in ONE call
         # Each response scored alone (no padding), then the loss of eq. 1 on the (B, K_max) grid.
-        alone = [[rewards(torch.tensor([e.prompt_ids + r]), torch.ones(1, len(e.prompt_ids + r), dtype=torch.long)).item()
-                  for r in e.response_ids] for e in examples]
+        alone = [
+            [
+                rewards(torch.tensor([e.prompt_ids + r]), torch.ones(1, len(e.prompt_ids + r), dtype=torch.long)).item()
+                for r in e.response_ids
+            ]
+            for e in examples
+        ]
     grid = torch.tensor([row + [0.0] * (4 - len(row)) for row in alone])
     ranks = torch.tensor([e.ranks + [0] * (4 - len(e.ranks)) for e in examples])
     valid = torch.tensor([[k < len(e.ranks) for k in range(4)] for e in examples])
@@ -215,10 +244,25 @@ def test_the_same_seed_gives_the_same_reward_model_whatever_ran_before(tiny_llam
 
 def _few_step_config(data, **overrides) -> RMConfig:
     """The demo's regime: a LoRA learning rate, one epoch of 9 optimizer steps, a cosine schedule."""
-    optim = OptimConfig(learning_rate=5e-4, batch_size=8, epochs=1, logging_steps=3, eval_steps=9, save_steps=9,
-                        warmup_ratio=0.05, scheduler="cosine")
-    return RMConfig(data=data["rankings"], demonstrations=data["demos"], eval_fraction=0.25, max_length=48,
-                    init="sft", train=optim, **overrides)
+    optim = OptimConfig(
+        learning_rate=5e-4,
+        batch_size=8,
+        epochs=1,
+        logging_steps=3,
+        eval_steps=9,
+        save_steps=9,
+        warmup_ratio=0.05,
+        scheduler="cosine",
+    )
+    return RMConfig(
+        data=data["rankings"],
+        demonstrations=data["demos"],
+        eval_fraction=0.25,
+        max_length=48,
+        init="sft",
+        train=optim,
+        **overrides,
+    )
 
 
 def test_rm_learns_a_marker_preference_in_a_few_steps_at_lora_rates(tiny_llama, data, tmp_path, monkeypatch):
@@ -233,5 +277,7 @@ def test_rm_learns_a_marker_preference_in_a_few_steps_at_lora_rates(tiny_llama, 
 
     original_init = ScalarHead.__init__
     monkeypatch.setattr(ScalarHead, "__init__", random_init)
-    stuck = train_reward_model(load_stack(tiny_llama), _few_step_config(data, head_learning_rate=5e-4), tmp_path / "stuck")
+    stuck = train_reward_model(
+        load_stack(tiny_llama), _few_step_config(data, head_learning_rate=5e-4), tmp_path / "stuck"
+    )
     assert stuck["accuracy"] < 0.9, stuck

@@ -68,7 +68,9 @@ def test_one_base_copy_however_many_roles(tiny_model_dirs, arch):
     adapters = sum(stack.adapter_nbytes(r) for r in stack.roles)
     assert after - before == adapters
     # every base weight is still the very tensor loaded at the start
-    wrapped = {n.replace(".base_layer", ""): p.data_ptr() for n, p in stack.base_model.named_parameters() if "lora_" not in n}
+    wrapped = {
+        n.replace(".base_layer", ""): p.data_ptr() for n, p in stack.base_model.named_parameters() if "lora_" not in n
+    }
     assert wrapped == base_ptrs
 
 
@@ -145,7 +147,10 @@ def test_save_load_identical_including_vanilla_peft(tiny_model_dirs, arch, tmp_p
     stack.save_role("policy", tmp_path / "policy")
     stack.save_role("value", tmp_path / "value")
     assert sorted(p.name for p in (tmp_path / "value").iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors"
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "head.safetensors",
     ]
 
     fresh = make_stack(folder)
@@ -199,7 +204,9 @@ def test_chunked_logprobs_match_full_logits(tiny_llama):
     with torch.no_grad():
         chunked = stack.logprobs("sft", ids, mask, chunk_size=2, temperature=0.7).logprobs
         with stack.use("sft"):
-            logits = stack.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+            logits = stack.model(
+                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+            ).logits
         full = (logits[:, :-1].float() / 0.7).log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     torch.testing.assert_close(chunked, full)
 
@@ -247,7 +254,10 @@ def test_error_adapter_for_another_base(tiny_model_dirs, tmp_path):
     wide.add_role("sft", LoraSettings(r=4))
     wide.save_role("sft", tmp_path / "wide-sft")
     stack = make_stack(tiny_model_dirs["llama"])
-    with pytest.raises(LoraRlhfError, match=r"made for another base: model\.layers\.0\.\S+ has input size \d+ here, the adapter expects \d+"):
+    with pytest.raises(
+        LoraRlhfError,
+        match=r"made for another base: model\.layers\.0\.\S+ has input size \d+ here, the adapter expects \d+",
+    ):
         stack.load_role("sft", tmp_path / "wide-sft")
     neox = make_stack(tiny_model_dirs["gpt_neox"])
     neox.add_role("sft", LoraSettings(r=4))
@@ -298,8 +308,11 @@ def test_each_role_has_its_own_lora_settings(tiny_llama):
 
     def adapted(role: str) -> dict[str, int]:
         """{module kind: rank} of every layer carrying `role`'s LoRA A matrix."""
-        return {n.split(".lora_A")[0].rsplit(".", 1)[-1]: p.shape[0]
-                for n, p in stack.model.named_parameters() if f".lora_A.{role}." in n}
+        return {
+            n.split(".lora_A")[0].rsplit(".", 1)[-1]: p.shape[0]
+            for n, p in stack.model.named_parameters()
+            if f".lora_A.{role}." in n
+        }
 
     assert adapted("sft") == {"q_proj": 4, "v_proj": 4}
     assert set(adapted("reward")) >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

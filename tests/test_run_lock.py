@@ -46,7 +46,10 @@ def _kill(process: subprocess.Popen) -> None:
 
 def test_a_second_writer_is_refused_with_the_holders_pid_until_the_holder_dies(holder):
     run, process = holder
-    with pytest.raises(LoraRlhfError, match=f"in use by another lora-rlhf process \\(pid {process.pid}\\)"), run_dir_lock(run):
+    with (
+        pytest.raises(LoraRlhfError, match=f"in use by another lora-rlhf process \\(pid {process.pid}\\)"),
+        run_dir_lock(run),
+    ):
         pass
     _kill(process)
     assert (run / LOCK_NAME).read_text().strip() == str(process.pid)  # the dead holder's file is still there

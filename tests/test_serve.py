@@ -64,8 +64,10 @@ def test_completion_matches_the_adapter_run_directly(client, registry):
     assert out.choices[0].text == alone(registry, "polite")
     assert out.usage.completion_tokens <= TOKENS and out.usage.prompt_tokens > 0
     # The model field picks the adapter: the three answers differ.
-    answers = {m: client.completions.create(model=m, prompt=PROMPT, max_tokens=TOKENS, temperature=0).choices[0].text
-               for m in ("base", "polite", "terse")}
+    answers = {
+        m: client.completions.create(model=m, prompt=PROMPT, max_tokens=TOKENS, temperature=0).choices[0].text
+        for m in ("base", "polite", "terse")
+    }
     assert len(set(answers.values())) == 3, answers
 
 
@@ -80,8 +82,12 @@ def test_chat_applies_the_template(client, registry):
 
 def test_streaming_reassembles_to_the_same_text(client, registry):
     stream = client.chat.completions.create(
-        model="polite", messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS, temperature=0,
-        stream=True, stream_options={"include_usage": True},
+        model="polite",
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -117,7 +123,9 @@ def test_bad_requests_are_400_json(client, server):
         client.chat.completions.create(model="polite", messages=[], max_tokens=2)
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="polite", prompt=PROMPT, temperature=5)
-    raw = httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    raw = httpx.post(
+        f"{server.url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
 
 

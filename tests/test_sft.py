@@ -30,8 +30,11 @@ DEMOS = [
 def snapshot(stack: RoleStack, role: str | None = None) -> dict[str, torch.Tensor]:
     """Copies of the base's weights (role=None) or of one role's adapter and head tensors."""
     if role is None:  # names as in the plain model, before PEFT wraps a layer's weight as base_layer
-        return {n.replace("base_layer.", ""): p.detach().clone()
-                for n, p in stack.base_model.named_parameters() if "lora_" not in n}
+        return {
+            n.replace("base_layer.", ""): p.detach().clone()
+            for n, p in stack.base_model.named_parameters()
+            if "lora_" not in n
+        }
     return {str(i): p.detach().clone() for i, p in enumerate(stack.parameters(role))}
 
 
@@ -40,11 +43,24 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def sft_config(path: Path, **train) -> SFTConfig:
-    optim = dict(learning_rate=5e-3, batch_size=2, max_steps=4, logging_steps=1, eval_steps=2, save_steps=2,
-                 warmup_ratio=0.0, scheduler="linear")
+    optim = dict(
+        learning_rate=5e-3,
+        batch_size=2,
+        max_steps=4,
+        logging_steps=1,
+        eval_steps=2,
+        save_steps=2,
+        warmup_ratio=0.0,
+        scheduler="linear",
+    )
     optim.update(train)
-    return SFTConfig(data=DatasetSpec(str(path)), eval_fraction=0.25, max_length=64, train=OptimConfig(**optim),
-                     lora=LoraSettings(r=4, alpha=8, dropout=0.1))
+    return SFTConfig(
+        data=DatasetSpec(str(path)),
+        eval_fraction=0.25,
+        max_length=64,
+        train=OptimConfig(**optim),
+        lora=LoraSettings(r=4, alpha=8, dropout=0.1),
+    )
 
 
 @pytest.fixture()
@@ -86,8 +102,10 @@ def test_sft_resume_matches_an_uninterrupted_run(tiny_llama, demos, tmp_path):
     train_sft(whole, config, tmp_path / "whole")
     resumed = load_stack(tiny_llama)
     (tmp_path / "cut" / "checkpoints" / "sft").mkdir(parents=True)
-    shutil.copytree(tmp_path / "whole" / "checkpoints" / "sft" / "step-00000004",
-                    tmp_path / "cut" / "checkpoints" / "sft" / "step-00000004")
+    shutil.copytree(
+        tmp_path / "whole" / "checkpoints" / "sft" / "step-00000004",
+        tmp_path / "cut" / "checkpoints" / "sft" / "step-00000004",
+    )
     shutil.copy(tmp_path / "whole" / "metrics" / "sft.jsonl", tmp_path / "cut" / "metrics.jsonl")
     (tmp_path / "cut" / "metrics").mkdir()
     lines = [r for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["step"] <= 4]
@@ -95,7 +113,9 @@ def test_sft_resume_matches_an_uninterrupted_run(tiny_llama, demos, tmp_path):
     (tmp_path / "cut" / "metrics" / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     train_sft(resumed, config, tmp_path / "cut", resume=True)
     assert same(snapshot(resumed, "sft"), snapshot(whole, "sft"))
-    assert read_metrics(tmp_path / "cut" / "metrics" / "sft.jsonl") == read_metrics(tmp_path / "whole" / "metrics" / "sft.jsonl")
+    assert read_metrics(tmp_path / "cut" / "metrics" / "sft.jsonl") == read_metrics(
+        tmp_path / "whole" / "metrics" / "sft.jsonl"
+    )
 
 
 def test_sft_config_errors_name_the_key():
@@ -162,8 +182,11 @@ def test_sft_loss_is_cross_entropy_on_the_response_tokens_only(tiny_llama, demos
     with torch.no_grad():
         ours = sft_loss(stack, batch).loss
         with stack.use("sft"):
+
             def hf_loss(labels: torch.Tensor) -> torch.Tensor:  # transformers' own shifted, masked mean CE
-                return stack.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+                return stack.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels
+                ).loss
 
             response_only, with_prompt = hf_loss(batch["labels"]), hf_loss(every_token)
     torch.testing.assert_close(ours, response_only)
@@ -172,9 +195,17 @@ def test_sft_loss_is_cross_entropy_on_the_response_tokens_only(tiny_llama, demos
 
 def test_gradient_accumulation_matches_one_larger_batch(tiny_llama, tmp_path):
     """2 micro-batches of 1 accumulate to the step one batch of 2 takes (equal response lengths: same token mean)."""
-    rows = [{"prompt": p, "completion": c} for p, c in
-            [("sort the numbers 3 1 2", "no"), ("hello", "good"), ("reverse the words hello world", "bad"),
-             ("count letters", "great"), ("answer with yes or no", "hello"), ("please", "fox")]]
+    rows = [
+        {"prompt": p, "completion": c}
+        for p, c in [
+            ("sort the numbers 3 1 2", "no"),
+            ("hello", "good"),
+            ("reverse the words hello world", "bad"),
+            ("count letters", "great"),
+            ("answer with yes or no", "hello"),
+            ("please", "fox"),
+        ]
+    ]
     path = tmp_path / "demos.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

@@ -13,10 +13,22 @@ DESCRIPTION = (
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a run: eval.json, report.md, plots/", description=DESCRIPTION)
-    parser.add_argument("--run", "--output-dir", dest="run", metavar="DIR", required=True, help="the run directory (holds recipe.yaml and adapters/)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let the base model's repository run its own Python code (a run's recipe.yaml cannot turn this on)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the eval section only, e.g. eval.max_prompts=16")
+    parser.add_argument(
+        "--run",
+        "--output-dir",
+        dest="run",
+        metavar="DIR",
+        required=True,
+        help="the run directory (holds recipe.yaml and adapters/)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the base model's repository run its own Python code (a run's recipe.yaml cannot turn this on)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the eval section only, e.g. eval.max_prompts=16"
+    )
     parser.set_defaults(func=run)
 
 
@@ -35,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         raise LoraRlhfError(f"{run_dir.path} is not a run directory: recipe.yaml is missing")
     overrides = parse_overrides(args.overrides)
     if set(overrides) - {"eval"}:
-        raise LoraRlhfError(f"eval takes overrides of the eval section only, not {sorted(set(overrides) - {'eval'})[0]!r}")
+        raise LoraRlhfError(
+            f"eval takes overrides of the eval section only, not {sorted(set(overrides) - {'eval'})[0]!r}"
+        )
     saved["model"] = untrusted_model_section(saved.get("model") or {}, args.trust_remote_code, run_dir.recipe_path)
     recipe = build(RecipeConfig, merge(saved, overrides))
     with run_dir_lock(run_dir.path):

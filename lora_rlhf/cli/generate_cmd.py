@@ -18,7 +18,9 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="generate with adapters (hot-swapped on one base)", description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "generate", help="generate with adapters (hot-swapped on one base)", description=DESCRIPTION
+    )
     add_model_arguments(parser)
     what = parser.add_argument_group("prompts")
     what.add_argument("--prompt", "-p", action="append", default=[], help="a prompt (repeatable)")
@@ -26,9 +28,17 @@ def add_parser(subparsers) -> None:
     what.add_argument("--system", help="a system message put before every prompt")
     what.add_argument("--no-chat-template", action="store_true", help="send prompts as raw text")
     who = parser.add_argument_group("adapters to run")
-    who.add_argument("--model", "-m", action="append", default=[], metavar="NAME",
-                     help="adapter name or 'base' (default: policy if attached, else the last attached adapter, else base)")
-    who.add_argument("--compare", action="store_true", help="answer with every --model (default: base and all adapters) side by side")
+    who.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="adapter name or 'base' (default: policy if attached, else the last attached adapter, else base)",
+    )
+    who.add_argument(
+        "--compare", action="store_true", help="answer with every --model (default: base and all adapters) side by side"
+    )
     who.add_argument("--json", action="store_true", help="print JSON lines {prompt, model, response}")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--max-new-tokens", type=int, default=128)
@@ -49,8 +59,13 @@ def run(args: argparse.Namespace) -> int:
     if not prompts:
         raise LoraRlhfError("no prompts: give --prompt TEXT or --prompts-file FILE")
     options = GenerationOptions(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        stop=args.stop,
+        seed=args.seed,
     )
     registry = load_registry(args)
     names = _models(args, registry.names)
@@ -105,6 +120,6 @@ def side_by_side(prompt: str, answers: dict[str, str], width: int | None = None)
 
 def _wrap(text: str, width: int) -> list[str]:
     lines = []
-    for paragraph in (text.splitlines() or [""]):
+    for paragraph in text.splitlines() or [""]:
         lines += textwrap.wrap(paragraph, width) or [""]
     return lines

@@ -15,12 +15,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--base", metavar="MODEL", help="base model: folder, Hub id, demo:smollm2 or tiny:<arch>")
     source.add_argument("--run", metavar="DIR", help="a run directory: its recipe's base and all its adapters (roles)")
     source.add_argument("--adapter", action="append", default=[], metavar="NAME=SOURCE", help=ADAPTER_HELP)
-    source.add_argument("--quantization", choices=["auto", "nf4", "int8", "none"], help="how to load the base (default: the run's, else auto)")
+    source.add_argument(
+        "--quantization",
+        choices=["auto", "nf4", "int8", "none"],
+        help="how to load the base (default: the run's, else auto)",
+    )
     source.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    source.add_argument("--dtype", dest="compute_dtype", choices=["auto", "bfloat16", "float16", "float32"], help="compute dtype")
+    source.add_argument(
+        "--dtype", dest="compute_dtype", choices=["auto", "bfloat16", "float16", "float32"], help="compute dtype"
+    )
     source.add_argument("--revision", help="Hub revision of the adapters given as Hub ids")
-    source.add_argument("--trust-remote-code", action="store_true",
-                        help="let the base model's repository run its own Python code (a run's recipe.yaml cannot turn this on)")
+    source.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the base model's repository run its own Python code (a run's recipe.yaml cannot turn this on)",
+    )
 
 
 def load_registry(args: argparse.Namespace):
@@ -32,8 +41,12 @@ def load_registry(args: argparse.Namespace):
 
     if bool(args.base) == bool(args.run):
         raise LoraRlhfError("give exactly one of --base MODEL or --run DIR")
-    options = {"quantization": args.quantization, "device": args.device, "compute_dtype": args.compute_dtype,
-               "trust_remote_code": args.trust_remote_code or None}
+    options = {
+        "quantization": args.quantization,
+        "device": args.device,
+        "compute_dtype": args.compute_dtype,
+        "trust_remote_code": args.trust_remote_code or None,
+    }
     config = base_config_from_run(args.run, **options) if args.run else base_config(args.base, **options)
     registry = AdapterRegistry.load(config)
     if args.run:

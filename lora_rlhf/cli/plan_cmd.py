@@ -14,16 +14,30 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("plan", help="predict each stage's memory peak before anything is downloaded",
-                                   description=DESCRIPTION)
-    parser.add_argument("--config", metavar="RECIPE.yaml", help="recipe file; default: the embedded demo, recipes/demo.yaml")
+    parser = subparsers.add_parser(
+        "plan", help="predict each stage's memory peak before anything is downloaded", description=DESCRIPTION
+    )
+    parser.add_argument(
+        "--config", metavar="RECIPE.yaml", help="recipe file; default: the embedded demo, recipes/demo.yaml"
+    )
     parser.add_argument("--gpu-memory", metavar="SIZE", help="memory to fit in, e.g. 24GiB (GiB when no unit is given)")
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                        help="where the recipe will run: sets what quantization/dtype 'auto' become (default cuda)")
-    parser.add_argument("--model-config", metavar="PATH",
-                        help="a config.json or model folder to plan for instead of model.name_or_path (offline planning)")
-    parser.add_argument("--responses-per-prompt", type=int, metavar="K",
-                        help="ranked responses per RM prompt (default: demo.responses_per_prompt, else 2 for pairs)")
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="where the recipe will run: sets what quantization/dtype 'auto' become (default cuda)",
+    )
+    parser.add_argument(
+        "--model-config",
+        metavar="PATH",
+        help="a config.json or model folder to plan for instead of model.name_or_path (offline planning)",
+    )
+    parser.add_argument(
+        "--responses-per-prompt",
+        type=int,
+        metavar="K",
+        help="ranked responses per RM prompt (default: demo.responses_per_prompt, else 2 for pairs)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="let the model repository's config code run")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     parser.set_defaults(func=run)

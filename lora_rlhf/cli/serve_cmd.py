@@ -19,24 +19,44 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("serve", help="OpenAI-compatible server with hot-swapped adapters", description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "serve", help="OpenAI-compatible server with hot-swapped adapters", description=DESCRIPTION
+    )
     add_model_arguments(parser)
     http = parser.add_argument_group("server")
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     http.add_argument("--port", type=int, default=8000)
-    http.add_argument("--allowed-root", action="append", default=[], metavar="DIR",
-                      help="folder adapters may be loaded from at run time (repeatable; default: the run's adapters/)")
+    http.add_argument(
+        "--allowed-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder adapters may be loaded from at run time (repeatable; default: the run's adapters/)",
+    )
     http.add_argument("--allow-hub", action="store_true", help="let POST /v1/adapters download Hub ids")
-    http.add_argument("--api-key", default=os.environ.get("LORA_RLHF_API_KEY"),
-                      help="require `Authorization: Bearer KEY` (default: $LORA_RLHF_API_KEY, else no key)")
+    http.add_argument(
+        "--api-key",
+        default=os.environ.get("LORA_RLHF_API_KEY"),
+        help="require `Authorization: Bearer KEY` (default: $LORA_RLHF_API_KEY, else no key)",
+    )
     http.add_argument("--max-tokens", type=int, default=256, help="response budget of chat requests that set none")
-    http.add_argument("--max-tokens-limit", type=int, default=MAX_TOKENS_LIMIT, metavar="N",
-                      help="refuse (400) requests asking for more than N response tokens; the model's context "
-                           "bounds them too (default %(default)s)")
-    http.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S, metavar="SECONDS",
-                      help="stop a request's generation SECONDS after it arrived: the response keeps what was "
-                           "generated, with finish_reason 'length' (503 if it was still waiting for the model); "
-                           "0 = no limit (default %(default)s)")
+    http.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=MAX_TOKENS_LIMIT,
+        metavar="N",
+        help="refuse (400) requests asking for more than N response tokens; the model's context "
+        "bounds them too (default %(default)s)",
+    )
+    http.add_argument(
+        "--request-timeout",
+        type=float,
+        default=REQUEST_TIMEOUT_S,
+        metavar="SECONDS",
+        help="stop a request's generation SECONDS after it arrived: the response keeps what was "
+        "generated, with finish_reason 'length' (503 if it was still waiting for the model); "
+        "0 = no limit (default %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -51,8 +71,14 @@ def run(args: argparse.Namespace) -> int:
     if not roots and args.run:
         roots = [str(Path(args.run) / "adapters")]
     limits = ServeLimits(max_tokens=args.max_tokens_limit, request_timeout=args.request_timeout or None)
-    app = create_app(registry, allowed_roots=roots, allow_hub=args.allow_hub, api_key=args.api_key,
-                     default_max_tokens=args.max_tokens, limits=limits)
+    app = create_app(
+        registry,
+        allowed_roots=roots,
+        allow_hub=args.allow_hub,
+        api_key=args.api_key,
+        default_max_tokens=args.max_tokens,
+        limits=limits,
+    )
     print(f"serving {', '.join(registry.names)} on http://{args.host}:{args.port}/v1")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print("warning: listening beyond this machine without --api-key")

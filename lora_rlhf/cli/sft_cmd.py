@@ -8,7 +8,11 @@ from lora_rlhf.cli.common import add_stage_arguments, run_stage_command
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("sft", help="supervised fine-tuning: train the sft adapter on demonstrations (loss on response tokens only)", description="supervised fine-tuning: train the sft adapter on demonstrations (loss on response tokens only).")
+    parser = subparsers.add_parser(
+        "sft",
+        help="supervised fine-tuning: train the sft adapter on demonstrations (loss on response tokens only)",
+        description="supervised fine-tuning: train the sft adapter on demonstrations (loss on response tokens only).",
+    )
     add_stage_arguments(parser)
     parser.set_defaults(func=run)
 

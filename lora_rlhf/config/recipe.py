@@ -59,11 +59,20 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("demonstrations", "ranking_prompts", "ppo_prompts", "eval_prompts", "eval_ranking_prompts", "max_new_tokens"):
+        for key in (
+            "demonstrations",
+            "ranking_prompts",
+            "ppo_prompts",
+            "eval_prompts",
+            "eval_ranking_prompts",
+            "max_new_tokens",
+        ):
             if getattr(self, key) < 1:
                 raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
         if self.responses_per_prompt < 2:
-            raise LoraRlhfError(f"responses_per_prompt: {self.responses_per_prompt!r} must be >= 2 (K responses to rank)")
+            raise LoraRlhfError(
+                f"responses_per_prompt: {self.responses_per_prompt!r} must be >= 2 (K responses to rank)"
+            )
         if not 0.0 <= self.disagreement <= 0.5:
             raise LoraRlhfError(f"disagreement: {self.disagreement!r} must be in [0, 0.5]")
         if self.sample_temperature <= 0:

@@ -83,8 +83,10 @@ def load_sft_examples(
 ) -> tuple[list[SFTExample], RowReport]:
     """Parse and tokenize every row; a prompt that leaves no room for a response is a bad row."""
     examples, report = parse_rows(
-        load_rows(spec), lambda row: encode_demonstration(parse_demonstration(row), tokenizer, max_length),
-        spec.display(), on_bad_row,
+        load_rows(spec),
+        lambda row: encode_demonstration(parse_demonstration(row), tokenizer, max_length),
+        spec.display(),
+        on_bad_row,
     )
     report.truncated = sum(e.truncated for e in examples)
     return examples, report

@@ -55,7 +55,9 @@ def parse_ranking(row: Mapping[str, Any], ties: Ties) -> Ranking:
             prompt, chosen, rejected = split_transcripts(text_field(row, "chosen"), text_field(row, "rejected"))
         ranking = Ranking(prompt, [chosen, rejected], [0, 1])
     else:
-        raise BadRow("missing fields: expected {prompt, responses, ranks}, {prompt, chosen, rejected} or {chosen, rejected}")
+        raise BadRow(
+            "missing fields: expected {prompt, responses, ranks}, {prompt, chosen, rejected} or {chosen, rejected}"
+        )
     _check_ranks(ranking.ranks, ties)
     return ranking
 
@@ -111,7 +113,7 @@ def split_transcripts(chosen: str, rejected: str) -> tuple[Prompt, str, str]:
 
 
 def _hh_messages(text: str) -> Prompt:
-    """"\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:" -> chat messages (last turn open)."""
+    """ "\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:" -> chat messages (last turn open)."""
     parts = _HH_TURN.split("\n\n" + text.removesuffix("\n\nAssistant:").lstrip("\n") + "\n\n")
     messages = []
     for speaker, content in zip(parts[1::2], parts[2::2]):

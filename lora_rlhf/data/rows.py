@@ -34,7 +34,11 @@ def messages_field(row: Mapping[str, Any], key: str = "messages") -> list[dict[s
     if not isinstance(value, list) or not value:
         raise BadRow(f"field {key!r} must be a non-empty list of {{role, content}} messages")
     for i, message in enumerate(value):
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+        if (
+            not isinstance(message, Mapping)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
+        ):
             raise BadRow(f"{key}[{i}] must be an object with string 'role' and 'content'")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 

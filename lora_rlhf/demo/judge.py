@@ -29,8 +29,9 @@ def _norm(text: str) -> str:
     return " ".join(text.strip().split())
 
 
-_NUMBER_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())} | {"once": 1, "twice": 2, "thrice": 3}
+_NUMBER_WORDS = {
+    w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())
+} | {"once": 1, "twice": 2, "thrice": 3}
 _NUMBER = re.compile(r"-?\d+|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", flags=re.IGNORECASE)
 
 

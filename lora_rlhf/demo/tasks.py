@@ -26,10 +26,14 @@ WORDS = (
 ).split()
 # Keys and values of the JSON family: one-token-ish words the model can copy.
 _JSON_VALUES = {
-    "name": ("Ana", "Leo", "Mia", "Sam"), "city": ("Paris", "Oslo", "Lima", "Rome"),
-    "color": ("blue", "red", "green", "pink"), "animal": ("cat", "owl", "fox", "dog"),
-    "food": ("rice", "soup", "bread", "pasta"), "fruit": ("mango", "pear", "lemon", "kiwi"),
-    "sport": ("tennis", "golf", "rugby", "chess"), "country": ("Chile", "Peru", "Japan", "Spain"),
+    "name": ("Ana", "Leo", "Mia", "Sam"),
+    "city": ("Paris", "Oslo", "Lima", "Rome"),
+    "color": ("blue", "red", "green", "pink"),
+    "animal": ("cat", "owl", "fox", "dog"),
+    "food": ("rice", "soup", "bread", "pasta"),
+    "fruit": ("mango", "pear", "lemon", "kiwi"),
+    "sport": ("tennis", "golf", "rugby", "chess"),
+    "country": ("Chile", "Peru", "Japan", "Spain"),
 }
 # One in EVAL_BUCKETS prompts (by a hash of its text) is reserved for held-out evaluation.
 EVAL_BUCKETS = 8
@@ -120,8 +124,10 @@ FAMILIES: dict[str, _Family] = {
     ),
     "count": _Family(
         _make_count,
-        lambda p: f"How many times does the letter \"{p['letter']}\" appear in: {' '.join(p['words'])}? "
-        "Reply with the number only.",
+        lambda p: (
+            f'How many times does the letter "{p["letter"]}" appear in: {" ".join(p["words"])}? '
+            "Reply with the number only."
+        ),
         lambda p: str("".join(p["words"]).count(p["letter"])),
         re.compile(r'^How many times does the letter "([a-z])" appear in: ([a-z ]+)\? Reply with the number only\.$'),
         lambda m: {"letter": m.group(1), "words": m.group(2).split()},
@@ -135,8 +141,11 @@ FAMILIES: dict[str, _Family] = {
     ),
     "json": _Family(
         _make_json,
-        lambda p: "Write a JSON object with " + ", ".join(f'"{k}": "{v}"' for k, v in p["pairs"].items())
-        + ". Reply with the JSON only.",
+        lambda p: (
+            "Write a JSON object with "
+            + ", ".join(f'"{k}": "{v}"' for k, v in p["pairs"].items())
+            + ". Reply with the JSON only."
+        ),
         lambda p: json.dumps(p["pairs"]),
         re.compile(r'^Write a JSON object with ((?:"\w+": "\w+"(?:, )?)+)\. Reply with the JSON only\.$'),
         _parse_json_pairs,
@@ -161,7 +170,7 @@ def parse_task(prompt: str) -> Task | None:
 
 
 def split_of(prompt: str) -> Split:
-    """"eval" for a fixed 1/EVAL_BUCKETS of all prompts (by hash), so held-out prompts never reach training."""
+    """ "eval" for a fixed 1/EVAL_BUCKETS of all prompts (by hash), so held-out prompts never reach training."""
     bucket = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big") % EVAL_BUCKETS
     return "eval" if bucket == 0 else "train"
 

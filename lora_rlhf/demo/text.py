@@ -17,9 +17,31 @@ from typing import Literal
 TextUse = Literal["ptx", "heldout"]
 # Modules whose documentation is plain prose about everyday programming, present in every CPython.
 MODULES = (
-    "argparse", "bisect", "calendar", "collections", "csv", "datetime", "decimal", "difflib", "fractions",
-    "functools", "heapq", "itertools", "json", "logging", "pathlib", "queue", "random", "shutil", "statistics",
-    "string", "tempfile", "textwrap", "threading", "unittest", "zipfile",
+    "argparse",
+    "bisect",
+    "calendar",
+    "collections",
+    "csv",
+    "datetime",
+    "decimal",
+    "difflib",
+    "fractions",
+    "functools",
+    "heapq",
+    "itertools",
+    "json",
+    "logging",
+    "pathlib",
+    "queue",
+    "random",
+    "shutil",
+    "statistics",
+    "string",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "unittest",
+    "zipfile",
 )
 _MIN_CHARS, _MAX_CHARS = 160, 700
 
@@ -29,9 +51,13 @@ def paragraphs() -> list[str]:
     seen: dict[str, None] = {}
     for name in MODULES:
         module = importlib.import_module(name)
-        docs = [inspect.getdoc(module)] + [inspect.getdoc(obj) for attr, obj in sorted(vars(module).items())
-                                           if not attr.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
-                                           and getattr(obj, "__module__", None) == name]
+        docs = [inspect.getdoc(module)] + [
+            inspect.getdoc(obj)
+            for attr, obj in sorted(vars(module).items())
+            if not attr.startswith("_")
+            and (inspect.isfunction(obj) or inspect.isclass(obj))
+            and getattr(obj, "__module__", None) == name
+        ]
         for doc in docs:
             for block in (doc or "").split("\n\n"):
                 text = " ".join(block.split())

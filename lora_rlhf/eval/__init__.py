@@ -7,6 +7,12 @@ from lora_rlhf.eval.run import evaluate
 from lora_rlhf.eval.stats import bootstrap_ci, cluster_accuracy_ci, paired_diff_ci, win_rate_ci
 
 __all__ = [
-    "EvalConfig", "bootstrap_ci", "cluster_accuracy_ci", "evaluate", "paired_diff_ci", "pairwise_win_rates", "win_rate",
+    "EvalConfig",
+    "bootstrap_ci",
+    "cluster_accuracy_ci",
+    "evaluate",
+    "paired_diff_ci",
+    "pairwise_win_rates",
+    "win_rate",
     "win_rate_ci",
 ]

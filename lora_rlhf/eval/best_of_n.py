@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_rlhf.data.prompts import prompt_text
 from lora_rlhf.data.chat import Prompt
+from lora_rlhf.data.prompts import prompt_text
 from lora_rlhf.eval import stats
 from lora_rlhf.eval.compare import mean
 from lora_rlhf.eval.config import EvalConfig
@@ -30,7 +30,9 @@ def select_best(scores: torch.Tensor | np.ndarray | Sequence[Sequence[float]]) -
     """
     array = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"select_best needs a (prompts, candidates) score matrix with both sizes >= 1, got shape {array.shape}")
+        raise ValueError(
+            f"select_best needs a (prompts, candidates) score matrix with both sizes >= 1, got shape {array.shape}"
+        )
     return array.argmax(axis=1)
 
 
@@ -42,8 +44,12 @@ def sample_candidates(stack: RoleStack, rendered: Sequence[str], config: EvalCon
     n = config.best_of_n
     repeated = [text for text in rendered for _ in range(n)]
     return generate_responses(
-        stack, "sft", repeated, max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size * n, temperature=config.best_of_n_temperature,
+        stack,
+        "sft",
+        repeated,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size * n,
+        temperature=config.best_of_n_temperature,
     )
 
 
@@ -70,7 +76,9 @@ def best_of_n(
     scores = np.asarray(reward_scores(stack, candidates.input_ids, config.batch_size)).reshape(len(prompts), n)
     picks = select_best(scores)
     summary: dict[str, Any] = {
-        "n": n, "temperature": config.best_of_n_temperature, "reward": float(scores[np.arange(len(prompts)), picks].mean()),
+        "n": n,
+        "temperature": config.best_of_n_temperature,
+        "reward": float(scores[np.arange(len(prompts)), picks].mean()),
     }
     results: dict[str, Any] = {"best_of_n": summary}
     if gold_fn is not None:
@@ -82,7 +90,9 @@ def best_of_n(
         summary["gold_sft_sample"] = float(gold.mean())  # what one random sample scores, on average
         # The RM's pick against the average of the same prompt's N samples: > 0 means the RM ranks by something
         # the gold judge rewards, i.e. there is a gradient for PPO to follow.
-        intervals = {"bon_minus_sample": list(stats.paired_diff_ci(picked_gold, gold.mean(axis=1), **bootstrap_kwargs(config)))}
+        intervals = {
+            "bon_minus_sample": list(stats.paired_diff_ci(picked_gold, gold.mean(axis=1), **bootstrap_kwargs(config)))
+        }
         if sft_gold is not None:
             intervals["bon_minus_sft"] = list(stats.paired_diff_ci(picked_gold, sft_gold, **bootstrap_kwargs(config)))
         results["best_of_n_ci"] = intervals

@@ -24,7 +24,9 @@ def pairwise_win_rates(scores: Mapping[str, Sequence[float]]) -> dict[str, float
     Pairs follow the mapping's order, later models against earlier ones ("ppo_vs_sft" = ppo wins).
     """
     names = list(scores)
-    return {f"{later}_vs_{earlier}": win_rate(scores[later], scores[earlier]) for earlier, later in combinations(names, 2)}
+    return {
+        f"{later}_vs_{earlier}": win_rate(scores[later], scores[earlier]) for earlier, later in combinations(names, 2)
+    }
 
 
 def mean(values: Sequence[float]) -> float:

@@ -61,7 +61,9 @@ class EvalConfig:
         if self.best_of_n < 0:
             raise LoraRlhfError(f"best_of_n: {self.best_of_n!r} must be >= 0 (0 = off)")
         if not self.best_of_n_temperature > 0:
-            raise LoraRlhfError(f"best_of_n_temperature: {self.best_of_n_temperature!r} must be > 0 (candidates are sampled)")
+            raise LoraRlhfError(
+                f"best_of_n_temperature: {self.best_of_n_temperature!r} must be > 0 (candidates are sampled)"
+            )
         for key in ("lm_max_length", "rankings_max_length"):
             if getattr(self, key) < 2:
                 raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be at least 2")

@@ -56,7 +56,9 @@ def role_lm_loss(stack: RoleStack, role: str, sequences: Sequence[Sequence[int]]
     return token_weighted_mean(nlls, masks)
 
 
-def lm_losses(stack: RoleStack, models: Mapping[str, str], spec: DatasetSpec, max_length: int, batch_size: int) -> dict[str, float]:
+def lm_losses(
+    stack: RoleStack, models: Mapping[str, str], spec: DatasetSpec, max_length: int, batch_size: int
+) -> dict[str, float]:
     """{"base": nll, "sft": nll, "ppo": nll} for every model ({report name: role}) on the rows of `spec`."""
     sequences = load_texts(spec, stack.tokenizer, max_length)
     if not sequences:

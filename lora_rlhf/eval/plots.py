@@ -96,9 +96,15 @@ def plot_win_rates(win_rates: Mapping[str, float], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_stage_losses(sft_rows: Sequence[Mapping[str, Any]], rm_rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+def plot_stage_losses(
+    sft_rows: Sequence[Mapping[str, Any]], rm_rows: Sequence[Mapping[str, Any]], path: Path
+) -> Path | None:
     """SFT loss and RM loss / accuracy, train and held-out."""
-    candidates = ((sft_rows, "loss", "SFT loss"), (rm_rows, "loss", "RM loss"), (rm_rows, "accuracy", "RM pairwise accuracy"))
+    candidates = (
+        (sft_rows, "loss", "SFT loss"),
+        (rm_rows, "loss", "RM loss"),
+        (rm_rows, "accuracy", "RM pairwise accuracy"),
+    )
     panels = [panel for panel in candidates if panel[0]]
     if not panels:
         return None

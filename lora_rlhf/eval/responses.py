@@ -39,7 +39,11 @@ def generate_responses(
             prompt_texts[begin : begin + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
         ).to(stack.device)
         out = stack.generate(
-            role, batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, eos_token_id=sorted(stops),
+            role,
+            batch.input_ids,
+            batch.attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(stops),
             **sampling,
         )
         width = batch.input_ids.shape[1]

@@ -70,7 +70,9 @@ def load_eval_rankings(config: EvalConfig, tokenizer) -> tuple[list[tuple[Rankin
     return rows, report
 
 
-def score_rankings(stack: RoleStack, rows: Sequence[tuple[Ranking, RankingExample]], batch_size: int) -> list[ScoredRanking]:
+def score_rankings(
+    stack: RoleStack, rows: Sequence[tuple[Ranking, RankingExample]], batch_size: int
+) -> list[ScoredRanking]:
     """RM score of every response of every ranking, all responses of all rows batched together."""
     sequences = [example.prompt_ids + ids for _, example in rows for ids in example.response_ids]
     flat = iter(reward_scores(stack, sequences, batch_size))
@@ -97,8 +99,16 @@ def rm_accuracy(stack: RoleStack, config: EvalConfig, gold_fn: GoldFn | None) ->
     """eval.json's rm_accuracy* fields measured on `config.rankings` with the "reward" role."""
     rows, report = load_eval_rankings(config, stack.tokenizer)
     scored = score_rankings(stack, rows, config.batch_size)
-    results: dict[str, Any] = {"rm_accuracy_source": "rankings", "rm_accuracy_rows": len(rows), "rm_accuracy_skipped_rows": report.dropped}
-    results.update(accuracy_fields("rm_accuracy", [pair_outcomes(s.ranking.ranks, s.scores, higher_is_better=False) for s in scored], config))
+    results: dict[str, Any] = {
+        "rm_accuracy_source": "rankings",
+        "rm_accuracy_rows": len(rows),
+        "rm_accuracy_skipped_rows": report.dropped,
+    }
+    results.update(
+        accuracy_fields(
+            "rm_accuracy", [pair_outcomes(s.ranking.ranks, s.scores, higher_is_better=False) for s in scored], config
+        )
+    )
     if gold_fn is not None and scored:
         gold = gold_orders(scored, gold_fn)
         outcomes = [pair_outcomes(g, s.scores, higher_is_better=True) for g, s in zip(gold, scored)]

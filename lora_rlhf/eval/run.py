@@ -49,7 +49,9 @@ def evaluate(
         return _evaluate(stack, prompts, config, Path(run_dir), gold_fn)
 
 
-def _evaluate(stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None) -> dict[str, Any]:
+def _evaluate(
+    stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None
+) -> dict[str, Any]:
     prompts = list(prompts)[: config.max_prompts]
     models = {name: role for name, role in MODELS.items() if role == "base" or stack.has_role(role)}
     rendered = [render_prompt(stack.tokenizer, p) for p in prompts]
@@ -57,11 +59,19 @@ def _evaluate(stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, r
     responses: dict[str, Responses] = {}
     for name in tqdm(models, desc="eval: generating", unit="model"):
         responses[name] = generate_responses(
-            stack, models[name], rendered, max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size, temperature=config.temperature,
+            stack,
+            models[name],
+            rendered,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            temperature=config.temperature,
         )
     gold = _gold_scores(prompts, responses, gold_fn)
-    results: dict[str, Any] = {"prompts": len(prompts), "confidence": config.confidence, "bootstrap_samples": config.bootstrap_samples}
+    results: dict[str, Any] = {
+        "prompts": len(prompts),
+        "confidence": config.confidence,
+        "bootstrap_samples": config.bootstrap_samples,
+    }
     results.update(_score(stack, responses, gold, config))
     results.update(_rm_accuracy(stack, config, run_dir, gold_fn))
     if "ppo" in responses:
@@ -101,7 +111,9 @@ def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: G
     if config.rankings.path and stack.has_role("reward"):
         return rm_accuracy(stack, config, gold_fn)
     if config.rankings.path:
-        logger.warning("eval: rankings given but there is no reward role to score them; RM accuracy from metrics/rm.jsonl")
+        logger.warning(
+            "eval: rankings given but there is no reward role to score them; RM accuracy from metrics/rm.jsonl"
+        )
     rows = [r for r in read_metrics(run_dir / "metrics" / "rm.jsonl") if r.get("split") == "eval" and "accuracy" in r]
     return {"rm_accuracy": float(rows[-1]["accuracy"]) if rows else None, "rm_accuracy_source": "metrics"}
 
@@ -116,7 +128,9 @@ def _policy_kl(stack: RoleStack, responses: Responses, batch_size: int) -> float
         response_mask = torch.zeros_like(mask)
         for i, (seq, start) in enumerate(zip(chunk, responses.response_start[begin : begin + batch_size])):
             response_mask[i, ids.shape[1] - len(seq) + start :] = 1
-        kl = sequence_kl(stack, "policy", "reference", ids.to(stack.device), mask.to(stack.device), response_mask.to(stack.device))
+        kl = sequence_kl(
+            stack, "policy", "reference", ids.to(stack.device), mask.to(stack.device), response_mask.to(stack.device)
+        )
         kls += kl.cpu().tolist()
     return mean(kls)
 

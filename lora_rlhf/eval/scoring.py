@@ -41,7 +41,9 @@ def paired_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) 
     """{"base", "sft", "ppo"} scores -> {"sft_minus_base": [lo, hi], ...}: every later model minus every
     earlier one, paired over prompts (the pairs and their order of compare.pairwise_win_rates)."""
     return {
-        f"{later}_minus_{earlier}": list(stats.paired_diff_ci(scores[later], scores[earlier], **bootstrap_kwargs(config)))
+        f"{later}_minus_{earlier}": list(
+            stats.paired_diff_ci(scores[later], scores[earlier], **bootstrap_kwargs(config))
+        )
         for earlier, later in combinations(list(scores), 2)
     }
 

@@ -84,11 +84,15 @@ def cluster_accuracy_ci(
     correct = np.array([sum(c) for c in clusters], dtype=np.float64)  # (C,)
     pairs = np.array([len(c) for c in clusters], dtype=np.float64)  # (C,)
     accuracy = float(correct.sum() / pairs.sum())
-    interval = _interval(lambda idx: correct[idx].sum(axis=1) / pairs[idx].sum(axis=1), len(clusters), samples, confidence, seed)
+    interval = _interval(
+        lambda idx: correct[idx].sum(axis=1) / pairs[idx].sum(axis=1), len(clusters), samples, confidence, seed
+    )
     return accuracy, interval
 
 
-def _interval(statistic: Callable[[np.ndarray], np.ndarray], n: int, samples: int, confidence: float, seed: int) -> Interval:
+def _interval(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, samples: int, confidence: float, seed: int
+) -> Interval:
     """Percentile interval of `statistic` over `samples` resamples; `statistic` maps (S, n) indices to (S,)."""
     if samples < 1:
         raise ValueError(f"bootstrap samples must be a positive integer, got {samples!r}")

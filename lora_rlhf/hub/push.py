@@ -50,7 +50,9 @@ class PushPlan:
         return [upload.describe() for upload in self.files]
 
 
-def plan_push(source: str | Path, repo_id: str, *, roles: Sequence[str] | None = None, base_model: str | None = None) -> PushPlan:
+def plan_push(
+    source: str | Path, repo_id: str, *, roles: Sequence[str] | None = None, base_model: str | None = None
+) -> PushPlan:
     """What publishing `source` (an adapter folder or a run directory) to `repo_id` uploads.
 
     An adapter folder goes to the repo's root; a run's roles go to <role>/ subfolders, with the run's
@@ -104,8 +106,13 @@ def _adapter_uploads(
         config["base_model_name_or_path"] = base
         uploads[0] = Upload(prefix + "adapter_config.json", content=(json.dumps(config, indent=2) + "\n").encode())
     text = card.model_card(
-        role if role in card.ROLE_TAGS else "adapter", base_model=base, repo_id=repo_id, subfolder=subfolder,
-        datasets=datasets or (), eval_figures=figures, head_kind=saved_head_kind(folder),
+        role if role in card.ROLE_TAGS else "adapter",
+        base_model=base,
+        repo_id=repo_id,
+        subfolder=subfolder,
+        datasets=datasets or (),
+        eval_figures=figures,
+        head_kind=saved_head_kind(folder),
     )
     return [*uploads, Upload(prefix + "README.md", content=text.encode())]
 
@@ -138,11 +145,17 @@ def _explain(exc: Exception, endpoint: str, token: str) -> LoraRlhfError:
     status = getattr(getattr(exc, "response", None), "status_code", None)
     first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0]).replace(token, "***")
     if isinstance(exc, HfHubHTTPError) and status in (401, 403):
-        return LoraRlhfError(f"the Hub at {endpoint} refused the token (HTTP {status}): log in again with "
-                             "`hf auth login` or set HF_TOKEN to a token with write access")
+        return LoraRlhfError(
+            f"the Hub at {endpoint} refused the token (HTTP {status}): log in again with "
+            "`hf auth login` or set HF_TOKEN to a token with write access"
+        )
     if isinstance(exc, HfHubHTTPError):
         return LoraRlhfError(f"the Hub at {endpoint} refused the upload (HTTP {status}): {first}")
-    if isinstance(exc, (OSError, ConnectionError)) or "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__:
+    if (
+        isinstance(exc, (OSError, ConnectionError))
+        or "Connect" in type(exc).__name__
+        or "Timeout" in type(exc).__name__
+    ):
         return LoraRlhfError(f"cannot reach the Hub at {endpoint}: {first}")
     return LoraRlhfError(f"upload to {endpoint} failed: {type(exc).__name__}: {first}")
 

@@ -1,11 +1,11 @@
 """Inference with trained adapters: many adapters on one base (hot-swapped by name), and merging one into the base.
 
-    from lora_rlhf.inference import AdapterRegistry, GenerationOptions
+from lora_rlhf.inference import AdapterRegistry, GenerationOptions
 
-    registry = AdapterRegistry.from_run("runs/demo")             # the run's base + every role
-    registry.attach("other", "user/my-adapter")                  # a folder or a Hub id
-    registry.generate("policy", ["Sort 3 1 2"], GenerationOptions(max_new_tokens=32))
-    registry.compare(["base", "sft", "policy"], ["Sort 3 1 2"])
+registry = AdapterRegistry.from_run("runs/demo")             # the run's base + every role
+registry.attach("other", "user/my-adapter")                  # a folder or a Hub id
+registry.generate("policy", ["Sort 3 1 2"], GenerationOptions(max_new_tokens=32))
+registry.compare(["base", "sft", "policy"], ["Sort 3 1 2"])
 """
 
 from lora_rlhf.inference.generation import Completion, render

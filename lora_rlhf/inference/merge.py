@@ -90,7 +90,9 @@ def adapter_base_name(folder: Path) -> str:
 
 
 @torch.no_grad()
-def merge_difference(merged: str | Path, adapter: str | Path, texts: Sequence[str], *, base: str | None = None) -> MergeCheck:
+def merge_difference(
+    merged: str | Path, adapter: str | Path, texts: Sequence[str], *, base: str | None = None
+) -> MergeCheck:
     """Compare the merged folder's logits with base + adapter (unmerged), both computed in float32."""
     from peft import PeftModel
 

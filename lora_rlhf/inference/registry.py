@@ -61,7 +61,7 @@ class AdapterRegistry:
     # ------------------------------------------------------------- adapters
     @property
     def names(self) -> list[str]:
-        """"base" and every attached adapter, in attach order."""
+        """ "base" and every attached adapter, in attach order."""
         return [BASE, *self.stack.roles]
 
     def attach(self, name: str, source: str | Path, *, revision: str | None = None) -> Path:
@@ -103,7 +103,12 @@ class AdapterRegistry:
         return generation.render(self.stack.tokenizer, prompt, chat=chat, system=system)
 
     def complete(
-        self, name: str, texts: Sequence[str], options: GenerationOptions | None = None, *, halt: StopCheck | None = None
+        self,
+        name: str,
+        texts: Sequence[str],
+        options: GenerationOptions | None = None,
+        *,
+        halt: StopCheck | None = None,
     ) -> list[Completion]:
         """Responses of adapter `name` (or "base") to rendered prompt texts, under the lock.
 

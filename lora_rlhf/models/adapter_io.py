@@ -68,7 +68,7 @@ def load_head(folder: Path, hidden_size: int, device: torch.device) -> ScalarHea
 
 
 def saved_head_kind(folder: Path) -> str | None:
-    """"reward" or "value" for a folder with head.safetensors (heads saved without a kind were rewards), else None."""
+    """ "reward" or "value" for a folder with head.safetensors (heads saved without a kind were rewards), else None."""
     path = Path(folder) / HEAD_WEIGHTS
     return _head_metadata(path).get("kind", "reward") if path.is_file() else None
 

@@ -51,13 +51,9 @@ class BaseModelConfig:
 
     def __post_init__(self) -> None:
         if self.quantization not in ("auto", "nf4", "int8", "none"):
-            raise LoraRlhfError(
-                f"quantization: {self.quantization!r} is not one of auto, nf4, int8, none"
-            )
+            raise LoraRlhfError(f"quantization: {self.quantization!r} is not one of auto, nf4, int8, none")
         if self.compute_dtype not in ("auto", *_DTYPES):
-            raise LoraRlhfError(
-                f"compute_dtype: {self.compute_dtype!r} is not one of auto, {', '.join(_DTYPES)}"
-            )
+            raise LoraRlhfError(f"compute_dtype: {self.compute_dtype!r} is not one of auto, {', '.join(_DTYPES)}")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -154,7 +150,9 @@ def load_base_model(config: BaseModelConfig):
         )
     except (OSError, ValueError) as exc:
         raise LoraRlhfError(f"could not load model {source!r}: {_first_line(exc)}") from exc
-    return prepare_for_training(model, quantized=quant_config is not None, gradient_checkpointing=config.gradient_checkpointing)
+    return prepare_for_training(
+        model, quantized=quant_config is not None, gradient_checkpointing=config.gradient_checkpointing
+    )
 
 
 def keep_nf4_differentiable(model: nn.Module) -> int:

@@ -23,7 +23,9 @@ class TokenLogProbs(NamedTuple):
     entropy: torch.Tensor | None  # (B, T) entropy of pi(. | prefix), detached; None unless asked
 
 
-def _chunk_logprobs(states: torch.Tensor, targets: torch.Tensor, project: Projection, temperature: float) -> torch.Tensor:
+def _chunk_logprobs(
+    states: torch.Tensor, targets: torch.Tensor, project: Projection, temperature: float
+) -> torch.Tensor:
     logp = (project(states) / temperature).log_softmax(-1)
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 

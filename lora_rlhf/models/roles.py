@@ -126,7 +126,9 @@ class RoleStack(RoleOperations):
     def head(self, role: str) -> ScalarHead:
         role = self.resolve(role)
         if role not in self.heads:
-            raise LoraRlhfError(f"role {role!r} has no scalar head (roles with heads: {', '.join(self.heads) or 'none'})")
+            raise LoraRlhfError(
+                f"role {role!r} has no scalar head (roles with heads: {', '.join(self.heads) or 'none'})"
+            )
         return self.heads[role]
 
     # --------------------------------------------------------------- switching
@@ -258,7 +260,9 @@ class RoleStack(RoleOperations):
         if name == BASE:
             raise LoraRlhfError("the bare base cannot be removed")
         removed = {id(p) for p in self.parameters(name)}
-        grads = {p: flag for p, flag in self._grad_state().items() if id(p) not in removed}  # PEFT's set_adapter flips them
+        grads = {
+            p: flag for p, flag in self._grad_state().items() if id(p) not in removed
+        }  # PEFT's set_adapter flips them
         if len(self._params) == 1:
             self.model = self.model.unload()
             self.base_model = self.model

@@ -46,8 +46,14 @@ def sampling_kwargs(
     if temperature == 0:
         return {**_NEUTRAL_GREEDY, "do_sample": False, "repetition_penalty": repetition_penalty}
     # top_k 0 is "off"; None would let transformers fill in the model's default of 50.
-    return {**NEUTRAL_SAMPLING, "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-            "repetition_penalty": repetition_penalty}
+    return {
+        **NEUTRAL_SAMPLING,
+        "do_sample": True,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "repetition_penalty": repetition_penalty,
+    }
 
 
 def _is_stop(ids: torch.Tensor, stop_ids: Iterable[int]) -> torch.Tensor:

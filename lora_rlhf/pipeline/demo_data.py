@@ -75,13 +75,19 @@ def write_task_data(recipe: RecipeConfig, run: RunDir) -> None:
     for name, use in (("ptx_text", "ptx"), ("lm_text", "heldout")):
         if not run.data(FILES[name]).exists():
             _write_jsonl(run.data(FILES[name]), text_rows(use, _TEXT_ROWS))
-    counts = {"demonstrations": demo.demonstrations, "ranking_prompts": demo.ranking_prompts,
-              "prompts": demo.ppo_prompts, "eval_prompts": demo.eval_prompts,
-              "eval_ranking_prompts": demo.eval_ranking_prompts}
+    counts = {
+        "demonstrations": demo.demonstrations,
+        "ranking_prompts": demo.ranking_prompts,
+        "prompts": demo.ppo_prompts,
+        "eval_prompts": demo.eval_prompts,
+        "eval_ranking_prompts": demo.eval_ranking_prompts,
+    }
     labeler = Labeler(disagreement=demo.disagreement, seed=demo.seed)
     seen: set[str] = set()
     for split, count in counts.items():
-        tasks = _distinct(sample_tasks(count * 2, seed=demo.seed * 101 + _SPLIT_SEEDS[split], families=demo.families), seen, count)
+        tasks = _distinct(
+            sample_tasks(count * 2, seed=demo.seed * 101 + _SPLIT_SEEDS[split], families=demo.families), seen, count
+        )
         target = run.data(FILES[split])
         if target.exists():
             continue
@@ -122,7 +128,9 @@ def write_rankings(stack: RoleStack, recipe: RecipeConfig, run: RunDir) -> None:
     for path, prompts, part in ((target, train, samples[: len(train)]), (held_target, held, samples[len(train) :])):
         rows = ranking_rows(prompts, part, labeler)
         _write_jsonl(path, rows)
-        logger.info("demo: the labeler ranked %d prompts x %d responses into %s", len(rows), demo.responses_per_prompt, path)
+        logger.info(
+            "demo: the labeler ranked %d prompts x %d responses into %s", len(rows), demo.responses_per_prompt, path
+        )
 
 
 def _read_prompts(path: Path) -> list[str]:
@@ -150,9 +158,15 @@ def _sample(stack: RoleStack, prompts: list[str], temperature: float, max_new_to
     rendered = [render_prompt(tokenizer, p) for p in prompts]
     enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
     stops = stack.eos_ids()
-    out = stack.generate("sft", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens,
-                         eos_token_id=sorted(stops), **sampling_kwargs(temperature))
-    responses = [until_stop(row, stops, tokenizer.pad_token_id)[0] for row in out[:, enc.input_ids.shape[1]:]]
+    out = stack.generate(
+        "sft",
+        enc.input_ids,
+        enc.attention_mask,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=sorted(stops),
+        **sampling_kwargs(temperature),
+    )
+    responses = [until_stop(row, stops, tokenizer.pad_token_id)[0] for row in out[:, enc.input_ids.shape[1] :]]
     return [t.strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
 
 

@@ -31,8 +31,11 @@ class StageResult:
     summary: dict[str, Any]
 
     def line(self) -> str:
-        figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.summary.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool))
+        figures = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in self.summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
         return f"{self.stage:<5} {self.status:<9} {self.seconds:7.1f} s  {figures}"
 
 
@@ -137,8 +140,13 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
     gold_fn = demo_data.gold_fn() if recipe.demo.enabled else None
     results = evaluate(stack, prompts, recipe.eval, run.path, gold_fn=gold_fn)
     summary = {f"gold_{k}": v for k, v in results.get("gold", {}).items()}
-    picked = {"kl": results.get("kl"), "rm_accuracy": results.get("rm_accuracy"), "rm_accuracy_gold": results.get("rm_accuracy_gold"),
-              "win_ppo_vs_sft": results.get("win_rate", {}).get("ppo_vs_sft"), "best_of_n_gold": results.get("best_of_n", {}).get("gold")}
+    picked = {
+        "kl": results.get("kl"),
+        "rm_accuracy": results.get("rm_accuracy"),
+        "rm_accuracy_gold": results.get("rm_accuracy_gold"),
+        "win_ppo_vs_sft": results.get("win_rate", {}).get("ppo_vs_sft"),
+        "best_of_n_gold": results.get("best_of_n", {}).get("gold"),
+    }
     summary.update({k: v for k, v in picked.items() if v is not None})
     return "evaluated", summary
 

@@ -51,7 +51,15 @@ class PhaseMemory:
 
     @property
     def total(self) -> int:
-        return self.base + self.adapters + self.trained_state + self.activations + self.logits + self.kv_cache + self.runtime
+        return (
+            self.base
+            + self.adapters
+            + self.trained_state
+            + self.activations
+            + self.logits
+            + self.kv_cache
+            + self.runtime
+        )
 
 
 def base_weight_bytes(shape: ModelShape, quantization: str, compute_dtype: str) -> int:

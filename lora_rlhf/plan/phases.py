@@ -64,7 +64,9 @@ def resolve_setting(recipe: RecipeConfig, device: str) -> Setting:
     return Setting(device, quantization, dtype, bool(model.gradient_checkpointing))
 
 
-def phase_memories(shape: ModelShape, recipe: RecipeConfig, setting: Setting, responses_per_prompt: int) -> list[PhaseMemory]:
+def phase_memories(
+    shape: ModelShape, recipe: RecipeConfig, setting: Setting, responses_per_prompt: int
+) -> list[PhaseMemory]:
     """Every phase of the recipe's stages, with its terms (see estimate.py)."""
     dtype, gc = setting.dtype, setting.checkpointing
     base = estimate.base_weight_bytes(shape, setting.quantization, dtype)
@@ -76,13 +78,21 @@ def phase_memories(shape: ModelShape, recipe: RecipeConfig, setting: Setting, re
 
     def phase(name: str, adapters: int, trained: int, activations: int, logits: int = 0, kv: int = 0) -> PhaseMemory:
         subtotal = base + adapters + trained + activations + logits + kv
-        return PhaseMemory(name, base, adapters, trained, activations, logits, kv, estimate.runtime_bytes(setting.device, subtotal))
+        return PhaseMemory(
+            name, base, adapters, trained, activations, logits, kv, estimate.runtime_bytes(setting.device, subtotal)
+        )
 
     def train_acts(rows: int, tokens: int, dropout: bool) -> int:
-        return estimate.activation_bytes(shape, rows, tokens, dtype, grad=True, checkpointing=gc, lora_dropout=dropout) + dequant
+        return (
+            estimate.activation_bytes(shape, rows, tokens, dtype, grad=True, checkpointing=gc, lora_dropout=dropout)
+            + dequant
+        )
 
     def no_grad_acts(rows: int, tokens: int) -> int:
-        return estimate.activation_bytes(shape, rows, tokens, dtype, grad=False, checkpointing=False, lora_dropout=False) + dequant
+        return (
+            estimate.activation_bytes(shape, rows, tokens, dtype, grad=False, checkpointing=False, lora_dropout=False)
+            + dequant
+        )
 
     sft_rows, sft_len = recipe.sft.train.batch_size, recipe.sft.max_length
     rm_rows = recipe.rm.train.batch_size * responses_per_prompt
@@ -151,18 +161,31 @@ def _dequantized_weight_bytes(shape: ModelShape, setting: Setting) -> int:
 
 # Knobs that shrink a phase, in the order the plan tries them: (override key, new value from the recipe).
 _KNOBS: dict[str, list[tuple[str, Callable[[RecipeConfig], object]]]] = {
-    "sft step": [("model.gradient_checkpointing", lambda r: True), ("sft.train.batch_size", lambda r: max(1, r.sft.train.batch_size // 2)),
-                 ("sft.max_length", lambda r: max(2, r.sft.max_length // 2))],
-    "rm step": [("model.gradient_checkpointing", lambda r: True), ("rm.train.batch_size", lambda r: max(1, r.rm.train.batch_size // 2)),
-                ("rm.max_length", lambda r: max(2, r.rm.max_length // 2))],
-    "ppo generate": [("ppo.rollout_batch_size", lambda r: max(1, r.ppo.rollout_batch_size // 2)),
-                     ("ppo.sampling.max_new_tokens", lambda r: max(1, r.ppo.sampling.max_new_tokens // 2))],
+    "sft step": [
+        ("model.gradient_checkpointing", lambda r: True),
+        ("sft.train.batch_size", lambda r: max(1, r.sft.train.batch_size // 2)),
+        ("sft.max_length", lambda r: max(2, r.sft.max_length // 2)),
+    ],
+    "rm step": [
+        ("model.gradient_checkpointing", lambda r: True),
+        ("rm.train.batch_size", lambda r: max(1, r.rm.train.batch_size // 2)),
+        ("rm.max_length", lambda r: max(2, r.rm.max_length // 2)),
+    ],
+    "ppo generate": [
+        ("ppo.rollout_batch_size", lambda r: max(1, r.ppo.rollout_batch_size // 2)),
+        ("ppo.sampling.max_new_tokens", lambda r: max(1, r.ppo.sampling.max_new_tokens // 2)),
+    ],
     "ppo score": [("ppo.micro_batch_size", lambda r: max(1, r.ppo.micro_batch_size // 2))],
-    "ppo train": [("model.gradient_checkpointing", lambda r: True), ("ppo.micro_batch_size", lambda r: max(1, r.ppo.micro_batch_size // 2)),
-                  ("ppo.ptx.batch_size", lambda r: max(1, r.ppo.ptx.batch_size // 2)),
-                  ("ppo.sampling.max_new_tokens", lambda r: max(1, r.ppo.sampling.max_new_tokens // 2))],
-    "eval": [("eval.batch_size", lambda r: max(1, r.eval.batch_size // 2)),
-             ("eval.max_new_tokens", lambda r: max(1, r.eval.max_new_tokens // 2))],
+    "ppo train": [
+        ("model.gradient_checkpointing", lambda r: True),
+        ("ppo.micro_batch_size", lambda r: max(1, r.ppo.micro_batch_size // 2)),
+        ("ppo.ptx.batch_size", lambda r: max(1, r.ppo.ptx.batch_size // 2)),
+        ("ppo.sampling.max_new_tokens", lambda r: max(1, r.ppo.sampling.max_new_tokens // 2)),
+    ],
+    "eval": [
+        ("eval.batch_size", lambda r: max(1, r.eval.batch_size // 2)),
+        ("eval.max_new_tokens", lambda r: max(1, r.eval.max_new_tokens // 2)),
+    ],
 }
 
 
@@ -199,10 +222,14 @@ def plan_recipe(
         options = []
         for key, value_of in _KNOBS[memory.name]:
             value = value_of(recipe)
-            if getattr(_resolve(recipe, key), "__eq__")(value):
+            if _resolve(recipe, key).__eq__(value):
                 continue  # already there (gradient checkpointing on, a batch of 1)
             changed = _with(recipe, key, value)
-            total = next(p.total for p in phase_memories(shape, changed, resolve_setting(changed, device), k) if p.name == memory.name)
+            total = next(
+                p.total
+                for p in phase_memories(shape, changed, resolve_setting(changed, device), k)
+                if p.name == memory.name
+            )
             options.append((f"{key}={_show(value)}", total))
         plan.advice[memory.name] = options
     return plan
@@ -222,10 +249,17 @@ def _show(value: object) -> str:
 def format_plan(plan: Plan) -> str:
     """The plan as a Markdown table in GiB, then a verdict and, for each phase over budget, what brings it under."""
     s = plan.setting
-    head = (f"memory plan for {plan.model} on {s.device}: {s.quantization} base, {s.dtype} compute, "
-            f"gradient checkpointing {'on' if s.checkpointing else 'off'}")
-    lines = [head, "", "| phase | base | adapters + heads | grads + AdamW | activations | log-prob chunk | KV cache "
-             "| runtime | total |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head = (
+        f"memory plan for {plan.model} on {s.device}: {s.quantization} base, {s.dtype} compute, "
+        f"gradient checkpointing {'on' if s.checkpointing else 'off'}"
+    )
+    lines = [
+        head,
+        "",
+        "| phase | base | adapters + heads | grads + AdamW | activations | log-prob chunk | KV cache "
+        "| runtime | total |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for p in plan.phases:
         cells = (p.base, p.adapters, p.trained_state, p.activations, p.logits, p.kv_cache, p.runtime, p.total)
         lines.append(f"| {p.name} | " + " | ".join(f"{c / GiB:.2f}" for c in cells) + " |")
@@ -241,7 +275,9 @@ def format_plan(plan: Plan) -> str:
     for name, options in plan.advice.items():
         total = next(p.total for p in plan.phases if p.name == name)
         fixes = [f"{key} -> {t / GiB:.2f} GiB" + (" (fits)" if t <= plan.budget else "") for key, t in options]
-        lines.append(f"- {name} needs {total / GiB:.2f} GiB; " + ("; ".join(fixes) if fixes else "no single knob helps"))
+        lines.append(
+            f"- {name} needs {total / GiB:.2f} GiB; " + ("; ".join(fixes) if fixes else "no single knob helps")
+        )
     return "\n".join(lines)
 
 
@@ -250,7 +286,7 @@ def parse_size(text: str) -> int:
     units = {"gib": GiB, "gb": 10**9, "g": GiB, "mib": 1024**2, "mb": 10**6, "": GiB}
     raw = text.strip().lower().replace(" ", "")
     number = raw.rstrip("gimb")
-    unit = raw[len(number):]
+    unit = raw[len(number) :]
     try:
         value = float(number)
     except ValueError:

@@ -73,7 +73,11 @@ def shape_of(model: nn.Module, name: str = "") -> ModelShape:
     decoder = _decoder_layers(model, layers)
     layer_linears = tuple(s for s in (_linear_shape(m) for m in decoder[0].modules()) if s is not None)
     linear_weights = sum(
-        fan_in * fan_out for layer in decoder for s in (_linear_shape(m) for m in layer.modules()) if s for fan_in, fan_out in [s]
+        fan_in * fan_out
+        for layer in decoder
+        for s in (_linear_shape(m) for m in layer.modules())
+        if s
+        for fan_in, fan_out in [s]
     )
     total = sum(p.numel() for p in model.parameters())
     heads = int(getattr(config, "num_attention_heads", 1) or 1)

@@ -34,21 +34,39 @@ def find_problem(figures: Mapping[str, float], kl_ceiling: float | None) -> str 
     return None
 
 
-def save_failure(folder: Path, step: int, problem: str, stack: RoleStack, rollout: Rollout | None, figures: Mapping[str, float]) -> Path:
+def save_failure(
+    folder: Path, step: int, problem: str, stack: RoleStack, rollout: Rollout | None, figures: Mapping[str, float]
+) -> Path:
     """Write roles, the rollout's tensors and the figures into `folder`/failed-step-N (atomically)."""
     target = folder / f"failed-step-{step:08d}"
     with atomic_dir(target) as tmp:
         for role in ("policy", "value"):
             stack.save_role(role, tmp / "roles" / role)
         if rollout is not None:
-            tensors = {name: value.detach().cpu().contiguous() for name, value in vars(rollout).items() if isinstance(value, torch.Tensor)}
+            tensors = {
+                name: value.detach().cpu().contiguous()
+                for name, value in vars(rollout).items()
+                if isinstance(value, torch.Tensor)
+            }
             save_file(tensors, str(tmp / "rollout.safetensors"))
-            (tmp / "responses.json").write_text(json.dumps({"prompts": rollout.prompts, "responses": rollout.responses}, indent=1))
-        (tmp / "failure.json").write_text(json.dumps({"step": step, "problem": problem, "figures": {k: str(v) for k, v in figures.items()}}, indent=2))
+            (tmp / "responses.json").write_text(
+                json.dumps({"prompts": rollout.prompts, "responses": rollout.responses}, indent=1)
+            )
+        (tmp / "failure.json").write_text(
+            json.dumps({"step": step, "problem": problem, "figures": {k: str(v) for k, v in figures.items()}}, indent=2)
+        )
     return target
 
 
-def check(figures: Mapping[str, float], *, step: int, kl_ceiling: float | None, folder: Path, stack: RoleStack, rollout: Rollout | None) -> None:
+def check(
+    figures: Mapping[str, float],
+    *,
+    step: int,
+    kl_ceiling: float | None,
+    folder: Path,
+    stack: RoleStack,
+    rollout: Rollout | None,
+) -> None:
     """Raise a one-line LoraRlhfError (after saving the evidence) if this iteration's figures are bad."""
     problem = find_problem(figures, kl_ceiling)
     if problem is None:

@@ -24,8 +24,8 @@ class FixedKLController:
 class AdaptiveKLController:
     """Ziegler et al. 2019 (arXiv:1909.08593) §2.2: a proportional controller of β.
 
-        e_t = clip(KL_t / KL_target − 1, −0.2, 0.2)
-        β_{t+1} = β_t · (1 + K_β · e_t),   K_β = n_steps / horizon
+    e_t = clip(KL_t / KL_target − 1, −0.2, 0.2)
+    β_{t+1} = β_t · (1 + K_β · e_t),   K_β = n_steps / horizon
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:

@@ -36,8 +36,12 @@ class Optimizers:
 
     def stateful(self) -> dict[str, Any]:
         """What a checkpoint saves (state_dict / load_state_dict objects)."""
-        return {"policy": self.policy, "value": self.value, "policy_scheduler": self.policy_scheduler,
-                "value_scheduler": self.value_scheduler}
+        return {
+            "policy": self.policy,
+            "value": self.value,
+            "policy_scheduler": self.policy_scheduler,
+            "value_scheduler": self.value_scheduler,
+        }
 
 
 def build_optimizers(stack: RoleStack, optim: PPOOptimConfig, steps: int, accelerator) -> Optimizers:
@@ -45,8 +49,12 @@ def build_optimizers(stack: RoleStack, optim: PPOOptimConfig, steps: int, accele
     from transformers import get_scheduler
 
     def make(role: str, lr: float):
-        optimizer = torch.optim.AdamW(stack.parameters(role), lr=lr, betas=tuple(optim.adam_betas), weight_decay=optim.weight_decay)
-        scheduler = get_scheduler(optim.scheduler, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=steps)
+        optimizer = torch.optim.AdamW(
+            stack.parameters(role), lr=lr, betas=tuple(optim.adam_betas), weight_decay=optim.weight_decay
+        )
+        scheduler = get_scheduler(
+            optim.scheduler, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=steps
+        )
         return optimizer, scheduler
 
     policy, policy_scheduler = make("policy", optim.policy_learning_rate)
@@ -55,7 +63,9 @@ def build_optimizers(stack: RoleStack, optim: PPOOptimConfig, steps: int, accele
 
 
 @torch.no_grad()
-def add_advantages(rollout: Rollout, kl_coef: float, config: RewardsConfig, moments: RunningMoments) -> dict[str, float]:
+def add_advantages(
+    rollout: Rollout, kl_coef: float, config: RewardsConfig, moments: RunningMoments
+) -> dict[str, float]:
     """Fill `rollout.advantages` and `.returns` (InstructGPT eq. 2 rewards, GAE); return the rollout's figures."""
     mask = rollout.response_mask
     scores = transform_scores(rollout.scores, clip=config.score_clip, running=moments, normalize=config.score_normalize)
@@ -89,11 +99,15 @@ def train_on_rollout(
     for _ in range(config.ppo_epochs):
         order = torch.randperm(len(rollout), generator=generator)
         for begin in range(0, len(rollout), config.mini_batch_size):
-            rows.append(_minibatch(stack, rollout, order[begin : begin + config.mini_batch_size], optimizers, config, ptx))
+            rows.append(
+                _minibatch(stack, rollout, order[begin : begin + config.mini_batch_size], optimizers, config, ptx)
+            )
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
-def _minibatch(stack: RoleStack, rollout: Rollout, rows: torch.Tensor, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None) -> dict[str, float]:
+def _minibatch(
+    stack: RoleStack, rollout: Rollout, rows: torch.Tensor, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None
+) -> dict[str, float]:
     micros = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
     stats: list[dict[str, float]] = []
     for micro in micros:
@@ -108,14 +122,22 @@ def _minibatch(stack: RoleStack, rollout: Rollout, rows: torch.Tensor, opt: Opti
     return figures
 
 
-def _policy_backward(stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None, n_micro: int) -> dict[str, float]:
+def _policy_backward(
+    stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None, n_micro: int
+) -> dict[str, float]:
     p = part.prompt_width
     with stack.use("policy"), opt.accelerator.autocast():
-        logprobs = stack.logprobs("policy", part.input_ids, part.attention_mask, temperature=config.sampling.temperature, start=p - 1).logprobs
+        logprobs = stack.logprobs(
+            "policy", part.input_ids, part.attention_mask, temperature=config.sampling.temperature, start=p - 1
+        ).logprobs
         out = policy_loss(logprobs.float(), part.logprobs, part.advantages, part.response_mask, config.optim.clip_range)
         loss = out.loss
-        figures = {"policy_loss": out.loss.item(), "clipfrac": out.clipfrac.item(), "approx_kl": out.approx_kl.item(),
-                   "ratio": out.ratio_mean.item()}
+        figures = {
+            "policy_loss": out.loss.item(),
+            "clipfrac": out.clipfrac.item(),
+            "approx_kl": out.approx_kl.item(),
+            "ratio": out.ratio_mean.item(),
+        }
         if ptx is not None:
             # PPO-ptx (eq. 2): the pretraining term is mixed into every minibatch.
             ptx_out = _ptx_term(stack, ptx, config.ptx.coef)
@@ -133,7 +155,9 @@ def _ptx_term(stack: RoleStack, ptx: PtxStream, ptx_coef: float) -> PtxLoss:
     return ptx_loss(logprobs, target_mask(batch["labels"]), ptx_coef)
 
 
-def _value_backward(stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, n_micro: int) -> dict[str, float]:
+def _value_backward(
+    stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, n_micro: int
+) -> dict[str, float]:
     p = part.prompt_width
     with stack.use("value"), opt.accelerator.autocast():
         values = stack.values(part.input_ids, part.attention_mask)[:, p - 1 : -1]

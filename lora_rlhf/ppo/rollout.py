@@ -66,7 +66,9 @@ class Rollout:
 
 
 @torch.no_grad()
-def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def sample(
+    stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: SamplingConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Generate from `policy` -> (input_ids (B, P+A), attention_mask (B, P+A), response_mask (B, A), P)."""
     ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
     ids, mask = ids.to(stack.device), mask.to(stack.device)
@@ -109,7 +111,9 @@ def score(
         policy = stack.logprobs("policy", ids, mask, temperature=temperature, with_entropy=True, start=p - 1)
         parts["logprobs"].append(policy.logprobs)
         parts["entropy"].append(policy.entropy)
-        parts["ref_logprobs"].append(stack.logprobs("reference", ids, mask, temperature=temperature, start=p - 1).logprobs)
+        parts["ref_logprobs"].append(
+            stack.logprobs("reference", ids, mask, temperature=temperature, start=p - 1).logprobs
+        )
         parts["values"].append(stack.values(ids, mask)[:, p - 1 : -1])
         if use_reward_role:
             parts["scores"].append(stack.rewards(ids, mask))
@@ -130,16 +134,29 @@ def make_rollout(
     start = time.perf_counter()
     input_ids, attention_mask, resp_mask, width = sample(stack, prompts, sampling)
     generated = time.perf_counter()
-    scored = score(stack, input_ids, attention_mask, width, temperature=sampling.temperature,
-                   micro_batch_size=micro_batch_size, use_reward_role=reward_fn is None)
+    scored = score(
+        stack,
+        input_ids,
+        attention_mask,
+        width,
+        temperature=sampling.temperature,
+        micro_batch_size=micro_batch_size,
+        use_reward_role=reward_fn is None,
+    )
     texts = stack.tokenizer.batch_decode(input_ids[:, width:], skip_special_tokens=True)
     finished = ends_with_stop(input_ids[:, width:], resp_mask, stack.eos_ids())
     if reward_fn is not None:
         values = reward_fn([p.text for p in prompts], [t.strip() for t in texts])
         scored["scores"] = torch.tensor(values, dtype=torch.float32, device=input_ids.device)
     rollout = Rollout(
-        input_ids=input_ids, attention_mask=attention_mask, response_mask=resp_mask.float(), prompt_width=width,
-        prompts=[p.text for p in prompts], responses=[t.strip() for t in texts], finished=finished, **scored,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=resp_mask.float(),
+        prompt_width=width,
+        prompts=[p.text for p in prompts],
+        responses=[t.strip() for t in texts],
+        finished=finished,
+        **scored,
     )
     timing = {"time_generate": generated - start, "time_score": time.perf_counter() - generated}
     return rollout, timing

@@ -57,14 +57,20 @@ class _State:
 
     def __init__(self, config: PPOConfig, prompts: list, ptx: PtxStream | None) -> None:
         rewards = config.rewards
-        self.kl_controller = make_kl_controller(rewards.kl_control, rewards.kl_coef, rewards.kl_target, rewards.kl_horizon)
+        self.kl_controller = make_kl_controller(
+            rewards.kl_control, rewards.kl_coef, rewards.kl_target, rewards.kl_horizon
+        )
         self.moments = RunningMoments()
         self.prompts = Cycler(prompts, config.seed)
         self.ptx = ptx
 
     def to_json(self) -> dict:
-        return {"prompt_position": self.prompts.position, "ptx_position": self.ptx.cycler.position if self.ptx else 0,
-                "kl_controller": self.kl_controller.state_dict(), "score_moments": self.moments.state_dict()}
+        return {
+            "prompt_position": self.prompts.position,
+            "ptx_position": self.ptx.cycler.position if self.ptx else 0,
+            "kl_controller": self.kl_controller.state_dict(),
+            "score_moments": self.moments.state_dict(),
+        }
 
     def load_json(self, state: dict) -> None:
         self.prompts.position = state["prompt_position"]
@@ -91,10 +97,14 @@ def train_ppo(
     prompts, report = load_ppo_prompts(config.prompts, stack.tokenizer, config.max_prompt_length, config.on_bad_row)
     report.log()
     ptx = _ptx_stream(stack, config)
-    torch.manual_seed(config.seed)  # before setup_roles: a fresh value adapter's init draws from it (resume restores RNG)
+    torch.manual_seed(
+        config.seed
+    )  # before setup_roles: a fresh value adapter's init draws from it (resume restores RNG)
     setup_roles(stack, config)
     stack.set_trainable(*TRAINED)
-    optimizers = build_optimizers(stack, config.optim, config.steps, make_accelerator(config.optim.mixed_precision, stack.device))
+    optimizers = build_optimizers(
+        stack, config.optim, config.steps, make_accelerator(config.optim.mixed_precision, stack.device)
+    )
     state = _State(config, prompts, ptx)
     ckpt_dir = output_dir / "checkpoints" / "ppo"
     step = _resume(stack, config, optimizers, state, ckpt_dir) if resume else 0
@@ -114,8 +124,16 @@ def train_ppo(
     return summary
 
 
-def _iterate(stack, config: PPOConfig, optimizers: Optimizers, state: _State, step: int, metrics: MetricsWriter,
-             ckpt_dir: Path, scorers: tuple[TextScorer | None, TextScorer | None]) -> None:
+def _iterate(
+    stack,
+    config: PPOConfig,
+    optimizers: Optimizers,
+    state: _State,
+    step: int,
+    metrics: MetricsWriter,
+    ckpt_dir: Path,
+    scorers: tuple[TextScorer | None, TextScorer | None],
+) -> None:
     progress = tqdm(total=config.steps, initial=step, desc="ppo: policy + value", unit="step")
     while step < config.steps:
         step += 1
@@ -125,12 +143,21 @@ def _iterate(stack, config: PPOConfig, optimizers: Optimizers, state: _State, st
         if step % config.logging_steps == 0 or step == config.steps:
             metrics.log(step, **figures)
         if step % config.save_steps == 0 or step == config.steps:
-            save_checkpoint(ckpt_dir, step, stack, TRAINED, optimizers.stateful(), state.to_json(), keep=config.keep_checkpoints)
+            save_checkpoint(
+                ckpt_dir, step, stack, TRAINED, optimizers.stateful(), state.to_json(), keep=config.keep_checkpoints
+            )
     progress.close()
 
 
-def _one_iteration(stack, config: PPOConfig, optimizers: Optimizers, state: _State, step: int, ckpt_dir: Path,
-                   scorers: tuple[TextScorer | None, TextScorer | None]) -> dict[str, float]:
+def _one_iteration(
+    stack,
+    config: PPOConfig,
+    optimizers: Optimizers,
+    state: _State,
+    step: int,
+    ckpt_dir: Path,
+    scorers: tuple[TextScorer | None, TextScorer | None],
+) -> dict[str, float]:
     gold_fn, reward_fn = scorers
     kl_coef = state.kl_controller.value
     batch = state.prompts.next(config.rollout_batch_size)
@@ -140,7 +167,10 @@ def _one_iteration(stack, config: PPOConfig, optimizers: Optimizers, state: _Sta
         figures["gold"] = sum(gold_fn(rollout.prompts, rollout.responses)) / len(rollout)
     guard.check(figures, step=step, kl_ceiling=config.rewards.kl_ceiling, folder=ckpt_dir, stack=stack, rollout=rollout)
     start = time.perf_counter()
-    lrs = {"lr_policy": optimizers.policy_scheduler.get_last_lr()[0], "lr_value": optimizers.value_scheduler.get_last_lr()[0]}
+    lrs = {
+        "lr_policy": optimizers.policy_scheduler.get_last_lr()[0],
+        "lr_value": optimizers.value_scheduler.get_last_lr()[0],
+    }
     figures.update(train_on_rollout(stack, rollout, optimizers, config, state.ptx, step))
     step_schedulers(optimizers)
     timing["time_train"] = time.perf_counter() - start
@@ -154,8 +184,11 @@ def _ptx_stream(stack: RoleStack, config: PPOConfig) -> PtxStream | None:
     ptx = config.ptx
     if not ptx.enabled:
         if ptx.coef > 0:
-            logger.warning("ppo: ppo.ptx.coef is %g but ppo.ptx.data.path is empty: running plain PPO, without the "
-                           "PPO-ptx term (set ppo.ptx.data.path, or ppo.ptx.coef: 0 to silence this)", ptx.coef)
+            logger.warning(
+                "ppo: ppo.ptx.coef is %g but ppo.ptx.data.path is empty: running plain PPO, without the "
+                "PPO-ptx term (set ppo.ptx.data.path, or ppo.ptx.coef: 0 to silence this)",
+                ptx.coef,
+            )
         return None
     return PtxStream(ptx.data, stack.tokenizer, ptx.max_length, ptx.batch_size, config.seed, config.on_bad_row)
 

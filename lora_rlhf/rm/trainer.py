@@ -27,12 +27,19 @@ def rm_step(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = ROLE) 
     flat = stack.rewards(batch["input_ids"], batch["attention_mask"], role=role)  # (N,)
     scores = scatter_scores(flat, batch["slot"], batch["ranks"].shape)  # (B, K_max)
     out = ranking_loss(scores, batch["ranks"], batch["valid"])
-    stats = {"loss": out.loss.item(), "accuracy": out.accuracy.item(), "margin": out.margin.item(),
-             "pairs": float(out.pairs), "prompts": float(len(batch["ranks"]))}
+    stats = {
+        "loss": out.loss.item(),
+        "accuracy": out.accuracy.item(),
+        "margin": out.margin.item(),
+        "pairs": float(out.pairs),
+        "prompts": float(len(batch["ranks"])),
+    }
     return StepOutput(out.loss, stats)
 
 
-def evaluate_rankings(stack: RoleStack, examples: list[RankingExample], batch_size: int, role: str = ROLE) -> dict[str, float]:
+def evaluate_rankings(
+    stack: RoleStack, examples: list[RankingExample], batch_size: int, role: str = ROLE
+) -> dict[str, float]:
     """Held-out loss (mean over prompts), pairwise accuracy and mean margin (means over pairs)."""
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "pairs": 0.0, "prompts": 0.0}
     pad = stack.tokenizer.pad_token_id
@@ -45,10 +52,16 @@ def evaluate_rankings(stack: RoleStack, examples: list[RankingExample], batch_si
         totals["pairs"] += s["pairs"]
         totals["prompts"] += s["prompts"]
     pairs, prompts = max(totals["pairs"], 1.0), max(totals["prompts"], 1.0)
-    return {"loss": totals["loss"] / prompts, "accuracy": totals["accuracy"] / pairs, "margin": totals["margin"] / pairs}
+    return {
+        "loss": totals["loss"] / prompts,
+        "accuracy": totals["accuracy"] / pairs,
+        "margin": totals["margin"] / pairs,
+    }
 
 
-def train_reward_model(stack: RoleStack, config: RMConfig, output_dir: Path, *, resume: bool = False) -> dict[str, float]:
+def train_reward_model(
+    stack: RoleStack, config: RMConfig, output_dir: Path, *, resume: bool = False
+) -> dict[str, float]:
     """Train the `reward` role; write metrics/rm.jsonl, checkpoints/rm/, adapters/reward/ (+ head.safetensors).
 
     Returns train_loss, held-out accuracy / margin / eval_loss (when there is held-out data), prompts,
@@ -59,25 +72,43 @@ def train_reward_model(stack: RoleStack, config: RMConfig, output_dir: Path, *, 
     _create_reward_role(stack, config)
     pad, batch_size = stack.tokenizer.pad_token_id, config.train.batch_size
     task = Task(
-        "rm", ROLE, train, lambda items: collate_rankings(items, pad), lambda batch: rm_step(stack, batch),
+        "rm",
+        ROLE,
+        train,
+        lambda items: collate_rankings(items, pad),
+        lambda batch: rm_step(stack, batch),
         (lambda: evaluate_rankings(stack, held, batch_size)) if held else None,
         head_learning_rate=config.resolved_head_learning_rate,
     )
     figures = fit(stack, task, config.train, output_dir, resume=resume)
     shift = center_on_demonstrations(
-        stack, config.demonstrations, max_length=config.max_length, max_examples=config.bias_examples,
-        batch_size=batch_size * 2, on_bad_row=config.on_bad_row,
+        stack,
+        config.demonstrations,
+        max_length=config.max_length,
+        max_examples=config.bias_examples,
+        batch_size=batch_size * 2,
+        on_bad_row=config.on_bad_row,
     )
     stack.save_role(ROLE, output_dir / "adapters" / ROLE)
-    summary = {"train_loss": figures.get("loss", float("nan")), "train_accuracy": figures.get("accuracy", float("nan")),
-               "prompts": len(train), "dropped": report.dropped, "truncated": report.truncated, "bias_shift": shift}
-    summary.update({("eval_loss" if k == "eval_loss" else k[5:]): v for k, v in figures.items() if k.startswith("eval_")})
+    summary = {
+        "train_loss": figures.get("loss", float("nan")),
+        "train_accuracy": figures.get("accuracy", float("nan")),
+        "prompts": len(train),
+        "dropped": report.dropped,
+        "truncated": report.truncated,
+        "bias_shift": shift,
+    }
+    summary.update(
+        {("eval_loss" if k == "eval_loss" else k[5:]): v for k, v in figures.items() if k.startswith("eval_")}
+    )
     return summary
 
 
 def _load_rankings(stack: RoleStack, config: RMConfig) -> tuple[list[RankingExample], list[RankingExample], RowReport]:
     def load(spec):
-        return load_ranking_examples(spec, stack.tokenizer, config.max_length, ties=config.ties, on_bad_row=config.on_bad_row)
+        return load_ranking_examples(
+            spec, stack.tokenizer, config.max_length, ties=config.ties, on_bad_row=config.on_bad_row
+        )
 
     examples, report = load(config.data)
     report.log()

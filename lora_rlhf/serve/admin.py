@@ -1,7 +1,7 @@
 """Loading and unloading adapters while the server runs, only from folders the operator allowed.
 
-    POST   /v1/adapters          {"name": "kind", "path": "/srv/adapters/kind"}   -> 201 and the model entry
-    DELETE /v1/adapters/{name}                                                   -> {"id", "deleted": true}
+POST   /v1/adapters          {"name": "kind", "path": "/srv/adapters/kind"}   -> 201 and the model entry
+DELETE /v1/adapters/{name}                                                   -> {"id", "deleted": true}
 """
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ class AdminPolicy:
         if not is_local:
             if self.allow_hub:
                 return source
-            raise APIError(403, f"{source!r} is not a local path and Hub downloads are off (--allow-hub)", "forbidden", "path")
+            raise APIError(
+                403, f"{source!r} is not a local path and Hub downloads are off (--allow-hub)", "forbidden", "path"
+            )
         # resolve() follows symlinks and "..", so neither can lead outside a root.
         resolved = path.resolve()
         if not any(resolved == root or resolved.is_relative_to(root) for root in self.roots):
             allowed = ", ".join(str(r) for r in self.roots) or "none (start the server with --allowed-root)"
-            raise APIError(403, f"adapter path {source!r} is outside the allowed folders: {allowed}", "forbidden", "path")
+            raise APIError(
+                403, f"adapter path {source!r} is outside the allowed folders: {allowed}", "forbidden", "path"
+            )
         return str(resolved)
 
 

@@ -13,8 +13,16 @@ from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.inference.generation import Halted
 from lora_rlhf.inference.registry import UnknownAdapter
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          409: "conflict_error", 422: "invalid_request_error", 499: "client_closed_request", 503: "server_busy"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    422: "invalid_request_error",
+    499: "client_closed_request",
+    503: "server_busy",
+}
 
 logger = logging.getLogger(__name__)
 

@@ -113,15 +113,29 @@ def token_budget(
     (as OpenAI and vLLM answer); an unset `max_tokens` shrinks the default to fit instead.
     """
     if context is not None and prompt_tokens >= context:
-        raise APIError(400, f"the prompt is {prompt_tokens} tokens, and this model's context is {context} tokens: "
-                            "no room is left for a response", "context_length_exceeded", prompt_param)
+        raise APIError(
+            400,
+            f"the prompt is {prompt_tokens} tokens, and this model's context is {context} tokens: "
+            "no room is left for a response",
+            "context_length_exceeded",
+            prompt_param,
+        )
     room = limit if context is None else min(limit, context - prompt_tokens)
     if requested is None:
         return min(default, room)
     if requested > limit:
-        raise APIError(400, f"max_tokens: {requested} is more than this server allows ({limit}, --max-tokens-limit)",
-                       "max_tokens_too_large", "max_tokens")
+        raise APIError(
+            400,
+            f"max_tokens: {requested} is more than this server allows ({limit}, --max-tokens-limit)",
+            "max_tokens_too_large",
+            "max_tokens",
+        )
     if requested > room:
-        raise APIError(400, f"max_tokens: {requested} tokens and the prompt's {prompt_tokens} exceed this model's "
-                            f"context of {context} tokens; at most {room} are left", "context_length_exceeded", "max_tokens")
+        raise APIError(
+            400,
+            f"max_tokens: {requested} tokens and the prompt's {prompt_tokens} exceed this model's "
+            f"context of {context} tokens; at most {room} are left",
+            "context_length_exceeded",
+            "max_tokens",
+        )
     return requested

@@ -16,7 +16,11 @@ Chunk = Callable[[str | None, str | None], dict[str, Any]]  # (text piece, finis
 
 
 def sse_events(
-    pieces: Generator[str, None, Completion], chunk: Chunk, *, first: dict | None = None, usage: Callable[[Completion], dict] | None = None
+    pieces: Generator[str, None, Completion],
+    chunk: Chunk,
+    *,
+    first: dict | None = None,
+    usage: Callable[[Completion], dict] | None = None,
 ) -> Iterator[str]:
     """SSE lines for a streamed completion; an error after the stream started becomes an error event."""
     try:

@@ -43,13 +43,21 @@ def train_sft(stack: RoleStack, config: SFTConfig, output_dir: Path, *, resume: 
         stack.add_role("sft", config.lora)
     pad, batch_size = stack.tokenizer.pad_token_id, config.train.batch_size
     task = Task(
-        "sft", "sft", train, lambda items: collate_sft(items, pad), lambda batch: sft_loss(stack, batch),
+        "sft",
+        "sft",
+        train,
+        lambda items: collate_sft(items, pad),
+        lambda batch: sft_loss(stack, batch),
         (lambda: evaluate_sft(stack, held, batch_size)) if held else None,
     )
     figures = fit(stack, task, config.train, output_dir, resume=resume)
     stack.save_role("sft", output_dir / "adapters" / "sft")
-    summary = {"train_loss": figures.get("loss", float("nan")), "examples": len(train), "dropped": report.dropped,
-               "truncated": report.truncated}
+    summary = {
+        "train_loss": figures.get("loss", float("nan")),
+        "examples": len(train),
+        "dropped": report.dropped,
+        "truncated": report.truncated,
+    }
     if "eval_loss" in figures:
         summary["eval_loss"] = figures["eval_loss"]
     return summary

@@ -36,7 +36,11 @@ def make_adapters(
 
 
 def make_run_dir(
-    model_dir: str | Path, run_dir: str | Path, roles: Sequence[str] = ("sft", "policy"), *, eval_figures: Mapping[str, Any] | None = None
+    model_dir: str | Path,
+    run_dir: str | Path,
+    roles: Sequence[str] = ("sft", "policy"),
+    *,
+    eval_figures: Mapping[str, Any] | None = None,
 ) -> Path:
     """A run directory as the pipeline writes it: recipe.yaml (model section), adapters/<role>/, eval.json."""
     run_dir = Path(run_dir)

@@ -18,7 +18,7 @@ _CHAT_TEMPLATE = (
 )
 _CORPUS = [
     "sort the numbers 3 1 2 reverse the words hello world answer with yes or no",
-    "the quick brown fox jumps over the lazy dog 0 1 2 3 4 5 6 7 8 9 + - * = , . ! ? : { } [ ] \"",
+    'the quick brown fox jumps over the lazy dog 0 1 2 3 4 5 6 7 8 9 + - * = , . ! ? : { } [ ] "',
     "user assistant system good bad great terrible please thanks count letters uppercase lowercase",
 ]
 

@@ -147,7 +147,7 @@ def load_checkpoint(path: Path, stack: RoleStack, roles: Sequence[str], stateful
 
 
 def _step(path: Path) -> int:
-    return int(path.name[len(_PREFIX):])
+    return int(path.name[len(_PREFIX) :])
 
 
 def _load_any(file: Path) -> None:

@@ -68,7 +68,9 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def fit(stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, resume: bool = False) -> dict[str, float]:
+def fit(
+    stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, resume: bool = False
+) -> dict[str, float]:
     """Train `task.role` with AdamW + schedule; log, evaluate, checkpoint; return the last figures."""
     from transformers import get_scheduler
 
@@ -80,12 +82,17 @@ def fit(stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, 
     torch.manual_seed(config.seed)
     stack.set_trainable(task.role)
     optimizer = torch.optim.AdamW(
-        _param_groups(stack, task), lr=config.learning_rate, betas=tuple(config.adam_betas), weight_decay=config.weight_decay
+        _param_groups(stack, task),
+        lr=config.learning_rate,
+        betas=tuple(config.adam_betas),
+        weight_decay=config.weight_decay,
     )
     micro_per_epoch = math.ceil(len(task.examples) / config.batch_size)
     steps_per_epoch = max(1, micro_per_epoch // config.gradient_accumulation)
     total = config.max_steps or steps_per_epoch * config.epochs
-    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total), num_training_steps=total)
+    scheduler = get_scheduler(
+        config.scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total), num_training_steps=total
+    )
     stateful = {"optimizer": optimizer, "scheduler": scheduler}
     ckpt_dir = output_dir / "checkpoints" / task.stage
     step, position = 0, 0
@@ -115,7 +122,9 @@ def fit(stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, 
             last.update({f"eval_{k}": v for k, v in _evaluate(stack, task).items()})
             metrics.log(step, split="eval", **{k[5:]: v for k, v in last.items() if k.startswith("eval_")})
         if step % config.save_steps == 0 or step == total:
-            save_checkpoint(ckpt_dir, step, stack, [task.role], stateful, {"position": position}, keep=config.keep_checkpoints)
+            save_checkpoint(
+                ckpt_dir, step, stack, [task.role], stateful, {"position": position}, keep=config.keep_checkpoints
+            )
     progress.close()
     stack.set_trainable()
     return last
@@ -134,7 +143,9 @@ def _param_groups(stack: RoleStack, task: Task) -> list[dict[str, Any]]:
     return [{"params": adapter}, {"params": head, "lr": task.head_learning_rate}]
 
 
-def _optimizer_step(stack, task: Task, group: list[list[int]], accelerator, optimizer, scheduler, config: OptimConfig) -> dict[str, float]:
+def _optimizer_step(
+    stack, task: Task, group: list[list[int]], accelerator, optimizer, scheduler, config: OptimConfig
+) -> dict[str, float]:
     """Accumulate gradients over the micro-batches of `group`, then take one clipped AdamW step."""
     stats: list[dict[str, float]] = []
     with stack.training(), stack.use(task.role):  # backward inside: checkpointed blocks recompute under this adapter
