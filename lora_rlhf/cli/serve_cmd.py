@@ -10,11 +10,15 @@ from lora_rlhf.cli.inference_args import add_model_arguments, load_registry
 # ServeLimits' defaults (serve/limits.py), repeated so that `lora-rlhf --help` works without the serve extra.
 MAX_TOKENS_LIMIT = 4096
 REQUEST_TIMEOUT_S = 300.0
+MAX_BATCH_SIZE = 8
+MAX_QUEUE = 256
+BATCH_WINDOW_MS = 10.0
 
 DESCRIPTION = (
     "Serve /v1/models, /v1/completions and /v1/chat/completions (streaming included); the request's `model` "
-    "picks the adapter, 'base' the bare base. POST /v1/adapters {name, path} and DELETE /v1/adapters/NAME load and "
-    "unload adapters at run time, from --allowed-root folders only. Binds to 127.0.0.1 unless --host says otherwise."
+    "picks the adapter, 'base' the bare base; concurrent requests are generated in batches that mix adapters. "
+    "POST /v1/adapters {name, path} and DELETE /v1/adapters/NAME load and unload adapters "
+    "at run time, from --allowed-root folders only. Binds to 127.0.0.1 unless --host says otherwise."
 )
 
 
@@ -57,6 +61,28 @@ def add_parser(subparsers) -> None:
         "generated, with finish_reason 'length' (503 if it was still waiting for the model); "
         "0 = no limit (default %(default)s)",
     )
+    http.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=MAX_BATCH_SIZE,
+        metavar="N",
+        help="generate up to N responses together in one batch, mixing adapters; 1 = one at a time "
+        "(default %(default)s)",
+    )
+    http.add_argument(
+        "--max-queue",
+        type=int,
+        default=MAX_QUEUE,
+        metavar="N",
+        help="answer 429 to a request that would make more than N responses wait for a batch (default %(default)s)",
+    )
+    http.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=BATCH_WINDOW_MS,
+        metavar="MS",
+        help="how long an idle server waits for concurrent requests to join a batch (default %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -70,7 +96,13 @@ def run(args: argparse.Namespace) -> int:
     roots = list(args.allowed_root)
     if not roots and args.run:
         roots = [str(Path(args.run) / "adapters")]
-    limits = ServeLimits(max_tokens=args.max_tokens_limit, request_timeout=args.request_timeout or None)
+    limits = ServeLimits(
+        max_tokens=args.max_tokens_limit,
+        request_timeout=args.request_timeout or None,
+        max_batch_size=args.max_batch_size,
+        max_queue=args.max_queue,
+        batch_window_s=args.batch_window_ms / 1000,
+    )
     app = create_app(
         registry,
         allowed_roots=roots,

@@ -33,6 +33,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (the token budget ran out)
+    # Per generated token, when asked for (inference/batched.py's TokenLogprob); None otherwise.
+    logprobs: list | None = None
 
 
 def render(tokenizer, prompt: Prompt, *, chat: bool = True, system: str | None = None) -> str:
@@ -127,7 +129,7 @@ def stream_text(
     worker = threading.Thread(target=work, name=f"generate-{role}", daemon=True)
     worker.start()
     try:
-        emitted = yield from _emit_until_stop(streamer, options.stop)
+        emitted = yield from emit_until_stop(streamer, options.stop)
     finally:
         cancel.set()
     worker.join()
@@ -144,7 +146,7 @@ class _Emitted:
     cut: bool
 
 
-def _emit_until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Generator[str, None, _Emitted]:
+def emit_until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Generator[str, None, _Emitted]:
     """Re-chunk streamed text so no stop string (nor its start, held back) is ever emitted."""
     hold = max((len(s) for s in stop), default=1) - 1
     text, sent = "", 0

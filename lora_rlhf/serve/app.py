@@ -1,9 +1,9 @@
 """The OpenAI-compatible app: /v1/models, /v1/completions, /v1/chat/completions, and adapter loading at run time.
 
-The request's `model` picks the adapter ("base" = the bare base). Generation goes through the
-AdapterRegistry's lock, so concurrent requests for different adapters are served one after another,
-each entirely under its own adapter. A request's generation stops when its client disconnects, its time
-limit passes, or the server shuts down (serve/limits.py).
+The request's `model` picks the adapter ("base" = the bare base). Concurrent requests are generated together
+in batches that mix adapters (serve/batcher.py), each row under its own adapter; a batch holds the
+AdapterRegistry's lock, so adapters are attached and detached between batches. A request's generation stops
+when its client disconnects, its time limit passes, or the server shuts down (serve/limits.py).
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from lora_rlhf.inference.batched import Row
 from lora_rlhf.inference.generation import Halted
 from lora_rlhf.inference.registry import AdapterRegistry
 from lora_rlhf.serve.admin import AdminPolicy, add_admin_routes
+from lora_rlhf.serve.batcher import Batcher
 from lora_rlhf.serve.errors import APIError, install_handlers
 from lora_rlhf.serve.limits import (
     Halt,
@@ -33,6 +35,7 @@ from lora_rlhf.serve.limits import (
     token_budget,
     watch_disconnect,
 )
+from lora_rlhf.serve.logprobs import chat_logprobs, completion_logprobs
 from lora_rlhf.serve.schemas import (
     DEFAULT_COMPLETION_TOKENS,
     ChatCompletionRequest,
@@ -58,19 +61,24 @@ def create_app(
     allow_hub: let `POST /v1/adapters` download Hub ids too.
     api_key: if set, every request must carry `Authorization: Bearer <api_key>`.
     default_max_tokens: response budget of a chat request that sets none.
-    limits: the response budget and time limit of every request (see serve/limits.py).
+    limits: the response budget and time limit of every request, and the batch and queue sizes (serve/limits.py).
     """
     limits = limits or ServeLimits()
     inflight = InFlight()
+    batcher = Batcher(
+        registry, max_batch_size=limits.max_batch_size, max_queue=limits.max_queue, window_s=limits.batch_window_s
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         inflight.halt_all()  # for other ASGI servers; run_server halts before it waits for running requests
+        batcher.close()
 
     app = FastAPI(title="lora_rlhf", dependencies=[Depends(_auth(api_key))], lifespan=lifespan)
     app.state.registry = registry
     app.state.inflight = inflight
+    app.state.batcher = batcher
     install_handlers(app)
     add_admin_routes(app, registry, AdminPolicy.make(allowed_roots, allow_hub), _model_card)
 
@@ -90,12 +98,15 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         registry.require(body.model)
-        return await _serve(request, inflight, limits, functools.partial(_completions, registry, body, limits))
+        body.check_supported()
+        work = functools.partial(_completions, registry, batcher, body, limits)
+        return await _serve(request, inflight, limits, work)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         registry.require(body.model)
-        work = functools.partial(_chat, registry, body, limits, default_max_tokens=default_max_tokens)
+        body.check_supported()
+        work = functools.partial(_chat, registry, batcher, body, limits, default_max_tokens=default_max_tokens)
         return await _serve(request, inflight, limits, work)
 
     return app
@@ -164,7 +175,7 @@ def _model_card(registry: AdapterRegistry, name: str) -> dict[str, Any]:
     }
 
 
-def _completions(registry: AdapterRegistry, body: CompletionRequest, limits: ServeLimits, halt: Halt):
+def _completions(registry: AdapterRegistry, batcher: Batcher, body: CompletionRequest, limits: ServeLimits, halt: Halt):
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     longest = max(registry.count_tokens(p, beyond=registry.context_length) for p in prompts)
     options = body.options(_budget(registry, body, longest, DEFAULT_COMPLETION_TOKENS, limits, "prompt"))
@@ -176,19 +187,20 @@ def _completions(registry: AdapterRegistry, body: CompletionRequest, limits: Ser
     }
     if body.stream:
         _check_streamable(len(prompts), body.n)
-        pieces = registry.stream(body.model, prompts[0], options, halt=halt)
+        pieces = batcher.stream(Row(body.model, prompts[0], options, halt))
 
         def chunk(text: str | None, finish: str | None) -> dict:
             return meta | {"choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
 
         return sse_events(pieces, chunk, usage=_usage_chunk(meta, body))
     texts = [p for p in prompts for _ in range(body.n)]
-    done = registry.complete(body.model, texts, options, halt=halt)
+    done = batcher.complete([Row(body.model, t, options, halt, body.top_logprobs()) for t in texts])
+    tokenizer = registry.stack.tokenizer
     choices = [
         {
             "index": i,
             "text": (texts[i] if body.echo else "") + c.text,
-            "logprobs": None,
+            "logprobs": completion_logprobs(tokenizer, c.logprobs, c.text),
             "finish_reason": c.finish_reason,
         }
         for i, c in enumerate(done)
@@ -197,7 +209,12 @@ def _completions(registry: AdapterRegistry, body: CompletionRequest, limits: Ser
 
 
 def _chat(
-    registry: AdapterRegistry, body: ChatCompletionRequest, limits: ServeLimits, halt: Halt, default_max_tokens: int
+    registry: AdapterRegistry,
+    batcher: Batcher,
+    body: ChatCompletionRequest,
+    limits: ServeLimits,
+    halt: Halt,
+    default_max_tokens: int,
 ):
     text = registry.render(body.conversation(), chat=True)
     prompt_tokens = registry.count_tokens(text, beyond=registry.context_length)
@@ -210,7 +227,7 @@ def _chat(
     }
     if body.stream:
         _check_streamable(1, body.n)
-        pieces = registry.stream(body.model, text, options, halt=halt)
+        pieces = batcher.stream(Row(body.model, text, options, halt))
         stream_meta = meta | {"object": "chat.completion.chunk"}
 
         def chunk(piece: str | None, finish: str | None) -> dict:
@@ -223,12 +240,12 @@ def _chat(
             ]
         }
         return sse_events(pieces, chunk, first=first, usage=_usage_chunk(stream_meta, body))
-    done = registry.complete(body.model, [text] * body.n, options, halt=halt)
+    done = batcher.complete([Row(body.model, text, options, halt, body.top_logprobs())] * body.n)
     choices = [
         {
             "index": i,
             "message": {"role": "assistant", "content": c.text},
-            "logprobs": None,
+            "logprobs": chat_logprobs(registry.stack.tokenizer, c.logprobs, c.text),
             "finish_reason": c.finish_reason,
         }
         for i, c in enumerate(done)

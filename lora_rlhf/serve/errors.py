@@ -20,6 +20,7 @@ _TYPES = {
     404: "not_found_error",
     409: "conflict_error",
     422: "invalid_request_error",
+    429: "server_busy",
     499: "client_closed_request",
     503: "server_busy",
 }

@@ -2,9 +2,10 @@
 context and a server limit, a per-request time limit, and halting generation when its client leaves or the
 server shuts down.
 
-Generation holds the registry's one lock, so a request that runs for minutes makes every other wait. Each
-request therefore gets a `Halt`: generation asks it after every token, and it turns true when the client
-disconnects, the request's time is up, or the server is stopping (`InFlight.halt_all`).
+Requests are generated in batches (serve/batcher.py), one batch at a time, so a request that runs for minutes
+keeps the others of its batch company but makes every queued one wait. Each request therefore gets a `Halt`:
+generation asks it after every token of its row, and it turns true when the client disconnects, the request's
+time is up, or the server is stopping (`InFlight.halt_all`); a halted row ends while the rest of its batch goes on.
 """
 
 from __future__ import annotations
@@ -38,12 +39,25 @@ class ServeLimits:
     # Seconds a request may take, waiting for the lock included (None = no limit). Generation then stops:
     # the response keeps what was generated, with finish_reason "length"; a request still waiting gets 503.
     request_timeout: float | None = 300.0
+    # Most responses generated together in one batch (--max-batch-size; 1 = one at a time): bounds the
+    # activations and KV cache of a forward pass.
+    max_batch_size: int = 8
+    # Most responses waiting for a batch (--max-queue); a request that would exceed it is answered 429.
+    max_queue: int = 256
+    # Seconds an idle server waits for concurrent requests to join a batch before it starts one.
+    batch_window_s: float = 0.01
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise LoraRlhfError(f"max_tokens limit: {self.max_tokens!r} must be a positive integer")
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise LoraRlhfError(f"request_timeout: {self.request_timeout!r} must be > 0 seconds (or None: no limit)")
+        for name in ("max_batch_size", "max_queue"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise LoraRlhfError(f"{name}: {value!r} must be a positive integer")
+        if not self.batch_window_s >= 0:
+            raise LoraRlhfError(f"batch_window_s: {self.batch_window_s!r} must be >= 0 seconds")
 
 
 class Halt:
