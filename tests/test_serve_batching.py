@@ -144,7 +144,7 @@ def test_a_full_queue_is_429(registry):
     with registry.lock:  # the worker cannot start a batch: rows stay queued
         waiting = threading.Thread(target=batcher.complete, args=([Row("base", PROMPTS[0], options)] * 2,))
         waiting.start()
-        while len(batcher._pending) < 2:
+        while batcher.queued < 2:
             waiting.join(0.01)
         with pytest.raises(APIError) as err:
             batcher.complete([Row("base", PROMPTS[1], options)])
@@ -298,3 +298,12 @@ def test_unsupported_options_are_400_naming_the_field(registry, endpoint, extra,
         assert response.json()["error"]["param"] == param, response.json()
         zero = {"model": "polite", "max_tokens": 2, "frequency_penalty": 0, "presence_penalty": 0, "prompt": "hi"}
         assert httpx.post(f"{server.url}/v1/completions", json=zero, timeout=30).status_code == 200
+
+
+def test_a_seeded_request_split_over_batches_does_not_repeat_itself(registry):
+    with serve(registry, max_batch_size=2) as server:
+        out = client_of(server).completions.create(
+            model="polite", prompt=PROMPTS[0], max_tokens=TOKENS, temperature=1.0, seed=5, n=4
+        )
+    texts = [c.text for c in out.choices]
+    assert texts[:2] != texts[2:], texts

@@ -2,7 +2,9 @@
 
 `RoleStack.use()` switches the single active adapter of the shared base model, so two generations
 running at once under different adapters would each run (part of) their forward passes under the
-other's adapter. Every generation, attach and detach therefore holds the registry's lock.
+other's adapter. Every generation, attach and detach therefore holds the registry's lock. The server
+batches concurrent requests instead (serve/batcher.py): one `generate` under the lock serves rows of
+several adapters through PEFT's mixed-adapter batches (inference/batched.py).
 """
 
 from __future__ import annotations

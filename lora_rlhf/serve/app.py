@@ -84,7 +84,7 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "models": registry.names}
+        return {"status": "ok", "models": registry.names, "queued": batcher.queued}
 
     @app.get("/v1/models")
     def list_models() -> dict[str, Any]:

@@ -81,6 +81,11 @@ class Batcher:
         (item,) = self._submit([row])
         return self._pieces(item, pieces)
 
+    @property
+    def queued(self) -> int:
+        """Rows waiting for a batch."""
+        return len(self._pending)
+
     def close(self) -> None:
         """Stop the worker once the queue is empty (queued requests are halted by the app's shutdown)."""
         with self._cond:
@@ -94,7 +99,7 @@ class Batcher:
                 400, f"{len(rows)} responses in one request exceed the server's queue of {self.max_queue}", None, "n"
             )
         request = next(self._requests)
-        items = [_Item(row, self._key(row, request, i)) for i, row in enumerate(rows)]
+        items = [self._item(row, request, i) for i, row in enumerate(rows)]
         with self._cond:
             if self._closed:
                 raise APIError(503, "the server is shutting down", "server_shutting_down")
@@ -110,12 +115,12 @@ class Batcher:
             self._cond.notify_all()
         return items
 
-    def _key(self, row: Row, request: int, index: int) -> Hashable:
+    def _item(self, row: Row, request: int, index: int) -> _Item:
         # A seeded request larger than a batch is split; each part gets its own seed, or they would repeat each other.
         part = index // self.max_batch_size
         if part and row.options.seed is not None and not row.options.greedy:
-            row.options = dataclasses.replace(row.options, seed=row.options.seed + part)
-        return sampling_key(row, (request, part))
+            row = dataclasses.replace(row, options=dataclasses.replace(row.options, seed=row.options.seed + part))
+        return _Item(row, sampling_key(row, (request, part)))
 
     def _wait(self, item: _Item) -> None:
         while not item.done.wait(_POLL_S):
@@ -161,8 +166,9 @@ class Batcher:
                 self._cond.wait()
             if not self._pending:
                 return None
-            if len(self._pending) < self.max_batch_size and self.window_s > 0:
-                self._cond.wait(self.window_s)  # concurrent requests arriving now join this batch
+            deadline = time.monotonic() + self.window_s
+            while len(self._pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)  # concurrent requests arriving now join this batch
             if not self._pending:
                 return None if self._closed else []
             key = self._pending[0].key
