@@ -68,7 +68,7 @@ def test_truncation_shortens_but_never_empties_a_response(tmp_path, tokenizer):
     examples, report = load_sft_examples(spec, tokenizer, max_length=n_prompt + 3)
     assert report.truncated == 1 and len(examples[0].input_ids) == n_prompt + 3
     assert sum(label != IGNORE_INDEX for label in examples[0].labels) == 3
-    with pytest.raises(LoraRlhfError, match=r"row 0: prompt longer than max_length"):
+    with pytest.raises(LoraRlhfError, match=r"line 1: prompt longer than max_length"):
         load_sft_examples(spec, tokenizer, max_length=n_prompt)  # no room left for any response token
     examples, report = load_sft_examples(spec, tokenizer, max_length=n_prompt, on_bad_row="skip")
     assert examples == [] and report.dropped == 1
@@ -77,13 +77,13 @@ def test_truncation_shortens_but_never_empties_a_response(tmp_path, tokenizer):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"prompt": "hi"}, r"row 1: missing field 'completion'"),
-        ({"prompt": "hi", "completion": 3}, r"row 1: field 'completion' is int, expected a string"),
-        ({"prompt": "hi", "completion": "  "}, r"row 1: field 'completion' is empty"),
-        ({"messages": [{"role": "user", "content": "hi"}]}, r"row 1: field 'messages'.*expected 'assistant'"),
+        ({"prompt": "hi"}, r"line 2: missing field 'completion'"),
+        ({"prompt": "hi", "completion": 3}, r"line 2: field 'completion' is int, expected a string"),
+        ({"prompt": "hi", "completion": "  "}, r"line 2: field 'completion' is empty"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, r"line 2: field 'messages'.*expected 'assistant'"),
         (
             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
-            r"row 1: field 'messages': the assistant's response is empty",
+            r"line 2: field 'messages': the assistant's response is empty",
         ),
     ],
 )
@@ -163,7 +163,7 @@ def test_hh_rlhf_transcripts_split_at_the_last_shared_assistant_turn():
 )
 def test_bad_rankings_name_file_row_and_field(tmp_path, tokenizer, row, message):
     good = {"prompt": "p", "responses": ["a", "b"], "ranks": [1, 0]}
-    with pytest.raises(LoraRlhfError, match=r"rows.jsonl, row 1: .*" + message):
+    with pytest.raises(LoraRlhfError, match=r"rows.jsonl, line 2: .*" + message):
         rankings(tmp_path, tokenizer, [good, row])
     examples, report = rankings(tmp_path, tokenizer, [good, row], on_bad_row="skip")
     assert len(examples) == 1 and report.dropped == 1
@@ -179,7 +179,7 @@ def test_ties_skip_pairs_keeps_the_untied_pairs(tmp_path, tokenizer):
 
 def test_ranking_prompt_longer_than_max_length(tmp_path, tokenizer):
     rows = [{"prompt": "the quick brown fox " * 20, "chosen": "a", "rejected": "b"}]
-    with pytest.raises(LoraRlhfError, match=r"row 0: prompt longer than max_length"):
+    with pytest.raises(LoraRlhfError, match=r"line 1: prompt longer than max_length"):
         rankings(tmp_path, tokenizer, rows, max_length=16)
     examples, report = rankings(tmp_path, tokenizer, rows, max_length=16, on_bad_row="skip")
     assert examples == [] and report.dropped == 1 and report.skipped
@@ -242,5 +242,5 @@ def test_prompts_without_a_chat_template_render_as_plain_text():
 
 def test_tied_ranks_out_of_range_are_rejected(tmp_path, tokenizer):
     rows = [{"prompt": "p", "responses": ["a", "b", "c"], "ranks": [0, 0, 5]}]
-    with pytest.raises(LoraRlhfError, match=r"row 0: field 'ranks' \[0, 0, 5\] has values outside 0..2"):
+    with pytest.raises(LoraRlhfError, match=r"line 1: field 'ranks' \[0, 0, 5\] has values outside 0..2"):
         rankings(tmp_path, tokenizer, rows, ties="skip_pairs")

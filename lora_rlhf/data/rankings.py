@@ -59,7 +59,42 @@ def parse_ranking(row: Mapping[str, Any], ties: Ties) -> Ranking:
             "missing fields: expected {prompt, responses, ranks}, {prompt, chosen, rejected} or {chosen, rejected}"
         )
     _check_ranks(ranking.ranks, ties)
-    return ranking
+    return _drop_identical(ranking, ties)
+
+
+def _drop_identical(ranking: Ranking, ties: Ties) -> Ranking:
+    """Identical responses ranked apart carry no preference (issue 12: chosen == rejected trained "accuracy 1").
+
+    With ties "error" such a row is bad; with "skip_pairs" the worse-ranked copy is dropped, which skips
+    their pair (its other pairs repeat the better copy's, or contradict them). A row left with fewer than
+    two distinct responses, or with no untied pair, is a bad row.
+    """
+    order = sorted(range(len(ranking.responses)), key=lambda i: ranking.ranks[i])
+    first: dict[str, int] = {}
+    for i in order:
+        text = ranking.responses[i].strip()
+        if text in first and ranking.ranks[first[text]] != ranking.ranks[i]:
+            j = first[text]
+            pair = f"responses[{min(i, j)}] and responses[{max(i, j)}]" if len(ranking.responses) > 2 else "both"
+            if len(set(r.strip() for r in ranking.responses)) < 2:
+                raise BadRow(f"{_fields(ranking)} are identical ({text[:40]!r}): no preference to learn from")
+            if ties == "error":
+                raise BadRow(
+                    f"{pair} are identical ({text[:40]!r}) but ranked apart "
+                    "(set rm.ties: skip_pairs to train on the other pairs)"
+                )
+        first.setdefault(text, i)
+    keep = sorted(first.values())
+    if len(keep) == len(ranking.responses):
+        return ranking
+    kept = Ranking(ranking.prompt, [ranking.responses[i] for i in keep], [ranking.ranks[i] for i in keep])
+    if len(set(kept.ranks)) < 2:
+        raise BadRow(f"{_fields(ranking)}: no untied pair of distinct responses left to learn from")
+    return kept
+
+
+def _fields(ranking: Ranking) -> str:
+    return "all responses" if len(ranking.responses) > 2 else "the two responses"
 
 
 def _responses(row: Mapping[str, Any]) -> list[str]:

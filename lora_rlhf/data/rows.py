@@ -12,6 +12,8 @@ from lora_rlhf.errors import LoraRlhfError
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 OnBadRow = Literal["error", "skip"]
+# Chat roles a message may have: what every chat template knows (issue 12: others were accepted silently).
+ROLES = ("system", "user", "assistant")
 
 
 class BadRow(ValueError):
@@ -40,6 +42,8 @@ def messages_field(row: Mapping[str, Any], key: str = "messages") -> list[dict[s
             or not isinstance(message.get("content"), str)
         ):
             raise BadRow(f"{key}[{i}] must be an object with string 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise BadRow(f"{key}[{i}]: role {message['role']!r} is not one of {', '.join(ROLES)}")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -73,16 +77,20 @@ class RowReport:
 def parse_rows(
     rows: Iterable[Mapping[str, Any]], parse: Callable[[Mapping[str, Any]], T], source: str, on_bad_row: OnBadRow
 ) -> tuple[list[T], RowReport]:
-    """Apply `parse` to every row; a BadRow raises a one-line LoraRlhfError (or is counted, when skipping)."""
+    """Apply `parse` to every row; a BadRow raises a one-line LoraRlhfError (or is counted, when skipping).
+
+    The error names the row's place: `line N` of a local JSON-lines file, else `row N` (0-based).
+    """
     report = RowReport(source)
     parsed = []
+    place = getattr(rows, "place", lambda index: f"row {index}")  # local JSON names the line
     for index, row in enumerate(rows):
         report.rows += 1
         try:
             parsed.append(parse(row))
         except BadRow as exc:
             if on_bad_row == "error":
-                raise LoraRlhfError(f"{source}, row {index}: {exc}") from None
+                raise LoraRlhfError(f"{source}, {place(index)}: {exc}") from None
             report.skip(_reason(str(exc)))
     report.kept = len(parsed)
     return parsed, report

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 @dataclasses.dataclass
@@ -38,28 +41,129 @@ def is_local(path: str) -> bool:
     return Path(os.path.expanduser(path)).suffix.lower() in _BUILDERS or os.path.exists(os.path.expanduser(path))
 
 
-def load_rows(spec: DatasetSpec):
-    """Load `spec` as a `datasets.Dataset` (no formatting yet); a one-line error if it cannot be read."""
-    import datasets
+class LocalRows(list):
+    """Rows of a local JSON file, each with where it sits (`line 3`, or `row 3` of a JSON array)."""
 
+    def __init__(self, rows: list[dict[str, Any]], places: list[str]) -> None:
+        super().__init__(rows)
+        self.places = places
+
+    def place(self, index: int) -> str:
+        return self.places[index]
+
+
+def load_rows(spec: DatasetSpec):
+    """The rows of `spec`: a list of dicts (local JSON / JSONL) or a `datasets.Dataset`; one-line errors.
+
+    Local JSON is read here, line by line, rather than by `datasets`: Arrow types each column from the
+    first rows, so one bad row re-types it and the error blames row 0, and a bad byte or a cut line
+    comes back as a traceback without a line number (issue 12).
+    """
     if not spec.path:
         raise LoraRlhfError("dataset path is empty: give a .json, .jsonl or .parquet file or a Hub dataset id")
-    try:
-        if is_local(spec.path):
-            path = Path(os.path.expanduser(spec.path))
-            if not path.is_file():
-                raise LoraRlhfError(f"dataset file {spec.path!r} does not exist")
-            builder = _BUILDERS.get(path.suffix.lower())
-            if builder is None:
-                raise LoraRlhfError(f"dataset file {spec.path!r}: expected a .json, .jsonl or .parquet file")
-            rows = datasets.load_dataset(builder, data_files={"train": str(path)}, split=spec.split)
-        else:
-            rows = datasets.load_dataset(spec.path, spec.name, data_dir=spec.data_dir, split=spec.split)
-    except LoraRlhfError:
-        raise
-    except Exception as exc:  # datasets raises many types; the user needs one line naming the source
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LoraRlhfError(f"could not read dataset {spec.display()!r}: {first}") from exc
+    if is_local(spec.path):
+        path = Path(os.path.expanduser(spec.path))
+        if path.is_dir():
+            raise LoraRlhfError(f"dataset file {spec.path!r} is a directory, not a .json, .jsonl or .parquet file")
+        if not path.is_file():
+            raise LoraRlhfError(f"dataset file {spec.path!r} does not exist")
+        builder = _BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise LoraRlhfError(f"dataset file {spec.path!r}: expected a .json, .jsonl or .parquet file")
+        if builder == "json":
+            rows = _select_split(read_json_rows(path, spec.path), spec)
+            if spec.max_rows is not None:
+                rows = LocalRows(rows[: spec.max_rows], rows.places[: spec.max_rows])
+            return rows
+    rows = _load_dataset(spec)
     if spec.max_rows is not None:
         rows = rows.select(range(min(spec.max_rows, len(rows))))
     return rows
+
+
+def read_json_rows(path: Path, shown: str) -> LocalRows:
+    """A .jsonl file (or a .json file of JSON lines or one array of objects) as rows naming their line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LoraRlhfError(f"dataset file {shown!r}: {exc.strerror}") from None
+    if not data.strip():
+        raise LoraRlhfError(f"dataset file {shown!r} is empty: no rows")
+    if data.lstrip().startswith(b"["):
+        return _json_array(data, shown)
+    rows, places = [], []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        text = _decode(raw, shown, f"line {number}")
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LoraRlhfError(f"{shown}, line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        _check_object(row, shown, f"line {number}")
+        rows.append(row)
+        places.append(f"line {number}")
+    if not rows:
+        raise LoraRlhfError(f"dataset file {shown!r} has no rows (only blank lines)")
+    return LocalRows(rows, places)
+
+
+def _select_split(rows: LocalRows, spec: DatasetSpec) -> LocalRows:
+    """Slice a local file's rows as `datasets` would for `spec.split` ("train", "train[:50%]", ...)."""
+    if spec.split == "train":
+        return rows
+    import datasets
+
+    try:
+        parts = datasets.ReadInstruction.from_spec(spec.split).to_absolute({"train": len(rows)})
+    except (ValueError, AssertionError) as exc:
+        raise LoraRlhfError(f"dataset file {spec.path!r}: split {spec.split!r}: {exc}") from None
+    picked = [i for part in parts for i in range(part.from_, part.to)]
+    return LocalRows([rows[i] for i in picked], [rows.places[i] for i in picked])
+
+
+def _json_array(data: bytes, shown: str) -> LocalRows:
+    text = _decode(data, shown, "the file")
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LoraRlhfError(f"{shown}, line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not items:
+        raise LoraRlhfError(f"dataset file {shown!r} has no rows (an empty JSON array)")
+    for index, item in enumerate(items):
+        _check_object(item, shown, f"row {index}")
+    return LocalRows(items, [f"row {index}" for index in range(len(items))])
+
+
+def _decode(raw: bytes, shown: str, where: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1]
+        raise LoraRlhfError(
+            f"{shown}, {where}: byte {bad!r} at offset {exc.start} is not UTF-8 (save the file as UTF-8)"
+        ) from None
+
+
+def _check_object(row: Any, shown: str, where: str) -> None:
+    if not isinstance(row, dict):
+        value = json.dumps(row)
+        value = value if len(value) <= 40 else value[:37] + "..."
+        kind = _JSON_KINDS.get(type(row), type(row).__name__)
+        raise LoraRlhfError(f"{shown}, {where}: {value} is a JSON {kind}, expected an object of fields")
+
+
+def _load_dataset(spec: DatasetSpec):
+    """A .parquet file or a Hub dataset through `datasets.load_dataset`."""
+    import datasets
+
+    try:
+        if is_local(spec.path):
+            path = Path(os.path.expanduser(spec.path))
+            return datasets.load_dataset(
+                _BUILDERS[path.suffix.lower()], data_files={"train": str(path)}, split=spec.split
+            )
+        return datasets.load_dataset(spec.path, spec.name, data_dir=spec.data_dir, split=spec.split)
+    except Exception as exc:  # datasets raises many types; the user needs one line naming the source
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LoraRlhfError(f"could not read dataset {spec.display()!r}: {first}") from exc
