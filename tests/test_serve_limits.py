@@ -244,6 +244,32 @@ def test_a_client_that_leaves_stops_its_generation(registry, slow):
         assert slow.settled()
 
 
+def test_a_client_that_leaves_its_batch_does_not_stall_the_others(registry, slow):
+    """Two requests in one batch: the one whose client gives up ends there, the other gets its whole budget."""
+    with serve(registry, request_timeout=None, max_batch_size=4, batch_window_s=1.0) as server:
+        kept, kept_out = in_thread(lambda: chat(client_of(server, timeout=60), 30))
+        left, left_out = in_thread(lambda: chat(client_of(server, timeout=2.0), LONG))
+        left.join(timeout=30)
+        kept.join(timeout=60)
+        assert isinstance(left_out["error"], openai.APITimeoutError)
+        assert kept_out["result"].usage.completion_tokens == 30
+        assert kept_out["at"] - left_out["at"] < 20  # 30 tokens in all, not the 400 the other asked for
+        assert slow.settled()
+
+
+def test_a_time_limit_cuts_one_row_of_a_batch(registry, slow):
+    with serve(registry, request_timeout=3.0, max_batch_size=4, batch_window_s=1.0) as server:
+        client = client_of(server, timeout=30)
+        short, short_out = in_thread(lambda: chat(client, 5))
+        long, long_out = in_thread(lambda: chat(client, LONG))
+        short.join(timeout=30)
+        long.join(timeout=30)
+        assert short_out["result"].usage.completion_tokens == 5
+        reply = long_out["result"]
+        assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens < LONG / 2
+    assert slow.settled()
+
+
 # --------------------------------------------------------------------------------------- shutdown
 def test_shutdown_stops_running_generation_within_seconds(registry, slow):
     server = serve(registry, request_timeout=None).start()
