@@ -8,7 +8,9 @@ with where it went ("ppo.kl_coef moved to ppo.rewards.kl_coef").
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -98,14 +100,32 @@ def _scalar(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        return _float(value, key)
     elif tp is str:
         if isinstance(value, str):
             return value
     else:
         return value
     raise LoraRlhfError(f"{key}: {_show(value)} is not {_describe(tp)}")
+
+
+def _float(value: Any, key: str) -> float:
+    """A finite number; numeric strings count, since PyYAML (YAML 1.1) reads `1e-4` and `-1e-4` as strings.
+
+    NaN and infinity are refused here for every float key: `learning_rate: .inf` trained an all-NaN adapter
+    and `.nan` slipped past range checks (`nan <= 0` is False), both issue 12.
+    """
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value.strip())
+    if number is None:
+        raise LoraRlhfError(f"{key}: {_show(value)} is not a number")
+    if not math.isfinite(number):
+        raise LoraRlhfError(f"{key}: {_show(value)} is not a finite number")
+    return number
 
 
 def _describe(tp: Any) -> str:

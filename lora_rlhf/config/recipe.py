@@ -97,12 +97,19 @@ class RecipeConfig:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A recipe file as a mapping, with one-line errors for a missing file or bad YAML."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise LoraRlhfError(f"recipe {str(path)!r} is a directory, not a YAML file")
     if not path.is_file():
         raise LoraRlhfError(f"recipe {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise LoraRlhfError(f"recipe {path}, line {line}: byte at offset {exc.start} is not UTF-8") from None
     except yaml.YAMLError as exc:
         raise LoraRlhfError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    except OSError as exc:
+        raise LoraRlhfError(f"recipe {path}: {exc.strerror}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

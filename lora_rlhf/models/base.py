@@ -54,6 +54,24 @@ class BaseModelConfig:
             raise LoraRlhfError(f"quantization: {self.quantization!r} is not one of auto, nf4, int8, none")
         if self.compute_dtype not in ("auto", *_DTYPES):
             raise LoraRlhfError(f"compute_dtype: {self.compute_dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+        self._check_device()
+
+    def _check_device(self) -> None:
+        """A device torch knows and this machine has (issue 12: `banana` and `cuda` without CUDA were tracebacks)."""
+        if self.device == "auto":
+            return
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise LoraRlhfError(
+                f"device: {self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LoraRlhfError(f"device: {self.device!r} asked for, but CUDA is not available on this machine")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise LoraRlhfError(f"device: {self.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise LoraRlhfError(f"device: {self.device!r} asked for, but MPS is not available on this machine")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
