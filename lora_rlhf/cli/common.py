@@ -41,10 +41,11 @@ def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from lora_rlhf.pipeline.runner import default_output_dir, prepare, run_stages
 
     start = time.perf_counter()
-    path = RunDir(args.output_dir or default_output_dir(args.config)).path
+    run_dir = RunDir(args.output_dir or default_output_dir(args.config))
+    path = run_dir.path
     if args.resume:
-        RunDir(path).check_resume(stages)  # before anything is created: a mistyped directory stays absent
-    path.mkdir(parents=True, exist_ok=True)
+        run_dir.check_resume(stages)  # before anything is created: a mistyped directory stays absent
+    run_dir.create()
     with run_dir_lock(path):
         recipe, run = prepare(args.config, args.overrides, str(path))
         if len(stages) == 1 and run.finished(stages[0]):

@@ -52,11 +52,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LoraRlhfError as exc:
+        _close_progress_bars()
         print(f"lora-rlhf {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"lora-rlhf {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    """Clear progress bars an error left open, so nothing follows the error line (a bar closed later, when
+    garbage-collected, would print itself after it).
+    """
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None:
+        return
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ expects to continue, and starting from scratch instead would go unnoticed.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,25 @@ class RunDir:
         count).
         """
         return not self.finished(stage) and bool(list_checkpoints(self.checkpoints(stage)))
+
+    def create(self) -> None:
+        """Make the directory and prove it writable, or raise one line saying why not (issue 12: an output
+        dir that is a file, lies under a file or is read-only ended in a traceback).
+        """
+        blocker = next((p for p in (self.path, *self.path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker == self.path:
+            raise LoraRlhfError(f"output directory {self.path} is a file, not a directory")
+        if blocker is not None:
+            raise LoraRlhfError(f"output directory {self.path}: {blocker} is a file, not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=self.path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise LoraRlhfError(
+                f"output directory {self.path} is not writable ({exc.strerror or type(exc).__name__})"
+            ) from None
 
     def read_recipe(self) -> dict[str, Any] | None:
         if not self.recipe_path.is_file():
