@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from lora_rlhf.rm.batching import collate_rankings, scatter_scores
 from lora_rlhf.rm.bias import center_on_demonstrations
 from lora_rlhf.rm.config import RMConfig
 from lora_rlhf.rm.loss import ranking_loss
-from lora_rlhf.train.loop import StepOutput, Task, fit
+from lora_rlhf.train.loop import StepOutput, Task, check_finite_role, fit
 
 logger = logging.getLogger(__name__)
 ROLE = "reward"
@@ -89,6 +90,9 @@ def train_reward_model(
         batch_size=batch_size * 2,
         on_bad_row=config.on_bad_row,
     )
+    if not math.isfinite(shift):
+        raise LoraRlhfError(f"rm stopped after training: the bias shift is {shift}, not finite; no adapter was saved")
+    check_finite_role(stack, ROLE, "rm", "after centring the reward on the demonstrations")
     stack.save_role(ROLE, output_dir / "adapters" / ROLE)
     summary = {
         "train_loss": figures.get("loss", float("nan")),

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import MetricsWriter
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -75,8 +76,6 @@ def fit(
     from transformers import get_scheduler
 
     if not task.examples:
-        from lora_rlhf.errors import LoraRlhfError
-
         raise LoraRlhfError(f"{task.stage}: no training examples left after validation")
     accelerator = make_accelerator(config.mixed_precision, stack.device)
     torch.manual_seed(config.seed)
@@ -105,29 +104,48 @@ def fit(
     last: dict[str, float] = {}
     progress = tqdm(total=total, initial=step, desc=f"{task.stage}: training {task.role}", unit="step")
     window: list[dict[str, float]] = []
-    while step < total:
-        epoch, micro = divmod(position, micro_per_epoch)
-        batches = batch_order(len(task.examples), config.batch_size, config.seed, epoch)[micro:]
-        group = batches[: config.gradient_accumulation]
-        window.append(_optimizer_step(stack, task, group, accelerator, optimizer, scheduler, config))
-        position += len(group)
-        step += 1
-        progress.update(1)
-        if step % config.logging_steps == 0 or step == total:
-            last = _average(window)
-            window = []
-            metrics.log(step, **last, lr=scheduler.get_last_lr()[0], epoch=position / micro_per_epoch)
-            progress.set_postfix(loss=f"{last['loss']:.4f}")
-        if task.evaluate is not None and (step % config.eval_steps == 0 or step == total):
-            last.update({f"eval_{k}": v for k, v in _evaluate(stack, task).items()})
-            metrics.log(step, split="eval", **{k[5:]: v for k, v in last.items() if k.startswith("eval_")})
-        if step % config.save_steps == 0 or step == total:
-            save_checkpoint(
-                ckpt_dir, step, stack, [task.role], stateful, {"position": position}, keep=config.keep_checkpoints
-            )
-    progress.close()
-    stack.set_trainable()
+    try:
+        while step < total:
+            epoch, micro = divmod(position, micro_per_epoch)
+            batches = batch_order(len(task.examples), config.batch_size, config.seed, epoch)[micro:]
+            group = batches[: config.gradient_accumulation]
+            window.append(_optimizer_step(stack, task, group, accelerator, optimizer, scheduler, config, step + 1))
+            position += len(group)
+            step += 1
+            progress.update(1)
+            if step % config.logging_steps == 0 or step == total:
+                last = _average(window)
+                window = []
+                metrics.log(step, **last, lr=scheduler.get_last_lr()[0], epoch=position / micro_per_epoch)
+                progress.set_postfix(loss=f"{last['loss']:.4f}")
+            if task.evaluate is not None and (step % config.eval_steps == 0 or step == total):
+                held = _evaluate(stack, task)
+                _check_finite(task.stage, step, "the held-out loss", held.get("loss", 0.0))
+                last.update({f"eval_{k}": v for k, v in held.items()})
+                metrics.log(step, split="eval", **{k[5:]: v for k, v in last.items() if k.startswith("eval_")})
+            if step % config.save_steps == 0 or step == total:
+                check_finite_role(stack, task.role, task.stage, f"at step {step}")  # never checkpoint a diverged role
+                save_checkpoint(
+                    ckpt_dir, step, stack, [task.role], stateful, {"position": position}, keep=config.keep_checkpoints
+                )
+    finally:
+        progress.close()
+        stack.set_trainable()
     return last
+
+
+def check_finite_role(stack: RoleStack, role: str, stage: str, when: str) -> None:
+    """Raise a one-line LoraRlhfError if any weight of `role` (adapter and head) is NaN or infinite.
+
+    A diverged adapter must never be saved as finished (issue 12: `learning_rate: .inf` wrote an all-NaN
+    adapter and exited 0); the PPO stage has its own guard (ppo/guard.py).
+    """
+    params = [p.detach() for p in stack.parameters(role)]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise LoraRlhfError(
+            f"{stage} stopped {when}: the {role} weights are not finite (NaN or inf); no adapter was saved "
+            f" (lower {stage}.train.learning_rate or set {stage}.train.max_grad_norm)"
+        )
 
 
 def _param_groups(stack: RoleStack, task: Task) -> list[dict[str, Any]]:
@@ -144,23 +162,41 @@ def _param_groups(stack: RoleStack, task: Task) -> list[dict[str, Any]]:
 
 
 def _optimizer_step(
-    stack, task: Task, group: list[list[int]], accelerator, optimizer, scheduler, config: OptimConfig
+    stack, task: Task, group: list[list[int]], accelerator, optimizer, scheduler, config: OptimConfig, step: int
 ) -> dict[str, float]:
-    """Accumulate gradients over the micro-batches of `group`, then take one clipped AdamW step."""
+    """Accumulate gradients over the micro-batches of `group`, then take one clipped AdamW step.
+
+    A non-finite loss or gradient norm stops the stage before the step, naming it (`step`, 1-based).
+    """
     stats: list[dict[str, float]] = []
     with stack.training(), stack.use(task.role):  # backward inside: checkpointed blocks recompute under this adapter
         for indices in group:
             batch = {k: v.to(stack.device) for k, v in task.collate([task.examples[i] for i in indices]).items()}
             with accelerator.autocast():
                 out = task.step(batch)
+            _check_finite(task.stage, step, "loss", float(out.loss.detach()))
             accelerator.backward(out.loss / len(group))
             stats.append(out.stats)
     if config.max_grad_norm > 0:
         stats[-1]["grad_norm"] = float(accelerator.clip_grad_norm_(stack.parameters(task.role), config.max_grad_norm))
-    optimizer.step()
+        _check_finite(task.stage, step, "grad_norm", stats[-1]["grad_norm"])
+    try:
+        optimizer.step()
+    except RuntimeError as exc:  # an update too large for the dtype ("cannot be converted ... without overflow")
+        if "overflow" not in str(exc):
+            raise
+        _check_finite(task.stage, step, "the update", math.inf)
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return _average(stats)
+
+
+def _check_finite(stage: str, step: int, name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise LoraRlhfError(
+            f"{stage} stopped at step {step}: {name} is {value}, not finite (diverged); no adapter was saved "
+            f"(lower {stage}.train.learning_rate)"
+        )
 
 
 @torch.no_grad()
