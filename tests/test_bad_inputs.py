@@ -317,3 +317,24 @@ def _totals() -> None:
 
 if __name__ == "__main__":
     _totals()
+
+
+def test_an_error_inside_a_progress_bar_is_still_the_last_line(monkeypatch, capsys):
+    """A bar left open by the error (PPO's guard stops inside its loop) is cleared before the line, not after."""
+    import gc
+
+    from tqdm.auto import tqdm
+
+    from lora_rlhf.cli import sft_cmd
+    from lora_rlhf.errors import LoraRlhfError
+
+    def stop_inside_a_bar(args):
+        bar = tqdm(total=3, desc="sft: training sft")
+        bar.update(1)
+        raise LoraRlhfError("sft stopped at step 1: loss is nan")
+
+    monkeypatch.setattr(sft_cmd, "run", stop_inside_a_bar)
+    assert main(["sft"]) == 2
+    gc.collect()  # an open bar prints its last state when collected
+    err = capsys.readouterr().err
+    assert err.endswith("lora-rlhf sft: error: sft stopped at step 1: loss is nan\n"), err[-200:]
