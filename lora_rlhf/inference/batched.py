@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-from lora_rlhf.inference.generation import Completion, StopCheck, cut_at_stop
+from lora_rlhf.inference.generation import Completion, StopCheck, TokenLogprob, cut_at_stop, response_ids
 from lora_rlhf.inference.options import GenerationOptions
 from lora_rlhf.models.roles import BASE, RoleStack
 
@@ -24,15 +24,6 @@ from lora_rlhf.models.roles import BASE, RoleStack
 PEFT_BASE = "__base__"
 # JSON has no -inf: a token top_p removed is reported with this log-prob (as vLLM does).
 _FLOOR_LOGPROB = -9999.0
-
-
-@dataclasses.dataclass
-class TokenLogprob:
-    """One generated token: its log-prob and the `top` most likely alternatives, as (token id, log-prob)."""
-
-    token: int
-    logprob: float
-    top: list[tuple[int, float]]
 
 
 @dataclasses.dataclass
@@ -79,8 +70,8 @@ def generate_rows(stack: RoleStack, rows: Sequence[Row]) -> list[Completion]:
     role, adapter_names = _adapters(stack, rows)
     if adapter_names is not None:
         kwargs["adapter_names"] = adapter_names
-    stack.generate(role, batch.input_ids, batch.attention_mask, **kwargs)
-    return [tracker.completion(i, int(mask.sum())) for i, mask in enumerate(batch.attention_mask)]
+    out = stack.generate(role, batch.input_ids, batch.attention_mask, **kwargs)
+    return [tracker.completion(i, out[i], int(mask.sum())) for i, mask in enumerate(batch.attention_mask)]
 
 
 def _adapters(stack: RoleStack, rows: Sequence[Row]) -> tuple[str, list[str] | None]:
@@ -95,7 +86,8 @@ def _adapters(stack: RoleStack, rows: Sequence[Row]) -> tuple[str, list[str] | N
 
 @dataclasses.dataclass
 class _State:
-    ids: list[int] = dataclasses.field(default_factory=list)
+    ids: list[int] = dataclasses.field(default_factory=list)  # the response so far, without its end id
+    steps: int = 0  # tokens generate gave the row before it was done, its end id included
     text: str = ""  # decoded `ids`, while it is needed (stop strings or streaming)
     sent: int = 0  # characters of `text` already given to on_text
     finish: str | None = None  # "stop" or "length" once the row is done
@@ -143,6 +135,7 @@ class _Rows:
             state, row = self.states[i], self.rows[i]
             if state.finish is not None:
                 continue
+            state.steps += 1
             if token in self.eos:
                 state.finish = "stop"
                 continue
@@ -195,12 +188,14 @@ class _Rows:
             scores = TopPLogitsWarper(options.top_p)(None, scores)
         return scores
 
-    def completion(self, i: int, prompt_tokens: int) -> Completion:
+    def completion(self, i: int, out: torch.Tensor, prompt_tokens: int) -> Completion:
+        """Row i's Completion from its generated ids `out` (T + new,): what follows the row's last step is padding."""
         state, row = self.states[i], self.rows[i]
-        full = self.stack.tokenizer.decode(state.ids, skip_special_tokens=True)
+        ids, _ = response_ids(out[self.width : self.width + state.steps], self.stack)
+        full = self.stack.tokenizer.decode(ids, skip_special_tokens=True)
         text, cut = cut_at_stop(full, row.options.stop)
         if row.on_text is not None:
             self._send(state, row, full)
         finish = "stop" if cut or state.finish == "stop" else "length"
         logprobs = state.logprobs if row.logprobs is not None else None
-        return Completion(text, prompt_tokens, len(state.ids), finish, logprobs=logprobs)
+        return Completion(text, prompt_tokens, len(ids), finish, logprobs=logprobs)

@@ -26,6 +26,15 @@ StopCheck = Callable[[], bool]  # asked once per generated token: True ends gene
 
 
 @dataclasses.dataclass
+class TokenLogprob:
+    """One generated token: its log-prob and the most likely alternatives, as (token id, log-prob)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclasses.dataclass
 class Completion:
     """One response and the counts OpenAI's `usage` and `finish_reason` report."""
 
@@ -33,8 +42,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (the token budget ran out)
-    # Per generated token, when asked for (inference/batched.py's TokenLogprob); None otherwise.
-    logprobs: list | None = None
+    # Per generated token, when asked for (inference/batched.py); None otherwise.
+    logprobs: list[TokenLogprob] | None = None
 
 
 def render(tokenizer, prompt: Prompt, *, chat: bool = True, system: str | None = None) -> str:
@@ -75,7 +84,7 @@ def generate_texts(
     width = batch.input_ids.shape[1]
     completions = []
     for row, mask in zip(out, batch.attention_mask):
-        ids, stopped = _response_ids(row[width:], stack)
+        ids, stopped = response_ids(row[width:], stack)
         text, cut = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), options.stop)
         finish = "stop" if stopped or cut else "length"
         completions.append(Completion(text, int(mask.sum()), len(ids), finish))
@@ -135,7 +144,7 @@ def stream_text(
     worker.join()
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
-    ids, stopped = _response_ids(result["ids"][0, batch.input_ids.shape[1] :], stack)  # type: ignore[index]
+    ids, stopped = response_ids(result["ids"][0, batch.input_ids.shape[1] :], stack)  # type: ignore[index]
     finish = "stop" if stopped or emitted.cut else "length"
     return Completion(emitted.text, batch.input_ids.shape[1], len(ids), finish)
 
@@ -199,7 +208,7 @@ def _seed(options: GenerationOptions) -> None:
         torch.manual_seed(options.seed)
 
 
-def _response_ids(response: torch.Tensor, stack: RoleStack) -> tuple[torch.Tensor, bool]:
+def response_ids(response: torch.Tensor, stack: RoleStack) -> tuple[torch.Tensor, bool]:
     """Response ids before the first end-of-response id (the rest is padding), and whether one was found."""
     ids, stopped = until_stop(response, stack.eos_ids(), stack.tokenizer.pad_token_id)
     return (ids[:-1] if stopped else ids), stopped

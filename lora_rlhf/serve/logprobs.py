@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from lora_rlhf.inference.batched import TokenLogprob
+from lora_rlhf.inference.generation import TokenLogprob
 
 
 def chat_logprobs(tokenizer, logprobs: Sequence[TokenLogprob] | None, text: str) -> dict[str, Any] | None:
