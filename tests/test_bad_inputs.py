@@ -76,8 +76,8 @@ CASES = {
     # ---------------------------------------------------------------- files that are not JSON lines
     "non_utf8_byte": _bytes_case(_sft(), FIRST + b'{"prompt": "caf\xe9", "completion": "x"}\n', "line 2"),
     "non_utf8_line_5": _bytes_case(_sft(), GOOD + b'{"prompt": "\xff\xfe", "completion": "x"}\n', "line 7", "UTF-8"),
-    "not_json": _bytes_case(_sft(), FIRST + b"this is not json\n", "line 2"),
-    "truncated_last_line": _bytes_case(_sft(), GOOD + b'{"prompt": "cut', "line 7"),
+    "not_json": _bytes_case(_sft(), FIRST + b"this is not json\n", "line 2", "'this is not json'"),
+    "truncated_last_line": _bytes_case(_sft(), GOOD + b'{"prompt": "cut', "line 7", '\'{"prompt": "cut\''),
     "trailing_comma": _bytes_case(_sft(), b'{"prompt": "a", "completion": "b",}\n', "line 1"),
     "empty_file": _bytes_case(_sft(), b"", "empty"),
     "blank_lines_only": _bytes_case(_sft(), b"\n\n  \n", "no rows"),
@@ -146,7 +146,7 @@ CASES = {
     "head_lr_inf": Case(
         "",
         ["rm", "demo.enabled=false", "rm.init=fresh", "rm.data.path={ranks}", "rm.head_learning_rate=.inf"],
-        ["rm.head_learning_rate", "inf"],
+        ["rm.head_learning_rate", "inf is not a finite number"],
     ),
     "device_banana": Case("", ["sft", "model.device=banana"], ["model.device", "banana"]),
     "device_cuda_7": Case("", ["sft", "model.device=cuda:x"], ["model.device", "cuda:x"]),

@@ -73,6 +73,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except LoraRlhfError as exc:
                 errors.append(exc)
+        if len(errors) == 1 and value is not None and "finite" in str(errors[0]):
+            raise errors[0]  # `x: float | None` given inf: say why, not just "not a number or null"
         allowed = " or ".join(_describe(a) for a in args)
         raise LoraRlhfError(f"{key}: {_show(value)} is not {allowed}")
     if origin is typing.Literal:

@@ -104,8 +104,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise LoraRlhfError(f"recipe {path}, line {line}: byte at offset {exc.start} is not UTF-8") from None
+        raw = path.read_bytes()
+        line = raw[: exc.start].count(b"\n") + 1
+        bad = raw[exc.start : exc.start + 1]
+        raise LoraRlhfError(f"recipe {path}, line {line}: byte {bad!r} is not UTF-8 (save the file as UTF-8)") from None
     except yaml.YAMLError as exc:
         raise LoraRlhfError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     except OSError as exc:

@@ -99,7 +99,9 @@ def read_json_rows(path: Path, shown: str) -> LocalRows:
         try:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise LoraRlhfError(f"{shown}, line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise LoraRlhfError(
+                f"{shown}, line {number}: {_snippet(text)} is not valid JSON ({exc.msg}, column {exc.colno})"
+            ) from None
         _check_object(row, shown, f"line {number}")
         rows.append(row)
         places.append(f"line {number}")
@@ -127,7 +129,10 @@ def _json_array(data: bytes, shown: str) -> LocalRows:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise LoraRlhfError(f"{shown}, line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        line = text.splitlines()[exc.lineno - 1] if text.splitlines() else text
+        raise LoraRlhfError(
+            f"{shown}, line {exc.lineno}: {_snippet(line)} is not valid JSON ({exc.msg}, column {exc.colno})"
+        ) from None
     if not items:
         raise LoraRlhfError(f"dataset file {shown!r} has no rows (an empty JSON array)")
     for index, item in enumerate(items):
@@ -141,8 +146,14 @@ def _decode(raw: bytes, shown: str, where: str) -> str:
     except UnicodeDecodeError as exc:
         bad = raw[exc.start : exc.start + 1]
         raise LoraRlhfError(
-            f"{shown}, {where}: byte {bad!r} at offset {exc.start} is not UTF-8 (save the file as UTF-8)"
+            f"{shown}, {where}: byte {bad!r} at column {exc.start + 1} is not UTF-8 (save the file as UTF-8)"
         ) from None
+
+
+def _snippet(text: str) -> str:
+    """The start of a bad line, quoted, short enough for a one-line error."""
+    text = text.strip()
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def _check_object(row: Any, shown: str, where: str) -> None:
