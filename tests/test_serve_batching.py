@@ -13,6 +13,7 @@ import torch
 
 from lora_rlhf.inference import AdapterRegistry, GenerationOptions
 from lora_rlhf.inference.batched import Row, generate_rows, sampling_key
+from lora_rlhf.inference.penalties import penalize
 from lora_rlhf.serve import BackgroundServer, create_app
 from lora_rlhf.serve import batcher as batcher_module
 from lora_rlhf.serve.batcher import Batcher
@@ -126,6 +127,25 @@ def test_stop_strings_act_per_row(registry):
     cut, whole = generate_rows(registry.stack, rows)
     assert cut.text == full[: full.find(stop)] and cut.finish_reason == "stop"
     assert whole.text == full
+
+
+def test_penalties_by_hand():
+    scores = torch.zeros(2, 5)
+    generated = torch.tensor([[1, 1, 3], [2, 0, 0]])
+    out = penalize(scores, generated, frequency=[0.5, 0.0], presence=[1.0, -2.0])
+    # row 0: token 1 twice -> -(2 * 0.5 + 1), token 3 once -> -(0.5 + 1); row 1: presence only, negative = a bonus
+    assert out.tolist() == [[0.0, -2.0, 0.0, -1.5, 0.0], [2.0, 0.0, 2.0, 0.0, 0.0]]
+
+
+def test_penalties_act_per_row_of_a_batch(registry):
+    penalized = GenerationOptions(max_new_tokens=12, frequency_penalty=2.0, presence_penalty=1.0)
+    plain = GenerationOptions(max_new_tokens=12)
+    rows = [Row("polite", PROMPTS[0], penalized), Row("polite", PROMPTS[0], plain)]
+    got_penalized, got_plain = generate_rows(registry.stack, rows)
+    expected = registry.complete("polite", [PROMPTS[0]], penalized)[0]
+    assert got_penalized.text == expected.text
+    assert got_plain.text == alone(registry, "polite", PROMPTS[0], tokens=12).text
+    assert got_penalized.text != got_plain.text
 
 
 def test_sampling_keys_group_compatible_rows():
@@ -278,9 +298,7 @@ def test_completion_logprobs_legacy_shape(registry):
 @pytest.mark.parametrize(
     ("endpoint", "extra", "param"),
     [
-        ("chat", {"frequency_penalty": 0.5}, "frequency_penalty"),
-        ("chat", {"presence_penalty": -1.0}, "presence_penalty"),
-        ("completions", {"presence_penalty": 1.0}, "presence_penalty"),
+        ("chat", {"frequency_penalty": 2.5}, "frequency_penalty"),
         ("chat", {"logit_bias": {"1": 5}}, "logit_bias"),
         ("chat", {"top_logprobs": 2}, "top_logprobs"),
         ("chat", {"logprobs": True, "stream": True}, "logprobs"),

@@ -18,6 +18,7 @@ import torch
 
 from lora_rlhf.inference.generation import Completion, StopCheck, TokenLogprob, cut_at_stop, response_ids
 from lora_rlhf.inference.options import GenerationOptions
+from lora_rlhf.inference.penalties import penalties
 from lora_rlhf.models.roles import BASE, RoleStack
 
 # PEFT's name for "no adapter" in a mixed batch (peft/tuners/lora/layer.py, _mixed_batch_forward).
@@ -63,8 +64,17 @@ def generate_rows(stack: RoleStack, rows: Sequence[Row]) -> list[Completion]:
     budget = max(r.options.max_new_tokens for r in rows)
     kwargs = dataclasses.replace(options, max_new_tokens=budget, stop=[]).generate_kwargs()
     kwargs |= {"eos_token_id": sorted(stack.eos_ids()), "stopping_criteria": tracker.criteria()}
-    if any(r.logprobs is not None for r in rows):
-        kwargs["logits_processor"] = tracker.capture()
+    processors = penalties(
+        batch.input_ids.shape[1],
+        [r.options.frequency_penalty for r in rows],
+        [r.options.presence_penalty for r in rows],
+    )
+    if any(r.logprobs is not None for r in rows):  # after the penalties: the log-probs see the penalized logits
+        processors = (processors or []) + tracker.capture()
+    if processors:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList(processors)
     if options.seed is not None and not options.greedy:
         torch.manual_seed(options.seed)
     role, adapter_names = _adapters(stack, rows)

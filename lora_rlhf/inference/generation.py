@@ -17,6 +17,7 @@ import torch
 from lora_rlhf.data.chat import Messages, Prompt, render_prompt
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.inference.options import GenerationOptions
+from lora_rlhf.inference.penalties import penalties
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import until_stop
 
@@ -80,7 +81,8 @@ def generate_texts(
     tokenizer = stack.tokenizer
     batch = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
     _seed(options)
-    out = stack.generate(role, batch.input_ids, batch.attention_mask, **_kwargs(stack, options, halt))
+    kwargs = _kwargs(stack, options, halt, width=batch.input_ids.shape[1])
+    out = stack.generate(role, batch.input_ids, batch.attention_mask, **kwargs)
     width = batch.input_ids.shape[1]
     completions = []
     for row, mask in zip(out, batch.attention_mask):
@@ -119,7 +121,7 @@ def stream_text(
 
     batch = tokenizer([text], return_tensors="pt", add_special_tokens=False).to(stack.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _kwargs(stack, options, stopped) | {"streamer": streamer}
+    kwargs = _kwargs(stack, options, stopped, width=batch.input_ids.shape[1]) | {"streamer": streamer}
     result: dict[str, object] = {}
 
     def work() -> None:
@@ -181,7 +183,7 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
-def _kwargs(stack: RoleStack, options: GenerationOptions, halt: StopCheck | None = None) -> dict:
+def _kwargs(stack: RoleStack, options: GenerationOptions, halt: StopCheck | None = None, *, width: int) -> dict:
     # Generation halts at every id that ends a response, the same set rollouts and evaluation stop at.
     kwargs = options.generate_kwargs() | {"eos_token_id": sorted(stack.eos_ids())}
     if options.stop:
@@ -189,6 +191,10 @@ def _kwargs(stack: RoleStack, options: GenerationOptions, halt: StopCheck | None
         kwargs.update(stop_strings=list(options.stop), tokenizer=stack.tokenizer)
     if halt is not None:
         kwargs["stopping_criteria"] = _halting(halt)
+    # One value for every row (it broadcasts); `width` is where the responses start.
+    penalized = penalties(width, [options.frequency_penalty], [options.presence_penalty])
+    if penalized is not None:
+        kwargs["logits_processor"] = penalized
     return kwargs
 
 

@@ -27,6 +27,10 @@ class GenerationOptions:
     stop: list[str] = dataclasses.field(default_factory=list)
     # Seed of the sampler, for reproducible sampling (ignored when greedy).
     seed: int | None = None
+    # OpenAI's additive penalties in [-2, 2] (inference/penalties.py): subtracted from a token's logit once per time
+    # it was generated (frequency) or once if it was (presence); 0 = off.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -39,6 +43,9 @@ class GenerationOptions:
             raise LoraRlhfError(f"top_k: {self.top_k!r} must be >= 0 (0 = off)")
         if self.repetition_penalty <= 0:
             raise LoraRlhfError(f"repetition_penalty: {self.repetition_penalty!r} must be > 0")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise LoraRlhfError(f"{name}: {getattr(self, name)!r} must be in [-2, 2] (0 = off)")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise LoraRlhfError(f"stop: {self.stop!r} must be non-empty strings")
 

@@ -84,9 +84,6 @@ class _Sampling(_Request):
 
     def check_supported(self) -> None:
         """A 400 naming the first option set to something this server would otherwise ignore."""
-        for name in ("frequency_penalty", "presence_penalty"):
-            if getattr(self, name):
-                raise APIError(400, f"{name} is not supported by this server; send 0 or leave it out", None, name)
         for name, off in _UNSUPPORTED.items():
             value = (self.model_extra or {}).get(name)
             if value is not None and value != off and value != [] and value != {}:
@@ -102,6 +99,8 @@ class _Sampling(_Request):
             top_p=self.top_p,
             stop=stop,
             seed=self.seed,
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
         )
 
 
