@@ -338,3 +338,15 @@ def test_an_error_inside_a_progress_bar_is_still_the_last_line(monkeypatch, caps
     gc.collect()  # an open bar prints its last state when collected
     err = capsys.readouterr().err
     assert err.endswith("lora-rlhf sft: error: sft stopped at step 1: loss is nan\n"), err[-200:]
+
+
+@pytest.mark.parametrize("case_id", ["retyped_column", "role_robot", "all_identical", "not_json"])
+def test_a_bad_local_file_fails_before_the_model_loads(case_id, tmp_path, capsys, monkeypatch):
+    from lora_rlhf.pipeline import runner
+
+    def no_model(recipe):
+        raise AssertionError("the base model was loaded before the data was checked")
+
+    monkeypatch.setattr(runner, "load_stack", no_model)
+    result = outcome(CASES[case_id], tmp_path, lambda: capsys.readouterr().err)
+    assert result.kind == "one-line", result

@@ -14,6 +14,7 @@ from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.names import resolve_model_name
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline import demo_data
+from lora_rlhf.pipeline.precheck import check_data
 from lora_rlhf.pipeline.run_dir import STAGE_ROLES, RunDir
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ def run_stages(
     recipe: RecipeConfig, run: RunDir, stages: Sequence[str], *, resume: bool = False, stack: RoleStack | None = None
 ) -> list[StageResult]:
     """Run `stages` in order on one stack; finished stages are skipped (their roles are loaded instead)."""
-    stack = stack or load_stack(recipe)
+    if stack is None:
+        check_data(recipe, run, stages)  # a bad local file fails before the model load, not after
+        stack = load_stack(recipe)
     results = []
     for stage in stages:
         start = time.perf_counter()
