@@ -59,6 +59,7 @@ def test_activations_logits_and_kv_cache_by_hand():
     )
     assert no_grad == rows * tokens * (3 * 16 + 4 * 8) * 2 + rows * tokens * 8 * 2
     assert estimate.logit_bytes(SHAPE, rows, 4, grad=True) == rows * 4 * 10 * 4 * 3
+    assert estimate.logit_bytes(SHAPE, rows, 4, grad=False) == rows * 4 * 10 * 4 * 3
     assert estimate.kv_cache_bytes(SHAPE, rows, tokens, "bfloat16") == 2 * rows * tokens * 2 * 4 * 2
     assert estimate.runtime_bytes("cpu", 10**9) == 0
     assert estimate.runtime_bytes("cuda", 10**9) == int(0.5 * estimate.GiB + 10**8)

@@ -33,7 +33,7 @@ QUANT_BYTES = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "nf4-single": 0.5 + 4 / 64,
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ADAM_BYTES = 4 + 8  # fp32 gradient + AdamW's exp_avg and exp_avg_sq
 LOGIT_COPIES_GRAD = 3  # fp32 logits, their log-softmax, and the gradient flowing back through them
-LOGIT_COPIES_NO_GRAD = 2  # logits and log-softmax (entropy reuses them)
+LOGIT_COPIES_NO_GRAD = 3  # logits, log-softmax, and the p * log p of the entropy PPO logs
 
 
 @dataclasses.dataclass(frozen=True)

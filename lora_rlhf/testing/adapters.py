@@ -25,6 +25,7 @@ def make_adapters(
     stack = RoleStack.load(BaseModelConfig(str(model_dir), quantization="none", device="cpu"))
     folders = {}
     for index, name in enumerate(names):
+        torch.manual_seed(seed + index)  # PEFT draws A from the global RNG: the same folders whatever ran before
         stack.add_role(name, LoraSettings(r=r, dropout=0.0))
         generator = torch.Generator().manual_seed(seed + index)
         with torch.no_grad():
