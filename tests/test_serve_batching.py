@@ -265,7 +265,8 @@ def test_chat_logprobs_are_the_models_log_softmax(registry):
             top_logprobs=3,
         )
     content = out.choices[0].logprobs.content
-    assert "".join(t.token for t in content) == out.choices[0].message.content
+    special = set(registry.stack.tokenizer.all_special_tokens)  # near-uniform random logits may pick one
+    assert "".join(t.token for t in content if t.token not in special) == out.choices[0].message.content
     assert len(content) == out.usage.completion_tokens
     for token in content:
         assert len(token.top_logprobs) == 3 and token.logprob <= 0
@@ -281,6 +282,25 @@ def test_chat_logprobs_are_the_models_log_softmax(registry):
     assert math.isclose(content[0].logprob, first, abs_tol=1e-4)
 
 
+def test_logprobs_of_a_response_cut_at_a_stop_string(registry):
+    full = alone(registry, "polite", PROMPTS[0]).text
+    stop = full[3:5]
+    with serve(registry) as server:
+        out = client_of(server).completions.create(
+            model="polite", prompt=PROMPTS[0], max_tokens=TOKENS, temperature=0, stop=[stop], logprobs=0
+        )
+    choice = out.choices[0]
+    assert choice.text == full[: full.find(stop)]
+    tokens, special = choice.logprobs.tokens, set(registry.stack.tokenizer.all_special_tokens)
+
+    def joined(some: list[str]) -> str:
+        return "".join(t for t in some if t not in special)
+
+    # The tokens that make up the text, and not one more (those of the stop string are left out).
+    assert joined(tokens).startswith(choice.text) and len(tokens) <= out.usage.completion_tokens
+    assert len(joined(tokens[:-1])) < len(choice.text) if choice.text else tokens == []
+
+
 def test_completion_logprobs_legacy_shape(registry):
     with serve(registry) as server:
         out = client_of(server).completions.create(
@@ -288,7 +308,9 @@ def test_completion_logprobs_legacy_shape(registry):
         )
     choice = out.choices[0]
     logprobs = choice.logprobs
-    assert "".join(logprobs.tokens) == choice.text
+    special = set(registry.stack.tokenizer.all_special_tokens)
+    assert "".join(t for t in logprobs.tokens if t not in special) == choice.text
+    assert len(logprobs.tokens) == out.usage.completion_tokens
     assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs)
     assert logprobs.text_offset[0] == 0 and all(len(top) <= 2 for top in logprobs.top_logprobs)
     assert all(-9999 <= lp <= 0 for lp in logprobs.token_logprobs)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -44,6 +45,8 @@ from lora_rlhf.serve.schemas import (
 from lora_rlhf.serve.streaming import sse_events, usage_of
 
 OWNER = "lora_rlhf"
+# Threads beyond one per queued response: model listing, admin routes, streams being read.
+_SPARE_THREADS = 32
 
 
 def create_app(
@@ -71,6 +74,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        # A queued request waits in a worker thread: let --max-queue, not anyio's 40 threads, bound the queue.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, limits.max_queue + _SPARE_THREADS)
         yield
         inflight.halt_all()  # for other ASGI servers; run_server halts before it waits for running requests
         batcher.close()

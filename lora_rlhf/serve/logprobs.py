@@ -45,13 +45,14 @@ def completion_logprobs(tokenizer, logprobs: Sequence[TokenLogprob] | None, text
 
 def _within(tokenizer, logprobs: Sequence[TokenLogprob], text: str) -> list[TokenLogprob]:
     """The tokens that make up `text`: a response cut at a stop string drops the tokens after the cut."""
-    kept, length = [], 0
-    for entry in logprobs:
-        if length >= len(text) and kept:
-            break
-        kept.append(entry)
-        length += len(_text(tokenizer, entry.token))
-    return kept if text else []
+    ids = [entry.token for entry in logprobs]
+    if len(tokenizer.decode(ids, skip_special_tokens=True)) <= len(text):
+        return list(logprobs)
+    for k in range(len(ids)):
+        # Decoding prefixes, as the text was decoded: single tokens need not add up to it (spaces, special tokens).
+        if len(tokenizer.decode(ids[:k], skip_special_tokens=True)) >= len(text):
+            return list(logprobs[:k])
+    return list(logprobs)
 
 
 def _token(tokenizer, token: int, logprob: float) -> dict[str, Any]:
