@@ -178,6 +178,24 @@ def test_a_full_queue_is_429(registry):
 
 
 # ------------------------------------------------------------------------------- through the server
+def test_a_full_queue_is_429_through_the_server(registry):
+    app = create_app(registry, limits=ServeLimits(max_queue=1))
+    with BackgroundServer(app) as server:
+        client = client_of(server)
+        with registry.lock:  # generation cannot start: the first request stays queued
+            first = threading.Thread(
+                target=client.completions.create, kwargs={"model": "base", "prompt": "hi", "max_tokens": 2}
+            )
+            first.start()
+            while app.state.batcher.queued < 1:
+                first.join(0.01)
+            with pytest.raises(openai.RateLimitError) as err:
+                client.completions.create(model="terse", prompt="hi", max_tokens=2)
+            assert err.value.body["code"] == "server_overloaded"
+        first.join(timeout=60)
+        assert client.completions.create(model="terse", prompt="hi", max_tokens=2).choices[0].finish_reason
+
+
 def test_sixteen_concurrent_requests_over_three_adapters_and_base(registry, batches):
     expected = {(m, p): alone(registry, m, p, chat=True).text for m in MODELS for p in PROMPTS}
     with serve(registry, max_batch_size=16, batch_window_s=0.5) as server:
