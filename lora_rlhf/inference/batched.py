@@ -56,25 +56,12 @@ def sampling_key(row: Row, group: Hashable = None) -> Hashable:
 def generate_rows(stack: RoleStack, rows: Sequence[Row]) -> list[Completion]:
     """Each row's Completion from one left-padded `generate`; rows must share `sampling_key` (the first row's
     options decide). Roles must exist (the caller holds the lock that keeps them attached)."""
-    options = rows[0].options
-    tokenizer = stack.tokenizer
-    batch = tokenizer([r.text for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = stack.tokenizer([r.text for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
     batch = batch.to(stack.device)
-    tracker = _Rows(stack, rows, batch.input_ids.shape[1])
-    budget = max(r.options.max_new_tokens for r in rows)
-    kwargs = dataclasses.replace(options, max_new_tokens=budget, stop=[]).generate_kwargs()
-    kwargs |= {"eos_token_id": sorted(stack.eos_ids()), "stopping_criteria": tracker.criteria()}
-    processors = penalties(
-        batch.input_ids.shape[1],
-        [r.options.frequency_penalty for r in rows],
-        [r.options.presence_penalty for r in rows],
-    )
-    if any(r.logprobs is not None for r in rows):  # after the penalties: the log-probs see the penalized logits
-        processors = (processors or []) + tracker.capture()
-    if processors:
-        from transformers import LogitsProcessorList
-
-        kwargs["logits_processor"] = LogitsProcessorList(processors)
+    width = batch.input_ids.shape[1]
+    tracker = _Rows(stack, rows, width)
+    kwargs = _generate_kwargs(stack, rows, tracker, width)
+    options = rows[0].options
     if options.seed is not None and not options.greedy:
         torch.manual_seed(options.seed)
     role, adapter_names = _adapters(stack, rows)
@@ -82,6 +69,23 @@ def generate_rows(stack: RoleStack, rows: Sequence[Row]) -> list[Completion]:
         kwargs["adapter_names"] = adapter_names
     out = stack.generate(role, batch.input_ids, batch.attention_mask, **kwargs)
     return [tracker.completion(i, out[i], int(mask.sum())) for i, mask in enumerate(batch.attention_mask)]
+
+
+def _generate_kwargs(stack: RoleStack, rows: Sequence[Row], tracker: _Rows, width: int) -> dict:
+    """The batch's decoding (models/sequences.sampling_kwargs via GenerationOptions) for the longest budget, the
+    end ids, the per-row criterion, and the per-row penalties then the log-prob capture as logits processors."""
+    budget = max(r.options.max_new_tokens for r in rows)
+    kwargs = dataclasses.replace(rows[0].options, max_new_tokens=budget, stop=[]).generate_kwargs()
+    kwargs |= {"eos_token_id": sorted(stack.eos_ids()), "stopping_criteria": tracker.criteria()}
+    frequency = [r.options.frequency_penalty for r in rows]
+    processors = penalties(width, frequency, [r.options.presence_penalty for r in rows]) or []
+    if any(r.logprobs is not None for r in rows):  # after the penalties: the log-probs see the penalized logits
+        processors += tracker.capture()
+    if processors:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList(processors)
+    return kwargs
 
 
 def _adapters(stack: RoleStack, rows: Sequence[Row]) -> tuple[str, list[str] | None]:

@@ -157,42 +157,47 @@ class Batcher:
             self._worker.start()
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            self._serve(batch)
+        while self._rows_waiting():
+            # Rows leave the queue only once the lock is won: while an attach or detach holds it, they still count
+            # towards --max-queue, and rows arriving meanwhile join the batch.
+            with self.registry.lock:
+                batch = [item for item in self._take() if self._runnable(item)]
+                done = self._generate(batch) if batch else None
+            for item, completion in zip(batch, done or (), strict=False):
+                item.finish(completion)
 
-    def _next_batch(self) -> list[_Item] | None:
+    def _rows_waiting(self) -> bool:
+        """Wait for queued rows, and up to the batch window for more to join; False once closed and empty."""
         with self._cond:
             while not self._pending and not self._closed:
                 self._cond.wait()
-            if not self._pending:
-                return None
             deadline = time.monotonic() + self.window_s
-            while len(self._pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+            while 0 < len(self._pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)  # concurrent requests arriving now join this batch
+            return bool(self._pending) or not self._closed
+
+    def _take(self) -> list[_Item]:
+        """The oldest queued row and the queued rows that can share its generate, out of the queue."""
+        with self._cond:
             if not self._pending:
-                return None if self._closed else []
+                return []
             key = self._pending[0].key
             batch = [item for item in self._pending if item.key == key][: self.max_batch_size]
             for item in batch:
                 self._pending.remove(item)
         return batch
 
-    def _serve(self, batch: list[_Item]) -> None:
-        with self.registry.lock:
-            live = [item for item in batch if self._runnable(item)]
-            if not live:
-                return
-            started = time.monotonic()
-            try:
-                done = generate_rows(self.registry.stack, [item.row for item in live])
-            except Exception as exc:  # a bug or an out-of-memory: every row of the batch gets it
-                logger.exception("batched generation failed")
-                for item in live:
-                    item.finish(error=exc)
-                return
-        logger.debug("batch of %d rows in %.3f s", len(live), time.monotonic() - started)
-        for item, completion in zip(live, done, strict=True):
-            item.finish(completion)
+    def _generate(self, batch: list[_Item]) -> list[Completion] | None:
+        started = time.monotonic()
+        try:
+            done = generate_rows(self.registry.stack, [item.row for item in batch])
+        except Exception as exc:  # a bug or an out-of-memory: every row of the batch gets it
+            logger.exception("batched generation failed")
+            for item in batch:
+                item.finish(error=exc)
+            return None
+        logger.debug("batch of %d rows in %.3f s", len(batch), time.monotonic() - started)
+        return done
 
     def _runnable(self, item: _Item) -> bool:
         """Whether a row still wants its answer and its adapter is still attached (else it gets the error)."""
