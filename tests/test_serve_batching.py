@@ -102,6 +102,18 @@ def test_a_mixed_batch_answers_each_row_as_alone(registry):
         assert got.prompt_tokens == expected.prompt_tokens
 
 
+def test_a_mixed_batch_on_an_nf4_base(tiny_llama, adapters):
+    # PEFT's mixed-adapter forward has a bitsandbytes Linear4bit variant: the served quantized base uses it.
+    nf4 = AdapterRegistry.load(tiny_llama, quantization="nf4", device="cpu")
+    for name in ("polite", "terse"):
+        nf4.attach(name, adapters[name])
+    options = GenerationOptions(max_new_tokens=6)
+    done = generate_rows(nf4.stack, [Row(m, PROMPTS[0], options) for m in ("base", "polite", "terse")])
+    assert [c.text for c in done] == [
+        nf4.complete(m, [PROMPTS[0]], options)[0].text for m in ("base", "polite", "terse")
+    ]
+
+
 def test_a_halted_row_ends_while_the_others_go_on(registry):
     asked = {"n": 0}
 
