@@ -223,7 +223,7 @@ def test_rm_skipped_rows_are_counted_and_ties_skip_their_pairs(tiny_llama, data,
         {"prompt": "say something", "responses": ["great great", "great", "dog"], "ranks": [0, 1, 1]},  # a tie
     ]
     config = rm_config({**data, "rankings": write_jsonl(tmp_path / "bad.jsonl", rows)}, max_steps=1)
-    with pytest.raises(LoraRlhfError, match=r"bad\.jsonl, row 12: field 'responses\[1\]' is empty"):
+    with pytest.raises(LoraRlhfError, match=r"bad\.jsonl, line 13: field 'responses\[1\]' is empty"):
         train_reward_model(load_stack(tiny_llama), config, tmp_path / "strict")
     config.on_bad_row, config.ties, config.eval_fraction = "skip", "skip_pairs", 0.0
     summary = train_reward_model(load_stack(tiny_llama), config, tmp_path / "run")

@@ -132,7 +132,7 @@ def test_skipped_and_truncated_rows_reach_the_summary(tiny_llama, tmp_path):
     path = tmp_path / "demos.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = sft_config(path, max_steps=1)
-    with pytest.raises(LoraRlhfError, match=r"demos.jsonl, row 8: field 'completion' is empty"):
+    with pytest.raises(LoraRlhfError, match=r"demos.jsonl, line 9: field 'completion' is empty"):
         train_sft(load_stack(tiny_llama), config, tmp_path / "strict")
     config.on_bad_row = "skip"
     summary = train_sft(load_stack(tiny_llama), config, tmp_path / "run")
