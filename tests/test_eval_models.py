@@ -54,7 +54,7 @@ def test_rm_accuracy_against_labels_and_gold_on_hand_built_rankings(stack, tmp_p
             "responses": ["good", "bad", "great"],
             "ranks": [0, 0, 1],
         },  # 2 untied pairs, both wrong
-        {"prompt": "count letters", "responses": ["good", "good"], "ranks": [0, 1]},  # 1 pair, RM tie: 1/2
+        {"prompt": "count letters", "responses": ["good", "good"], "ranks": [0, 1]},  # identical responses: bad row
         {"prompt": "no ranks here", "responses": ["good", "bad"]},  # bad row
         {"prompt": "all tied", "responses": ["good", "bad"], "ranks": [0, 0]},  # no pair: bad row
     ]
@@ -66,13 +66,13 @@ def test_rm_accuracy_against_labels_and_gold_on_hand_built_rankings(stack, tmp_p
     got = rm_accuracy(stack, config, gold_by_length)
     assert (
         got["rm_accuracy_source"] == "rankings"
-        and got["rm_accuracy_rows"] == 4
-        and got["rm_accuracy_skipped_rows"] == 2
+        and got["rm_accuracy_rows"] == 3
+        and got["rm_accuracy_skipped_rows"] == 3
     )
-    assert got["rm_accuracy"] == pytest.approx(3.5 / 7) and got["rm_accuracy_pairs"] == 7
+    assert got["rm_accuracy"] == pytest.approx(3 / 6) and got["rm_accuracy_pairs"] == 6
     lo, hi = got["rm_accuracy_ci"]
     assert 0 <= lo <= got["rm_accuracy"] <= hi <= 1
-    # gold = length: great 5 > good 4 > bad 3, terrible 8; row 2 is the RM's only disagreement, row 4 has no gold pair
+    # gold = length: great 5 > good 4 > bad 3, terrible 8; row 2 is the RM's only disagreement
     assert got["rm_accuracy_gold"] == pytest.approx(6 / 7) and got["rm_accuracy_gold_pairs"] == 7
     assert got["rm_accuracy_gold_ci"][0] <= 6 / 7 <= got["rm_accuracy_gold_ci"][1]
 
