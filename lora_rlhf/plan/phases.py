@@ -222,7 +222,7 @@ def plan_recipe(
         options = []
         for key, value_of in _KNOBS[memory.name]:
             value = value_of(recipe)
-            if _resolve(recipe, key).__eq__(value):
+            if _resolve(recipe, key) == value:
                 continue  # already there (gradient checkpointing on, a batch of 1)
             changed = _with(recipe, key, value)
             total = next(

@@ -72,13 +72,8 @@ def shape_of(model: nn.Module, name: str = "") -> ModelShape:
     hidden = int(config.hidden_size)
     decoder = _decoder_layers(model, layers)
     layer_linears = tuple(s for s in (_linear_shape(m) for m in decoder[0].modules()) if s is not None)
-    linear_weights = sum(
-        fan_in * fan_out
-        for layer in decoder
-        for s in (_linear_shape(m) for m in layer.modules())
-        if s
-        for fan_in, fan_out in [s]
-    )
+    shapes = [_linear_shape(module) for layer in decoder for module in layer.modules()]
+    linear_weights = sum(fan_in * fan_out for fan_in, fan_out in filter(None, shapes))
     total = sum(p.numel() for p in model.parameters())
     heads = int(getattr(config, "num_attention_heads", 1) or 1)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
