@@ -162,7 +162,7 @@ class _Rows:
     def _advance(self, state: _State, row: Row) -> None:
         if row.options.stop or row.on_text is not None:
             state.text = self.stack.tokenizer.decode(state.ids, skip_special_tokens=True)
-            # The raw text goes out; the stream's reader cuts it at a stop string (generation._emit_until_stop).
+            # The raw text goes out; the stream's reader cuts it at a stop string (generation.emit_until_stop).
             if row.on_text is not None and not state.text.endswith("\ufffd"):  # a character still incomplete
                 self._send(state, row, state.text)
             if cut_at_stop(state.text, row.options.stop)[1]:
