@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lora_rlhf.tracking import Trackers
 
 
 def _plain(value: Any) -> Any:
@@ -21,10 +25,24 @@ class MetricsWriter:
 
     On resume from step S, rows logged after S by the interrupted run are dropped first, so the
     file reads as if the run had never stopped.
+
+    With `enabled=False` (every process but the main one of a multi-process run) nothing is written.
+    `trackers` (the recipe's `report_to`, lora_rlhf.tracking) receive every row too; `close` ends them.
     """
 
-    def __init__(self, path: str | Path, *, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        resume_step: int | None = None,
+        enabled: bool = True,
+        trackers: Trackers | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.enabled = enabled
+        self.trackers = trackers
+        if not enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             self.path.write_text("")
@@ -34,9 +52,34 @@ class MetricsWriter:
 
     def log(self, step: int, **figures: Any) -> dict[str, Any]:
         row = {"step": int(step), **{k: _plain(v) for k, v in figures.items()}}
+        if not self.enabled:
+            return row
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(step, row)
         return row
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
+
+
+def open_metrics(
+    output_dir: Path, stage: str, *, resume_step: int | None = None, report_to: Sequence[str] = ()
+) -> MetricsWriter:
+    """The writer of OUTPUT_DIR/metrics/<stage>.jsonl and the `report_to` trackers: the main process's alone."""
+    from lora_rlhf.train import distributed
+
+    main = distributed.is_main()
+    trackers = None
+    if main and report_to:
+        from lora_rlhf.tracking import Trackers
+
+        trackers = Trackers(report_to, stage, Path(output_dir))
+    path = Path(output_dir) / "metrics" / f"{stage}.jsonl"
+    return MetricsWriter(path, resume_step=resume_step, enabled=main, trackers=trackers)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

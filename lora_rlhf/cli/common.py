@@ -39,14 +39,17 @@ def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from lora_rlhf.pipeline.lock import run_dir_lock
     from lora_rlhf.pipeline.run_dir import RunDir
     from lora_rlhf.pipeline.runner import default_output_dir, prepare, run_stages
+    from lora_rlhf.train import distributed
 
     start = time.perf_counter()
     run_dir = RunDir(args.output_dir or default_output_dir(args.config))
     path = run_dir.path
     if args.resume:
         run_dir.check_resume(stages)  # before anything is created: a mistyped directory stays absent
-    run_dir.create()
-    with run_dir_lock(path):
+    main = distributed.is_main()  # under `accelerate launch`, the one process that writes the run directory
+    if main:
+        run_dir.create()
+    with run_dir_lock(path, main_process=main):
         recipe, run = prepare(args.config, args.overrides, str(path))
         if len(stages) == 1 and run.finished(stages[0]):
             raise LoraRlhfError(
@@ -54,6 +57,8 @@ def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
                 "(use a new --output-dir to train again)"
             )
         results = run_stages(recipe, run, stages, resume=args.resume)
+    if not main:
+        return 0
     print(f"\n{'stage':<5} {'status':<9} {'time':>9}  summary")
     for result in results:
         print(result.line())

@@ -23,6 +23,7 @@ from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.rm.config import RMConfig
 from lora_rlhf.sft.config import SFTConfig
+from lora_rlhf.tracking import check_report_to
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = RECIPES / "demo.yaml"
@@ -89,6 +90,12 @@ class RecipeConfig:
     rm: RMConfig = dataclasses.field(default_factory=RMConfig)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    # Experiment trackers that also receive every metrics row, on the main process (accelerate's: tensorboard,
+    # wandb, trackio, mlflow, ...; lora_rlhf.tracking). Empty: metrics/*.jsonl only.
+    report_to: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_report_to(self.report_to)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

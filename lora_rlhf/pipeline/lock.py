@@ -9,8 +9,8 @@ however it dies (SIGKILL, the OOM killer), so a dead run never blocks the next o
 holder's PID only so the refusal can name it. It is never deleted: unlinking a lock file lets a newcomer
 lock a fresh inode while a third process still holds the old one, and both would think they own the run.
 
-Multi-process training (accelerate, torchrun; not supported yet, docs/design.md) must let the main process
-alone write the run directory and so alone take this lock: pass `main_process=False` on the others.
+Under `accelerate launch` (issue 13) the main process alone writes the run directory and so alone takes
+this lock; the others pass `main_process=False` (lora_rlhf.cli.common).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Run stages of a recipe on ONE role stack: sft -> rm -> ppo -> eval, loading earlier roles from the run dir."""
+"""Run stages of a recipe on ONE role stack: sft -> rm -> ppo -> eval, loading earlier roles from the run dir.
+
+Under `accelerate launch` every process runs these stages on its own stack (issue 13); the main process
+alone writes the run directory (recipe, demo data, then what each stage writes), and the others wait at a
+barrier wherever they are about to read what it wrote.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline import demo_data
 from lora_rlhf.pipeline.precheck import check_data
 from lora_rlhf.pipeline.run_dir import STAGE_ROLES, RunDir
+from lora_rlhf.train import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,9 @@ def prepare(config_path: str | None, overrides: Sequence[str], output_dir: str |
     run = RunDir(output_dir or default_output_dir(config_path))
     # Claimed before the demo's data paths are filled in: they derive from the run directory itself, so
     # recipe.yaml keeps them empty and a moved or copied run directory still matches its recipe.
-    run.claim(recipe.to_dict())
+    if distributed.is_main():
+        run.claim(recipe.to_dict())
+    distributed.barrier()
     if recipe.demo.enabled:
         demo_data.fill_paths(recipe, run)
     return recipe, run
@@ -58,6 +66,8 @@ def prepare(config_path: str | None, overrides: Sequence[str], output_dir: str |
 
 def load_stack(recipe: RecipeConfig) -> RoleStack:
     model = dataclasses.replace(recipe.model, name_or_path=resolve_model_name(recipe.model.name_or_path))
+    if distributed.world().size > 1:  # each process on its own GPU (device_map={"": local device})
+        model = dataclasses.replace(model, device=str(distributed.local_device(model.resolved_device())))
     return RoleStack.load(model)
 
 
@@ -87,6 +97,8 @@ def run_stages(
         status, summary = _RUNNERS[stage](stack, recipe, run, resume)
         results.append(StageResult(stage, status, time.perf_counter() - start, summary))
         logger.info("%s", results[-1].line())
+        if stage != "eval":
+            distributed.barrier()  # the main process has written the stage's adapters for the next one to read
     return results
 
 
@@ -96,9 +108,8 @@ def _sft(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> t
     if not run.check_can_train("sft", resume=resume):
         ensure_role(stack, run, "sft")
         return "skipped", {}
-    if recipe.demo.enabled:
-        demo_data.write_task_data(recipe, run)
-    return "trained", train_sft(stack, recipe.sft, run.path, resume=resume)
+    _write_demo_data(recipe, run)
+    return "trained", train_sft(stack, recipe.sft, run.path, resume=resume, report_to=recipe.report_to)
 
 
 def _rm(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
@@ -109,10 +120,8 @@ def _rm(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tu
         return "skipped", {}
     if recipe.rm.init == "sft" or recipe.demo.enabled:
         ensure_role(stack, run, "sft")
-    if recipe.demo.enabled:
-        demo_data.write_task_data(recipe, run)
-        demo_data.write_rankings(stack, recipe, run)
-    return "trained", train_reward_model(stack, recipe.rm, run.path, resume=resume)
+    _write_demo_data(recipe, run, rankings_from=stack)
+    return "trained", train_reward_model(stack, recipe.rm, run.path, resume=resume, report_to=recipe.report_to)
 
 
 def _ppo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
@@ -124,16 +133,17 @@ def _ppo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> t
         return "skipped", {}
     ensure_role(stack, run, "sft")
     ensure_role(stack, run, "reward")
-    if recipe.demo.enabled:
-        demo_data.write_task_data(recipe, run)
+    _write_demo_data(recipe, run)
     gold_fn = demo_data.gold_fn() if recipe.demo.enabled else None
-    return "trained", train_ppo(stack, recipe.ppo, run.path, resume=resume, gold_fn=gold_fn)
+    return "trained", train_ppo(stack, recipe.ppo, run.path, resume=resume, gold_fn=gold_fn, report_to=recipe.report_to)
 
 
 def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
     from lora_rlhf.data.prompts import load_prompts
     from lora_rlhf.eval.run import evaluate
 
+    if not distributed.is_main():  # evaluation runs on the main process alone for now
+        return "skipped", {}
     for role in ("sft", "reward", "policy"):
         if not stack.has_role(role) and run.has_role(role):
             stack.load_role(role, run.adapter(role))
@@ -152,6 +162,17 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
     }
     summary.update({k: v for k, v in picked.items() if v is not None})
     return "evaluated", summary
+
+
+def _write_demo_data(recipe: RecipeConfig, run: RunDir, rankings_from: RoleStack | None = None) -> None:
+    """The embedded demo's data files (and its rankings, sampled from `rankings_from`), by the main process."""
+    if not recipe.demo.enabled:
+        return
+    if distributed.is_main():
+        demo_data.write_task_data(recipe, run)
+        if rankings_from is not None:
+            demo_data.write_rankings(rankings_from, recipe, run)
+    distributed.barrier()
 
 
 _RUNNERS = {"sft": _sft, "rm": _rm, "ppo": _ppo, "eval": _eval}

@@ -19,6 +19,7 @@ from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.io import atomic_dir
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo.rollout import Rollout
+from lora_rlhf.train import distributed
 
 # The figures that must stay finite; any other figure (e.g. explained variance of a constant) may be nan.
 WATCHED = ("reward", "kl", "policy_loss", "value_loss", "ptx_loss", "loss", "policy_grad_norm", "value_grad_norm")
@@ -71,5 +72,6 @@ def check(
     problem = find_problem(figures, kl_ceiling)
     if problem is None:
         return
-    saved = save_failure(folder, step, problem, stack, rollout, figures)
+    # Every process stops; the main one keeps the evidence (the figures are global, issue 13).
+    saved = save_failure(folder, step, problem, stack, rollout, figures) if distributed.is_main() else folder
     raise LoraRlhfError(f"ppo stopped at step {step}: {problem}; roles and rollout saved in {saved}")

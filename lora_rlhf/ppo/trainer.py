@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.metrics import MetricsWriter, read_metrics
+from lora_rlhf.metrics import MetricsWriter, open_metrics, read_metrics
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo import guard
@@ -30,7 +31,8 @@ from lora_rlhf.ppo.kl_control import make_kl_controller
 from lora_rlhf.ppo.optimize import Optimizers, add_advantages, build_optimizers, step_schedulers, train_on_rollout
 from lora_rlhf.ppo.rewards import RunningMoments
 from lora_rlhf.ppo.rollout import TextScorer, make_rollout
-from lora_rlhf.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lora_rlhf.train import distributed
+from lora_rlhf.train.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from lora_rlhf.train.loop import make_accelerator
 
 logger = logging.getLogger(__name__)
@@ -88,8 +90,11 @@ def train_ppo(
     resume: bool = False,
     gold_fn: TextScorer | None = None,
     reward_fn: TextScorer | None = None,
+    report_to: Sequence[str] = (),
 ) -> dict[str, float]:
     """Run PPO-ptx for `config.steps` iterations; returns the first and last figures (reward, kl, gold).
+
+    Figures go to metrics/ppo.jsonl and to the `report_to` trackers (lora_rlhf.tracking).
 
     `gold_fn` (a gold judge) is only logged; `reward_fn` replaces the reward role's score (a programmatic reward).
     """
@@ -110,11 +115,14 @@ def train_ppo(
     step = _resume(stack, config, optimizers, state, ckpt_dir) if resume else 0
     if step == 0:
         torch.manual_seed(config.seed)  # the rollouts' sampling starts from the seed, whatever set-up drew
-    metrics = MetricsWriter(output_dir / "metrics" / "ppo.jsonl", resume_step=step if step else None)
-    with stack.training(dropout=False):  # PPO's ratio needs pi_old == pi at the first minibatch
-        _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
+    metrics = open_metrics(output_dir, "ppo", resume_step=step if step else None, report_to=report_to)
+    try:
+        with stack.training(dropout=False):  # PPO's ratio needs pi_old == pi at the first minibatch
+            _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
+    finally:
+        metrics.close()
     stack.set_trainable()
-    for role in TRAINED:
+    for role in TRAINED if distributed.is_main() else ():
         stack.save_role(role, output_dir / "adapters" / role)
     summary = {"steps": config.steps, "prompts": len(prompts), "dropped": report.dropped}
     rows = read_metrics(output_dir / "metrics" / "ppo.jsonl")  # the whole run's, also after a resume
@@ -134,7 +142,9 @@ def _iterate(
     ckpt_dir: Path,
     scorers: tuple[TextScorer | None, TextScorer | None],
 ) -> None:
-    progress = tqdm(total=config.steps, initial=step, desc="ppo: policy + value", unit="step")
+    progress = tqdm(
+        total=config.steps, initial=step, desc="ppo: policy + value", unit="step", disable=not distributed.is_main()
+    )
     while step < config.steps:
         step += 1
         figures = _one_iteration(stack, config, optimizers, state, step, ckpt_dir, scorers)
@@ -194,7 +204,7 @@ def _ptx_stream(stack: RoleStack, config: PPOConfig) -> PtxStream | None:
 
 
 def _resume(stack: RoleStack, config: PPOConfig, optimizers: Optimizers, state: _State, ckpt_dir: Path) -> int:
-    latest = latest_checkpoint(ckpt_dir)
+    latest = resume_checkpoint(ckpt_dir)
     if latest is None:
         return 0
     saved = load_checkpoint(latest, stack, TRAINED, optimizers.stateful())

@@ -20,6 +20,7 @@ class RankingLoss(NamedTuple):
     accuracy: torch.Tensor  # scalar, detached: fraction of pairs with r(y_w) > r(y_l)
     margin: torch.Tensor  # scalar, detached: mean r(y_w) − r(y_l) over pairs
     pairs: torch.Tensor  # scalar: number of pairs compared
+    prompts: torch.Tensor  # scalar: prompts with at least one pair, what `loss` averages over
 
 
 def preference_pairs(ranks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -44,9 +45,10 @@ def ranking_loss(scores: torch.Tensor, ranks: torch.Tensor, valid: torch.Tensor)
     diff = scores.unsqueeze(2) - scores.unsqueeze(1)  # (B, K, K): r_i − r_j
     per_prompt = pairs.sum((1, 2)).clamp(min=1)  # C(K,2) without ties
     logsig = F.logsigmoid(diff) * pairs
-    loss = -(logsig.sum((1, 2)) / per_prompt)[pairs.any(2).any(1)].mean()
+    compared = pairs.any(2).any(1)  # (B,) prompts with a pair; an all-tied prompt gives no loss term
+    loss = -(logsig.sum((1, 2)) / per_prompt)[compared].mean()
     with torch.no_grad():
         n = pairs.sum().clamp(min=1)
         accuracy = ((diff > 0) & pairs).sum() / n
         margin = (diff * pairs).sum() / n
-    return RankingLoss(loss, accuracy, margin, pairs.sum())
+    return RankingLoss(loss, accuracy, margin, pairs.sum(), compared.sum())

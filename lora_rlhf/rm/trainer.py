@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from lora_rlhf.rm.batching import collate_rankings, scatter_scores
 from lora_rlhf.rm.bias import center_on_demonstrations
 from lora_rlhf.rm.config import RMConfig
 from lora_rlhf.rm.loss import ranking_loss
+from lora_rlhf.train import distributed
 from lora_rlhf.train.loop import StepOutput, Task, check_finite_role, fit
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def rm_step(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = ROLE) 
         "pairs": float(out.pairs),
         "prompts": float(len(batch["ranks"])),
     }
-    return StepOutput(out.loss, stats)
+    return StepOutput(out.loss, stats, float(out.prompts))
 
 
 def evaluate_rankings(
@@ -61,9 +63,10 @@ def evaluate_rankings(
 
 
 def train_reward_model(
-    stack: RoleStack, config: RMConfig, output_dir: Path, *, resume: bool = False
+    stack: RoleStack, config: RMConfig, output_dir: Path, *, resume: bool = False, report_to: Sequence[str] = ()
 ) -> dict[str, float]:
-    """Train the `reward` role; write metrics/rm.jsonl, checkpoints/rm/, adapters/reward/ (+ head.safetensors).
+    """Train the `reward` role; write metrics/rm.jsonl (and to the `report_to` trackers), checkpoints/rm/,
+    adapters/reward/ (+ head.safetensors).
 
     Returns train_loss, held-out accuracy / margin / eval_loss (when there is held-out data), prompts,
     dropped (bad rows skipped), truncated (rows with a response cut to fit) and bias_shift.
@@ -80,8 +83,9 @@ def train_reward_model(
         lambda batch: rm_step(stack, batch),
         (lambda: evaluate_rankings(stack, held, batch_size)) if held else None,
         head_learning_rate=config.resolved_head_learning_rate,
+        summed=("pairs", "prompts"),
     )
-    figures = fit(stack, task, config.train, output_dir, resume=resume)
+    figures = fit(stack, task, config.train, output_dir, resume=resume, report_to=report_to)
     shift = center_on_demonstrations(
         stack,
         config.demonstrations,
@@ -93,7 +97,8 @@ def train_reward_model(
     if not math.isfinite(shift):
         raise LoraRlhfError(f"rm stopped after training: the bias shift is {shift}, not finite; no adapter was saved")
     check_finite_role(stack, ROLE, "rm", "after centring the reward on the demonstrations")
-    stack.save_role(ROLE, output_dir / "adapters" / ROLE)
+    if distributed.is_main():
+        stack.save_role(ROLE, output_dir / "adapters" / ROLE)
     summary = {
         "train_loss": figures.get("loss", float("nan")),
         "train_accuracy": figures.get("accuracy", float("nan")),

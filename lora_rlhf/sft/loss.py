@@ -35,4 +35,4 @@ def sft_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = "sft"
     mask = target_mask(batch["labels"])
     tokens = mask.sum().clamp(min=1)
     loss = -(logprobs * mask).sum() / tokens
-    return StepOutput(loss, {"loss": loss.item(), "tokens": float(tokens)})
+    return StepOutput(loss, {"loss": loss.item(), "tokens": float(tokens)}, float(tokens))

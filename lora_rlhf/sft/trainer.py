@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from lora_rlhf.data.split import hold_out
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.sft.config import SFTConfig
 from lora_rlhf.sft.loss import collate_sft, sft_loss
+from lora_rlhf.train import distributed
 from lora_rlhf.train.loop import Task, fit
 
 logger = logging.getLogger(__name__)
@@ -30,8 +32,11 @@ def evaluate_sft(stack: RoleStack, examples: list[SFTExample], batch_size: int, 
     return {"loss": total / max(tokens, 1.0)}
 
 
-def train_sft(stack: RoleStack, config: SFTConfig, output_dir: Path, *, resume: bool = False) -> dict[str, float]:
-    """Train the `sft` role on `config.data`; write metrics/sft.jsonl, checkpoints/sft/, adapters/sft/.
+def train_sft(
+    stack: RoleStack, config: SFTConfig, output_dir: Path, *, resume: bool = False, report_to: Sequence[str] = ()
+) -> dict[str, float]:
+    """Train the `sft` role on `config.data`; write metrics/sft.jsonl (and to the `report_to` trackers),
+    checkpoints/sft/, adapters/sft/.
 
     Returns train_loss, eval_loss (when there is held-out data), examples, dropped (bad rows skipped)
     and truncated (rows whose response was cut to fit max_length).
@@ -49,9 +54,11 @@ def train_sft(stack: RoleStack, config: SFTConfig, output_dir: Path, *, resume: 
         lambda items: collate_sft(items, pad),
         lambda batch: sft_loss(stack, batch),
         (lambda: evaluate_sft(stack, held, batch_size)) if held else None,
+        summed=("tokens",),
     )
-    figures = fit(stack, task, config.train, output_dir, resume=resume)
-    stack.save_role("sft", output_dir / "adapters" / "sft")
+    figures = fit(stack, task, config.train, output_dir, resume=resume, report_to=report_to)
+    if distributed.is_main():
+        stack.save_role("sft", output_dir / "adapters" / "sft")
     summary = {
         "train_loss": figures.get("loss", float("nan")),
         "examples": len(train),

@@ -3,8 +3,9 @@
     checkpoints/<stage>/step-00000040/
         roles/<role>/            adapter folders (+ head.safetensors), as RoleStack.save_role writes them
         optim-<name>.pt          optimizer / scheduler state dicts (tensors and plain containers only)
-        rng.pt                   torch (+ CUDA) RNG states
-        state.json               step, data position and anything else the stage needs (KL coefficient, ...)
+        rng.pt                   torch (+ CUDA) RNG states (of process 0)
+        rng-rank-R.pt            those of process R, when the stage ran on several processes (issue 13)
+        state.json               step, world size, data position and anything else the stage needs (KL coefficient, ...)
         manifest.json            every file's size and sha256, written last (lora_rlhf.train.manifest)
 
 Each checkpoint is written atomically, so the newest complete one is always safe to resume from.
@@ -15,10 +16,15 @@ with a manifest, every listed file must match it; without one (written before ma
 file must load. Folders an interrupted write left behind (`.step-N.tmp-*`, `.step-N.old-*`) are removed.
 Saving step N deletes checkpoints of later steps: after a resume from an older checkpoint they belong to
 the abandoned part of the run, as the metrics rows after N do (lora_rlhf.metrics).
+
+Several processes (issue 13): every process calls save, the main one alone writes (the others' RNG states
+reach it through a gather); every process loads, each its own RNG state. A checkpoint resumes only under
+the number of processes that wrote it: the others' RNG streams (LoRA dropout) cannot be re-sharded.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
@@ -34,6 +40,7 @@ import torch
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.io import atomic_dir
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.train import distributed
 from lora_rlhf.train.manifest import has_manifest, manifest_problem, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -54,16 +61,24 @@ def save_checkpoint(
     *,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` under `folder`; delete those of later steps and all but the newest `keep`."""
-    remove_partial_writes(folder)
+    """Write checkpoint `step` under `folder`; delete those of later steps and all but the newest `keep`.
+
+    Called by every process; the main one writes, after gathering every process's RNG state.
+    """
     target = folder / f"{_PREFIX}{step:08d}"
+    rng_files = distributed.gather_objects(_rng_bytes())  # rng.pt's bytes of every process
+    if not distributed.is_main():
+        return target
+    remove_partial_writes(folder)
     with atomic_dir(target) as tmp:
         for role in roles:
             stack.save_role(role, tmp / "roles" / role)
         for name, obj in stateful.items():
             torch.save(obj.state_dict(), tmp / f"optim-{name}.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        for rank, data in enumerate(rng_files):
+            (tmp / _rng_file(rank)).write_bytes(data)
+        world_size = len(rng_files)
+        (tmp / "state.json").write_text(json.dumps({"step": step, "world_size": world_size, **state}, indent=2))
         write_manifest(tmp)  # last: a checkpoint whose files match its manifest is complete
     found = list_checkpoints(folder)
     superseded = [path for path in found if _step(path) > step]
@@ -102,6 +117,12 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return None
 
 
+def resume_checkpoint(folder: Path) -> Path | None:
+    """`latest_checkpoint(folder)` as the main process finds it, on every process (only it removes partial writes)."""
+    found = latest_checkpoint(folder) if distributed.is_main() else None
+    return distributed.broadcast_object(found)
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why checkpoint `path` cannot be resumed (one line), or None if it verifies.
 
@@ -137,17 +158,38 @@ def remove_partial_writes(folder: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, stack: RoleStack, roles: Sequence[str], stateful: Mapping[str, Any]) -> dict[str, Any]:
-    """Restore roles, optimizers/schedulers and RNG states from `path`; return its state.json."""
+    """Restore roles, optimizers/schedulers and this process's RNG state from `path`; return its state.json.
+
+    Refuses, in one line, a checkpoint written by another number of processes.
+    """
+    state = json.loads((path / "state.json").read_text())
+    written, here = int(state.get("world_size", 1)), distributed.world().size
+    if written != here:
+        raise LoraRlhfError(
+            f"{path} was written by {written} process(es) and this run has {here}: resume with "
+            f"--num_processes {written}, or remove {path.parent} to train this stage again"
+        )
     for role in roles:
         stack.restore_role(role, path / "roles" / role)
     for name, obj in stateful.items():
         obj.load_state_dict(torch.load(path / f"optim-{name}.pt", weights_only=True, map_location="cpu"))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    return json.loads((path / "state.json").read_text())
+    _set_rng_state(torch.load(path / _rng_file(distributed.world().rank), weights_only=True))
+    return state
 
 
 def _step(path: Path) -> int:
     return int(path.name[len(_PREFIX) :])
+
+
+def _rng_bytes() -> bytes:
+    """This process's RNG states as rng.pt holds them (bytes travel between processes; tensors do not unpickle)."""
+    buffer = io.BytesIO()
+    torch.save(_rng_state(), buffer)
+    return buffer.getvalue()
+
+
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-rank-{rank}.pt"
 
 
 def _load_any(file: Path) -> None:

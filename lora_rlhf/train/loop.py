@@ -6,6 +6,11 @@ scalar heads that live beside the PeftModel; and with gradient checkpointing the
 while the trained role's adapter is active. What Trainer would give us we take from the same libraries:
 `transformers.get_scheduler`, `accelerate.Accelerator` (device, autocast, backward, clipping) and
 resumable checkpoints of adapters, optimizer, scheduler, RNG and data position.
+
+On several processes (issue 13, lora_rlhf.train.distributed) `batch_size` stays the global micro-batch:
+each process computes its shard, weights its loss by its share of the global batch's tokens or prompts,
+and the role's gradients are summed across processes before clipping, so the update does not depend on
+the number of processes. Only the main process writes metrics, checkpoints and adapters.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.metrics import MetricsWriter
+from lora_rlhf.metrics import open_metrics
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lora_rlhf.train import distributed
+from lora_rlhf.train.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from lora_rlhf.train.config import OptimConfig
 
 logger = logging.getLogger(__name__)
@@ -32,6 +38,9 @@ logger = logging.getLogger(__name__)
 class StepOutput(NamedTuple):
     loss: torch.Tensor  # scalar, with grad
     stats: dict[str, float]  # detached figures to log (averaged over the micro-batches of a step)
+    # The units `loss` is a mean over (response tokens, ranked prompts): this process's weight in the
+    # global batch when several processes share it.
+    weight: float = 1.0
 
 
 @dataclasses.dataclass
@@ -46,6 +55,8 @@ class Task:
     evaluate: Callable[[], dict[str, float]] | None = None
     # Learning rate of the role's scalar head, when it differs from the adapter's (None: the same).
     head_learning_rate: float | None = None
+    # Figures that are counts (tokens, pairs): summed across processes, where the others are averaged.
+    summed: tuple[str, ...] = ()
 
 
 def make_accelerator(mixed_precision: str, device: torch.device):
@@ -70,16 +81,26 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int
 
 
 def fit(
-    stack: RoleStack, task: Task, config: OptimConfig, output_dir: Path, *, resume: bool = False
+    stack: RoleStack,
+    task: Task,
+    config: OptimConfig,
+    output_dir: Path,
+    *,
+    resume: bool = False,
+    report_to: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Train `task.role` with AdamW + schedule; log, evaluate, checkpoint; return the last figures."""
+    """Train `task.role` with AdamW + schedule; log (also to the `report_to` trackers), evaluate, checkpoint;
+    return the last figures.
+    """
     from transformers import get_scheduler
 
     if not task.examples:
         raise LoraRlhfError(f"{task.stage}: no training examples left after validation")
     accelerator = make_accelerator(config.mixed_precision, stack.device)
-    torch.manual_seed(config.seed)
+    here = distributed.world()
+    torch.manual_seed(config.seed + here.rank)  # rank 0 draws as one process does; the others their own dropout
     stack.set_trainable(task.role)
+    distributed.broadcast_parameters(stack.parameters(task.role))  # every process starts from the same role
     optimizer = torch.optim.AdamW(
         _param_groups(stack, task),
         lr=config.learning_rate,
@@ -95,14 +116,16 @@ def fit(
     stateful = {"optimizer": optimizer, "scheduler": scheduler}
     ckpt_dir = output_dir / "checkpoints" / task.stage
     step, position = 0, 0
-    latest = latest_checkpoint(ckpt_dir) if resume else None
+    latest = resume_checkpoint(ckpt_dir) if resume else None
     if latest is not None:
         state = load_checkpoint(latest, stack, [task.role], stateful)
         step, position = state["step"], state["position"]
         logger.info("%s: resuming from %s (step %d)", task.stage, latest, step)
-    metrics = MetricsWriter(output_dir / "metrics" / f"{task.stage}.jsonl", resume_step=step if latest else None)
+    metrics = open_metrics(output_dir, task.stage, resume_step=step if latest else None, report_to=report_to)
     last: dict[str, float] = {}
-    progress = tqdm(total=total, initial=step, desc=f"{task.stage}: training {task.role}", unit="step")
+    progress = tqdm(
+        total=total, initial=step, desc=f"{task.stage}: training {task.role}", unit="step", disable=not here.is_main
+    )
     window: list[dict[str, float]] = []
     try:
         while step < total:
@@ -130,6 +153,7 @@ def fit(
                 )
     finally:
         progress.close()
+        metrics.close()
         stack.set_trainable()
     return last
 
@@ -166,17 +190,16 @@ def _optimizer_step(
 ) -> dict[str, float]:
     """Accumulate gradients over the micro-batches of `group`, then take one clipped AdamW step.
 
-    A non-finite loss or gradient norm stops the stage before the step, naming it (`step`, 1-based).
+    Each micro-batch is global: this process computes its shard, and the gradients are summed across
+    processes before clipping. A non-finite loss or gradient norm stops the stage before the step,
+    naming it (`step`, 1-based).
     """
-    stats: list[dict[str, float]] = []
+    rows: list[tuple[float, dict[str, float]]] = []
     with stack.training(), stack.use(task.role):  # backward inside: checkpointed blocks recompute under this adapter
         for indices in group:
-            batch = {k: v.to(stack.device) for k, v in task.collate([task.examples[i] for i in indices]).items()}
-            with accelerator.autocast():
-                out = task.step(batch)
-            _check_finite(task.stage, step, "loss", float(out.loss.detach()))
-            accelerator.backward(out.loss / len(group))
-            stats.append(out.stats)
+            rows.append(_micro_backward(stack, task, distributed.shard(indices), accelerator, len(group), step))
+    distributed.all_reduce_gradients(stack.parameters(task.role))
+    stats = distributed.weighted_stats(rows, task.summed)
     if config.max_grad_norm > 0:
         stats[-1]["grad_norm"] = float(accelerator.clip_grad_norm_(stack.parameters(task.role), config.max_grad_norm))
         _check_finite(task.stage, step, "grad_norm", stats[-1]["grad_norm"])
@@ -189,6 +212,33 @@ def _optimizer_step(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return _average(stats)
+
+
+def _micro_backward(
+    stack, task: Task, indices: list[int], accelerator, n_micro: int, step: int
+) -> tuple[float, dict[str, float]]:
+    """Backward of this process's shard of one micro-batch -> (its weight, its figures).
+
+    With N processes the loss is scaled by n_r / Σ n (n_r: the tokens or prompts this shard's mean loss
+    is over), so the gradients summed across processes are those of the global micro-batch's mean loss,
+    however unevenly it was split. An empty shard (a last batch smaller than the world) adds nothing
+    but still joins the collectives.
+    """
+    if not indices:
+        distributed.sum_across(0.0)
+        return 0.0, {}
+    batch = {k: v.to(stack.device) for k, v in task.collate([task.examples[i] for i in indices]).items()}
+    with accelerator.autocast():
+        out = task.step(batch)
+    loss = out.loss
+    if distributed.world().size > 1:
+        total = distributed.sum_across(out.weight)
+        if out.weight == 0:  # nothing to average here (every prompt of the shard tied): no gradient, no figures
+            return 0.0, {}
+        loss = loss * (out.weight / total)
+    _check_finite(task.stage, step, "loss", float(out.loss.detach()))
+    accelerator.backward(loss / n_micro)
+    return out.weight, out.stats
 
 
 def _check_finite(stage: str, step: int, name: str, value: float) -> None:
