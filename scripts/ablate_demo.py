@@ -321,6 +321,8 @@ def best_of_n_row(results: Mapping[str, Any]) -> dict[str, Any]:
     n, prompts = _get(results, "best_of_n", "n"), _get(results, "best_of_n", "prompts")
     # Best-of-N may run on the first eval prompts only: compare with sft's greedy gold on those same prompts.
     baseline = _get(results, "best_of_n", "gold_sft_greedy")
+    if baseline is None:  # a sampled eval: sft's mean over its samples on the same prompts
+        baseline = _get(results, "best_of_n", "gold_sft_samples")
     scope = f", first {prompts} prompts" if prompts not in (None, results.get("prompts")) else ""
     return {
         "model": f"best-of-{n or 'N'} (sft + RM{scope})",

@@ -189,3 +189,52 @@ def test_evaluate_without_gold_gives_reward_judged_win_rates_intervals(tiny_llam
     assert results["win_rate_judge"] == "reward_model" and "gold" not in results and "best_of_n" not in results
     assert set(results["win_rate_ci"]) == {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"}
     assert results["rm_accuracy"] is None and "lm_loss" not in results
+
+
+def test_per_prompt_means_average_consecutive_samples():
+    from lora_rlhf.eval.run import per_prompt_means
+
+    assert per_prompt_means([1.0, 0.0, 0.5, 0.5, 0.2, 0.4], 2) == pytest.approx([0.5, 0.5, 0.3])
+    assert per_prompt_means([0.1, 0.7], 1) == [0.1, 0.7]
+    with pytest.raises(ValueError, match="not 2 samples per prompt"):
+        per_prompt_means([0.1, 0.2, 0.3], 2)
+
+
+def test_several_samples_need_sampling():
+    from lora_rlhf.errors import LoraRlhfError
+
+    with pytest.raises(LoraRlhfError, match="samples_per_prompt: 2 needs temperature > 0"):
+        EvalConfig(samples_per_prompt=2)
+
+
+def test_sampled_eval_scores_each_prompt_by_its_samples_mean_and_reuses_them_for_best_of_n(
+    tiny_llama, tmp_path, monkeypatch
+):
+    import lora_rlhf.eval.best_of_n as best_of_n_module
+
+    stack = _stack(tiny_llama)
+    # best-of-N must take sft's eval samples, not draw new ones.
+    monkeypatch.setattr(best_of_n_module, "sample_candidates", lambda *a, **k: pytest.fail("sampled again"))
+    config = EvalConfig(
+        max_new_tokens=6, batch_size=2, temperature=1.0, samples_per_prompt=3, best_of_n=2, bootstrap_samples=200
+    )
+    lengths = lambda ps, rs: [min(len(r), 10) / 10 for r in rs]  # noqa: E731 - a stand-in gold judge
+    prompts = ["sort the numbers 3 1 2", "hello world", "reverse the words"]
+    results = evaluate(stack, prompts, config, tmp_path, gold_fn=lengths)
+    rows = _samples(tmp_path)
+    assert [len(r["ppo"]) for r in rows] == [3, 3, 3] and [r["prompt"] for r in rows] == prompts
+    for model in ("base", "sft", "ppo"):
+        expected = sum(sum(lengths(None, r[model])) / 3 for r in rows) / 3
+        assert results["gold"][model] == pytest.approx(expected)
+    # wins are judged on each prompt's mean gold over its samples
+    means = {m: [sum(lengths(None, r[m])) / 3 for r in rows] for m in ("sft", "ppo")}
+    assert results["win_rate"]["ppo_vs_sft"] == pytest.approx(win_rate(means["ppo"], means["sft"]))
+    assert results["samples_per_prompt"] == 3 and results["temperature"] == 1.0
+    bon = results["best_of_n"]
+    assert bon["candidates_from_eval_samples"] and bon["n"] == 2
+    # the candidates are each prompt's first two sft samples, and each pick is one of them
+    first_two = [lengths(None, r["sft"][:2]) for r in rows]
+    assert sum(min(g) for g in first_two) / 3 - 1e-9 <= bon["gold"] <= sum(max(g) for g in first_two) / 3 + 1e-9
+    assert bon["gold_sft_sample"] == pytest.approx(sum(sum(g) for g in first_two) / 6)
+    assert bon["gold_sft_samples"] == pytest.approx(results["gold"]["sft"])
+    assert "3 samples per prompt at temperature 1" in (tmp_path / "report.md").read_text()

@@ -61,6 +61,7 @@ def best_of_n(
     *,
     gold_fn: GoldFn | None = None,
     sft_gold: Sequence[float] | None = None,
+    candidates: Responses | None = None,
 ) -> dict[str, Any]:
     """eval.json's best_of_n (and best_of_n_ci, paired against `sft_gold`, sft's own per-prompt gold).
 
@@ -68,11 +69,15 @@ def best_of_n(
     "best_of_n_ci": {"bon_minus_sample": [lo, hi], "bon_minus_sft": [lo, hi]}}, the gold fields only with
     `gold_fn`; "gold_ci" is the interval of the picks' mean gold, "gold_sft_sample" the mean gold of all N*P
     samples; "bon_minus_sample" pairs each pick with its prompt's mean sample, "bon_minus_sft" with sft's
-    greedy answer (only with `sft_gold`).
+    own per-prompt gold in eval (its greedy answer, or its eval samples' mean; only with `sft_gold`).
+    `candidates` (N per prompt, prompt p's at rows p*N .. p*N + N-1) are used instead of sampling new ones.
     """
     n = config.best_of_n
-    torch.manual_seed(config.seed)
-    candidates = sample_candidates(stack, rendered, config)
+    if candidates is None:
+        torch.manual_seed(config.seed)
+        candidates = sample_candidates(stack, rendered, config)
+    elif len(candidates.texts) != n * len(prompts):
+        raise ValueError(f"best_of_n: {len(candidates.texts)} candidates for {len(prompts)} prompts x N = {n}")
     scores = np.asarray(reward_scores(stack, candidates.input_ids, config.batch_size)).reshape(len(prompts), n)
     picks = select_best(scores)
     summary: dict[str, Any] = {

@@ -22,6 +22,10 @@ class EvalConfig:
     batch_size: int = 8
     # 0 decodes greedily (deterministic comparisons); > 0 samples at this temperature.
     temperature: float = 0.0
+    # Samples per prompt and model when sampling (temperature > 0). A model's score on a prompt is then the mean
+    # over its samples, and a win is judged on those means: more samples narrow the paired intervals at the cost
+    # of one more batched generate row per prompt and sample.
+    samples_per_prompt: int = 1
     # Side-by-side examples shown in report.md.
     examples: int = 4
     # Random seed for sampling and for the bootstrap resamples.
@@ -49,11 +53,15 @@ class EvalConfig:
     confidence: float = 0.95
 
     def __post_init__(self) -> None:
-        for key in ("max_prompts", "max_new_tokens", "batch_size", "bootstrap_samples"):
+        for key in ("max_prompts", "max_new_tokens", "batch_size", "bootstrap_samples", "samples_per_prompt"):
             if getattr(self, key) < 1:
                 raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
         if self.temperature < 0:
             raise LoraRlhfError(f"temperature: {self.temperature!r} must be >= 0 (0 = greedy)")
+        if self.samples_per_prompt > 1 and self.temperature == 0:
+            raise LoraRlhfError(
+                f"samples_per_prompt: {self.samples_per_prompt!r} needs temperature > 0 (greedy answers are identical)"
+            )
         if self.examples < 0:
             raise LoraRlhfError(f"examples: {self.examples!r} must be >= 0")
         if self.best_of_n_prompts is not None and self.best_of_n_prompts < 1:

@@ -73,9 +73,25 @@ def _difference_rows(results: Mapping[str, Any]) -> list[tuple[str, str, Sequenc
             (f"gold: best-of-{bon['n']} − one sft sample", f"{estimate:+.3f}", bon_ci["bon_minus_sample"], 0.0, 3)
         )
     if "bon_minus_sft" in bon_ci:
-        estimate = bon["gold"] - bon.get("gold_sft_greedy", results["gold"]["sft"])
-        rows.append((f"gold: best-of-{bon['n']} − sft (greedy)", f"{estimate:+.3f}", bon_ci["bon_minus_sft"], 0.0, 3))
+        estimate = bon["gold"] - bon.get("gold_sft_greedy", bon.get("gold_sft_samples", results["gold"]["sft"]))
+        baseline = "greedy" if "gold_sft_greedy" in bon else "its samples"
+        rows.append(
+            (f"gold: best-of-{bon['n']} − sft ({baseline})", f"{estimate:+.3f}", bon_ci["bon_minus_sft"], 0.0, 3)
+        )
     return rows
+
+
+def decoding_phrase(results: Mapping[str, Any]) -> str:
+    """How the answers were drawn, e.g. "greedy answers" or "4 samples per prompt at temperature 1 (...)"."""
+    temperature, n = results.get("temperature", 0.0), results.get("samples_per_prompt", 1)
+    if not temperature:
+        return "greedy answers"
+    if n == 1:
+        return f"one sample per prompt at temperature {temperature:g}"
+    return (
+        f"{n} samples per prompt at temperature {temperature:g} (a model's score on a prompt is its samples' mean, "
+        "and wins are judged on those means)"
+    )
 
 
 def difference_section(results: Mapping[str, Any]) -> list[str]:
@@ -250,7 +266,7 @@ def write_report(
     lines = [
         "# lora_rlhf evaluation",
         "",
-        f"{results['prompts']} held-out prompts. Win rates are judged by the "
+        f"{results['prompts']} held-out prompts, {decoding_phrase(results)}. Win rates are judged by the "
         f"{'gold labeler' if judge == 'gold' else 'reward model'} (a tie counts one half); "
         f"brackets are {_level(results)} bootstrap intervals.",
         "",

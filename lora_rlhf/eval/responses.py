@@ -16,6 +16,14 @@ class Responses:
     input_ids: list[torch.Tensor]  # per prompt, (T_i,) prompt + response ids, no padding
     response_start: list[int]  # per prompt, index of the first response token in input_ids[i]
 
+    def rows(self, indices: list[int]) -> Responses:
+        """The responses at `indices`, in that order."""
+        return Responses(
+            [self.texts[i] for i in indices],
+            [self.input_ids[i] for i in indices],
+            [self.response_start[i] for i in indices],
+        )
+
 
 @torch.no_grad()
 def generate_responses(

@@ -55,44 +55,66 @@ def _evaluate(
     prompts = list(prompts)[: config.max_prompts]
     models = {name: role for name, role in MODELS.items() if role == "base" or stack.has_role(role)}
     rendered = [render_prompt(stack.tokenizer, p) for p in prompts]
+    n = config.samples_per_prompt
+    # Prompt i's samples are rows i*n .. i*n + n-1 of every model's responses.
+    repeated = [text for text in rendered for _ in range(n)]
     torch.manual_seed(config.seed)
     responses: dict[str, Responses] = {}
     for name in tqdm(models, desc="eval: generating", unit="model"):
         responses[name] = generate_responses(
             stack,
             models[name],
-            rendered,
+            repeated,
             max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
+            batch_size=config.batch_size * n,
             temperature=config.temperature,
         )
-    gold = _gold_scores(prompts, responses, gold_fn)
+    gold = _gold_scores([p for p in prompts for _ in range(n)], responses, gold_fn)
     results: dict[str, Any] = {
         "prompts": len(prompts),
+        "temperature": config.temperature,
+        "samples_per_prompt": n,
         "confidence": config.confidence,
         "bootstrap_samples": config.bootstrap_samples,
     }
     results.update(_score(stack, responses, gold, config))
+    prompt_gold = {name: per_prompt_means(g, n) for name, g in gold.items()} if gold is not None else None
     results.update(_rm_accuracy(stack, config, run_dir, gold_fn))
     if "ppo" in responses:
         results["kl"] = _policy_kl(stack, responses["ppo"], config.batch_size)
     if config.best_of_n and stack.has_role("reward") and stack.has_role("sft"):
         m = config.best_of_n_prompts or len(prompts)
-        sft_gold = gold["sft"][:m] if gold is not None else None
-        results.update(best_of_n(stack, prompts[:m], rendered[:m], config, gold_fn=gold_fn, sft_gold=sft_gold))
+        sft_gold = prompt_gold["sft"][:m] if prompt_gold is not None else None
+        candidates = _reusable_candidates(responses["sft"], config, min(m, len(prompts)))
+        results.update(
+            best_of_n(
+                stack, prompts[:m], rendered[:m], config, gold_fn=gold_fn, sft_gold=sft_gold, candidates=candidates
+            )
+        )
         results["best_of_n"]["prompts"] = len(prompts[:m])
-        if sft_gold is not None:  # sft's greedy gold on the same prompts, the pick's paired baseline
-            results["best_of_n"]["gold_sft_greedy"] = mean(sft_gold)
+        results["best_of_n"]["candidates_from_eval_samples"] = candidates is not None
+        if sft_gold is not None:  # sft's own gold on the same prompts (greedy, or its samples' mean): the baseline
+            key = "gold_sft_greedy" if config.temperature == 0 else "gold_sft_samples"
+            results["best_of_n"][key] = mean(sft_gold)
     if config.lm_text.path:
         results["lm_loss"] = lm_losses(stack, models, config.lm_text, config.lm_max_length, config.batch_size)
     write_json(run_dir / "eval.json", results)
-    _write_samples(run_dir / "eval_samples.jsonl", prompts, responses, results)
-    write_report(run_dir, results, prompts, {k: v.texts for k, v in responses.items()}, config.examples)
+    _write_samples(run_dir / "eval_samples.jsonl", prompts, responses, n)
+    # The report shows each prompt's first sample side by side.
+    write_report(run_dir, results, prompts, {k: v.texts[::n] for k, v in responses.items()}, config.examples)
     logger.info("eval: %s", _summary_line(results))
     return results
 
 
+def per_prompt_means(values: Sequence[float], n: int) -> list[float]:
+    """(P * n,) scores of n consecutive samples per prompt -> (P,) each prompt's mean (n = 1: unchanged)."""
+    if len(values) % n:
+        raise ValueError(f"{len(values)} scores are not {n} samples per prompt")
+    return [mean(values[i : i + n]) for i in range(0, len(values), n)]
+
+
 def _gold_scores(prompts, responses: dict[str, Responses], gold_fn: GoldFn | None) -> dict[str, list[float]] | None:
+    """Per response row: `prompts` holds each row's prompt."""
     if gold_fn is None:
         return None
     raw = [prompt_text(p) for p in prompts]
@@ -100,10 +122,29 @@ def _gold_scores(prompts, responses: dict[str, Responses], gold_fn: GoldFn | Non
 
 
 def _score(stack: RoleStack, responses: dict[str, Responses], gold, config: EvalConfig) -> dict[str, Any]:
+    """Means, win rates and intervals over prompts, each prompt scored by the mean of its samples."""
+    n = config.samples_per_prompt
     reward = None
     if stack.has_role("reward"):
-        reward = {name: reward_scores(stack, r.input_ids, config.batch_size) for name, r in responses.items()}
+        reward = {
+            name: per_prompt_means(reward_scores(stack, r.input_ids, config.batch_size * n), n)
+            for name, r in responses.items()
+        }
+    if gold is not None:
+        gold = {name: per_prompt_means(g, n) for name, g in gold.items()}
     return compare_models(gold, reward, config)
+
+
+def _reusable_candidates(sft: Responses, config: EvalConfig, prompts: int) -> Responses | None:
+    """sft's eval samples as best-of-N candidates, when they were drawn the way best-of-N draws its own.
+
+    Saves a second N-row generate per prompt: with samples_per_prompt >= best_of_n at best_of_n_temperature,
+    the first best_of_n samples of each prompt are exactly such candidates.
+    """
+    n, k = config.samples_per_prompt, config.best_of_n
+    if n < k or config.temperature != config.best_of_n_temperature:
+        return None
+    return sft.rows([p * n + j for p in range(prompts) for j in range(k)])
 
 
 def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None) -> dict[str, Any]:
@@ -135,10 +176,12 @@ def _policy_kl(stack: RoleStack, responses: Responses, batch_size: int) -> float
     return mean(kls)
 
 
-def _write_samples(path: Path, prompts, responses: dict[str, Responses], results) -> None:
+def _write_samples(path: Path, prompts, responses: dict[str, Responses], n: int) -> None:
+    """One row per prompt: each model's answer, or its list of n samples."""
     with atomic_file(path) as handle:
         for i, prompt in enumerate(prompts):
-            row = {"prompt": prompt, **{name: r.texts[i] for name, r in responses.items()}}
+            texts = {name: r.texts[i * n : (i + 1) * n] for name, r in responses.items()}
+            row = {"prompt": prompt, **{name: t[0] if n == 1 else t for name, t in texts.items()}}
             handle.write(json.dumps(row) + "\n")
 
 
