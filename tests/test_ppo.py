@@ -17,8 +17,10 @@ from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.models.sampled_logprobs import SampledLogProbs
 from lora_rlhf.models.sequences import stop_mask
-from lora_rlhf.ppo.config import MOVED_KEYS, PPOConfig, RewardsConfig
+from lora_rlhf.ppo.config import MOVED_KEYS, PPOConfig, RewardsConfig, SamplingConfig
+from lora_rlhf.ppo.rollout import EncodedPrompt, sample, score
 from lora_rlhf.ppo.trainer import train_ppo
 
 PROMPTS = ["sort the numbers 3 1 2", "reverse the words hello world", "count letters", "answer with yes or no"]
@@ -292,7 +294,7 @@ def test_rollouts_ignore_sampling_options_from_the_models_generation_config(tiny
     for penalty in (1.0, 5.0):
         stack.base_model.generation_config.repetition_penalty = penalty
         torch.manual_seed(0)
-        runs.append(sample(stack, prompts, SamplingConfig(max_new_tokens=24))[0])
+        runs.append(sample(stack, prompts, SamplingConfig(max_new_tokens=24)).input_ids)
     stack.base_model.generation_config.repetition_penalty = 1.0
     assert torch.equal(runs[0], runs[1])
 
@@ -346,3 +348,68 @@ def test_ppo_updates_use_gradient_checkpointing_when_the_base_asks_for_it(tiny_l
     layers = stack.base_model.config.num_hidden_layers
     micro_batches = 2 * 8 // 2  # ppo_epochs x rollout_batch_size / micro_batch_size
     assert len(calls) == 2 * micro_batches * layers  # policy and value forwards with grad, every layer checkpointed
+
+
+# The rollout's old log-probs come from the generation pass: they must equal a recomputation, so PPO's
+# first ratio is 1 and nothing else in the update changes.
+
+
+def _prompts(stack) -> list[EncodedPrompt]:
+    texts = ["sort the numbers 3 1 2", "hi", "reverse the words hello world please", "count"]
+    return [EncodedPrompt(stack.tokenizer(t, add_special_tokens=False).input_ids, t) for t in texts]
+
+
+def _recomputed(stack, sampled, temperature: float):
+    return score(
+        stack,
+        sampled.input_ids,
+        sampled.attention_mask,
+        sampled.prompt_width,
+        temperature=temperature,
+        micro_batch_size=3,
+        use_reward_role=False,
+    )
+
+
+@pytest.mark.parametrize("quantization, tolerance", [("none", 1e-5), ("nf4", 1e-4)])
+def test_generation_logprobs_equal_a_recomputation(tiny_llama, quantization, tolerance):
+    stack = make_stack(tiny_llama, quantization)
+    stack.copy_role("sft", "policy")
+    stack.copy_role("reward", "value")
+    with torch.no_grad():  # a policy unlike the reference, so a mix-up of roles would show
+        for p in stack.parameters("policy"):
+            p.add_(torch.randn_like(p) * 0.1)
+    torch.manual_seed(0)
+    sampled = sample(stack, _prompts(stack), SamplingConfig(max_new_tokens=12, temperature=0.7))
+    assert sampled.logprobs.shape == sampled.response_mask.shape == sampled.entropy.shape
+    again = _recomputed(stack, sampled, 0.7)
+    mask = sampled.response_mask.bool()
+    assert mask.sum() > 10 and (sampled.prompt_width > min(len(p.ids) for p in _prompts(stack)))  # left padding
+    assert (sampled.logprobs - again["logprobs"])[mask].abs().max() < tolerance
+    assert (sampled.entropy - again["entropy"])[mask].abs().max() < tolerance
+    # and they are the policy's, not the reference's
+    assert (sampled.logprobs - again["ref_logprobs"])[mask].abs().max() > 1e-3
+
+
+def test_the_recorder_keeps_scores_and_handles_an_empty_generation():
+    recorder = SampledLogProbs(0.5)
+    scores = torch.tensor([[1.0, 2.0, 3.0]])
+    assert recorder(torch.tensor([[4]]), scores) is scores
+    logprobs, entropy = recorder.result(torch.tensor([[4, 2]]))
+    expected = (scores / 0.5).log_softmax(-1)
+    assert logprobs[0].tolist() == pytest.approx([expected[0, 2].item()])
+    assert entropy[0].tolist() == pytest.approx([-(expected.exp() * expected).sum().item()])
+    empty = SampledLogProbs(1.0).result(torch.tensor([[4, 5]]))
+    assert empty[0].shape == (1, 0)
+    with pytest.raises(ValueError):
+        SampledLogProbs(0.0)
+
+
+def test_the_first_ppo_ratio_is_one_with_generation_logprobs(tiny_llama, tmp_path):
+    stack = make_stack(tiny_llama)
+    cfg = config(tmp_path, steps=1, rollout_batch_size=8, mini_batch_size=8, micro_batch_size=4, ppo_epochs=1)
+    assert cfg.sampling.logprobs_from_generation
+    train_ppo(stack, cfg, tmp_path / "run", reward_fn=digit_fraction)
+    (row,) = read_metrics(tmp_path / "run" / "metrics" / "ppo.jsonl")
+    assert row["ratio"] == pytest.approx(1.0, abs=1e-5) and row["clipfrac"] == 0.0
+    assert abs(row["approx_kl"]) < 1e-6

@@ -56,6 +56,9 @@ class SamplingConfig:
     top_p: float = 1.0
     # Top-k sampling (0 = off).
     top_k: int = 0
+    # Take the sampling policy's log-probs and entropy from the generation pass (one forward fewer per rollout);
+    # false recomputes them with a forward over prompt + response (for a model whose cached decoding differs).
+    logprobs_from_generation: bool = True
 
     def __post_init__(self) -> None:
         _check_positive(self, ("max_new_tokens",))

@@ -15,9 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from transformers import LogitsProcessorList
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.models.sampled_logprobs import SampledLogProbs
 from lora_rlhf.models.sequences import ends_with_stop, sampling_kwargs, stop_mask
 from lora_rlhf.ppo.config import SamplingConfig
 
@@ -65,14 +67,27 @@ class Rollout:
         return Rollout(**picked)
 
 
+@dataclasses.dataclass
+class Sampled:
+    input_ids: torch.Tensor  # (B, P + A) prompt (left-padded) + response (right-padded)
+    attention_mask: torch.Tensor  # (B, P + A)
+    response_mask: torch.Tensor  # (B, A) long, 1 up to and including the stop token
+    prompt_width: int  # P
+    # (B, A) log pi(a_t | s_t) and entropy of the distribution each token was drawn from, recorded during
+    # generation (models/sampled_logprobs.py); None when sampling.logprobs_from_generation is off.
+    logprobs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+
+
 @torch.no_grad()
-def sample(
-    stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: SamplingConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Generate from `policy` -> (input_ids (B, P+A), attention_mask (B, P+A), response_mask (B, A), P)."""
+def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: SamplingConfig) -> Sampled:
+    """Generate from `policy`, recording the sampling distribution's log-probs unless told to recompute them."""
     ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
     ids, mask = ids.to(stack.device), mask.to(stack.device)
     options = sampling_kwargs(sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+    recorder = SampledLogProbs(sampling.temperature) if sampling.logprobs_from_generation else None
+    if recorder is not None:
+        options["logits_processor"] = LogitsProcessorList([recorder])
     stops = stack.eos_ids()
     out = stack.generate(
         "policy", ids, mask, max_new_tokens=sampling.max_new_tokens, eos_token_id=sorted(stops), **options
@@ -84,7 +99,11 @@ def sample(
     responses, resp_mask = responses[:, :keep], resp_mask[:, :keep]
     pad = stack.tokenizer.pad_token_id
     responses = torch.where(resp_mask.bool(), responses, torch.full_like(responses, pad))
-    return torch.cat([ids, responses], dim=1), torch.cat([mask, resp_mask], dim=1), resp_mask, width
+    sampled = Sampled(torch.cat([ids, responses], dim=1), torch.cat([mask, resp_mask], dim=1), resp_mask, width)
+    if recorder is not None:
+        logprobs, entropy = recorder.result(out)
+        sampled.logprobs, sampled.entropy = logprobs[:, :keep].float(), entropy[:, :keep].float()
+    return sampled
 
 
 @torch.no_grad()
@@ -97,20 +116,24 @@ def score(
     temperature: float,
     micro_batch_size: int,
     use_reward_role: bool = True,
+    with_policy: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Old log-probs and entropy (policy), reference log-probs (sft), values (value), scores (reward).
 
-    All four run on the one base, switching adapters; batched `micro_batch_size` rows at a time.
+    All run on the one base, switching adapters; batched `micro_batch_size` rows at a time. Without
+    `with_policy` the policy's pass is skipped (its log-probs were recorded while sampling).
     """
-    names = ["logprobs", "entropy", "ref_logprobs", "values"] + (["scores"] if use_reward_role else [])
+    names = (["logprobs", "entropy"] if with_policy else []) + ["ref_logprobs", "values"]
+    names += ["scores"] if use_reward_role else []
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     p = prompt_width
     for begin in range(0, input_ids.shape[0], micro_batch_size):
         ids = input_ids[begin : begin + micro_batch_size]
         mask = attention_mask[begin : begin + micro_batch_size]
-        policy = stack.logprobs("policy", ids, mask, temperature=temperature, with_entropy=True, start=p - 1)
-        parts["logprobs"].append(policy.logprobs)
-        parts["entropy"].append(policy.entropy)
+        if with_policy:
+            policy = stack.logprobs("policy", ids, mask, temperature=temperature, with_entropy=True, start=p - 1)
+            parts["logprobs"].append(policy.logprobs)
+            parts["entropy"].append(policy.entropy)
         parts["ref_logprobs"].append(
             stack.logprobs("reference", ids, mask, temperature=temperature, start=p - 1).logprobs
         )
@@ -132,7 +155,13 @@ def make_rollout(
     Scores come from the reward role, or from `reward_fn` (a programmatic reward) when one is given.
     """
     start = time.perf_counter()
-    input_ids, attention_mask, resp_mask, width = sample(stack, prompts, sampling)
+    sampled = sample(stack, prompts, sampling)
+    input_ids, attention_mask, resp_mask, width = (
+        sampled.input_ids,
+        sampled.attention_mask,
+        sampled.response_mask,
+        sampled.prompt_width,
+    )
     generated = time.perf_counter()
     scored = score(
         stack,
@@ -142,7 +171,10 @@ def make_rollout(
         temperature=sampling.temperature,
         micro_batch_size=micro_batch_size,
         use_reward_role=reward_fn is None,
+        with_policy=sampled.logprobs is None,
     )
+    if sampled.logprobs is not None:
+        scored["logprobs"], scored["entropy"] = sampled.logprobs, sampled.entropy
     texts = stack.tokenizer.batch_decode(input_ids[:, width:], skip_special_tokens=True)
     finished = ends_with_stop(input_ids[:, width:], resp_mask, stack.eos_ids())
     if reward_fn is not None:
