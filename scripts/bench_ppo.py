@@ -1,19 +1,23 @@
-"""Time split and peak memory of PPO iterations on one base: generate, score (4 roles), train (policy + value).
+"""Time split and peak memory of PPO iterations on one base: generate, score, train (policy + value).
 
     python scripts/bench_ppo.py [--model PATH] [--quantization nf4] [--rollout 16] [--mini 8] [--micro 8]
-                                [--max-new-tokens 32] [--iterations 3] [--ptx]
+                                [--max-new-tokens 32] [--iterations 3] [--ptx] [--compare-logprobs]
 
 --model defaults to the embedded demo model (SmolLM2-135M-Instruct). Prompts are the demo's instruction
-tasks. Each iteration is the stage's own code: `make_rollout` (sample from policy; log-probs of policy
-and the sft reference, values, reward-model scores: all on the one base), `add_advantages` (eq. 2 rewards,
+tasks. Each iteration is the stage's own code: `make_rollout` (sample from policy, recording its log-probs;
+log-probs of the sft reference, values, reward-model scores: all on the one base), `add_advantages` (eq. 2 rewards,
 GAE) and `train_on_rollout` (clipped policy and value updates, optionally the PPO-ptx LM term). The first
-iteration warms up and is not counted. Peak memory as in bench_sft_rm.py (CUDA allocator peak, or the
-process's resident set on the CPU). Timings depend on what else runs: say how many cores were free.
+iteration warms up and is not counted. With --compare-logprobs every iteration makes its rollout twice from
+the same random state, once taking the policy's log-probs from the generation pass (the default) and once
+recomputing them with a forward, and reports both iterations' times (train is shared). Peak memory as in
+bench_sft_rm.py (CUDA allocator peak, or the process's resident set on the CPU). Timings depend on what else
+runs: say how many cores were free.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -74,6 +78,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations (after one warm-up)")
     parser.add_argument("--ptx", action="store_true", help="add the PPO-ptx LM term on demonstrations")
+    parser.add_argument(
+        "--compare-logprobs",
+        action="store_true",
+        help="time each rollout with generation log-probs and with a recomputing forward, in the same run",
+    )
     parser.add_argument("--device", default="auto")
     return parser.parse_args()
 
@@ -109,7 +118,16 @@ def main() -> None:
     with PeakMemory(stack.device) as memory, stack.training(dropout=False):
         for it in range(args.iterations + 1):
             batch = prompts[it * args.rollout : (it + 1) * args.rollout]
+            state = torch.get_rng_state()
             rollout, timing = make_rollout(stack, batch, config.sampling, config.micro_batch_size)
+            if args.compare_logprobs:
+                torch.set_rng_state(state)
+                recompute = dataclasses.replace(config.sampling, logprobs_from_generation=False)
+                again, slow = make_rollout(stack, batch, recompute, config.micro_batch_size)
+                timing.update({f"recompute_{k}": v for k, v in slow.items()})
+                timing["max_logprob_gap"] = float(
+                    ((rollout.logprobs - again.logprobs) * rollout.response_mask).abs().max()
+                )
             add_advantages(rollout, config.rewards.kl_coef, config.rewards, RunningMoments())
             start = time.perf_counter()
             train_on_rollout(stack, rollout, optimizers, config, ptx, it)
@@ -119,6 +137,12 @@ def main() -> None:
                 rows.append(timing)
     result = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     result["time_total"] = result["time_generate"] + result["time_score"] + result["time_train"]
+    if args.compare_logprobs:
+        result["recompute_time_total"] = (
+            result["recompute_time_generate"] + result["recompute_time_score"] + result["time_train"]
+        )
+        result["ratio_total"] = result["time_total"] / result["recompute_time_total"]
+        result["max_logprob_gap"] = max(r["max_logprob_gap"] for r in rows)
     result.update(
         device=str(stack.device),
         quantization=args.quantization,
@@ -139,6 +163,12 @@ def main() -> None:
         f"generate {share['generate']:.0%}, score {share['score']:.0%}, "
         f"train {share['train']:.0%}; peak {result['peak_mib']:.0f} MiB (+{result['added_mib']:.0f} by PPO)"
     )
+    if args.compare_logprobs:
+        print(
+            f"recomputing the policy's log-probs: {result['recompute_time_total']:.1f} s per iteration; "
+            f"from generation: {result['time_total']:.1f} s ({result['ratio_total']:.2f}x); "
+            f"largest log-prob gap {result['max_logprob_gap']:.1e}"
+        )
     print(json.dumps(result, indent=2))
 
 
