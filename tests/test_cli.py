@@ -14,15 +14,9 @@ import yaml
 
 from lora_rlhf.cli.main import main
 from lora_rlhf.config.recipe import RECIPES, load_recipe
-from lora_rlhf.metrics import read_metrics
+from lora_rlhf.testing.contract import check_run_directory
 
 TINY = str(RECIPES / "tiny-test.yaml")
-# Figures each stage must log (docs/design.md: "Metric names").
-REQUIRED = {
-    "sft": {"loss"},
-    "rm": {"loss", "accuracy"},
-    "ppo": {"reward", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clipfrac", "response_length", "gold"},
-}
 
 
 @pytest.fixture(scope="module")
@@ -36,29 +30,7 @@ def finished_run(tmp_path_factory) -> Path:
 
 
 def test_every_artifact_of_the_contract_exists(finished_run):
-    run = finished_run
-    assert load_recipe(run / "recipe.yaml").model.name_or_path == "tiny:llama"
-    for role in ("sft", "reward", "policy", "value"):
-        folder = run / "adapters" / role
-        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
-            assert (folder / name).is_file(), (role, name)
-        assert (folder / "head.safetensors").is_file() == (role in ("reward", "value"))
-    for stage, keys in REQUIRED.items():
-        rows = read_metrics(run / "metrics" / f"{stage}.jsonl")
-        train = [r for r in rows if r.get("split") != "eval"]
-        assert train and keys <= set(train[-1]), (stage, keys - set(train[-1]))
-        assert all(list(r)[0] == "step" for r in rows)
-        assert any((run / "checkpoints" / stage).iterdir())
-    for stage in ("sft", "rm"):
-        assert any(r.get("split") == "eval" for r in read_metrics(run / "metrics" / f"{stage}.jsonl"))
-    results = json.loads((run / "eval.json").read_text())
-    assert set(results["gold"]) == {"base", "sft", "ppo"}
-    assert {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"} <= set(results["win_rate"])
-    assert set(results["reward"]) == {"base", "sft", "ppo"}
-    assert results["kl"] >= -1e-6 and 0 <= results["rm_accuracy"] <= 1
-    report = (run / "report.md").read_text()
-    assert "win" in report.lower() and "](plots/" in report
-    assert {p.name for p in (run / "plots").glob("*.png")} >= {"ppo.png", "win_rate.png", "gold.png", "stages.png"}
+    check_run_directory(finished_run)
 
 
 def test_saved_roles_reload_with_vanilla_peft(finished_run):

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from lora_rlhf.pipeline.lock import run_dir_lock
     from lora_rlhf.pipeline.run_dir import RunDir
     from lora_rlhf.pipeline.runner import run_stages
+    from lora_rlhf.train import distributed
 
     run_dir = RunDir(args.run)
     saved = run_dir.read_recipe()
@@ -52,12 +53,14 @@ def run(args: argparse.Namespace) -> int:
         )
     saved["model"] = untrusted_model_section(saved.get("model") or {}, args.trust_remote_code, run_dir.recipe_path)
     recipe = build(RecipeConfig, merge(saved, overrides))
-    with run_dir_lock(run_dir.path):
+    with run_dir_lock(run_dir.path, main_process=distributed.is_main()):
         if recipe.demo.enabled:
             from lora_rlhf.pipeline import demo_data
 
             demo_data.fill_paths(recipe, run_dir)
         (result,) = run_stages(recipe, run_dir, ("eval",))
+    if not distributed.is_main():
+        return 0
     print(result.line())
     print(f"report: {run_dir.path / 'report.md'}")
     return 0

@@ -17,15 +17,17 @@ from lora_rlhf.data.prompts import prompt_text
 from lora_rlhf.eval.best_of_n import best_of_n
 from lora_rlhf.eval.compare import mean
 from lora_rlhf.eval.config import EvalConfig
+from lora_rlhf.eval.distributed import generate_across_processes
 from lora_rlhf.eval.kl import sequence_kl
 from lora_rlhf.eval.lm_loss import lm_losses
 from lora_rlhf.eval.report import write_report
-from lora_rlhf.eval.responses import Responses, generate_responses
+from lora_rlhf.eval.responses import Responses
 from lora_rlhf.eval.rm_accuracy import rm_accuracy
 from lora_rlhf.eval.scoring import GoldFn, compare_models, reward_scores
 from lora_rlhf.io import atomic_file, write_json
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.train import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +63,17 @@ def _evaluate(
     torch.manual_seed(config.seed)
     responses: dict[str, Responses] = {}
     for name in tqdm(models, desc="eval: generating", unit="model"):
-        responses[name] = generate_responses(
+        responses[name] = generate_across_processes(  # split over the processes of `accelerate launch`
             stack,
             models[name],
             repeated,
+            n,
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size * n,
             temperature=config.temperature,
         )
+    if not distributed.is_main():  # scoring and writing run on the main process alone (issue 13)
+        return {}
     gold = _gold_scores([p for p in prompts for _ in range(n)], responses, gold_fn)
     results: dict[str, Any] = {
         "prompts": len(prompts),

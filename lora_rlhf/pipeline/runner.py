@@ -142,13 +142,10 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
     from lora_rlhf.data.prompts import load_prompts
     from lora_rlhf.eval.run import evaluate
 
-    if not distributed.is_main():  # evaluation runs on the main process alone for now
-        return "skipped", {}
     for role in ("sft", "reward", "policy"):
         if not stack.has_role(role) and run.has_role(role):
             stack.load_role(role, run.adapter(role))
-    if recipe.demo.enabled:
-        demo_data.write_task_data(recipe, run)
+    _write_demo_data(recipe, run)
     prompts, _ = load_prompts(recipe.eval.prompts)
     gold_fn = demo_data.gold_fn() if recipe.demo.enabled else None
     results = evaluate(stack, prompts, recipe.eval, run.path, gold_fn=gold_fn)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 
 from lora_rlhf.ppo.stats import masked_mean, masked_var, zero_padding
+from lora_rlhf.train import distributed
 
 
 class Advantages(NamedTuple):
@@ -30,6 +31,24 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
     if not shift_mean:
         out = out + mean
     return zero_padding(out, mask)
+
+
+def whiten_across_processes(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """`whiten` with the mean and unbiased variance of the valid entries of EVERY process's x -> (B, A).
+
+    Data-parallel PPO (issue 13): each process holds its share of the rollout, and per-process whitening
+    would give each share its own scale. The moments are reduced as sums (Σx, n, then Σ(x − mean)²), in
+    float64, so they do not depend on how the rollout was split.
+    """
+    mask = mask.to(x.dtype)
+    sums = torch.stack([zero_padding(x, mask).sum(), mask.sum()]).double()
+    distributed.all_reduce_sum(sums)
+    n = sums[1]
+    mean = (sums[0] / n.clamp(min=1.0)).to(x.dtype)
+    squares = zero_padding(x - mean, mask).pow(2).sum().double().reshape(1)
+    distributed.all_reduce_sum(squares)
+    var = squares[0] / (n - 1).clamp(min=1.0)  # Bessel's correction, as masked_var; 0 when n <= 1
+    return zero_padding((x - mean) * torch.rsqrt(var.to(x.dtype) + eps), mask)
 
 
 def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> Advantages:

@@ -3,6 +3,10 @@
 Policy and value are separate adapters with separate optimizers (InstructGPT uses a separate value
 network initialised from the RM, with its own learning rate), so each role's loss is backpropagated
 while its own adapter is active; gradient checkpointing recomputes under that adapter.
+
+Data-parallel PPO (issue 13): each process holds an equal share of the rollout. The score moments and the
+advantage whitening see every process's rollout; each minibatch is split over the processes, and each
+role's gradients are averaged across them before clipping, so every process takes the same step.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import torch
 
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.ppo.advantages import gae, whiten
+from lora_rlhf.ppo.advantages import gae, whiten, whiten_across_processes
 from lora_rlhf.ppo.config import PPOConfig, PPOOptimConfig, RewardsConfig
 from lora_rlhf.ppo.data import PtxStream
 from lora_rlhf.ppo.losses import PtxLoss, explained_variance, policy_loss, ptx_loss, value_loss
@@ -22,6 +26,7 @@ from lora_rlhf.ppo.rewards import RunningMoments, penalize_missing_eos, penalize
 from lora_rlhf.ppo.rollout import Rollout
 from lora_rlhf.ppo.stats import masked_mean
 from lora_rlhf.sft.loss import target_mask
+from lora_rlhf.train import distributed
 
 
 @dataclasses.dataclass
@@ -66,19 +71,36 @@ def build_optimizers(stack: RoleStack, optim: PPOOptimConfig, steps: int, accele
 def add_advantages(
     rollout: Rollout, kl_coef: float, config: RewardsConfig, moments: RunningMoments
 ) -> dict[str, float]:
-    """Fill `rollout.advantages` and `.returns` (InstructGPT eq. 2 rewards, GAE); return the rollout's figures."""
+    """Fill `rollout.advantages` and `.returns` (InstructGPT eq. 2 rewards, GAE); return the rollout's figures.
+
+    The running score moments, the whitening and `reward_std` cover every process's rollout; the other
+    figures are this process's (the trainer averages them across processes).
+    """
     mask = rollout.response_mask
-    scores = transform_scores(rollout.scores, clip=config.score_clip, running=moments, normalize=config.score_normalize)
+    every_score = distributed.gather_tensor(rollout.scores)  # (B * world size,)
+    moments.update(every_score)
+    scores = transform_scores(
+        rollout.scores,
+        clip=config.score_clip,
+        running=moments,
+        normalize=config.score_normalize,
+        update_running=False,
+    )
     if config.missing_eos_penalty is not None:
         scores = penalize_missing_eos(scores, rollout.finished, config.missing_eos_penalty)
     shaped = penalized_rewards(rollout.logprobs, rollout.ref_logprobs, scores, mask, kl_coef, config.kl_estimator)
     estimate = gae(rollout.values, shaped.rewards, mask, config.gamma, config.lam)
     rollout.returns = estimate.returns
-    rollout.advantages = whiten(estimate.advantages, mask) if config.whiten_advantages else estimate.advantages
+    if not config.whiten_advantages:
+        rollout.advantages = estimate.advantages
+    elif distributed.world().size == 1:
+        rollout.advantages = whiten(estimate.advantages, mask)
+    else:
+        rollout.advantages = whiten_across_processes(estimate.advantages, mask)
     sequence_kl = shaped.kl.sum(dim=1)  # (B,) the KL of each whole response, as eq. 2 charges it
     return {
         "reward": rollout.scores.mean().item(),
-        "reward_std": rollout.scores.std().item() if len(rollout) > 1 else 0.0,
+        "reward_std": every_score.std().item() if len(every_score) > 1 else 0.0,
         "kl": sequence_kl.mean().item(),
         "kl_penalty": (kl_coef * sequence_kl).mean().item(),
         "entropy": masked_mean(rollout.entropy, mask).item(),
@@ -93,15 +115,17 @@ def add_advantages(
 def train_on_rollout(
     stack: RoleStack, rollout: Rollout, optimizers: Optimizers, config: PPOConfig, ptx: PtxStream | None, step: int
 ) -> dict[str, float]:
-    """`ppo_epochs` passes over the rollout in shuffled minibatches; one optimizer step per minibatch and role."""
+    """`ppo_epochs` passes over the rollout in shuffled minibatches; one optimizer step per minibatch and role.
+
+    With N processes each holds 1/N of the rollout and of every minibatch (mini_batch_size / N rows).
+    """
     generator = torch.Generator().manual_seed(config.seed * 100_003 + step)
+    size = config.mini_batch_size // distributed.world().size
     rows: list[dict[str, float]] = []
     for _ in range(config.ppo_epochs):
         order = torch.randperm(len(rollout), generator=generator)
-        for begin in range(0, len(rollout), config.mini_batch_size):
-            rows.append(
-                _minibatch(stack, rollout, order[begin : begin + config.mini_batch_size], optimizers, config, ptx)
-            )
+        for begin in range(0, len(rollout), size):
+            rows.append(_minibatch(stack, rollout, order[begin : begin + size], optimizers, config, ptx))
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
@@ -116,6 +140,7 @@ def _minibatch(
         stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
     figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
     for role, optimizer in (("policy", opt.policy), ("value", opt.value)):
+        distributed.all_reduce_gradients(stack.parameters(role), average=True)
         norm = _step(stack.parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
         if norm is not None:
             figures[f"{role}_grad_norm"] = norm

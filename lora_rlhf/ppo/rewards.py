@@ -127,14 +127,17 @@ def transform_scores(
     clip: float | None = None,
     running: RunningMoments | None = None,
     normalize: bool = False,
+    update_running: bool = True,
 ) -> torch.Tensor:
     """(B,) reward model scores -> (B,) scores fed to the RL reward.
 
     `running` (if given) is updated with this batch first, so its statistics are tracked even without
     normalize; normalize=True then maps the scores to (s − mean) / std of everything seen so far.
+    `update_running=False` when the caller already folded in the scores (data-parallel PPO folds every
+    process's scores, issue 13).
     clip bounds the result to [−clip, clip], guarding PPO against a reward model's outliers.
     """
-    if running is not None:
+    if running is not None and update_running:
         running.update(scores)
     if normalize:
         if running is None:

@@ -8,6 +8,11 @@
 
 Writes metrics/ppo.jsonl, checkpoints/ppo/ (resumable: roles, optimizers, schedulers, KL controller,
 score statistics, RNG states, data positions) and finally adapters/policy/ and adapters/value/.
+
+Under `accelerate launch` (issue 13) each process rolls out its equal share of every batch of prompts
+(its own sampling seed), the figures, the KL fed to the controller and the score statistics are global
+(lora_rlhf.ppo.optimize), and gradients are averaged, so every process holds the same policy and value.
+The PPO-ptx batch is the same on every process.
 """
 
 from __future__ import annotations
@@ -102,11 +107,14 @@ def train_ppo(
     prompts, report = load_ppo_prompts(config.prompts, stack.tokenizer, config.max_prompt_length, config.on_bad_row)
     report.log()
     ptx = _ptx_stream(stack, config)
+    _check_split(config)
     torch.manual_seed(
         config.seed
     )  # before setup_roles: a fresh value adapter's init draws from it (resume restores RNG)
     setup_roles(stack, config)
     stack.set_trainable(*TRAINED)
+    for role in TRAINED:
+        distributed.broadcast_parameters(stack.parameters(role))  # every process starts from the same roles
     optimizers = build_optimizers(
         stack, config.optim, config.steps, make_accelerator(config.optim.mixed_precision, stack.device)
     )
@@ -114,7 +122,8 @@ def train_ppo(
     ckpt_dir = output_dir / "checkpoints" / "ppo"
     step = _resume(stack, config, optimizers, state, ckpt_dir) if resume else 0
     if step == 0:
-        torch.manual_seed(config.seed)  # the rollouts' sampling starts from the seed, whatever set-up drew
+        # The rollouts' sampling starts from the seed, whatever set-up drew; each process samples its own.
+        torch.manual_seed(config.seed + distributed.world().rank)
     metrics = open_metrics(output_dir, "ppo", resume_step=step if step else None, report_to=report_to)
     try:
         with stack.training(dropout=False):  # PPO's ratio needs pi_old == pi at the first minibatch
@@ -122,6 +131,8 @@ def train_ppo(
     finally:
         metrics.close()
     stack.set_trainable()
+    for role in TRAINED:
+        distributed.check_replicas(stack.parameters(role), f"ppo: {role}")
     for role in TRAINED if distributed.is_main() else ():
         stack.save_role(role, output_dir / "adapters" / role)
     summary = {"steps": config.steps, "prompts": len(prompts), "dropped": report.dropped}
@@ -170,24 +181,35 @@ def _one_iteration(
 ) -> dict[str, float]:
     gold_fn, reward_fn = scorers
     kl_coef = state.kl_controller.value
-    batch = state.prompts.next(config.rollout_batch_size)
+    batch = distributed.shard(state.prompts.next(config.rollout_batch_size))  # this process's share
     rollout, timing = make_rollout(stack, batch, config.sampling, config.micro_batch_size, reward_fn)
     figures = add_advantages(rollout, kl_coef, config.rewards, state.moments)
     if gold_fn is not None:
         figures["gold"] = sum(gold_fn(rollout.prompts, rollout.responses)) / len(rollout)
+    figures = distributed.mean_figures(figures)  # the whole rollout's figures, the same on every process
     guard.check(figures, step=step, kl_ceiling=config.rewards.kl_ceiling, folder=ckpt_dir, stack=stack, rollout=rollout)
     start = time.perf_counter()
     lrs = {
         "lr_policy": optimizers.policy_scheduler.get_last_lr()[0],
         "lr_value": optimizers.value_scheduler.get_last_lr()[0],
     }
-    figures.update(train_on_rollout(stack, rollout, optimizers, config, state.ptx, step))
+    figures.update(distributed.mean_figures(train_on_rollout(stack, rollout, optimizers, config, state.ptx, step)))
     step_schedulers(optimizers)
     timing["time_train"] = time.perf_counter() - start
     guard.check(figures, step=step, kl_ceiling=None, folder=ckpt_dir, stack=stack, rollout=rollout)
-    state.kl_controller.update(figures["kl"], len(rollout))
-    figures.update(timing, **lrs, kl_coef=kl_coef)  # the rates this iteration's updates used
+    state.kl_controller.update(figures["kl"], config.rollout_batch_size)
+    figures.update(distributed.mean_figures(timing), **lrs, kl_coef=kl_coef)  # the rates this iteration's updates used
     return figures
+
+
+def _check_split(config: PPOConfig) -> None:
+    """Every process must hold an equal share of each minibatch (and so of each rollout)."""
+    size = distributed.world().size
+    if config.mini_batch_size % size:
+        raise LoraRlhfError(
+            f"ppo.mini_batch_size: {config.mini_batch_size} does not split evenly over {size} processes; "
+            f"use a multiple of {size}"
+        )
 
 
 def _ptx_stream(stack: RoleStack, config: PPOConfig) -> PtxStream | None:

@@ -15,14 +15,19 @@ exactly what it did before this module existed.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import datetime
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 import torch
+
+from lora_rlhf.errors import LoraRlhfError
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -67,7 +72,12 @@ def world() -> World:
         return World(0, 1, 0)
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    # The others wait at a barrier while the main process alone writes the demo's rankings (sampled from
+    # sft): longer than NCCL's 10-minute default collective timeout on a large base.
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=1))
+    # A process group still alive when the interpreter exits can abort it ("terminate called without an
+    # active exception", seen with gloo after a finished run): tear it down first.
+    atexit.register(state.destroy_process_group)
     return World(state.process_index, state.num_processes, state.local_process_index)
 
 
@@ -119,12 +129,14 @@ def sum_across(value: float) -> float:
     return float(all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=_comm_device()))[0])
 
 
-def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> int:
-    """Sum the gradients of `params` over processes, in one flat buffer; returns the bytes reduced.
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter], *, average: bool = False) -> int:
+    """Sum (or, with `average`, average) the gradients of `params` over processes, in one flat buffer;
+    returns the bytes reduced.
 
-    Each process scaled its loss by its share of the global batch before backward (loss_r * n_r / N), so
-    the sum is the gradient of the global batch's mean loss. A parameter without a gradient (a rank with
-    an empty shard) contributes zeros, so every process sends the same buffer.
+    SFT and RM scale each process's loss by its share of the global batch before backward
+    (loss_r * n_r / N), so the sum is the gradient of the global batch's mean loss; PPO's shards are
+    equal, so it averages. A parameter without a gradient (a rank with an empty shard) contributes
+    zeros, so every process sends the same buffer.
     """
     params = list(params)
     if world().size == 1 or not params:
@@ -132,12 +144,53 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> int:
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads])
     all_reduce_sum(flat)
+    if average:
+        flat /= world().size
     offset = 0
     for param, grad in zip(params, grads):
         n = grad.numel()
         param.grad = flat[offset : offset + n].view_as(grad).to(grad.dtype)
         offset += n
     return flat.numel() * flat.element_size()
+
+
+def gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's `tensor` (the same shape on each), concatenated along dim 0 in rank order."""
+    if world().size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world().size)]
+    torch.distributed.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def mean_figures(figures: dict[str, float]) -> dict[str, float]:
+    """Each figure averaged over processes (every process logs the same keys; their shards are equal)."""
+    if world().size == 1:
+        return figures
+    keys = sorted(figures)
+    values = torch.tensor([float(figures[k]) for k in keys], dtype=torch.float64, device=_comm_device())
+    all_reduce_sum(values)
+    return {k: v / world().size for k, v in zip(keys, values.tolist())}
+
+
+def check_replicas(params: Iterable[torch.nn.Parameter], what: str) -> None:
+    """Raise a one-line LoraRlhfError unless every process holds bit-identical `params` (a trained role).
+
+    Data parallelism keeps the replicas equal by construction; this makes a broken invariant (a gradient
+    left out of the reduction, a rank-dependent update) fail loudly instead of saving rank 0's copy.
+    """
+    if world().size == 1:
+        return
+    digest = hashlib.sha256()
+    for param in params:
+        digest.update(param.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    digests = gather_objects(digest.hexdigest())
+    differing = [rank for rank, d in enumerate(digests) if d != digests[0]]
+    if differing:
+        raise LoraRlhfError(
+            f"{what}: the weights of process {differing[0]} differ from those of process 0 after training; "
+            "the processes fell out of step (please report this with the recipe)"
+        )
 
 
 def broadcast_parameters(params: Iterable[torch.nn.Parameter]) -> None:

@@ -155,6 +155,7 @@ def fit(
         progress.close()
         metrics.close()
         stack.set_trainable()
+    distributed.check_replicas(stack.parameters(task.role), f"{task.stage}: {task.role}")
     return last
 
 

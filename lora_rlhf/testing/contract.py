@@ -1,0 +1,44 @@
+"""The run-directory contract (docs/design.md, "Contract: what a run writes") as one check, shared by the
+tests of a run made stage by stage (tests/test_cli.py) and of a multi-process run (tests/test_distributed.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lora_rlhf.config.recipe import load_recipe
+from lora_rlhf.metrics import read_metrics
+
+# Figures each stage must log (docs/design.md: "Metric names").
+REQUIRED = {
+    "sft": {"loss"},
+    "rm": {"loss", "accuracy"},
+    "ppo": {"reward", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clipfrac", "response_length", "gold"},
+}
+
+
+def check_run_directory(run: Path) -> None:
+    """Assert that `run` holds every artifact of a finished tiny-test pipeline (sft, rm, ppo, eval)."""
+    assert load_recipe(run / "recipe.yaml").model.name_or_path == "tiny:llama"
+    for role in ("sft", "reward", "policy", "value"):
+        folder = run / "adapters" / role
+        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+            assert (folder / name).is_file(), (role, name)
+        assert (folder / "head.safetensors").is_file() == (role in ("reward", "value"))
+    for stage, keys in REQUIRED.items():
+        rows = read_metrics(run / "metrics" / f"{stage}.jsonl")
+        train = [r for r in rows if r.get("split") != "eval"]
+        assert train and keys <= set(train[-1]), (stage, keys - set(train[-1]))
+        assert all(list(r)[0] == "step" for r in rows)
+        assert any((run / "checkpoints" / stage).iterdir())
+    for stage in ("sft", "rm"):
+        assert any(r.get("split") == "eval" for r in read_metrics(run / "metrics" / f"{stage}.jsonl"))
+    results = json.loads((run / "eval.json").read_text())
+    assert set(results["gold"]) == {"base", "sft", "ppo"}
+    assert {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"} <= set(results["win_rate"])
+    assert set(results["reward"]) == {"base", "sft", "ppo"}
+    assert results["kl"] >= -1e-6 and 0 <= results["rm_accuracy"] <= 1
+    report = (run / "report.md").read_text()
+    assert "win" in report.lower() and "](plots/" in report
+    assert {p.name for p in (run / "plots").glob("*.png")} >= {"ppo.png", "win_rate.png", "gold.png", "stages.png"}
