@@ -97,6 +97,9 @@ def train_reward_model(
     if not math.isfinite(shift):
         raise LoraRlhfError(f"rm stopped after training: the bias shift is {shift}, not finite; no adapter was saved")
     check_finite_role(stack, ROLE, "rm", "after centring the reward on the demonstrations")
+    # Every process centred on the same demonstrations; the main one's head is the one saved, so the others
+    # take it (GPU kernels need not give bit-identical sums on every device).
+    distributed.broadcast_parameters(stack.heads[ROLE].parameters())
     if distributed.is_main():
         stack.save_role(ROLE, output_dir / "adapters" / ROLE)
     summary = {
