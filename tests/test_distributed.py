@@ -143,6 +143,11 @@ def test_two_processes_train_sft_and_rm_as_one_process_does(pipelines):
             read_metrics(one / "metrics" / f"{stage}.jsonl"), read_metrics(two / "metrics" / f"{stage}.jsonl")
         ):
             assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
+    # PPO logs what each optimizer step all-reduced: the fp32 gradients of the policy and value roles
+    trained = sum(t.numel() for role in ("policy", "value") for t in _tensors(two / "adapters" / role).values())
+    sent = {r["allreduce_bytes"] for r in read_metrics(two / "metrics" / "ppo.jsonl")}
+    assert sent == {4.0 * trained}
+    assert all("allreduce_bytes" not in r for r in read_metrics(one / "metrics" / "ppo.jsonl"))
     for stage in ("sft", "rm", "ppo"):
         last = sorted((two / "checkpoints" / stage).iterdir())[-1]
         assert (last / "rng.pt").is_file() and (last / "rng-rank-1.pt").is_file()

@@ -139,11 +139,14 @@ def _minibatch(
         stats.append(_policy_backward(stack, part, opt, config, ptx, len(micros)))
         stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
     figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+    sent = 0
     for role, optimizer in (("policy", opt.policy), ("value", opt.value)):
-        distributed.all_reduce_gradients(stack.parameters(role), average=True)
+        sent += distributed.all_reduce_gradients(stack.parameters(role), average=True)
         norm = _step(stack.parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
         if norm is not None:
             figures[f"{role}_grad_norm"] = norm
+    if distributed.world().size > 1:  # what this optimizer step sent through the all-reduce (issue 13)
+        figures["allreduce_bytes"] = float(sent)
     return figures
 
 
