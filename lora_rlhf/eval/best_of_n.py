@@ -62,6 +62,7 @@ def best_of_n(
     gold_fn: GoldFn | None = None,
     sft_gold: Sequence[float] | None = None,
     candidates: Responses | None = None,
+    candidate_scores: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """eval.json's best_of_n (and best_of_n_ci, paired against `sft_gold`, sft's own per-prompt gold).
 
@@ -70,7 +71,8 @@ def best_of_n(
     `gold_fn`; "gold_ci" is the interval of the picks' mean gold, "gold_sft_sample" the mean gold of all N*P
     samples; "bon_minus_sample" pairs each pick with its prompt's mean sample, "bon_minus_sft" with sft's
     own per-prompt gold in eval (its greedy answer, or its eval samples' mean; only with `sft_gold`).
-    `candidates` (N per prompt, prompt p's at rows p*N .. p*N + N-1) are used instead of sampling new ones.
+    `candidates` (N per prompt, prompt p's at rows p*N .. p*N + N-1) are used instead of sampling new ones,
+    and `candidate_scores` (their RM scores, in the same order) instead of scoring them again.
     """
     n = config.best_of_n
     if candidates is None:
@@ -78,7 +80,9 @@ def best_of_n(
         candidates = sample_candidates(stack, rendered, config)
     elif len(candidates.texts) != n * len(prompts):
         raise ValueError(f"best_of_n: {len(candidates.texts)} candidates for {len(prompts)} prompts x N = {n}")
-    scores = np.asarray(reward_scores(stack, candidates.input_ids, config.batch_size)).reshape(len(prompts), n)
+    if candidate_scores is None:
+        candidate_scores = reward_scores(stack, candidates.input_ids, config.batch_size)
+    scores = np.asarray(candidate_scores, dtype=np.float64).reshape(len(prompts), n)
     picks = select_best(scores)
     summary: dict[str, Any] = {
         "n": n,

@@ -82,18 +82,29 @@ def _evaluate(
         "confidence": config.confidence,
         "bootstrap_samples": config.bootstrap_samples,
     }
-    results.update(_score(stack, responses, gold, config))
     prompt_gold = {name: per_prompt_means(g, n) for name, g in gold.items()} if gold is not None else None
+    # RM score of every response row, kept so best-of-N does not score re-used sft samples a second time.
+    row_rewards = _reward_scores(stack, responses, config)
+    prompt_rewards = {k: per_prompt_means(v, n) for k, v in row_rewards.items()} if row_rewards is not None else None
+    results.update(compare_models(prompt_gold, prompt_rewards, config))
     results.update(_rm_accuracy(stack, config, run_dir, gold_fn))
     if "ppo" in responses:
         results["kl"] = _policy_kl(stack, responses["ppo"], config.batch_size)
     if config.best_of_n and stack.has_role("reward") and stack.has_role("sft"):
         m = config.best_of_n_prompts or len(prompts)
         sft_gold = prompt_gold["sft"][:m] if prompt_gold is not None else None
-        candidates = _reusable_candidates(responses["sft"], config, min(m, len(prompts)))
+        rows = _reusable_rows(config, min(m, len(prompts)))
+        candidates = responses["sft"].rows(rows) if rows is not None else None
         results.update(
             best_of_n(
-                stack, prompts[:m], rendered[:m], config, gold_fn=gold_fn, sft_gold=sft_gold, candidates=candidates
+                stack,
+                prompts[:m],
+                rendered[:m],
+                config,
+                gold_fn=gold_fn,
+                sft_gold=sft_gold,
+                candidates=candidates,
+                candidate_scores=[row_rewards["sft"][r] for r in rows] if rows is not None else None,
             )
         )
         results["best_of_n"]["prompts"] = len(prompts[:m])
@@ -126,30 +137,26 @@ def _gold_scores(prompts, responses: dict[str, Responses], gold_fn: GoldFn | Non
     return {name: [float(s) for s in gold_fn(raw, r.texts)] for name, r in responses.items()}
 
 
-def _score(stack: RoleStack, responses: dict[str, Responses], gold, config: EvalConfig) -> dict[str, Any]:
-    """Means, win rates and intervals over prompts, each prompt scored by the mean of its samples."""
-    n = config.samples_per_prompt
-    reward = None
-    if stack.has_role("reward"):
-        reward = {
-            name: per_prompt_means(reward_scores(stack, r.input_ids, config.batch_size * n), n)
-            for name, r in responses.items()
-        }
-    if gold is not None:
-        gold = {name: per_prompt_means(g, n) for name, g in gold.items()}
-    return compare_models(gold, reward, config)
+def _reward_scores(
+    stack: RoleStack, responses: dict[str, Responses], config: EvalConfig
+) -> dict[str, list[float]] | None:
+    """RM score of every response row of every model; None without a reward role."""
+    if not stack.has_role("reward"):
+        return None
+    batch = config.batch_size * config.samples_per_prompt
+    return {name: reward_scores(stack, r.input_ids, batch) for name, r in responses.items()}
 
 
-def _reusable_candidates(sft: Responses, config: EvalConfig, prompts: int) -> Responses | None:
-    """sft's eval samples as best-of-N candidates, when they were drawn the way best-of-N draws its own.
+def _reusable_rows(config: EvalConfig, prompts: int) -> list[int] | None:
+    """The rows of sft's eval samples that serve as best-of-N candidates, when drawn the way best-of-N draws.
 
     Saves a second N-row generate per prompt: with samples_per_prompt >= best_of_n at best_of_n_temperature,
-    the first best_of_n samples of each prompt are exactly such candidates.
+    the first best_of_n samples of each of the first `prompts` prompts are exactly such candidates.
     """
     n, k = config.samples_per_prompt, config.best_of_n
     if n < k or config.temperature != config.best_of_n_temperature:
         return None
-    return sft.rows([p * n + j for p in range(prompts) for j in range(k)])
+    return [p * n + j for p in range(prompts) for j in range(k)]
 
 
 def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None) -> dict[str, Any]:

@@ -50,8 +50,7 @@ class SampledLogProbs(LogitsProcessor):
         """
         if self._last is not None:
             self._take(sequences[:, -1])
-        steps = len(self._logprobs)
-        if steps == 0:
+        if not self._logprobs:
             empty = sequences.new_zeros((sequences.shape[0], 0), dtype=torch.float32)
             return empty, empty.clone()
-        return torch.stack(self._logprobs, dim=1), torch.stack(self._entropy[:steps], dim=1)
+        return torch.stack(self._logprobs, dim=1), torch.stack(self._entropy, dim=1)
