@@ -79,6 +79,34 @@ def _uppercase_content(task: Task, response: str) -> float:
     return 0.5 * words.ratio() + 0.5 * exact.ratio()
 
 
+def _case_content(task: Task, response: str) -> float:
+    """Half for the right word sequence (case-blind), half for the same words in the asked-for case."""
+    got = re.findall(r"[A-Za-z]+", response)
+    want = task.answer.split()
+    words = difflib.SequenceMatcher(a=[w.lower() for w in want], b=[w.lower() for w in got], autojunk=False)
+    exact = difflib.SequenceMatcher(a=want, b=got, autojunk=False)
+    return 0.5 * words.ratio() + 0.5 * exact.ratio()
+
+
+def _dashes_content(task: Task, response: str) -> float:
+    """Half for the right word sequence, half for the words joined by dashes (the dash-separated items)."""
+    want = task.params["words"]
+    words = difflib.SequenceMatcher(a=want, b=_words(response), autojunk=False)
+    items = [item.strip().lower() for item in response.strip().split("-")]
+    joined = difflib.SequenceMatcher(a=want, b=items, autojunk=False)
+    return 0.5 * words.ratio() + 0.5 * joined.ratio()
+
+
+def _repeat_content(task: Task, response: str) -> float:
+    """The word repeated: credit for each right copy, less for missing or extra copies (multiset F1)."""
+    got = _words(response)
+    want = [task.params["word"]] * task.params["times"]
+    if not got:
+        return 0.0
+    overlap = sum((Counter(want) & Counter(got)).values())
+    return 2 * overlap / (len(want) + len(got))
+
+
 def _json_content(task: Task, response: str) -> float:
     """0.2 for a parseable object, 0.4 for its keys (extra keys count against), 0.4 for the values."""
     want: dict[str, str] = task.params["pairs"]
@@ -101,6 +129,10 @@ _CONTENT: dict[str, Callable[[Task, str], float]] = {
     "arithmetic": _number_content,
     "count": _number_content,
     "uppercase": _uppercase_content,
+    "lowercase": _case_content,
+    "capitalize": _case_content,
+    "dashes": _dashes_content,
+    "repeat": _repeat_content,
     "json": _json_content,
 }
 

@@ -86,6 +86,10 @@ def _make_upper(rng: random.Random) -> dict[str, Any]:
     return {"words": rng.sample(WORDS, rng.randint(2, 4))}
 
 
+def _make_repeat(rng: random.Random) -> dict[str, Any]:
+    return {"word": rng.choice(WORDS), "times": rng.randint(2, 5)}
+
+
 def _make_json(rng: random.Random) -> dict[str, Any]:
     keys = rng.sample(sorted(_JSON_VALUES), rng.randint(2, 3))
     return {"pairs": {key: rng.choice(_JSON_VALUES[key]) for key in keys}}
@@ -138,6 +142,36 @@ FAMILIES: dict[str, _Family] = {
         lambda p: " ".join(p["words"]).upper(),
         re.compile(r"^Write this in uppercase letters: ([a-z ]+)\. Reply with the uppercase text only\.$"),
         lambda m: {"words": m.group(1).split()},
+    ),
+    "lowercase": _Family(
+        _make_upper,
+        lambda p: f"Write this in lowercase letters: {' '.join(p['words']).upper()}. Reply with the lowercase text only.",
+        lambda p: " ".join(p["words"]),
+        re.compile(r"^Write this in lowercase letters: ([A-Z ]+)\. Reply with the lowercase text only\.$"),
+        lambda m: {"words": m.group(1).lower().split()},
+    ),
+    "capitalize": _Family(
+        _make_upper,
+        lambda p: (
+            f"Capitalize the first letter of each word: {' '.join(p['words'])}. Reply with the capitalized words only."
+        ),
+        lambda p: " ".join(w.capitalize() for w in p["words"]),
+        re.compile(r"^Capitalize the first letter of each word: ([a-z ]+)\. Reply with the capitalized words only\.$"),
+        lambda m: {"words": m.group(1).split()},
+    ),
+    "dashes": _Family(
+        _make_reverse,
+        lambda p: f"Join these words with dashes: {' '.join(p['words'])}. Reply with the joined words only.",
+        lambda p: "-".join(p["words"]),
+        re.compile(r"^Join these words with dashes: ([a-z ]+)\. Reply with the joined words only\.$"),
+        lambda m: {"words": m.group(1).split()},
+    ),
+    "repeat": _Family(
+        _make_repeat,
+        lambda p: f'Write the word "{p["word"]}" {p["times"]} times, separated by spaces. Reply with the words only.',
+        lambda p: " ".join([p["word"]] * p["times"]),
+        re.compile(r'^Write the word "([a-z]+)" (\d) times, separated by spaces\. Reply with the words only\.$'),
+        lambda m: {"word": m.group(1), "times": int(m.group(2))},
     ),
     "json": _Family(
         _make_json,

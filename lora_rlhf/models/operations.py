@@ -9,14 +9,20 @@ has one job. `RoleOperations` is a mixin of `RoleStack`: it relies on the stack'
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from lora_rlhf.models.heads import gather_last
+from lora_rlhf.models.heads import gather_last, last_token_index
 from lora_rlhf.models.logits import IDENTITY, LogitsProjection
 from lora_rlhf.models.logprobs import Projection, TokenLogProbs, token_logprobs
+
+
+def _cache_argument(module: nn.Module) -> str:
+    """The forward's name for a KV cache: `cache` in recent transformers 5.x, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 class RoleOperations:
@@ -84,6 +90,65 @@ class RoleOperations:
         with self.use(role):
             return gather_last(head(self.hidden_states(input_ids, attention_mask)), attention_mask)
 
+    def prefix_hidden_states(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        prompt_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Hidden states of N responses that share B prompts, each prompt encoded ONCE.
+
+        The prompts run first and their KV cache is gathered to one copy per response, then the responses
+        run on top of it; gradients reach the prompt's tokens through the cache. With K responses per prompt
+        that encodes a prompt once instead of K times: the C(K, 2) pairs of a ranking (InstructGPT §3.5)
+        cost P + K*R tokens instead of K*(P + R).
+
+        Args:
+            prompt_ids, prompt_mask: (B, P), padded on the LEFT.
+            response_ids, response_mask: (N, R), padded on the RIGHT (every response non-empty).
+            prompt_index: (N,) which prompt row each response continues.
+        Returns:
+            (N, R, H) last hidden states of the response positions, equal (up to float rounding) to those
+            of `hidden_states` over each left-padded prompt + response.
+        """
+        backbone = self._causal_lm().base_model
+        position_ids = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values  # `cache` since transformers 5.x
+        if cache is None:
+            raise RuntimeError("the model returned no KV cache (gradient checkpointing on?): use hidden_states")
+        cache.batch_select_indices(prompt_index)  # (B, heads, P, d) -> (N, heads, P, d) in every layer
+        mask = torch.cat([prompt_mask[prompt_index], response_mask], dim=1)
+        # A response's positions continue after its prompt's real tokens, as in the unshared left-padded row.
+        offset = prompt_mask.long().sum(-1)[prompt_index].unsqueeze(1)
+        positions = offset + torch.arange(response_ids.shape[1], device=response_ids.device)
+        out = backbone(
+            input_ids=response_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{_cache_argument(backbone): cache},
+        )
+        return out.last_hidden_state
+
+    def prefix_rewards(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        prompt_index: torch.Tensor,
+        role: str = "reward",
+    ) -> torch.Tensor:
+        """`rewards` of N responses sharing B prompts (see `prefix_hidden_states` for the shapes) -> (N,)."""
+        head = self.head(role)
+        with self.use(role):
+            hidden = self.prefix_hidden_states(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
+        values = head(hidden)  # (N, R)
+        return values.gather(1, last_token_index(response_mask).unsqueeze(1)).squeeze(1)
+
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, role: str = "value") -> torch.Tensor:
         """(B, T) sequences -> (B, T) value of the state ending at each position."""
         head = self.head(role)
@@ -101,7 +166,34 @@ class RoleOperations:
         if self.tokenizer is not None:
             generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         with self.use(role), self._generation_mode():
+            if generate_kwargs.get("past_key_values") is None and generate_kwargs.get("cache") is None:
+                cache = self._shared_prompt_cache(input_ids, attention_mask)
+                if cache is not None:
+                    generate_kwargs[_cache_argument(self._causal_lm())] = cache
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
+    def _shared_prompt_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The KV cache of every prompt but its last token, each DISTINCT prompt encoded once; None if none repeats.
+
+        K samples of one prompt (the rankings' K, best-of-N's N) arrive as K equal rows: prefilling them K
+        times costs as much as decoding on the CPU. `generate` then runs only each row's last prompt token
+        on top of this cache, so the samples are those of the unshared call (up to float rounding).
+        """
+        if input_ids.shape[0] < 2 or input_ids.shape[1] < 2:
+            return None
+        rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
+        distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        if len(distinct) == len(rows):
+            return None
+        ids, mask = distinct[:, : input_ids.shape[1] - 1], distinct[:, input_ids.shape[1] : -1]
+        # Positions as generate computes them for a left-padded batch (pads at 1, masked out anyway).
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = self._causal_lm().base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        if cache is None:
+            return None
+        cache.batch_select_indices(inverse)  # (distinct, heads, P-1, d) -> (rows, heads, P-1, d)
+        return cache
 
     def eos_ids(self) -> set[int]:
         """Every token id that ends a response: the tokenizer's EOS and the generation config's

@@ -46,6 +46,10 @@ class RMConfig:
     # adapter's gradient is proportional to the head's weights, so a head stuck near zero also stalls the
     # adapter: on the demo, 16 steps at the adapter's rate left the margin at 0.01 and the loss at 0.69.
     head_learning_rate: float | None = None
+    # Encode each ranking's prompt once and its K responses on its KV cache (same scores, fewer tokens: the
+    # demo's prompts are ~4x longer than its responses, so K = 8 costs ~3x less). Off, or under gradient
+    # checkpointing (which turns the cache off in training), every prompt + response is encoded in full.
+    share_prompts: bool = True
     # Optimisation (batch_size counts prompts, each with its K responses).
     train: OptimConfig = dataclasses.field(default_factory=_rm_optim)
 

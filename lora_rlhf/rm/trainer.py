@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ from lora_rlhf.data.rows import RowReport
 from lora_rlhf.data.split import hold_out
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.rm.batching import collate_rankings, scatter_scores
+from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts, scatter_scores
 from lora_rlhf.rm.bias import center_on_demonstrations
 from lora_rlhf.rm.config import RMConfig
 from lora_rlhf.rm.loss import ranking_loss
@@ -26,8 +26,16 @@ ROLE = "reward"
 
 
 def rm_step(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = ROLE) -> StepOutput:
-    """Score the batch's N responses in ONE forward pass, then apply the ranking loss per prompt (§3.5)."""
-    flat = stack.rewards(batch["input_ids"], batch["attention_mask"], role=role)  # (N,)
+    """Score the batch's N responses in ONE forward pass, then apply the ranking loss per prompt (§3.5).
+
+    A batch from `collate_shared_prompts` encodes each prompt once for its K responses; one from
+    `collate_rankings` encodes every prompt + response row in full.
+    """
+    if "prompt_ids" in batch:
+        keys = ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "prompt_index")
+        flat = stack.prefix_rewards(*(batch[k] for k in keys), role=role)  # (N,)
+    else:
+        flat = stack.rewards(batch["input_ids"], batch["attention_mask"], role=role)  # (N,)
     scores = scatter_scores(flat, batch["slot"], batch["ranks"].shape)  # (B, K_max)
     out = ranking_loss(scores, batch["ranks"], batch["valid"])
     stats = {
@@ -40,14 +48,24 @@ def rm_step(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = ROLE) 
     return StepOutput(out.loss, stats, float(out.prompts))
 
 
+def ranking_collator(stack: RoleStack, share_prompts: bool = True) -> Callable[[list[RankingExample]], dict]:
+    """Batches that encode each prompt once (`collate_shared_prompts`) where the model can: not under gradient
+    checkpointing, which turns the KV cache off while training; otherwise full rows (`collate_rankings`)."""
+    pad = stack.tokenizer.pad_token_id
+    checkpointing = getattr(stack.base_model, "is_gradient_checkpointing", False)
+    if share_prompts and not checkpointing:
+        return lambda items: collate_shared_prompts(items, pad)
+    return lambda items: collate_rankings(items, pad)
+
+
 def evaluate_rankings(
-    stack: RoleStack, examples: list[RankingExample], batch_size: int, role: str = ROLE
+    stack: RoleStack, examples: list[RankingExample], batch_size: int, role: str = ROLE, share_prompts: bool = True
 ) -> dict[str, float]:
     """Held-out loss (mean over prompts), pairwise accuracy and mean margin (means over pairs)."""
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "pairs": 0.0, "prompts": 0.0}
-    pad = stack.tokenizer.pad_token_id
+    collate = ranking_collator(stack, share_prompts)
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(stack.device) for k, v in collate_rankings(examples[start : start + batch_size], pad).items()}
+        batch = {k: v.to(stack.device) for k, v in collate(examples[start : start + batch_size]).items()}
         s = rm_step(stack, batch, role).stats
         totals["loss"] += s["loss"] * s["prompts"]
         totals["accuracy"] += s["accuracy"] * s["pairs"]
@@ -74,14 +92,14 @@ def train_reward_model(
     output_dir = Path(output_dir)
     train, held, report = _load_rankings(stack, config)
     _create_reward_role(stack, config)
-    pad, batch_size = stack.tokenizer.pad_token_id, config.train.batch_size
+    batch_size, share = config.train.batch_size, config.share_prompts
     task = Task(
         "rm",
         ROLE,
         train,
-        lambda items: collate_rankings(items, pad),
+        ranking_collator(stack, share),
         lambda batch: rm_step(stack, batch),
-        (lambda: evaluate_rankings(stack, held, batch_size)) if held else None,
+        (lambda: evaluate_rankings(stack, held, batch_size, share_prompts=share)) if held else None,
         head_learning_rate=config.resolved_head_learning_rate,
         summed=("pairs", "prompts"),
     )

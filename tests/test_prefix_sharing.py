@@ -1,0 +1,141 @@
+"""Encoding a prompt once for its K responses (RoleStack.prefix_rewards) gives the rewards, and the gradients,
+of encoding every prompt + response row in full, on every decoder family transformers ships."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from lora_rlhf.data.batching import pad_left
+from lora_rlhf.data.rankings import RankingExample
+from lora_rlhf.models.lora import LoraSettings
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
+from lora_rlhf.rm.trainer import ranking_collator, rm_step
+from lora_rlhf.testing.architectures import ARCHITECTURES, tiny_causal_lm
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [19, 20]]
+RESPONSES = [[21, 22, 2], [23, 24, 25, 26, 27, 2], [28], [29, 30, 31, 2], [32, 33, 2]]
+PROMPT_INDEX = [0, 0, 1, 1, 2]
+
+
+def reward_stack(arch: str) -> RoleStack:
+    stack = RoleStack(tiny_causal_lm(arch))
+    stack.add_role("reward", LoraSettings(r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(1)
+    for p in stack.parameters("reward"):  # LoRA B and the head start at zero: give every weight a gradient path
+        torch.nn.init.normal_(p, std=0.1)
+    return stack
+
+
+def both_layouts(stack: RoleStack) -> tuple[torch.Tensor, torch.Tensor]:
+    full_ids, full_mask = pad_left([PROMPTS[i] + r for i, r in zip(PROMPT_INDEX, RESPONSES)], 0)
+    full = stack.rewards(full_ids, full_mask)
+    prompt_ids, prompt_mask = pad_left(PROMPTS, 0)
+    width = max(map(len, RESPONSES))
+    response_ids = torch.tensor([r + [0] * (width - len(r)) for r in RESPONSES])
+    response_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in RESPONSES])
+    shared = stack.prefix_rewards(prompt_ids, prompt_mask, response_ids, response_mask, torch.tensor(PROMPT_INDEX))
+    return full, shared
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_prefix_rewards_equal_full_rows(arch):
+    stack = reward_stack(arch)
+    with torch.no_grad():
+        full, shared = both_layouts(stack)
+    assert full.std() > 1e-3  # the scores differ between responses, so equality below means something
+    torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
+def test_gradients_reach_the_prompt_through_the_shared_cache(arch):
+    stack = reward_stack(arch)
+    stack.set_trainable("reward")
+    params = stack.parameters("reward")
+    grads = []
+    for layout in (0, 1):
+        with stack.use("reward"):
+            scores = both_layouts(stack)[layout]
+            (scores * torch.arange(1.0, 6.0)).sum().backward()
+        grads.append([p.grad.clone() for p in params])
+        for p in params:
+            p.grad = None
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for full, shared in zip(*grads):
+        torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-5)
+
+
+def test_rm_step_gives_the_same_loss_and_stats_in_both_layouts():
+    stack = reward_stack("llama")
+    eos = 2
+    examples = [
+        RankingExample([5, 6, 7], [[8, eos], [9, 10, eos]], [1, 0]),
+        RankingExample([5], [[11, eos], [12, 13, 14, eos], [15, eos], [16, 17, eos]], [2, 0, 3, 1]),
+        RankingExample([6, 7], [[18, 19, eos], [20, eos], [21, eos]], [0, 2, 1]),
+    ]
+    with torch.no_grad():
+        full = rm_step(stack, collate_rankings(examples, 0))
+        shared = rm_step(stack, collate_shared_prompts(examples, 0))
+    torch.testing.assert_close(shared.loss, full.loss, rtol=1e-5, atol=1e-6)
+    assert shared.stats.keys() == full.stats.keys()
+    for key in full.stats:
+        assert shared.stats[key] == pytest.approx(full.stats[key], abs=1e-5)
+
+
+def test_shared_batches_encode_each_prompt_once():
+    examples = [RankingExample([5, 6, 7, 8], [[9, 2], [10, 11, 2], [12, 2]], [0, 2, 1])]
+    batch = collate_shared_prompts(examples, 0)
+    assert batch["prompt_ids"].shape == (1, 4)
+    assert batch["response_ids"].shape == (3, 3)
+    assert batch["response_mask"].sum() == 7  # the 3 responses' tokens, right-padded
+    assert batch["prompt_index"].tolist() == [0, 0, 0]
+
+
+def test_gradient_checkpointing_falls_back_to_full_rows():
+    stack = reward_stack("llama")
+    stack.tokenizer = types.SimpleNamespace(pad_token_id=0)  # a bare model: only the pad id is read
+    examples = [RankingExample([5, 6], [[9, 2], [10, 2]], [0, 1])]
+    assert "prompt_ids" in ranking_collator(stack)(examples)
+    assert "prompt_ids" not in ranking_collator(stack, share_prompts=False)(examples)
+    stack.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert "prompt_ids" not in ranking_collator(stack)(examples)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_generate_prefills_each_distinct_prompt_once_and_samples_as_without(arch):
+    stack = RoleStack(tiny_causal_lm(arch))
+    stack.add_role("sft", LoraSettings(r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(1)
+    for p in stack.parameters("sft"):
+        torch.nn.init.normal_(p, std=0.1)
+    ids, mask = pad_left([PROMPTS[i] for i in (0, 0, 1, 2, 2, 2)], 0)  # K samples of a prompt: equal rows
+    options = dict(max_new_tokens=8, pad_token_id=0, eos_token_id=None)
+    prefilled, share = [], stack._shared_prompt_cache
+
+    def counted(input_ids, attention_mask):
+        cache = share(input_ids, attention_mask)
+        prefilled.append(cache.get_seq_length() if cache is not None else None)
+        return cache
+
+    stack._shared_prompt_cache = counted
+    torch.manual_seed(0)
+    shared = [stack.generate("sft", ids, mask, do_sample=False, **options)]
+    shared.append(stack.generate("sft", ids, mask, do_sample=True, **options))
+    assert prefilled == [ids.shape[1] - 1] * 2  # the cache held all but the last prompt token
+    stack._shared_prompt_cache = lambda *args: None
+    torch.manual_seed(0)
+    plain = [stack.generate("sft", ids, mask, do_sample=False, **options)]
+    plain.append(stack.generate("sft", ids, mask, do_sample=True, **options))
+    assert torch.equal(shared[0], plain[0])
+    assert torch.equal(shared[1], plain[1])
+    alone = stack.generate("sft", *pad_left([PROMPTS[2]], 0), do_sample=False, **options)
+    assert torch.equal(shared[0][-1, -8:], alone[0, -8:])
+
+
+def test_generate_with_distinct_prompts_takes_the_plain_path():
+    stack = RoleStack(tiny_causal_lm("llama"))
+    ids, mask = pad_left(PROMPTS, 0)
+    assert stack._shared_prompt_cache(ids, mask) is None
