@@ -44,6 +44,13 @@ def test_reference_answers_are_right():
     assert make_task("arithmetic", {"a": 12, "op": "-", "b": 30}).answer == "-18"
     assert make_task("count", {"letter": "r", "words": ["river", "tiger"]}).answer == "3"
     assert make_task("uppercase", {"words": ["green", "tea"]}).answer == "GREEN TEA"
+    assert make_task("lowercase", {"words": ["green", "tea"]}).prompt.startswith(
+        "Write this in lowercase letters: GREEN TEA."
+    )
+    assert make_task("lowercase", {"words": ["green", "tea"]}).answer == "green tea"
+    assert make_task("capitalize", {"words": ["green", "tea"]}).answer == "Green Tea"
+    assert make_task("dashes", {"words": ["green", "tea", "cup"]}).answer == "green-tea-cup"
+    assert make_task("repeat", {"word": "tea", "times": 3}).answer == "tea tea tea"
     assert json.loads(make_task("json", {"pairs": {"city": "Oslo", "name": "Ana"}}).answer) == {
         "city": "Oslo",
         "name": "Ana",
@@ -79,6 +86,10 @@ def test_gold_judge_gives_one_to_the_demonstration_and_less_to_corruptions():
         ({"a": 40, "op": "+", "b": 25}, "arithmetic", "65", "63", "12"),
         ({"letter": "e", "words": ["green", "tree", "lemon"]}, "count", "5", "4", "40"),
         ({"words": ["green", "river"]}, "uppercase", "GREEN RIVER", "green river", "blue sky"),
+        ({"words": ["green", "river"]}, "lowercase", "green river", "GREEN river", "blue sky"),
+        ({"words": ["green", "river"]}, "capitalize", "Green River", "green river", "blue sky"),
+        ({"words": ["green", "river", "stone"]}, "dashes", "green-river-stone", "green river stone", "blue sky"),
+        ({"word": "tea", "times": 3}, "repeat", "tea tea tea", "tea tea", "coffee"),
         (
             {"pairs": {"city": "Oslo", "name": "Ana"}},
             "json",
@@ -106,6 +117,18 @@ def test_gold_judge_hand_computed_values_and_brevity():
     assert gold_score(add, "21") == pytest.approx(0.8)
     assert gold_score(add, "The answer is twenty... no: 20") > gold_score(add, "The answer is 19")
     assert gold_score(add, "20") > gold_score(add, "Sure, 10 + 10 = 20") > gold_score(add, "Sure, 10 + 10 = 17")
+
+
+def test_gold_judge_new_families_hand_computed():
+    dashes = make_task("dashes", {"words": ["green", "river", "stone"]}).prompt
+    # Right words (ratio 1) but one item "river stone": dash items [green, river stone] match 1 of 3 + 2 -> 2/5.
+    assert gold_score(dashes, "green-river stone") == pytest.approx(0.5 + 0.5 * 2 / 5)
+    repeat = make_task("repeat", {"word": "tea", "times": 3}).prompt
+    # Five copies for three: multiset F1 = 2*3/(3+5) = 0.75; 19 chars for an 11-char answer: brevity 15/19.
+    assert gold_score(repeat, "tea tea tea tea tea") == pytest.approx(0.75 * (0.8 + 0.2 * 15 / 19))
+    lower = make_task("lowercase", {"words": ["green", "river"]}).prompt
+    # Words right case-blind (0.5), one of two in the asked-for case: exact ratio 2*1/4 -> 0.25.
+    assert gold_score(lower, "green RIVER") == pytest.approx(0.75)
 
 
 def test_gold_judge_rejects_unknown_prompts():

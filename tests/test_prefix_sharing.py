@@ -139,3 +139,20 @@ def test_generate_with_distinct_prompts_takes_the_plain_path():
     stack = RoleStack(tiny_causal_lm("llama"))
     ids, mask = pad_left(PROMPTS, 0)
     assert stack._shared_prompt_cache(ids, mask) is None
+
+
+def test_eval_reward_scores_share_repeated_prompts_and_keep_the_scores():
+    from lora_rlhf.eval.scoring import reward_scores
+
+    stack = reward_stack("qwen2")
+    stack.tokenizer = types.SimpleNamespace(pad_token_id=0)
+    sequences = [PROMPTS[i] + r for i, r in zip(PROMPT_INDEX, RESPONSES)] + [PROMPTS[2]]  # the last: empty response
+    starts = [len(PROMPTS[i]) for i in PROMPT_INDEX] + [len(PROMPTS[2])]
+    calls, prefix_rewards = [], stack.prefix_rewards
+    stack.prefix_rewards = lambda *args, **kw: calls.append(args[0].shape) or prefix_rewards(*args, **kw)
+    full = reward_scores(stack, sequences, batch_size=4)
+    shared = reward_scores(stack, sequences, batch_size=4, prompt_lengths=starts)
+    # First batch: prompts 0, 0, 1, 1 -> two distinct prompts encoded; second batch holds an empty response
+    # (nothing to continue the cache with), so it is scored in full.
+    assert calls == [(2, 9)]
+    assert shared == pytest.approx(full, abs=1e-5)

@@ -70,15 +70,6 @@ def _number_content(task: Task, response: str) -> float:
     return max(0.0, 1.0 - abs(got[-1] - want) / scale)
 
 
-def _uppercase_content(task: Task, response: str) -> float:
-    """Half for the right word sequence (case-blind), half for the same words written in uppercase."""
-    got = re.findall(r"[A-Za-z]+", response)
-    want = task.answer.split()
-    words = difflib.SequenceMatcher(a=[w.lower() for w in want], b=[w.lower() for w in got], autojunk=False)
-    exact = difflib.SequenceMatcher(a=want, b=got, autojunk=False)
-    return 0.5 * words.ratio() + 0.5 * exact.ratio()
-
-
 def _case_content(task: Task, response: str) -> float:
     """Half for the right word sequence (case-blind), half for the same words in the asked-for case."""
     got = re.findall(r"[A-Za-z]+", response)
@@ -128,7 +119,7 @@ _CONTENT: dict[str, Callable[[Task, str], float]] = {
     "reverse": _reverse_content,
     "arithmetic": _number_content,
     "count": _number_content,
-    "uppercase": _uppercase_content,
+    "uppercase": _case_content,
     "lowercase": _case_content,
     "capitalize": _case_content,
     "dashes": _dashes_content,

@@ -145,7 +145,9 @@ FAMILIES: dict[str, _Family] = {
     ),
     "lowercase": _Family(
         _make_upper,
-        lambda p: f"Write this in lowercase letters: {' '.join(p['words']).upper()}. Reply with the lowercase text only.",
+        lambda p: (
+            f"Write this in lowercase letters: {' '.join(p['words']).upper()}. Reply with the lowercase text only."
+        ),
         lambda p: " ".join(p["words"]),
         re.compile(r"^Write this in lowercase letters: ([A-Z ]+)\. Reply with the lowercase text only\.$"),
         lambda m: {"words": m.group(1).lower().split()},

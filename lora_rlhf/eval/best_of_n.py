@@ -81,7 +81,7 @@ def best_of_n(
     elif len(candidates.texts) != n * len(prompts):
         raise ValueError(f"best_of_n: {len(candidates.texts)} candidates for {len(prompts)} prompts x N = {n}")
     if candidate_scores is None:
-        candidate_scores = reward_scores(stack, candidates.input_ids, config.batch_size)
+        candidate_scores = reward_scores(stack, candidates.input_ids, config.batch_size, candidates.response_start)
     scores = np.asarray(candidate_scores, dtype=np.float64).reshape(len(prompts), n)
     picks = select_best(scores)
     summary: dict[str, Any] = {

@@ -22,7 +22,7 @@ def sequence_kl(
     attention_mask: torch.Tensor,
     response_mask: torch.Tensor,
     *,
-    chunk_size: int = 64,
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """Per-sequence KL summed over response positions.
 
@@ -37,12 +37,13 @@ def sequence_kl(
     with stack.use(reference):
         states_ref, _ = stack.logit_states(input_ids, attention_mask)
     states_policy, states_ref = states_policy[:, :-1], states_ref[:, :-1]
-    mask = response_mask[:, 1:].float()
-    total = torch.zeros(input_ids.shape[0], device=input_ids.device)
-    for start in range(0, states_policy.shape[1], chunk_size):
-        end = start + chunk_size
-        logp = project(states_policy[:, start:end]).log_softmax(-1)
-        logq = project(states_ref[:, start:end]).log_softmax(-1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, chunk)
-        total += (kl * mask[:, start:end]).sum(-1)
-    return total
+    # Only the positions that predict a response token are projected onto the vocabulary: the prompt's (most
+    # of a short answer's row) would be masked out anyway.
+    rows, cols = response_mask[:, 1:].bool().nonzero(as_tuple=True)
+    kl = torch.zeros(len(rows), device=input_ids.device)
+    for start in range(0, len(rows), chunk_size):
+        index = (rows[start : start + chunk_size], cols[start : start + chunk_size])
+        logp = project(states_policy[index]).float().log_softmax(-1)  # (chunk, V)
+        logq = project(states_ref[index]).float().log_softmax(-1)
+        kl[start : start + chunk_size] = (logp.exp() * (logp - logq)).sum(-1)
+    return torch.zeros(input_ids.shape[0], device=input_ids.device).index_add_(0, rows, kl)

@@ -75,7 +75,8 @@ def score_rankings(
 ) -> list[ScoredRanking]:
     """RM score of every response of every ranking, all responses of all rows batched together."""
     sequences = [example.prompt_ids + ids for _, example in rows for ids in example.response_ids]
-    flat = iter(reward_scores(stack, sequences, batch_size))
+    starts = [len(example.prompt_ids) for _, example in rows for _ in example.response_ids]
+    flat = iter(reward_scores(stack, sequences, batch_size, prompt_lengths=starts))
     return [ScoredRanking(ranking, [next(flat) for _ in ranking.responses]) for ranking, _ in rows]
 
 

@@ -144,7 +144,7 @@ def _reward_scores(
     if not stack.has_role("reward"):
         return None
     batch = config.batch_size * config.samples_per_prompt
-    return {name: reward_scores(stack, r.input_ids, batch) for name, r in responses.items()}
+    return {name: reward_scores(stack, r.input_ids, batch, r.response_start) for name, r in responses.items()}
 
 
 def _reusable_rows(config: EvalConfig, prompts: int) -> list[int] | None:

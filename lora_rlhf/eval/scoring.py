@@ -19,13 +19,50 @@ GoldFn = Callable[[list[str], list[str]], list[float]]
 
 
 @torch.no_grad()
-def reward_scores(stack: RoleStack, sequences: Sequence[Sequence[int] | torch.Tensor], batch_size: int) -> list[float]:
-    """RM score of every prompt + response id sequence (no padding), `batch_size` sequences at a time."""
+def reward_scores(
+    stack: RoleStack,
+    sequences: Sequence[Sequence[int] | torch.Tensor],
+    batch_size: int,
+    prompt_lengths: Sequence[int] | None = None,
+) -> list[float]:
+    """RM score of every prompt + response id sequence (no padding), `batch_size` sequences at a time.
+
+    With `prompt_lengths` (where each sequence's response starts), sequences of a batch that share a prompt
+    (several samples of one prompt, the K responses of a ranking) have it encoded once (`prefix_rewards`).
+    """
     scores: list[float] = []
     for begin in range(0, len(sequences), batch_size):
-        ids, mask = pad_left(sequences[begin : begin + batch_size], stack.tokenizer.pad_token_id)
-        scores += stack.rewards(ids.to(stack.device), mask.to(stack.device)).float().cpu().tolist()
+        chunk = [torch.as_tensor(s, dtype=torch.long) for s in sequences[begin : begin + batch_size]]
+        starts = prompt_lengths[begin : begin + batch_size] if prompt_lengths is not None else None
+        shared = _shared_prompt_batch(chunk, starts, stack.tokenizer.pad_token_id) if starts is not None else None
+        if shared is not None:
+            flat = stack.prefix_rewards(*(t.to(stack.device) for t in shared))
+        else:
+            ids, mask = pad_left(chunk, stack.tokenizer.pad_token_id)
+            flat = stack.rewards(ids.to(stack.device), mask.to(stack.device))
+        scores += flat.float().cpu().tolist()
     return scores
+
+
+def _shared_prompt_batch(chunk: list[torch.Tensor], starts: Sequence[int], pad_id: int) -> tuple | None:
+    """(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index) when some prompt repeats and every
+    response is non-empty; else None (full rows are as cheap)."""
+    if any(len(seq) <= start for seq, start in zip(chunk, starts)):
+        return None
+    keys = [tuple(seq[:start].tolist()) for seq, start in zip(chunk, starts)]
+    distinct = list(dict.fromkeys(keys))
+    if len(distinct) == len(keys):
+        return None
+    prompt_ids, prompt_mask = pad_left([list(k) for k in distinct], pad_id)
+    responses = [seq[start:] for seq, start in zip(chunk, starts)]
+    width = max(len(r) for r in responses)
+    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), width), dtype=torch.long)
+    for n, response in enumerate(responses):
+        response_ids[n, : len(response)] = response
+        response_mask[n, : len(response)] = 1
+    index = torch.tensor([distinct.index(k) for k in keys])
+    return prompt_ids, prompt_mask, response_ids, response_mask, index
 
 
 def bootstrap_kwargs(config: EvalConfig) -> dict[str, Any]:
