@@ -32,6 +32,20 @@ def _stub_rewards(stack: RoleStack):
     return rewards
 
 
+def _stub_prefix_rewards(stack: RoleStack):
+    """`prefix_rewards` through the stub above: each response re-joined to its prompt."""
+    rewards = _stub_rewards(stack)
+
+    def prefix_rewards(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index, role="reward"):
+        rows = [
+            torch.cat([prompt_ids[p][prompt_mask[p].bool()], ids[m.bool()]])
+            for p, ids, m in zip(prompt_index.tolist(), response_ids, response_mask)
+        ]
+        return torch.cat([rewards(row[None], torch.ones(1, len(row), dtype=torch.long)) for row in rows])
+
+    return prefix_rewards
+
+
 @pytest.fixture(scope="module")
 def stack(tiny_llama) -> RoleStack:
     stack = RoleStack.load(BaseModelConfig(tiny_llama, quantization="none"))
@@ -62,6 +76,7 @@ def test_rm_accuracy_against_labels_and_gold_on_hand_built_rankings(stack, tmp_p
         rankings=DatasetSpec(_write_jsonl(tmp_path / "rankings.jsonl", rows)), batch_size=3, bootstrap_samples=200
     )
     monkeypatch.setattr(stack, "rewards", _stub_rewards(stack))
+    monkeypatch.setattr(stack, "prefix_rewards", _stub_prefix_rewards(stack))  # a ranking's K share their prompt
     gold_by_length = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731 - a stand-in gold judge
     got = rm_accuracy(stack, config, gold_by_length)
     assert (
@@ -98,7 +113,8 @@ def test_lm_loss_matches_a_direct_computation_from_the_logits(stack, tmp_path):
 def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch):
     # RM scores of the 2 prompts x 3 samples, prompt-major
     monkeypatch.setattr(
-        "lora_rlhf.eval.best_of_n.reward_scores", lambda stack, seqs, batch_size: [0.0, 5.0, 1.0, 2.0, 2.0, -1.0]
+        "lora_rlhf.eval.best_of_n.reward_scores",
+        lambda stack, seqs, batch_size, prompt_lengths=None: [0.0, 5.0, 1.0, 2.0, 2.0, -1.0],
     )
     generate, batches = stack.generate, []
     monkeypatch.setattr(

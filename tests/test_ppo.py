@@ -246,7 +246,7 @@ def test_nested_overrides_reach_their_sections():
     ).ppo
     assert ppo.rewards.kl_coef == 0.05 and ppo.sampling.temperature == 0.7 and ppo.optim.clip_range == 0.1
     assert ppo.ptx.coef == 2.0 and ppo.ptx.data.path == "text.jsonl" and ppo.ptx.enabled
-    assert ppo.rewards.gamma == 1.0 and ppo.sampling.max_new_tokens == 32  # the rest of the demo recipe's sections stay
+    assert ppo.rewards.gamma == 1.0 and ppo.sampling.max_new_tokens == 24  # the rest of the demo recipe's sections stay
 
 
 def test_a_recipe_file_with_old_flat_keys_names_their_new_place(tmp_path):

@@ -166,7 +166,9 @@ class RoleOperations:
         if self.tokenizer is not None:
             generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         with self.use(role), self._generation_mode():
-            if generate_kwargs.get("past_key_values") is None and generate_kwargs.get("cache") is None:
+            # Not with PEFT's mixed-adapter batches (`adapter_names`): the prefill here runs the active adapter only.
+            plain = all(generate_kwargs.get(k) is None for k in ("past_key_values", "cache", "adapter_names"))
+            if plain:
                 cache = self._shared_prompt_cache(input_ids, attention_mask)
                 if cache is not None:
                     generate_kwargs[_cache_argument(self._causal_lm())] = cache
