@@ -141,6 +141,14 @@ def test_generate_with_distinct_prompts_takes_the_plain_path():
     assert stack._shared_prompt_cache(ids, mask) is None
 
 
+def test_generate_that_expands_its_rows_itself_is_not_prefilled():
+    stack = RoleStack(tiny_causal_lm("llama"))
+    ids, mask = pad_left([PROMPTS[0], PROMPTS[0]], 0)
+    torch.manual_seed(0)  # a cache prefilled for 2 rows would not fit the 4 that generate makes of them
+    out = stack.generate("base", ids, mask, max_new_tokens=3, do_sample=True, num_return_sequences=2, pad_token_id=0)
+    assert out.shape == (4, ids.shape[1] + 3)
+
+
 def test_eval_reward_scores_share_repeated_prompts_and_keep_the_scores():
     from lora_rlhf.eval.scoring import reward_scores
 

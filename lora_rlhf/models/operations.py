@@ -166,9 +166,11 @@ class RoleOperations:
         if self.tokenizer is not None:
             generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         with self.use(role), self._generation_mode():
-            # Not with PEFT's mixed-adapter batches (`adapter_names`): the prefill here runs the active adapter only.
+            # Not with PEFT's mixed-adapter batches (`adapter_names`): the prefill here runs the active adapter only;
+            # not when generate itself expands the rows (several sequences or beams per row).
             plain = all(generate_kwargs.get(k) is None for k in ("past_key_values", "cache", "adapter_names"))
-            if plain:
+            expands = any(generate_kwargs.get(k, 1) != 1 for k in ("num_return_sequences", "num_beams"))
+            if plain and not expands:
                 cache = self._shared_prompt_cache(input_ids, attention_mask)
                 if cache is not None:
                     generate_kwargs[_cache_argument(self._causal_lm())] = cache
