@@ -43,7 +43,7 @@ def sequence_kl(
     kl = torch.zeros(len(rows), device=input_ids.device)
     for start in range(0, len(rows), chunk_size):
         index = (rows[start : start + chunk_size], cols[start : start + chunk_size])
-        logp = project(states_policy[index]).float().log_softmax(-1)  # (chunk, V)
-        logq = project(states_ref[index]).float().log_softmax(-1)
+        logp = project(states_policy[index]).log_softmax(-1)  # (chunk, V), float32
+        logq = project(states_ref[index]).log_softmax(-1)
         kl[start : start + chunk_size] = (logp.exp() * (logp - logq)).sum(-1)
     return torch.zeros(input_ids.shape[0], device=input_ids.device).index_add_(0, rows, kl)

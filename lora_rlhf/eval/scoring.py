@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lora_rlhf.data.batching import pad_left
+from lora_rlhf.data.batching import pad_left, pad_right
 from lora_rlhf.eval import stats
 from lora_rlhf.eval.compare import mean, pairwise_win_rates
 from lora_rlhf.eval.config import EvalConfig
@@ -53,16 +53,10 @@ def _shared_prompt_batch(chunk: list[torch.Tensor], starts: Sequence[int], pad_i
     distinct = list(dict.fromkeys(keys))
     if len(distinct) == len(keys):
         return None
-    prompt_ids, prompt_mask = pad_left([list(k) for k in distinct], pad_id)
-    responses = [seq[start:] for seq, start in zip(chunk, starts)]
-    width = max(len(r) for r in responses)
-    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((len(responses), width), dtype=torch.long)
-    for n, response in enumerate(responses):
-        response_ids[n, : len(response)] = response
-        response_mask[n, : len(response)] = 1
-    index = torch.tensor([distinct.index(k) for k in keys])
-    return prompt_ids, prompt_mask, response_ids, response_mask, index
+    prompt_ids, prompt_mask = pad_left(distinct, pad_id)
+    response_ids, response_mask = pad_right([seq[start:] for seq, start in zip(chunk, starts)], pad_id)
+    row = {key: i for i, key in enumerate(distinct)}
+    return prompt_ids, prompt_mask, response_ids, response_mask, torch.tensor([row[k] for k in keys])
 
 
 def bootstrap_kwargs(config: EvalConfig) -> dict[str, Any]:

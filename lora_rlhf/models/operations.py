@@ -25,6 +25,11 @@ def _cache_argument(module: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
+def _returned_cache(out):
+    """The KV cache a forward returned (`cache` in recent transformers 5.x, `past_key_values` before), or None."""
+    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+
 class RoleOperations:
     """Forward passes under one role at a time; see the module docstring for what the host provides."""
 
@@ -116,7 +121,7 @@ class RoleOperations:
         backbone = self._causal_lm().base_model
         position_ids = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values  # `cache` since transformers 5.x
+        cache = _returned_cache(out)
         if cache is None:
             raise RuntimeError("the model returned no KV cache (gradient checkpointing on?): use hidden_states")
         cache.batch_select_indices(prompt_index)  # (B, heads, P, d) -> (N, heads, P, d) in every layer
@@ -193,7 +198,7 @@ class RoleOperations:
         # Positions as generate computes them for a left-padded batch (pads at 1, masked out anyway).
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
         out = self._causal_lm().base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = _returned_cache(out)
         if cache is None:
             return None
         cache.batch_select_indices(inverse)  # (distinct, heads, P-1, d) -> (rows, heads, P-1, d)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lora_rlhf.data.batching import pad_left
+from lora_rlhf.data.batching import pad_left, pad_right
 from lora_rlhf.data.rankings import RankingExample
 
 
@@ -17,18 +17,8 @@ def collate_rankings(examples: list[RankingExample], pad_id: int) -> dict[str, t
         valid: (B, K_max) bool, False for the padding slots of prompts with K_b < K_max.
         slot: (N,) each sequence's flat position b * K_max + k in the (B, K_max) grid.
     """
-    k_max = max(len(e.response_ids) for e in examples)
-    sequences, slots = [], []
-    ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
-    valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
-    for b, example in enumerate(examples):
-        for k, response in enumerate(example.response_ids):
-            sequences.append(example.prompt_ids + response)
-            slots.append(b * k_max + k)
-        ranks[b, : len(example.ranks)] = torch.tensor(example.ranks)
-        valid[b, : len(example.ranks)] = True
-    ids, mask = pad_left(sequences, pad_id)
-    return {"input_ids": ids, "attention_mask": mask, "ranks": ranks, "valid": valid, "slot": torch.tensor(slots)}
+    ids, mask = pad_left([e.prompt_ids + r for e in examples for r in e.response_ids], pad_id)
+    return {"input_ids": ids, "attention_mask": mask, **_rank_grid(examples)}
 
 
 def collate_shared_prompts(examples: list[RankingExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -44,30 +34,28 @@ def collate_shared_prompts(examples: list[RankingExample], pad_id: int) -> dict[
         prompt_index: (N,) the prompt row of each response.
         ranks, valid, slot: as `collate_rankings`.
     """
-    k_max = max(len(e.response_ids) for e in examples)
     prompt_ids, prompt_mask = pad_left([e.prompt_ids for e in examples], pad_id)
-    responses = [(b, k, r) for b, e in enumerate(examples) for k, r in enumerate(e.response_ids)]
-    width = max(len(r) for _, _, r in responses)
-    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((len(responses), width), dtype=torch.long)
-    for n, (_, _, response) in enumerate(responses):
-        response_ids[n, : len(response)] = torch.as_tensor(response, dtype=torch.long)
-        response_mask[n, : len(response)] = 1
-    ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
-    valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
-    for b, example in enumerate(examples):
-        ranks[b, : len(example.ranks)] = torch.tensor(example.ranks)
-        valid[b, : len(example.ranks)] = True
+    response_ids, response_mask = pad_right([r for e in examples for r in e.response_ids], pad_id)
     return {
         "prompt_ids": prompt_ids,
         "prompt_mask": prompt_mask,
         "response_ids": response_ids,
         "response_mask": response_mask,
-        "prompt_index": torch.tensor([b for b, _, _ in responses]),
-        "ranks": ranks,
-        "valid": valid,
-        "slot": torch.tensor([b * k_max + k for b, k, _ in responses]),
+        "prompt_index": torch.tensor([b for b, e in enumerate(examples) for _ in e.response_ids]),
+        **_rank_grid(examples),
     }
+
+
+def _rank_grid(examples: list[RankingExample]) -> dict[str, torch.Tensor]:
+    """ranks and valid (B, K_max), and slot (N,): where each of the N responses, in order, sits in the grid."""
+    k_max = max(len(e.response_ids) for e in examples)
+    ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
+    valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
+    for b, example in enumerate(examples):
+        ranks[b, : len(example.ranks)] = torch.tensor(example.ranks)
+        valid[b, : len(example.ranks)] = True
+    slot = torch.tensor([b * k_max + k for b, e in enumerate(examples) for k in range(len(e.response_ids))])
+    return {"ranks": ranks, "valid": valid, "slot": slot}
 
 
 def scatter_scores(flat: torch.Tensor, slot: torch.Tensor, shape: torch.Size) -> torch.Tensor:
