@@ -224,6 +224,9 @@ def test_response_mask_stops_after_the_first_eos():
         ("ppo.temperature=0.7", "ppo.temperature moved to ppo.sampling.temperature"),
         ("ppo.policy_learning_rate=1e-5", "ppo.policy_learning_rate moved to ppo.optim.policy_learning_rate"),
         ("ppo.ptx.path=x.jsonl", "ppo.ptx.path moved to ppo.ptx.data.path"),
+        ("ppo.samples_per_prompt=0", "ppo.samples_per_prompt: 0 must be a positive integer"),
+        ("ppo.rewards.score_baseline=prompt_mean", "set samples_per_prompt >= 2 (it is 1)"),
+        ("ppo.rewards.score_baseline=median", "ppo.rewards.score_baseline: 'median' is not one of none, prompt_mean"),
     ],
 )
 def test_bad_ppo_settings_are_one_line_errors(override, message):
@@ -413,3 +416,33 @@ def test_the_first_ppo_ratio_is_one_with_generation_logprobs(tiny_llama, tmp_pat
     (row,) = read_metrics(tmp_path / "run" / "metrics" / "ppo.jsonl")
     assert row["ratio"] == pytest.approx(1.0, abs=1e-5) and row["clipfrac"] == 0.0
     assert abs(row["approx_kl"]) < 1e-6
+
+
+def test_samples_per_prompt_rolls_out_consecutive_groups_and_centres_each_prompts_scores(tiny_llama, tmp_path):
+    seen: list[list[str]] = []
+
+    def prompt_level(prompts: list[str], responses: list[str]) -> list[float]:
+        """A reward that depends only on the prompt: the leave-one-out baseline must cancel it exactly."""
+        seen.append(list(prompts))
+        return [float(len(p)) for p in prompts]
+
+    cfg = config(
+        tmp_path,
+        steps=2,
+        rollout_batch_size=2,
+        samples_per_prompt=4,
+        mini_batch_size=4,
+        ppo_epochs=1,
+        rewards={"score_baseline": "prompt_mean", "kl_coef": 0.0, "lam": 1.0, "whiten_advantages": False},
+    )
+    assert cfg.rollout_sequences == 8
+    train_ppo(make_stack(tiny_llama), cfg, tmp_path / "run", reward_fn=prompt_level)
+    for batch in seen:  # 2 prompts x 4 samples, each prompt's samples consecutive
+        assert len(batch) == 8 and all(batch[i] == batch[i - i % 4] for i in range(8)), batch
+    rows = read_metrics(tmp_path / "run" / "metrics" / "ppo.jsonl")
+    # Without KL (and lam 1: returns are sums of rewards), a reward that only tells prompts apart leaves
+    # every return at 0 once the baseline is off it.
+    assert all(abs(r["returns_mean"]) < 1e-6 for r in rows), [r["returns_mean"] for r in rows]
+    assert rows[0]["reward"] > 10  # the raw score (the prompts' lengths) is still what is logged
+    with pytest.raises(LoraRlhfError, match="x samples_per_prompt 3 must be a multiple of mini_batch_size"):
+        config(tmp_path, rollout_batch_size=2, samples_per_prompt=3, mini_batch_size=4)

@@ -12,7 +12,13 @@ import torch
 from lora_rlhf.ppo.advantages import gae, whiten
 from lora_rlhf.ppo.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
 from lora_rlhf.ppo.losses import explained_variance, policy_loss, ptx_loss, value_loss
-from lora_rlhf.ppo.rewards import RunningMoments, penalize_missing_eos, penalized_rewards, transform_scores
+from lora_rlhf.ppo.rewards import (
+    RunningMoments,
+    leave_one_out_baseline,
+    penalize_missing_eos,
+    penalized_rewards,
+    transform_scores,
+)
 from lora_rlhf.ppo.stats import masked_mean, masked_var
 
 
@@ -253,6 +259,20 @@ def test_transform_scores_normalises_then_clips():
     torch.testing.assert_close(transform_scores(scores, clip=4.0), torch.tensor([1.0, 3.0, 4.0, 4.0]))
     with pytest.raises(ValueError, match="RunningMoments"):
         transform_scores(scores, normalize=True)
+
+
+def test_leave_one_out_baseline_by_hand():
+    # Two prompts, three samples each: each score minus the mean of its two siblings.
+    scores = torch.tensor([1.0, 2.0, 6.0, 10.0, 10.0, 13.0])
+    expected = torch.tensor([1 - 4.0, 2 - 3.5, 6 - 1.5, 10 - 11.5, 10 - 11.5, 13 - 10.0])
+    torch.testing.assert_close(leave_one_out_baseline(scores, 3), expected)
+    # Equal samples carry no signal; a constant per prompt (its difficulty) is removed entirely.
+    torch.testing.assert_close(leave_one_out_baseline(torch.tensor([4.0, 4.0, -1.0, -1.0]), 2), torch.zeros(4))
+    shifted = leave_one_out_baseline(scores + torch.tensor([5.0] * 3 + [-7.0] * 3), 3)
+    torch.testing.assert_close(shifted, expected)
+    for bad_size in (1, 4):
+        with pytest.raises(ValueError, match="groups"):
+            leave_one_out_baseline(scores, bad_size)
 
 
 # --- KL controllers (Ziegler et al. 2019 §2.2) ---------------------------------------------------------

@@ -164,3 +164,95 @@ def test_eval_reward_scores_share_repeated_prompts_and_keep_the_scores():
     # (nothing to continue the cache with), so it is scored in full.
     assert calls == [(2, 9)]
     assert shared == pytest.approx(full, abs=1e-5)
+
+
+# --- PPO rollout rows: [left-padded prompt | right-padded response], a prompt's samples in consecutive rows ----
+
+ROLLOUT_PROMPTS = [0, 0, 1, 2, 2, 2]
+ROLLOUT_RESPONSES = [[21, 22, 2], [23, 24, 25, 26, 27, 2], [28], [29, 30, 31, 2], [32, 33, 2], []]
+
+
+def rollout_rows() -> tuple[torch.Tensor, torch.Tensor, int]:
+    from lora_rlhf.data.batching import pad_right
+
+    prompt_ids, prompt_mask = pad_left([PROMPTS[i] for i in ROLLOUT_PROMPTS], 0)
+    response_ids, response_mask = pad_right([r or [0] for r in ROLLOUT_RESPONSES], 0)
+    response_mask[-1] = 0  # the last sample is empty (EOS at once, or a cut): only the prompt is real
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    return ids, torch.cat([prompt_mask, response_mask], dim=1), prompt_ids.shape[1]
+
+
+def rollout_stack(arch: str) -> RoleStack:
+    stack = RoleStack(tiny_causal_lm(arch))
+    for role in ("policy", "value", "reward"):
+        stack.add_role(role, LoraSettings(r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(1)
+    for role in ("policy", "value", "reward"):
+        for p in stack.parameters(role):
+            torch.nn.init.normal_(p, std=0.1)
+    return stack
+
+
+def rollout_passes(stack: RoleStack, ids, mask, p) -> dict[str, torch.Tensor]:
+    shared = {
+        "logprobs": stack.response_logprobs("policy", ids, mask, p, temperature=0.7, with_entropy=True),
+        "values": stack.response_values(ids, mask, p),
+        "scores": stack.response_rewards(ids, mask, p),
+    }
+    full = {
+        "logprobs": stack.logprobs("policy", ids, mask, temperature=0.7, with_entropy=True, start=p - 1),
+        "values": stack.values(ids, mask)[:, p - 1 : -1],
+        "scores": stack.rewards(ids, mask),
+    }
+    return {"shared": shared, "full": full}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_rollout_passes_encode_a_prompt_once_for_its_samples_and_equal_full_rows(arch):
+    stack = rollout_stack(arch)
+    ids, mask, p = rollout_rows()
+    encoded, prefix = [], stack.prefix_hidden_states
+    stack.prefix_hidden_states = lambda *args: encoded.append(args[0].shape[0]) or prefix(*args)
+    with torch.no_grad():
+        out = rollout_passes(stack, ids, mask, p)
+    assert encoded == [3, 3, 3]  # three distinct prompts, once per pass (policy, value, reward)
+    shared, full = out["shared"], out["full"]
+    response = mask[:, p:].bool()
+    for key in ("logprobs", "entropy"):
+        got, want = getattr(shared["logprobs"], key), getattr(full["logprobs"], key)
+        assert got.shape == want.shape == response.shape
+        torch.testing.assert_close(got[response], want[response], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared["values"][response], full["values"][response], rtol=1e-5, atol=1e-5)
+    assert full["scores"].std() > 1e-3
+    torch.testing.assert_close(shared["scores"], full["scores"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
+def test_rollout_gradients_are_those_of_full_rows(arch):
+    stack = rollout_stack(arch)
+    stack.set_trainable("policy", "value")
+    ids, mask, p = rollout_rows()
+    response = mask[:, p:].float()
+    grads = []
+    for layout in ("shared", "full"):
+        with stack.use("policy"):
+            out = rollout_passes(stack, ids, mask, p)[layout]
+            ((out["logprobs"].logprobs * response).sum() + (out["values"] * response).sum()).backward()
+        params = stack.parameters("policy") + stack.parameters("value")
+        grads.append([q.grad.clone() for q in params])
+        for q in params:
+            q.grad = None
+    assert all(g.abs().sum() > 0 for g in grads[0])
+    for shared, full in zip(*grads):
+        torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-5)
+
+
+def test_rollout_passes_take_full_rows_when_nothing_is_shared():
+    stack = rollout_stack("llama")
+    ids, mask, p = rollout_rows()
+    assert stack._shared_prompts(ids, mask, p) is not None
+    assert stack._shared_prompts(ids[[0, 2, 3]], mask[[0, 2, 3]], p) is None  # distinct prompts
+    assert stack._shared_prompts(ids[:, p - 1 :], mask[:, p - 1 :], 1) is None  # one-token prompts
+    stack.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with stack.training():
+        assert stack._shared_prompts(ids, mask, p) is None  # no KV cache comes back to share

@@ -160,6 +160,74 @@ class RoleOperations:
         with self.use(role):
             return head(self.hidden_states(input_ids, attention_mask))
 
+    # --- rollout rows: [left-padded prompt (P columns) | right-padded response (A columns)], as PPO lays them out.
+    # Several samples of one prompt arrive as rows with equal prompt columns; each method below then encodes
+    # that prompt once (`prefix_hidden_states`) and equals its full-row form up to float rounding.
+
+    def response_logprobs(
+        self,
+        role: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_width: int,
+        *,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+    ) -> TokenLogProbs:
+        """(B, P + A) rollout rows -> (B, A) log pi_role of each response token: `logprobs(start=P - 1)`."""
+        p = prompt_width
+        with self.use(role):
+            shared = self._shared_prompts(input_ids, attention_mask, p) if self.chunked_logits else None
+            if shared is None:
+                return self.logprobs(
+                    role, input_ids, attention_mask, temperature=temperature, with_entropy=with_entropy, start=p - 1
+                )
+            states = self.prefix_hidden_states(*shared)[:, :-1]  # positions P-1 .. T-2 predict the A responses
+            return token_logprobs(
+                states, input_ids[:, p:], self.projection, temperature=temperature, with_entropy=with_entropy
+            )
+
+    def response_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int, role: str = "value"
+    ) -> torch.Tensor:
+        """(B, P + A) rollout rows -> (B, A) values of the states before each response token:
+        `values(...)[:, P - 1 : -1]`."""
+        p = prompt_width
+        head = self.head(role)
+        with self.use(role):
+            shared = self._shared_prompts(input_ids, attention_mask, p)
+            if shared is None:
+                return head(self.hidden_states(input_ids, attention_mask))[:, p - 1 : -1]
+            return head(self.prefix_hidden_states(*shared))[:, :-1]
+
+    def response_rewards(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int, role: str = "reward"
+    ) -> torch.Tensor:
+        """(B, P + A) rollout rows -> (B,) scores at each row's last real token: `rewards(...)`."""
+        shared = self._shared_prompts(input_ids, attention_mask, prompt_width)
+        if shared is None:
+            return self.rewards(input_ids, attention_mask, role)
+        return self.prefix_rewards(*shared, role=role)
+
+    def _shared_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int):
+        """Rollout rows split for `prefix_hidden_states`, or None when no prompt repeats.
+
+        The distinct prompts but their last token (D, P - 1) form the shared part; each row's last prompt
+        token and its response (B, A + 1) run on top, so the hidden states come back for positions P - 1 ..
+        T - 1, the ones that predict or score the response. None too where the prefix path cannot run: a
+        one-token prompt (nothing to share) or gradient checkpointing in training (no KV cache is returned).
+        """
+        p = prompt_width
+        checkpointing = self.model.training and getattr(self._causal_lm(), "is_gradient_checkpointing", False)
+        if p < 2 or input_ids.shape[0] < 2 or checkpointing:
+            return None
+        rows = torch.cat([input_ids[:, : p - 1], attention_mask[:, : p - 1].to(input_ids.dtype)], dim=1)
+        distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        prompt_ids, prompt_mask = distinct[:, : p - 1], distinct[:, p - 1 :].to(attention_mask.dtype)
+        if len(distinct) == len(rows) or not prompt_mask.any(dim=1).all():
+            return None
+        return prompt_ids, prompt_mask, input_ids[:, p - 1 :], attention_mask[:, p - 1 :], inverse
+
     @torch.no_grad()
     def generate(
         self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generate_kwargs

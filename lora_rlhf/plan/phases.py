@@ -4,7 +4,7 @@ Phases and what runs in them (the batch each one handles at once):
 
     sft step       the sft adapter trains on sft.train.batch_size demonstrations of sft.max_length
     rm step        the reward adapter + head on rm.train.batch_size prompts x K ranked responses
-    ppo generate   the policy samples ppo.rollout_batch_size prompts (one generate call)
+    ppo generate   the policy samples ppo.rollout_batch_size prompts x ppo.samples_per_prompt (one generate call)
     ppo score      policy, reference, value and reward read ppo.micro_batch_size rows, no grad
     ppo train      policy (+ ptx batch) then value, ppo.micro_batch_size rows with grad
     eval           eval.batch_size prompts per generate call (x best_of_n for best-of-N)
@@ -128,9 +128,9 @@ def phase_memories(
             "ppo generate",
             ppo_adapters,
             ppo_trained,
-            no_grad_acts(ppo.rollout_batch_size, ppo.max_prompt_length),
-            estimate.logit_bytes(shape, ppo.rollout_batch_size, 1, grad=False),
-            estimate.kv_cache_bytes(shape, ppo.rollout_batch_size, prompt_and_response, dtype),
+            no_grad_acts(ppo.rollout_sequences, ppo.max_prompt_length),
+            estimate.logit_bytes(shape, ppo.rollout_sequences, 1, grad=False),
+            estimate.kv_cache_bytes(shape, ppo.rollout_sequences, prompt_and_response, dtype),
         ),
         phase(
             "ppo score",

@@ -28,6 +28,7 @@ from lora_rlhf.train.config import AdamWConfig, Scheduler
 
 KLControl = Literal["fixed", "adaptive"]
 KLEstimator = Literal["k1", "k3"]
+ScoreBaseline = Literal["none", "prompt_mean"]
 
 
 def _check_positive(config: Any, keys: Iterable[str]) -> None:
@@ -95,6 +96,11 @@ class RewardsConfig:
     missing_eos_penalty: float | None = None
     # Normalise RM scores by their running mean and std before use.
     score_normalize: bool = False
+    # "prompt_mean": subtract from each response's score the mean score of the other responses to the same
+    # prompt (the leave-one-out baseline of RLOO, Kool et al. 2019, Ahmadian et al. 2024), so a response is
+    # rewarded for beating its siblings rather than for drawing an easy prompt. Needs ppo.samples_per_prompt
+    # >= 2. "none": the paper's raw score, whose per-prompt level only the value function can absorb.
+    score_baseline: ScoreBaseline = "none"
     # Discount (paper: 1, the episode is one response).
     gamma: float = 1.0
     # GAE lambda (Schulman et al. 2016; the common 0.95).
@@ -189,6 +195,7 @@ _MOVED_INTO = {
         "score_clip",
         "missing_eos_penalty",
         "score_normalize",
+        "score_baseline",
         "gamma",
         "lam",
         "whiten_advantages",
@@ -230,6 +237,10 @@ class PPOConfig:
     steps: int = 100
     # Prompts per rollout (paper: 512). Small by default: LoRA on one GPU, not 256 A100s.
     rollout_batch_size: int = 32
+    # Responses sampled per prompt (paper: 1). A rollout holds rollout_batch_size x samples_per_prompt
+    # sequences; generation encodes each prompt once for all its samples, and rewards.score_baseline
+    # "prompt_mean" compares them with each other.
+    samples_per_prompt: int = 1
     # Sequences per optimizer step (paper: 64).
     mini_batch_size: int = 8
     # Sequences per forward/backward pass; mini_batch_size must be a multiple (gradient accumulation).
@@ -268,6 +279,7 @@ class PPOConfig:
             (
                 "steps",
                 "rollout_batch_size",
+                "samples_per_prompt",
                 "mini_batch_size",
                 "micro_batch_size",
                 "ppo_epochs",
@@ -277,13 +289,24 @@ class PPOConfig:
                 "keep_checkpoints",
             ),
         )
-        if self.rollout_batch_size % self.mini_batch_size:
+        if self.rollout_sequences % self.mini_batch_size:
+            samples = f" x samples_per_prompt {self.samples_per_prompt}" if self.samples_per_prompt > 1 else ""
             raise LoraRlhfError(
-                f"rollout_batch_size: {self.rollout_batch_size} "
+                f"rollout_batch_size: {self.rollout_batch_size}{samples} "
                 f"must be a multiple of mini_batch_size ({self.mini_batch_size})"
+            )
+        if self.rewards.score_baseline == "prompt_mean" and self.samples_per_prompt < 2:
+            raise LoraRlhfError(
+                "rewards.score_baseline: 'prompt_mean' compares a prompt's responses with each other: "
+                f"set samples_per_prompt >= 2 (it is {self.samples_per_prompt})"
             )
         if self.mini_batch_size % self.micro_batch_size:
             raise LoraRlhfError(
                 f"mini_batch_size: {self.mini_batch_size} "
                 f"must be a multiple of micro_batch_size ({self.micro_batch_size})"
             )
+
+    @property
+    def rollout_sequences(self) -> int:
+        """Sequences per rollout: every prompt's samples."""
+        return self.rollout_batch_size * self.samples_per_prompt

@@ -22,7 +22,13 @@ from lora_rlhf.ppo.advantages import gae, whiten, whiten_across_processes
 from lora_rlhf.ppo.config import PPOConfig, PPOOptimConfig, RewardsConfig
 from lora_rlhf.ppo.data import PtxStream
 from lora_rlhf.ppo.losses import PtxLoss, explained_variance, policy_loss, ptx_loss, value_loss
-from lora_rlhf.ppo.rewards import RunningMoments, penalize_missing_eos, penalized_rewards, transform_scores
+from lora_rlhf.ppo.rewards import (
+    RunningMoments,
+    leave_one_out_baseline,
+    penalize_missing_eos,
+    penalized_rewards,
+    transform_scores,
+)
 from lora_rlhf.ppo.rollout import Rollout
 from lora_rlhf.ppo.stats import masked_mean
 from lora_rlhf.sft.loss import target_mask
@@ -69,10 +75,11 @@ def build_optimizers(stack: RoleStack, optim: PPOOptimConfig, steps: int, accele
 
 @torch.no_grad()
 def add_advantages(
-    rollout: Rollout, kl_coef: float, config: RewardsConfig, moments: RunningMoments
+    rollout: Rollout, kl_coef: float, config: RewardsConfig, moments: RunningMoments, samples_per_prompt: int = 1
 ) -> dict[str, float]:
     """Fill `rollout.advantages` and `.returns` (InstructGPT eq. 2 rewards, GAE); return the rollout's figures.
 
+    Rows come in groups of `samples_per_prompt` consecutive samples of one prompt (score_baseline uses them).
     The running score moments, the whitening and `reward_std` cover every process's rollout; the other
     figures are this process's (the trainer averages them across processes).
     """
@@ -88,6 +95,8 @@ def add_advantages(
     )
     if config.missing_eos_penalty is not None:
         scores = penalize_missing_eos(scores, rollout.finished, config.missing_eos_penalty)
+    if config.score_baseline == "prompt_mean":
+        scores = leave_one_out_baseline(scores, samples_per_prompt)
     shaped = penalized_rewards(rollout.logprobs, rollout.ref_logprobs, scores, mask, kl_coef, config.kl_estimator)
     estimate = gae(rollout.values, shaped.rewards, mask, config.gamma, config.lam)
     rollout.returns = estimate.returns
@@ -117,13 +126,19 @@ def train_on_rollout(
 ) -> dict[str, float]:
     """`ppo_epochs` passes over the rollout in shuffled minibatches; one optimizer step per minibatch and role.
 
+    The rollout's rows come in groups of `samples_per_prompt` samples of one prompt, shuffled as groups.
     With N processes each holds 1/N of the rollout and of every minibatch (mini_batch_size / N rows).
     """
     generator = torch.Generator().manual_seed(config.seed * 100_003 + step)
     size = config.mini_batch_size // distributed.world().size
+    group = config.samples_per_prompt
     rows: list[dict[str, float]] = []
     for _ in range(config.ppo_epochs):
-        order = torch.randperm(len(rollout), generator=generator)
+        # Shuffled by prompt: a prompt's samples stay together, so a micro-batch encodes their prompt once.
+        order = (torch.randperm(len(rollout) // group, generator=generator).unsqueeze(1) * group).add(
+            torch.arange(group)
+        )
+        order = order.flatten()
         for begin in range(0, len(rollout), size):
             rows.append(_minibatch(stack, rollout, order[begin : begin + size], optimizers, config, ptx))
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
@@ -155,8 +170,8 @@ def _policy_backward(
 ) -> dict[str, float]:
     p = part.prompt_width
     with stack.use("policy"), opt.accelerator.autocast():
-        logprobs = stack.logprobs(
-            "policy", part.input_ids, part.attention_mask, temperature=config.sampling.temperature, start=p - 1
+        logprobs = stack.response_logprobs(
+            "policy", part.input_ids, part.attention_mask, p, temperature=config.sampling.temperature
         ).logprobs
         out = policy_loss(logprobs.float(), part.logprobs, part.advantages, part.response_mask, config.optim.clip_range)
         loss = out.loss
@@ -188,7 +203,7 @@ def _value_backward(
 ) -> dict[str, float]:
     p = part.prompt_width
     with stack.use("value"), opt.accelerator.autocast():
-        values = stack.values(part.input_ids, part.attention_mask)[:, p - 1 : -1]
+        values = stack.response_values(part.input_ids, part.attention_mask, p)
         out = value_loss(values.float(), part.values, part.returns, part.response_mask, config.optim.clip_range_value)
         opt.accelerator.backward(out.loss / n_micro)
     return {"value_loss": out.loss.item(), "value_clipfrac": out.clipfrac.item()}

@@ -83,6 +83,21 @@ def penalize_missing_eos(scores: torch.Tensor, finished: torch.Tensor, penalty: 
     return scores - penalty * (~finished).to(scores.dtype)
 
 
+def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) scores, B/group_size groups of consecutive rows (one prompt's samples) -> (B,) each score minus
+    the mean of the other scores in its group.
+
+    The RLOO baseline (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!"; Ahmadian et al.
+    2024): it does not depend on the response it is subtracted from, so it removes how easy the prompt is
+    without biasing the policy gradient. s_i − mean_{j≠i} s_j = k/(k−1) · (s_i − mean_j s_j) for k samples.
+    """
+    if group_size < 2 or scores.shape[0] % group_size:
+        raise ValueError(f"leave_one_out_baseline: {scores.shape[0]} scores are not groups of >= 2 ({group_size})")
+    groups = scores.view(-1, group_size)
+    centered = groups - groups.mean(dim=1, keepdim=True)
+    return (centered * (group_size / (group_size - 1))).view(-1)
+
+
 class RunningMoments:
     """Running mean and (unbiased) std of every scalar seen, for normalising reward model scores.
 

@@ -120,8 +120,9 @@ def score(
 ) -> dict[str, torch.Tensor]:
     """Old log-probs and entropy (policy), reference log-probs (sft), values (value), scores (reward).
 
-    All run on the one base, switching adapters; batched `micro_batch_size` rows at a time. Without
-    `with_policy` the policy's pass is skipped (its log-probs were recorded while sampling).
+    All run on the one base, switching adapters; batched `micro_batch_size` rows at a time, and the samples
+    of one prompt (consecutive rows) share one encoding of it. Without `with_policy` the policy's pass is
+    skipped (its log-probs were recorded while sampling).
     """
     names = (["logprobs", "entropy"] if with_policy else []) + ["ref_logprobs", "values"]
     names += ["scores"] if use_reward_role else []
@@ -131,15 +132,13 @@ def score(
         ids = input_ids[begin : begin + micro_batch_size]
         mask = attention_mask[begin : begin + micro_batch_size]
         if with_policy:
-            policy = stack.logprobs("policy", ids, mask, temperature=temperature, with_entropy=True, start=p - 1)
+            policy = stack.response_logprobs("policy", ids, mask, p, temperature=temperature, with_entropy=True)
             parts["logprobs"].append(policy.logprobs)
             parts["entropy"].append(policy.entropy)
-        parts["ref_logprobs"].append(
-            stack.logprobs("reference", ids, mask, temperature=temperature, start=p - 1).logprobs
-        )
-        parts["values"].append(stack.values(ids, mask)[:, p - 1 : -1])
+        parts["ref_logprobs"].append(stack.response_logprobs("reference", ids, mask, p, temperature=temperature).logprobs)
+        parts["values"].append(stack.response_values(ids, mask, p))
         if use_reward_role:
-            parts["scores"].append(stack.rewards(ids, mask))
+            parts["scores"].append(stack.response_rewards(ids, mask, p))
     return {k: torch.cat(v).float() for k, v in parts.items()}
 
 

@@ -182,8 +182,10 @@ def _one_iteration(
     gold_fn, reward_fn = scorers
     kl_coef = state.kl_controller.value
     batch = distributed.shard(state.prompts.next(config.rollout_batch_size))  # this process's share
+    # A prompt's samples are consecutive rows (generate encodes the prompt once for all of them).
+    batch = [prompt for prompt in batch for _ in range(config.samples_per_prompt)]
     rollout, timing = make_rollout(stack, batch, config.sampling, config.micro_batch_size, reward_fn)
-    figures = add_advantages(rollout, kl_coef, config.rewards, state.moments)
+    figures = add_advantages(rollout, kl_coef, config.rewards, state.moments, config.samples_per_prompt)
     if gold_fn is not None:
         figures["gold"] = sum(gold_fn(rollout.prompts, rollout.responses)) / len(rollout)
     figures = distributed.mean_figures(figures)  # the whole rollout's figures, the same on every process
@@ -197,7 +199,7 @@ def _one_iteration(
     step_schedulers(optimizers)
     timing["time_train"] = time.perf_counter() - start
     guard.check(figures, step=step, kl_ceiling=None, folder=ckpt_dir, stack=stack, rollout=rollout)
-    state.kl_controller.update(figures["kl"], config.rollout_batch_size)
+    state.kl_controller.update(figures["kl"], config.rollout_sequences)
     figures.update(distributed.mean_figures(timing), **lrs, kl_coef=kl_coef)  # the rates this iteration's updates used
     return figures
 
