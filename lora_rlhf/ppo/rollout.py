@@ -135,7 +135,9 @@ def score(
             policy = stack.response_logprobs("policy", ids, mask, p, temperature=temperature, with_entropy=True)
             parts["logprobs"].append(policy.logprobs)
             parts["entropy"].append(policy.entropy)
-        parts["ref_logprobs"].append(stack.response_logprobs("reference", ids, mask, p, temperature=temperature).logprobs)
+        parts["ref_logprobs"].append(
+            stack.response_logprobs("reference", ids, mask, p, temperature=temperature).logprobs
+        )
         parts["values"].append(stack.response_values(ids, mask, p))
         if use_reward_role:
             parts["scores"].append(stack.response_rewards(ids, mask, p))
