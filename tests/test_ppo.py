@@ -211,7 +211,10 @@ def test_response_mask_stops_after_the_first_eos():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("ppo.rollout_batch_size=10", "rollout_batch_size: 10 must be a multiple of mini_batch_size"),
+        (
+            "ppo.rollout_batch_size=10",
+            "rollout_batch_size: 10 x samples_per_prompt 4 must be a multiple of mini_batch_size",
+        ),
         ("ppo.mini_batch_size=8", "must be a multiple of micro_batch_size"),
         ("ppo.optim.clip_range=1.5", "ppo.optim.clip_range: 1.5 must be in"),
         ("ppo.rewards.kl_control=pid", "ppo.rewards.kl_control: 'pid' is not one of fixed, adaptive"),
@@ -225,7 +228,7 @@ def test_response_mask_stops_after_the_first_eos():
         ("ppo.policy_learning_rate=1e-5", "ppo.policy_learning_rate moved to ppo.optim.policy_learning_rate"),
         ("ppo.ptx.path=x.jsonl", "ppo.ptx.path moved to ppo.ptx.data.path"),
         ("ppo.samples_per_prompt=0", "ppo.samples_per_prompt: 0 must be a positive integer"),
-        ("ppo.rewards.score_baseline=prompt_mean", "set samples_per_prompt >= 2 (it is 1)"),
+        ("ppo.samples_per_prompt=1", "ppo.samples_per_prompt: 1 must be >= 2 with rewards.score_baseline"),
         ("ppo.rewards.score_baseline=median", "ppo.rewards.score_baseline: 'median' is not one of none, prompt_mean"),
     ],
 )

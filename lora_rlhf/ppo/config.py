@@ -297,8 +297,8 @@ class PPOConfig:
             )
         if self.rewards.score_baseline == "prompt_mean" and self.samples_per_prompt < 2:
             raise LoraRlhfError(
-                "rewards.score_baseline: 'prompt_mean' compares a prompt's responses with each other: "
-                f"set samples_per_prompt >= 2 (it is {self.samples_per_prompt})"
+                f"samples_per_prompt: {self.samples_per_prompt} must be >= 2 with rewards.score_baseline "
+                "'prompt_mean', which compares a prompt's samples with each other"
             )
         if self.mini_batch_size % self.micro_batch_size:
             raise LoraRlhfError(
