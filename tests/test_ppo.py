@@ -212,8 +212,8 @@ def test_response_mask_stops_after_the_first_eos():
     ("override", "message"),
     [
         (
-            "ppo.rollout_batch_size=10",
-            "rollout_batch_size: 10 x samples_per_prompt 4 must be a multiple of mini_batch_size",
+            "ppo.rollout_batch_size=3",
+            "rollout_batch_size: 3 x samples_per_prompt 4 must be a multiple of mini_batch_size",
         ),
         ("ppo.mini_batch_size=8", "must be a multiple of micro_batch_size"),
         ("ppo.optim.clip_range=1.5", "ppo.optim.clip_range: 1.5 must be in"),
