@@ -256,3 +256,21 @@ def test_rollout_passes_take_full_rows_when_nothing_is_shared():
     stack.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with stack.training():
         assert stack._shared_prompts(ids, mask, p) is None  # no KV cache comes back to share
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "qwen2"])
+def test_eval_kl_of_rollout_rows_shares_prompts_and_equals_full_rows(arch):
+    from lora_rlhf.eval.kl import response_kl, sequence_kl
+
+    stack = rollout_stack(arch)
+    ids, mask, p = rollout_rows()
+    response_mask = mask.clone()
+    response_mask[:, :p] = 0
+    encoded, prefix = [], stack.prefix_hidden_states
+    stack.prefix_hidden_states = lambda *args: encoded.append(args[0].shape[0]) or prefix(*args)
+    shared = response_kl(stack, "policy", "reward", ids, mask, p)
+    full = sequence_kl(stack, "policy", "reward", ids, mask, response_mask)
+    assert full[:-1].min() > 0 and shared[-1] == 0  # the empty response has nothing to diverge on
+    torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-5)
+    assert encoded == ([3, 3] if stack.chunked_logits else [])  # models whose logits need their own forward: full rows
+    assert response_kl(stack, "policy", "reward", ids[:, :p], mask[:, :p], p).tolist() == [0.0] * 6

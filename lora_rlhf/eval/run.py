@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lora_rlhf.data.batching import pad_left
+from lora_rlhf.data.batching import pad_left, pad_right
 from lora_rlhf.data.chat import Prompt, render_prompt
 from lora_rlhf.data.prompts import prompt_text
 from lora_rlhf.eval.best_of_n import best_of_n
 from lora_rlhf.eval.compare import mean
 from lora_rlhf.eval.config import EvalConfig
 from lora_rlhf.eval.distributed import generate_across_processes
-from lora_rlhf.eval.kl import sequence_kl
+from lora_rlhf.eval.kl import response_kl
 from lora_rlhf.eval.lm_loss import lm_losses
 from lora_rlhf.eval.report import write_report
 from lora_rlhf.eval.responses import Responses
@@ -173,18 +173,21 @@ def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: G
 
 @torch.no_grad()
 def _policy_kl(stack: RoleStack, responses: Responses, batch_size: int) -> float:
-    """Mean over prompts of KL(policy || sft) summed over the policy's own response tokens."""
+    """Mean over prompts of KL(policy || sft) summed over the policy's own response tokens.
+
+    Rows are laid out as PPO's rollouts (prompt left-padded, response right-padded after it), so the samples
+    of one prompt in a batch share one encoding of it (`RoleStack.response_logit_states`).
+    """
     kls: list[float] = []
+    pad = stack.tokenizer.pad_token_id
     for begin in range(0, len(responses.input_ids), batch_size):
         chunk = responses.input_ids[begin : begin + batch_size]
-        ids, mask = pad_left(chunk, stack.tokenizer.pad_token_id)
-        response_mask = torch.zeros_like(mask)
-        for i, (seq, start) in enumerate(zip(chunk, responses.response_start[begin : begin + batch_size])):
-            response_mask[i, ids.shape[1] - len(seq) + start :] = 1
-        kl = sequence_kl(
-            stack, "policy", "reference", ids.to(stack.device), mask.to(stack.device), response_mask.to(stack.device)
-        )
-        kls += kl.cpu().tolist()
+        starts = responses.response_start[begin : begin + batch_size]
+        prompt_ids, prompt_mask = pad_left([seq[:start] for seq, start in zip(chunk, starts)], pad)
+        response_ids, response_mask = pad_right([seq[start:] for seq, start in zip(chunk, starts)], pad)
+        ids = torch.cat([prompt_ids, response_ids], dim=1).to(stack.device)
+        mask = torch.cat([prompt_mask, response_mask], dim=1).to(stack.device)
+        kls += response_kl(stack, "policy", "reference", ids, mask, prompt_ids.shape[1]).cpu().tolist()
     return mean(kls)
 
 

@@ -175,17 +175,23 @@ class RoleOperations:
         with_entropy: bool = False,
     ) -> TokenLogProbs:
         """(B, P + A) rollout rows -> (B, A) log pi_role of each response token: `logprobs(start=P - 1)`."""
-        p = prompt_width
         with self.use(role):
-            shared = self._shared_prompts(input_ids, attention_mask, p) if self.chunked_logits else None
-            if shared is None:
-                return self.logprobs(
-                    role, input_ids, attention_mask, temperature=temperature, with_entropy=with_entropy, start=p - 1
-                )
-            states = self.prefix_hidden_states(*shared)[:, :-1]  # positions P-1 .. T-2 predict the A responses
+            states, project = self.response_logit_states(input_ids, attention_mask, prompt_width)
             return token_logprobs(
-                states, input_ids[:, p:], self.projection, temperature=temperature, with_entropy=with_entropy
+                states, input_ids[:, prompt_width:], project, temperature=temperature, with_entropy=with_entropy
             )
+
+    def response_logit_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
+    ) -> tuple[torch.Tensor, Projection]:
+        """Under the active adapter: (B, P + A) rollout rows -> the (B, A, .) states that predict the A response
+        tokens and their projection to logits: `logit_states(...)[:, P - 1 : -1]`."""
+        p = prompt_width
+        shared = self._shared_prompts(input_ids, attention_mask, p) if self.chunked_logits else None
+        if shared is None:
+            states, project = self.logit_states(input_ids, attention_mask)
+            return states[:, p - 1 : -1], project
+        return self.prefix_hidden_states(*shared)[:, :-1], self.projection  # positions P-1 .. T-2
 
     def response_values(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int, role: str = "value"
