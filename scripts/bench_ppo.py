@@ -2,6 +2,7 @@
 
     python scripts/bench_ppo.py [--model PATH] [--quantization nf4] [--rollout 16] [--mini 8] [--micro 8]
                                 [--max-new-tokens 32] [--iterations 3] [--ptx] [--compare-logprobs]
+                                [--gradient-checkpointing]
 
 --model defaults to the embedded demo model (SmolLM2-135M-Instruct). Prompts are the demo's instruction
 tasks. Each iteration is the stage's own code: `make_rollout` (sample from policy, recording its log-probs;
@@ -84,6 +85,11 @@ def parse_args() -> argparse.Namespace:
         help="time each rollout with generation log-probs and with a recomputing forward, in the same run",
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the training passes (model.gradient_checkpointing): less memory, more time",
+    )
     return parser.parse_args()
 
 
@@ -91,7 +97,12 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     stack = RoleStack.load(
-        BaseModelConfig(name_or_path=args.model or default_model(), quantization=args.quantization, device=args.device)
+        BaseModelConfig(
+            name_or_path=args.model or default_model(),
+            quantization=args.quantization,
+            device=args.device,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
     )
     stack.add_role("sft")
     stack.add_role("reward")
