@@ -30,6 +30,18 @@ def _returned_cache(out):
     return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
 
+def _distinct_prefixes(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The distinct rows of the first `width` columns of (B, T) ids and mask: (D, width) ids, (D, width) mask
+    and (B,) each row's index among them; None when no two rows share their first `width` columns."""
+    rows = torch.cat([input_ids[:, :width], attention_mask[:, :width].to(input_ids.dtype)], dim=1)
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if len(distinct) == len(rows):
+        return None
+    return distinct[:, :width], distinct[:, width:].to(attention_mask.dtype), inverse
+
+
 class RoleOperations:
     """Forward passes under one role at a time; see the module docstring for what the host provides."""
 
@@ -227,11 +239,10 @@ class RoleOperations:
         checkpointing = self.model.training and getattr(self._causal_lm(), "is_gradient_checkpointing", False)
         if p < 2 or input_ids.shape[0] < 2 or checkpointing:
             return None
-        rows = torch.cat([input_ids[:, : p - 1], attention_mask[:, : p - 1].to(input_ids.dtype)], dim=1)
-        distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
-        prompt_ids, prompt_mask = distinct[:, : p - 1], distinct[:, p - 1 :].to(attention_mask.dtype)
-        if len(distinct) == len(rows) or not prompt_mask.any(dim=1).all():
+        shared = _distinct_prefixes(input_ids, attention_mask, p - 1)
+        if shared is None or not shared[1].any(dim=1).all():
             return None
+        prompt_ids, prompt_mask, inverse = shared
         return prompt_ids, prompt_mask, input_ids[:, p - 1 :], attention_mask[:, p - 1 :], inverse
 
     @torch.no_grad()
@@ -264,11 +275,10 @@ class RoleOperations:
         """
         if input_ids.shape[0] < 2 or input_ids.shape[1] < 2:
             return None
-        rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
-        distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
-        if len(distinct) == len(rows):
+        shared = _distinct_prefixes(input_ids, attention_mask, input_ids.shape[1] - 1)
+        if shared is None:
             return None
-        ids, mask = distinct[:, : input_ids.shape[1] - 1], distinct[:, input_ids.shape[1] : -1]
+        ids, mask, inverse = shared
         # Positions as generate computes them for a left-padded batch (pads at 1, masked out anyway).
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
         out = self._causal_lm().base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)

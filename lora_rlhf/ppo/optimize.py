@@ -135,10 +135,8 @@ def train_on_rollout(
     rows: list[dict[str, float]] = []
     for _ in range(config.ppo_epochs):
         # Shuffled by prompt: a prompt's samples stay together, so a micro-batch encodes their prompt once.
-        order = (torch.randperm(len(rollout) // group, generator=generator).unsqueeze(1) * group).add(
-            torch.arange(group)
-        )
-        order = order.flatten()
+        prompts = torch.randperm(len(rollout) // group, generator=generator)
+        order = (prompts[:, None] * group + torch.arange(group)).flatten()
         for begin in range(0, len(rollout), size):
             rows.append(_minibatch(stack, rollout, order[begin : begin + size], optimizers, config, ptx))
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
