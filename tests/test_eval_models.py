@@ -116,12 +116,13 @@ def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch
         "lora_rlhf.eval.best_of_n.reward_scores",
         lambda stack, seqs, batch_size, prompt_lengths=None: [0.0, 5.0, 1.0, 2.0, 2.0, -1.0],
     )
-    generate, batches = stack.generate, []
-    monkeypatch.setattr(
-        stack,
-        "generate",
-        lambda role, ids, mask, **kw: batches.append((role, ids.shape[0])) or generate(role, ids, mask, **kw),
-    )
+    decode, batches = stack.decode, []
+
+    def counted(role, ids, mask, **kw):
+        batches.append((role, ids.shape[0]))
+        return decode(role, ids, mask, **kw)
+
+    monkeypatch.setattr(stack, "decode", counted)
     gold_calls = []
 
     def gold(prompts, responses):
@@ -136,7 +137,7 @@ def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch
     assert summary["gold"] == pytest.approx((1 + 3) / 2)  # picks: sample 1 of prompt 0, sample 0 of prompt 1
     assert summary["gold_sft_sample"] == pytest.approx(2.5)  # mean of 0..5
     assert gold_calls == [["hello"] * 3 + ["sort the numbers"] * 3]
-    assert batches == [("sft", 6)]  # one batched generate for the eval batch of 2 prompts x 3 samples
+    assert batches == [("sft", 6)]  # one batched decode for the eval batch of 2 prompts x 3 samples
     assert got["best_of_n_ci"]["bon_minus_sft"][0] <= 2.0 <= got["best_of_n_ci"]["bon_minus_sft"][1]
     # picks minus each prompt's mean sample: prompt 0: 1 - 1, prompt 1: 3 - 4
     assert got["best_of_n_ci"]["bon_minus_sample"] == [pytest.approx(-1.0, abs=1e-9), pytest.approx(0.0, abs=1e-9)]

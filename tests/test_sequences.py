@@ -13,6 +13,7 @@ from lora_rlhf import BaseModelConfig, RoleStack
 from lora_rlhf.eval.responses import generate_responses
 from lora_rlhf.inference.generation import generate_texts
 from lora_rlhf.inference.options import GenerationOptions
+from lora_rlhf.models.decoding import Decoded
 from lora_rlhf.models.sequences import NEUTRAL_SAMPLING, ends_with_stop, sampling_kwargs, stop_mask, until_stop
 
 EOS, END, PAD = 2, 7, 0
@@ -91,12 +92,12 @@ def test_eval_stops_at_every_end_of_response_id_like_rollouts(stack, monkeypatch
     assert end in stack.eos_ids()
     word = tokenizer("hello", add_special_tokens=False).input_ids
 
-    def fake_generate(role, input_ids, attention_mask, **kwargs):
-        assert end in kwargs["eos_token_id"]
+    def fake_decode(role, input_ids, attention_mask, **kwargs):
+        assert kwargs.get("stop_ids") is None  # RoleStack.decode stops at eos_ids() by default
         tail = torch.tensor(word + [end] + word + [tokenizer.pad_token_id])
-        return torch.cat([input_ids, tail.expand(input_ids.shape[0], -1)], dim=1)
+        return Decoded(torch.cat([input_ids, tail.expand(input_ids.shape[0], -1)], dim=1))
 
-    monkeypatch.setattr(stack, "generate", fake_generate)
+    monkeypatch.setattr(stack, "decode", fake_decode)
     out = generate_responses(stack, "base", ["hello world"], max_new_tokens=8, batch_size=1, temperature=0.0)
     assert out.texts == ["hello"]
     assert out.input_ids[0][out.response_start[0] :].tolist() == word + [end]

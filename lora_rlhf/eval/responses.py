@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.models.sequences import sampling_kwargs, until_stop
+from lora_rlhf.models.sequences import until_stop
 
 
 @dataclasses.dataclass
@@ -39,21 +39,16 @@ def generate_responses(
     tokenizer = stack.tokenizer
     texts, ids, starts = [], [], []
     # Sampled from softmax(logits / T) alone (models/sequences.py): the distribution the KL is measured on,
-    # the one PPO trained and best-of-N draws from; it stops at every end-of-response id, as rollouts do.
-    sampling = sampling_kwargs(temperature)
+    # the one PPO trained and best-of-N draws from; it stops at every end-of-response id, as rollouts do, and
+    # a row leaves the batch at its stop (models/decoding.py).
     stops = stack.eos_ids()
     for begin in range(0, len(prompt_texts), batch_size):
         batch = tokenizer(
             prompt_texts[begin : begin + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
         ).to(stack.device)
-        out = stack.generate(
-            role,
-            batch.input_ids,
-            batch.attention_mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=sorted(stops),
-            **sampling,
-        )
+        out = stack.decode(
+            role, batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
+        ).sequences
         width = batch.input_ids.shape[1]
         for row, mask in zip(out, batch.attention_mask):
             prompt = row[:width][mask.bool()]

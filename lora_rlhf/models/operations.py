@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
+from transformers import LogitsProcessorList
 
+from lora_rlhf.models.decoding import Decoded, decode, logits_to_keep_argument
 from lora_rlhf.models.heads import gather_last, last_token_index
 from lora_rlhf.models.logits import IDENTITY, LogitsProjection
 from lora_rlhf.models.logprobs import Projection, TokenLogProbs, token_logprobs
+from lora_rlhf.models.sampled_logprobs import SampledLogProbs
+from lora_rlhf.models.sequences import sampling_kwargs, stop_mask
 
 
 def _cache_argument(module: nn.Module) -> str:
@@ -265,6 +269,89 @@ class RoleOperations:
                 if cache is not None:
                     generate_kwargs[_cache_argument(self._causal_lm())] = cache
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        role: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        with_logprobs: bool = False,
+        stop_ids: Iterable[int] | None = None,
+        pad_id: int | None = None,
+    ) -> Decoded:
+        """Sample `role`'s responses (greedy at T = 0), each row leaving the batch at its stop token.
+
+        What `generate(**sampling_kwargs(T, top_p=..., top_k=...))` returns, without decoding finished rows
+        (models/decoding.py); each distinct prompt is prefilled once. Stops at `stop_ids` (default `eos_ids()`);
+        pads with `pad_id` (default the tokenizer's). With `with_logprobs`, also the (B, A) log-probs of the
+        drawn tokens under softmax(logits / T) and the entropies. Pad `input_ids` on the left.
+        """
+        stops = sorted(self.eos_ids() if stop_ids is None else set(stop_ids))
+        pad = self.tokenizer.pad_token_id if pad_id is None else pad_id
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        with self.use(role), self._generation_mode():
+            causal_lm = self._causal_lm()
+            keep, cache_arg = logits_to_keep_argument(causal_lm), _cache_argument(causal_lm)
+            cache = self._shared_prompt_cache(input_ids, attention_mask)  # all but the last prompt column
+            if cache is not None:
+                last = attention_mask.long().sum(-1, keepdim=True) - 1
+                out = causal_lm(
+                    input_ids=input_ids[:, -1:],
+                    attention_mask=attention_mask,
+                    position_ids=last,
+                    use_cache=True,
+                    **{cache_arg: cache},
+                    **keep,
+                )
+            else:
+                positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+                out = causal_lm(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **keep
+                )
+                cache = _returned_cache(out)
+            if cache is None:  # a model that returns no KV cache from its forward: generate's own loop
+                return self._generate_decoded(role, input_ids, attention_mask, max_new_tokens, stops, pad, options)
+
+            def step(ids, mask, positions, cache):
+                kwargs = {cache_arg: cache, **keep}
+                return causal_lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+
+            return decode(
+                lambda *args: step(*args).logits[:, -1],
+                out.logits[:, -1],
+                cache,
+                input_ids,
+                attention_mask,
+                max_new_tokens=max_new_tokens,
+                stop_ids=stops,
+                pad_id=pad,
+                with_logprobs=with_logprobs,
+                **options,
+            )
+
+    def _generate_decoded(self, role, input_ids, attention_mask, max_new_tokens, stops, pad, options) -> Decoded:
+        """`decode` through `generate`, the log-probs recorded by a logits processor (`SampledLogProbs`)."""
+        t = options["temperature"]
+        recorder = SampledLogProbs(t if t > 0 else 1.0)
+        out = self.generate(
+            role,
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=pad,
+            logits_processor=LogitsProcessorList([recorder]),
+            **sampling_kwargs(t, top_p=options["top_p"], top_k=options["top_k"]),
+        )
+        logprobs, entropy = recorder.result(out)
+        response = stop_mask(out[:, input_ids.shape[1] :], stops).float()  # 0 after the stop, as `decode` gives
+        return Decoded(out, logprobs.float() * response, entropy.float() * response)
 
     def _shared_prompt_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The KV cache of every prompt but its last token, each DISTINCT prompt encoded once; None if none repeats.

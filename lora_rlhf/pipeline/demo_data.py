@@ -15,7 +15,7 @@ from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.io import atomic_file
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.models.sequences import sampling_kwargs, until_stop
+from lora_rlhf.models.sequences import until_stop
 from lora_rlhf.pipeline.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -158,14 +158,9 @@ def _sample(stack: RoleStack, prompts: list[str], temperature: float, max_new_to
     rendered = [render_prompt(tokenizer, p) for p in prompts]
     enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
     stops = stack.eos_ids()
-    out = stack.generate(
-        "sft",
-        enc.input_ids,
-        enc.attention_mask,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=sorted(stops),
-        **sampling_kwargs(temperature),
-    )
+    out = stack.decode(
+        "sft", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
+    ).sequences
     responses = [until_stop(row, stops, tokenizer.pad_token_id)[0] for row in out[:, enc.input_ids.shape[1] :]]
     return [t.strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
 

@@ -15,12 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from transformers import LogitsProcessorList
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.models.sampled_logprobs import SampledLogProbs
-from lora_rlhf.models.sequences import ends_with_stop, sampling_kwargs, stop_mask
+from lora_rlhf.models.sequences import ends_with_stop, stop_mask
 from lora_rlhf.ppo.config import SamplingConfig
 
 # (prompts, responses) -> one score per response: the labeler's gold judge, or a programmatic reward.
@@ -74,7 +72,7 @@ class Sampled:
     response_mask: torch.Tensor  # (B, A) long, 1 up to and including the stop token
     prompt_width: int  # P
     # (B, A) log pi(a_t | s_t) and entropy of the distribution each token was drawn from, recorded during
-    # generation (models/sampled_logprobs.py); None when sampling.logprobs_from_generation is off.
+    # generation (models/decoding.py); None when sampling.logprobs_from_generation is off.
     logprobs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
 
@@ -84,25 +82,28 @@ def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: Samplin
     """Generate from `policy`, recording the sampling distribution's log-probs unless told to recompute them."""
     ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
     ids, mask = ids.to(stack.device), mask.to(stack.device)
-    options = sampling_kwargs(sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-    recorder = SampledLogProbs(sampling.temperature) if sampling.logprobs_from_generation else None
-    if recorder is not None:
-        options["logits_processor"] = LogitsProcessorList([recorder])
     stops = stack.eos_ids()
-    out = stack.generate(
-        "policy", ids, mask, max_new_tokens=sampling.max_new_tokens, eos_token_id=sorted(stops), **options
+    decoded = stack.decode(
+        "policy",
+        ids,
+        mask,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        with_logprobs=sampling.logprobs_from_generation,
+        stop_ids=stops,
     )
     width = ids.shape[1]
-    responses = out[:, width:]
+    responses = decoded.sequences[:, width:]
     resp_mask = stop_mask(responses, stops)
     keep = int(resp_mask.sum(dim=1).max().item()) if responses.shape[1] else 0
     responses, resp_mask = responses[:, :keep], resp_mask[:, :keep]
     pad = stack.tokenizer.pad_token_id
     responses = torch.where(resp_mask.bool(), responses, torch.full_like(responses, pad))
     sampled = Sampled(torch.cat([ids, responses], dim=1), torch.cat([mask, resp_mask], dim=1), resp_mask, width)
-    if recorder is not None:
-        logprobs, entropy = recorder.result(out)
-        sampled.logprobs, sampled.entropy = logprobs[:, :keep].float(), entropy[:, :keep].float()
+    if decoded.logprobs is not None:
+        sampled.logprobs, sampled.entropy = decoded.logprobs[:, :keep], decoded.entropy[:, :keep]
     return sampled
 
 
