@@ -9,6 +9,7 @@ import pytest
 
 from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.data.demonstrations import IGNORE_INDEX, load_demonstrations, load_sft_examples
+from lora_rlhf.data.prompts import load_prompts, prompt_text
 from lora_rlhf.data.rankings import load_ranking_examples, split_transcripts
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
@@ -114,6 +115,21 @@ def test_parquet_and_json_files_load(tmp_path, tokenizer):
         assert len(examples) == 2
 
 
+def test_conversational_prompts_render_every_turn_in_all_three_formats(tmp_path, tokenizer):
+    # TRL's conversational format: "prompt" holds the messages before the response, e.g. a system turn.
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    rendered = render_prompt(tokenizer, prompt)
+    assert "Be brief." in rendered and rendered.endswith("<|assistant|>\n")
+    (demo,), _ = load_demonstrations(
+        write_jsonl(tmp_path, [{"prompt": prompt, "completion": "world"}], "d.jsonl"), tokenizer
+    )
+    assert demo.prompt_text == rendered
+    (example,), _ = rankings(tmp_path, tokenizer, [{"prompt": prompt, "responses": ["a", "b"], "ranks": [1, 0]}])
+    assert example.prompt_ids == tokenizer(rendered, add_special_tokens=False).input_ids
+    (loaded,), _ = load_prompts(write_jsonl(tmp_path, [{"prompt": prompt}], "p.jsonl"))
+    assert loaded == prompt and prompt_text(loaded) == "hello"
+
+
 # ------------------------------------------------------------------ rankings
 def test_three_ranking_formats(tmp_path, tokenizer):
     rows = [
@@ -159,6 +175,12 @@ def test_hh_rlhf_transcripts_split_at_the_last_shared_assistant_turn():
         ({"prompt": "p", "chosen": "a"}, r"missing field 'rejected'"),
         ({"prompt": "p", "chosen": "a", "rejected": ""}, r"field 'rejected' is empty"),
         ({"prompt": "p"}, r"missing fields: expected \{prompt, responses, ranks\}"),
+        ({"prompt": [], "chosen": "a", "rejected": "b"}, r"field 'prompt' must be a non-empty list"),
+        (
+            {"prompt": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "x"}], "chosen": "a"},
+            r"field 'prompt': its last message's role is 'assistant', expected 'user'",
+        ),
+        ({"prompt": [{"role": "robot", "content": "p"}], "chosen": "a"}, r"prompt\[0\]: role 'robot' is not one of"),
     ],
 )
 def test_bad_rankings_name_file_row_and_field(tmp_path, tokenizer, row, message):

@@ -251,3 +251,31 @@ def test_ptx_text_rows_train_every_token_and_demonstrations_only_the_completion(
     assert text.labels == text.input_ids and not text.truncated
     demo = encode_ptx_row({"prompt": "say hi", "completion": "hi"}, tokenizer, 64)
     assert demo.labels[0] == IGNORE_INDEX and demo.labels[-1] == demo.input_ids[-1]
+
+
+def test_a_demo_system_prompt_is_written_as_a_conversational_prompt_and_ranked_by_the_user_text(tmp_path):
+    from lora_rlhf.config.recipe import RecipeConfig
+    from lora_rlhf.data.prompts import load_prompts
+    from lora_rlhf.data.sources import DatasetSpec
+    from lora_rlhf.pipeline import demo_data as pipeline_data
+    from lora_rlhf.pipeline.run_dir import RunDir
+
+    recipe = RecipeConfig()
+    recipe.demo.system_prompt, recipe.demo.demonstrations, recipe.demo.ppo_prompts = "", 4, 4
+    run = RunDir(tmp_path)
+    run.data("x").parent.mkdir(parents=True, exist_ok=True)
+    pipeline_data.write_task_data(recipe, run)
+    demos = _read_jsonl(run.data(pipeline_data.FILES["demonstrations"]))
+    system = {"role": "system", "content": ""}
+    assert all(row["prompt"][0] == system and row["prompt"][1]["role"] == "user" for row in demos)
+    assert all(gold_score(row["prompt"][1]["content"], row["completion"]) == 1.0 for row in demos)
+    prompts, _ = load_prompts(DatasetSpec(str(run.data(pipeline_data.FILES["prompts"]))))
+    assert len(prompts) == 4 and all(p[0] == system for p in prompts)
+    tasks = sample_tasks(2, seed=4)
+    samples = [[t.answer, "wrong", "x"] for t in tasks]
+    chat = [pipeline_data.as_prompt(t.prompt, "Be brief.") for t in tasks]
+    rows = demo_data.ranking_rows(chat, samples, Labeler(disagreement=0.0))
+    assert [row["prompt"] for row in rows] == chat
+    assert [row["ranks"] for row in rows] == [
+        row["ranks"] for row in demo_data.ranking_rows([t.prompt for t in tasks], samples, Labeler(disagreement=0.0))
+    ]

@@ -58,6 +58,9 @@ class DemoConfig:
     eval_ranking_prompts: int = 32
     # Seed of the task generator and the labeler.
     seed: int = 0
+    # A system turn written into every prompt of the demo's data (as TRL's conversational prompts); None
+    # leaves the chat template's own default system prompt (SmolLM2's is 16 tokens of every prompt).
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
         for key in (

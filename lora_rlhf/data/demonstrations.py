@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from lora_rlhf.data.chat import Prompt, render_prompt, split_messages
-from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, messages_field, parse_rows, text_field
+from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, messages_field, parse_rows, prompt_field, text_field
 from lora_rlhf.data.sources import DatasetSpec, load_rows
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (the prompt; padding)
@@ -46,7 +46,7 @@ def parse_demonstration(row: Mapping[str, Any]) -> Demonstration:
         return Demonstration(prompt or "", completion)
     if "prompt" not in row and "completion" not in row:
         raise BadRow("missing field 'prompt' (demonstrations need {prompt, completion} or {messages})")
-    return Demonstration(text_field(row, "prompt"), text_field(row, "completion"))
+    return Demonstration(prompt_field(row), text_field(row, "completion"))
 
 
 def encode_demonstration(demo: Demonstration, tokenizer, max_length: int) -> SFTExample:

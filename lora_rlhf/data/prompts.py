@@ -1,4 +1,4 @@
-"""Prompts for PPO and evaluation: {"prompt"} or {"messages"} rows."""
+"""Prompts for PPO and evaluation: {"prompt"} rows (a string or, conversational, messages) or {"messages"} rows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lora_rlhf.data.chat import Prompt
-from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, messages_field, parse_rows, text_field
+from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, messages_field, parse_rows, prompt_field
 from lora_rlhf.data.sources import DatasetSpec, load_rows
 
 
@@ -18,7 +18,7 @@ def parse_prompt(row: Mapping[str, Any]) -> Prompt:
         if not messages:
             raise BadRow("field 'messages' has no turn before the assistant's")
         return messages
-    return text_field(row, "prompt")
+    return prompt_field(row)
 
 
 def load_prompts(spec: DatasetSpec, on_bad_row: OnBadRow = "error") -> tuple[list[Prompt], RowReport]:

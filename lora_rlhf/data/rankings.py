@@ -1,6 +1,7 @@
 """Rankings for the reward model (InstructGPT §3.5): K responses to one prompt, ranked by a labeler.
 
-Accepted rows (docs/design.md, "Data formats"):
+Accepted rows (docs/design.md, "Data formats"; a "prompt" is a string or, as in TRL's conversational format,
+the messages before the response):
     {"prompt", "responses": [K strings], "ranks": [K ints, 0 = best]}
     {"prompt", "chosen", "rejected"}                      (K = 2)
     {"chosen", "rejected"}  Anthropic hh-rlhf transcripts; their common prefix up to the last
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from lora_rlhf.data.chat import Prompt, render_prompt
-from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, parse_rows, text_field
+from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, parse_rows, prompt_field, text_field
 from lora_rlhf.data.sources import DatasetSpec, load_rows
 
 Ties = Literal["error", "skip_pairs"]
@@ -44,12 +45,12 @@ def parse_ranking(row: Mapping[str, Any], ties: Ties) -> Ranking:
     every column of the file, null where the row lacks it.
     """
     if row.get("responses") is not None or row.get("ranks") is not None:
-        ranking = Ranking(text_field(row, "prompt"), _responses(row), _ranks(row))
+        ranking = Ranking(prompt_field(row), _responses(row), _ranks(row))
         if len(ranking.ranks) != len(ranking.responses):
             raise BadRow(f"field 'ranks' has {len(ranking.ranks)} entries for {len(ranking.responses)} responses")
     elif row.get("chosen") is not None or row.get("rejected") is not None:
         if row.get("prompt") is not None:
-            prompt = text_field(row, "prompt")
+            prompt = prompt_field(row)
             chosen, rejected = text_field(row, "chosen"), text_field(row, "rejected")
         else:
             prompt, chosen, rejected = split_transcripts(text_field(row, "chosen"), text_field(row, "rejected"))

@@ -47,6 +47,18 @@ def messages_field(row: Mapping[str, Any], key: str = "messages") -> list[dict[s
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
+def prompt_field(row: Mapping[str, Any], key: str = "prompt") -> str | list[dict[str, str]]:
+    """A prompt as TRL writes one: a string, or (conversational) the messages before the response, ending
+    with the user's turn, e.g. a system turn then the user's."""
+    value = row.get(key)
+    if not isinstance(value, list):
+        return text_field(row, key)
+    messages = messages_field(row, key)
+    if messages[-1]["role"] != "user":
+        raise BadRow(f"field {key!r}: its last message's role is {messages[-1]['role']!r}, expected 'user'")
+    return messages
+
+
 @dataclasses.dataclass
 class RowReport:
     """How many rows a dataset had, and why some were not used."""

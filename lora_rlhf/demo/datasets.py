@@ -10,6 +10,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from lora_rlhf.data.chat import Prompt
+from lora_rlhf.data.prompts import prompt_text
 from lora_rlhf.demo.labeler import Labeler
 from lora_rlhf.demo.tasks import sample_tasks
 from lora_rlhf.io import atomic_file
@@ -62,7 +64,9 @@ def distinct_responses(responses: Sequence[str]) -> list[str]:
     return list(seen)
 
 
-def ranking_rows(prompts: Sequence[str], samples_per_prompt: Sequence[Sequence[str]], labeler: Labeler) -> list[dict]:
+def ranking_rows(
+    prompts: Sequence[Prompt], samples_per_prompt: Sequence[Sequence[str]], labeler: Labeler
+) -> list[dict]:
     """{"prompt", "responses": [K], "ranks": [K]} per prompt, ranked by `labeler` (0 = best).
 
     `samples_per_prompt[i]` holds the responses sampled for `prompts[i]`. Duplicates are dropped first, so
@@ -75,5 +79,6 @@ def ranking_rows(prompts: Sequence[str], samples_per_prompt: Sequence[Sequence[s
         responses = distinct_responses(samples)
         if len(responses) < 2:
             continue
-        rows.append({"prompt": prompt, "responses": responses, "ranks": labeler.rank(prompt, responses)})
+        ranks = labeler.rank(prompt_text(prompt), responses)
+        rows.append({"prompt": prompt, "responses": responses, "ranks": ranks})
     return rows

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lora_rlhf.config.recipe import RecipeConfig
-from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.data.chat import Prompt, render_prompt
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.io import atomic_file
 from lora_rlhf.models.roles import RoleStack
@@ -92,11 +92,20 @@ def write_task_data(recipe: RecipeConfig, run: RunDir) -> None:
         if target.exists():
             continue
         if split == "demonstrations":
-            rows = [{"prompt": t.prompt, "completion": labeler.demonstrate(t)} for t in tasks]
+            rows = [
+                {"prompt": as_prompt(t.prompt, demo.system_prompt), "completion": labeler.demonstrate(t)} for t in tasks
+            ]
         else:
-            rows = [{"prompt": t.prompt} for t in tasks]
+            rows = [{"prompt": as_prompt(t.prompt, demo.system_prompt)} for t in tasks]
         _write_jsonl(target, rows)
         logger.info("demo: wrote %d rows to %s", len(rows), target)
+
+
+def as_prompt(text: str, system_prompt: str | None) -> Prompt:
+    """A task's instruction as a data row's prompt: the text alone, or (conversational) a system turn and it."""
+    if system_prompt is None:
+        return text
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
 
 
 def _distinct(tasks, seen: set[str], count: int):
@@ -133,11 +142,11 @@ def write_rankings(stack: RoleStack, recipe: RecipeConfig, run: RunDir) -> None:
         )
 
 
-def _read_prompts(path: Path) -> list[str]:
+def _read_prompts(path: Path) -> list[Prompt]:
     return [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
 
 
-def _sample_k(stack: RoleStack, prompts: list[str], demo) -> list[list[str]]:
+def _sample_k(stack: RoleStack, prompts: list[Prompt], demo) -> list[list[str]]:
     """K samples of the sft role per prompt, several prompts per batched generate call."""
     torch.manual_seed(demo.seed)
     samples: list[list[str]] = []
@@ -152,7 +161,7 @@ def _sample_k(stack: RoleStack, prompts: list[str], demo) -> list[list[str]]:
     return samples
 
 
-def _sample(stack: RoleStack, prompts: list[str], temperature: float, max_new_tokens: int) -> list[str]:
+def _sample(stack: RoleStack, prompts: list[Prompt], temperature: float, max_new_tokens: int) -> list[str]:
     """One sampled response of the sft role per prompt (prompts repeat to get K samples each)."""
     tokenizer = stack.tokenizer
     rendered = [render_prompt(tokenizer, p) for p in prompts]
