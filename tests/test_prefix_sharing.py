@@ -160,10 +160,22 @@ def test_eval_reward_scores_share_repeated_prompts_and_keep_the_scores():
     stack.prefix_rewards = lambda *args, **kw: calls.append(args[0].shape) or prefix_rewards(*args, **kw)
     full = reward_scores(stack, sequences, batch_size=4)
     shared = reward_scores(stack, sequences, batch_size=4, prompt_lengths=starts)
-    # First batch: prompts 0, 0, 1, 1 -> two distinct prompts encoded; second batch holds an empty response
-    # (nothing to continue the cache with), so it is scored in full.
-    assert calls == [(2, 9)]
-    assert shared == pytest.approx(full, abs=1e-5)
+    # Batched by each prompt's longest response: prompt 2 (rows 4, 5: 3 tokens and empty), prompt 1 (rows 2, 3:
+    # 4 tokens), then prompt 0 (rows 0, 1: 6 tokens). The first batch holds the empty response (nothing to
+    # continue the cache with), so it is scored in full; the second shares prompt 0's encoding.
+    assert calls == [(1, 5)]
+    alone = [reward_scores(stack, [seq], batch_size=1)[0] for seq in sequences]
+    assert shared == pytest.approx(alone, abs=1e-5) and full == pytest.approx(alone, abs=1e-5)
+
+
+def test_length_grouped_order_keeps_a_prompts_rows_together_and_sorts_prompts_by_their_longest_response():
+    from lora_rlhf.data.batching import length_grouped_order
+
+    a, b, c = [1, 2], [3, 4, 5], [6]
+    rows = [a + [9] * 5, b + [9], a + [9], c + [9] * 2, b + [9] * 2, c + [9] * 2]
+    starts = [2, 3, 2, 1, 3, 1]
+    # longest response: a 5, b 2, c 2 (ties: the prompt seen first comes first)
+    assert length_grouped_order(rows, starts) == [1, 4, 3, 5, 0, 2]
 
 
 # --- PPO rollout rows: [left-padded prompt | right-padded response], a prompt's samples in consecutive rows ----

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lora_rlhf.data.batching import pad_left, pad_right
+from lora_rlhf.data.batching import length_grouped_order, pad_left, pad_right
 from lora_rlhf.data.chat import Prompt, render_prompt
 from lora_rlhf.data.prompts import prompt_text
 from lora_rlhf.eval.best_of_n import best_of_n
@@ -140,11 +140,15 @@ def _gold_scores(prompts, responses: dict[str, Responses], gold_fn: GoldFn | Non
 def _reward_scores(
     stack: RoleStack, responses: dict[str, Responses], config: EvalConfig
 ) -> dict[str, list[float]] | None:
-    """RM score of every response row of every model; None without a reward role."""
+    """RM score of every response row of every model; None without a reward role.
+
+    `batch_size` rows at a time, not one batch of every sample: batches of similar lengths pad less.
+    """
     if not stack.has_role("reward"):
         return None
-    batch = config.batch_size * config.samples_per_prompt
-    return {name: reward_scores(stack, r.input_ids, batch, r.response_start) for name, r in responses.items()}
+    return {
+        name: reward_scores(stack, r.input_ids, config.batch_size, r.response_start) for name, r in responses.items()
+    }
 
 
 def _reusable_rows(config: EvalConfig, prompts: int) -> list[int] | None:
@@ -180,9 +184,11 @@ def _policy_kl(stack: RoleStack, responses: Responses, batch_size: int) -> float
     """
     kls: list[float] = []
     pad = stack.tokenizer.pad_token_id
-    for begin in range(0, len(responses.input_ids), batch_size):
-        chunk = responses.input_ids[begin : begin + batch_size]
-        starts = responses.response_start[begin : begin + batch_size]
+    # Batches of similar response lengths (a batch pads every response to its longest); the mean needs no unsorting.
+    order = length_grouped_order(responses.input_ids, responses.response_start)
+    sequences, prompt_lengths = [responses.input_ids[i] for i in order], [responses.response_start[i] for i in order]
+    for begin in range(0, len(sequences), batch_size):
+        chunk, starts = sequences[begin : begin + batch_size], prompt_lengths[begin : begin + batch_size]
         prompt_ids, prompt_mask = pad_left([seq[:start] for seq, start in zip(chunk, starts)], pad)
         response_ids, response_mask = pad_right([seq[start:] for seq, start in zip(chunk, starts)], pad)
         ids = torch.cat([prompt_ids, response_ids], dim=1).to(stack.device)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lora_rlhf.data.batching import pad_left, pad_right
+from lora_rlhf.data.batching import length_grouped_order, pad_left, pad_right
 from lora_rlhf.eval import stats
 from lora_rlhf.eval.compare import mean, pairwise_win_rates
 from lora_rlhf.eval.config import EvalConfig
@@ -25,11 +25,18 @@ def reward_scores(
     batch_size: int,
     prompt_lengths: Sequence[int] | None = None,
 ) -> list[float]:
-    """RM score of every prompt + response id sequence (no padding), `batch_size` sequences at a time.
+    """RM score of every prompt + response id sequence (no padding), `batch_size` sequences at a time, in the
+    given order; batched by length (`length_grouped_order`), as padding costs as much as tokens.
 
     With `prompt_lengths` (where each sequence's response starts), sequences of a batch that share a prompt
     (several samples of one prompt, the K responses of a ranking) have it encoded once (`prefix_rewards`).
     """
+    if prompt_lengths is not None:  # batches of rows with similar response lengths, a prompt's rows together
+        order = length_grouped_order(sequences, prompt_lengths)
+        sequences, prompt_lengths = [sequences[i] for i in order], [prompt_lengths[i] for i in order]
+    else:
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        sequences = [sequences[i] for i in order]
     scores: list[float] = []
     for begin in range(0, len(sequences), batch_size):
         chunk = [torch.as_tensor(s, dtype=torch.long) for s in sequences[begin : begin + batch_size]]
@@ -41,7 +48,10 @@ def reward_scores(
             ids, mask = pad_left(chunk, stack.tokenizer.pad_token_id)
             flat = stack.rewards(ids.to(stack.device), mask.to(stack.device))
         scores += flat.float().cpu().tolist()
-    return scores
+    unsorted = [0.0] * len(scores)
+    for position, row in enumerate(order):
+        unsorted[row] = scores[position]
+    return unsorted
 
 
 def _shared_prompt_batch(chunk: list[torch.Tensor], starts: Sequence[int], pad_id: int) -> tuple | None:
