@@ -18,7 +18,7 @@ class EvalConfig:
     max_prompts: int = 64
     # Response budget per prompt.
     max_new_tokens: int = 48
-    # Prompts per generation batch.
+    # Prompts per generation batch (each with its samples), and rows per batch of RM scoring and KL.
     batch_size: int = 8
     # 0 decodes greedily (deterministic comparisons); > 0 samples at this temperature.
     temperature: float = 0.0
