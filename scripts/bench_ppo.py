@@ -2,7 +2,7 @@
 
     python scripts/bench_ppo.py [--model PATH] [--quantization nf4] [--rollout 16] [--mini 8] [--micro 8]
                                 [--max-new-tokens 32] [--iterations 3] [--ptx] [--compare-logprobs]
-                                [--gradient-checkpointing]
+                                [--gradient-checkpointing] [--compare-before]
 
 --model defaults to the embedded demo model (SmolLM2-135M-Instruct). Prompts are the demo's instruction
 tasks. Each iteration is the stage's own code: `make_rollout` (sample from policy, recording its log-probs;
@@ -18,6 +18,7 @@ runs: say how many cores were free.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -31,15 +32,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sft_rm import PeakMemory, default_model  # noqa: E402
 
+from lora_rlhf.data.batching import pad_left  # noqa: E402
 from lora_rlhf.data.chat import render_prompt  # noqa: E402
 from lora_rlhf.demo.labeler import Labeler  # noqa: E402
 from lora_rlhf.demo.tasks import sample_tasks  # noqa: E402
 from lora_rlhf.models.base import BaseModelConfig  # noqa: E402
 from lora_rlhf.models.roles import RoleStack  # noqa: E402
+from lora_rlhf.models.sequences import sampling_kwargs, stop_mask  # noqa: E402
 from lora_rlhf.ppo.config import PPOConfig, PtxConfig, SamplingConfig  # noqa: E402
 from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout  # noqa: E402
 from lora_rlhf.ppo.rewards import RunningMoments  # noqa: E402
-from lora_rlhf.ppo.rollout import EncodedPrompt, make_rollout  # noqa: E402
+from lora_rlhf.ppo.rollout import EncodedPrompt, Rollout, make_rollout  # noqa: E402
 from lora_rlhf.ppo.trainer import setup_roles  # noqa: E402
 from lora_rlhf.train.loop import make_accelerator  # noqa: E402
 
@@ -69,6 +72,56 @@ class _Ptx:
         return self.collate(batch, self.pad)
 
 
+def _before(stack, batch, config, rollout, optimizers, ptx, step) -> dict[str, float]:
+    """One iteration the way PPO ran before issue 15, timed: `model.generate` (every row decoded until the
+    batch's last one stops), the policy's log-probs recomputed, four scoring passes over micro-batches at the
+    rollout's full width, and training micro-batches at that width. It trains on `rollout` and then restores
+    every trainable weight and optimizer state, so the iteration that follows starts from the same place."""
+    timing = {}
+    start = time.perf_counter()
+    ids, mask = pad_left([p.ids for p in batch], stack.tokenizer.pad_token_id)
+    stops = stack.eos_ids()
+    out = stack.generate(
+        "policy", ids, mask, max_new_tokens=config.sampling.max_new_tokens, eos_token_id=sorted(stops),
+        **sampling_kwargs(config.sampling.temperature),
+    )  # fmt: skip
+    responses = out[:, ids.shape[1] :]
+    full = torch.cat([mask, stop_mask(responses, stops)], dim=1)
+    timing["before_time_generate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        for begin in range(0, len(out), config.micro_batch_size):
+            rows, rows_mask, p = (
+                out[begin : begin + config.micro_batch_size],
+                full[begin : begin + config.micro_batch_size],
+                ids.shape[1],
+            )
+            stack.response_logprobs("policy", rows, rows_mask, p, with_entropy=True)
+            stack.response_logprobs("reference", rows, rows_mask, p)
+            stack.response_values(rows, rows_mask, p)
+            stack.response_rewards(rows, rows_mask, p)
+    timing["before_time_score"] = time.perf_counter() - start
+    saved = {role: [t.detach().clone() for t in stack.parameters(role)] for role in ("policy", "value")}
+    states = {
+        name: copy.deepcopy(opt.state_dict())
+        for name, opt in (("policy", optimizers.policy), ("value", optimizers.value))
+    }
+    trimmed, Rollout.trimmed = Rollout.trimmed, lambda self: self  # micro-batches at the rollout's width
+    try:
+        start = time.perf_counter()
+        train_on_rollout(stack, rollout, optimizers, config, ptx, step)
+        timing["before_time_train"] = time.perf_counter() - start
+    finally:
+        Rollout.trimmed = trimmed
+    with torch.no_grad():
+        for role, tensors in saved.items():
+            for param, value in zip(stack.parameters(role), tensors):
+                param.copy_(value)
+    optimizers.policy.load_state_dict(states["policy"])
+    optimizers.value.load_state_dict(states["value"])
+    return timing
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: the demo model)")
@@ -83,6 +136,12 @@ def parse_args() -> argparse.Namespace:
         "--compare-logprobs",
         action="store_true",
         help="time each rollout with generation log-probs and with a recomputing forward, in the same run",
+    )
+    parser.add_argument(
+        "--compare-before",
+        action="store_true",
+        help="also time each iteration as PPO ran before issue 15: generate decoding every row until the last "
+        "stops, four scoring passes at the rollout's full width, training micro-batches at that width",
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
@@ -140,6 +199,9 @@ def main() -> None:
                     ((rollout.logprobs - again.logprobs) * rollout.response_mask).abs().max()
                 )
             add_advantages(rollout, config.rewards.kl_coef, config.rewards, RunningMoments())
+            if args.compare_before:
+                torch.set_rng_state(state)
+                timing.update(_before(stack, batch, config, rollout, optimizers, ptx, it))
             start = time.perf_counter()
             train_on_rollout(stack, rollout, optimizers, config, ptx, it)
             timing["time_train"] = time.perf_counter() - start
@@ -148,6 +210,9 @@ def main() -> None:
                 rows.append(timing)
     result = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     result["time_total"] = result["time_generate"] + result["time_score"] + result["time_train"]
+    if args.compare_before:
+        result["before_time_total"] = sum(result[f"before_time_{k}"] for k in ("generate", "score", "train"))
+        result["ratio_to_before"] = result["time_total"] / result["before_time_total"]
     if args.compare_logprobs:
         result["recompute_time_total"] = (
             result["recompute_time_generate"] + result["recompute_time_score"] + result["time_train"]
@@ -179,6 +244,11 @@ def main() -> None:
             f"recomputing the policy's log-probs: {result['recompute_time_total']:.1f} s per iteration; "
             f"from generation: {result['time_total']:.1f} s ({result['ratio_total']:.2f}x); "
             f"largest log-prob gap {result['max_logprob_gap']:.1e}"
+        )
+    if args.compare_before:
+        print(
+            f"as before issue 15: {result['before_time_total']:.1f} s per iteration; now {result['time_total']:.1f} s "
+            f"({result['ratio_to_before']:.2f}x)"
         )
     print(json.dumps(result, indent=2))
 

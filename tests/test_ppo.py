@@ -20,7 +20,7 @@ from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampled_logprobs import SampledLogProbs
 from lora_rlhf.models.sequences import stop_mask
 from lora_rlhf.ppo.config import MOVED_KEYS, PPOConfig, RewardsConfig, SamplingConfig
-from lora_rlhf.ppo.rollout import EncodedPrompt, sample, score
+from lora_rlhf.ppo.rollout import EncodedPrompt, Rollout, padding_free_columns, sample, score
 from lora_rlhf.ppo.trainer import train_ppo
 
 PROMPTS = ["sort the numbers 3 1 2", "reverse the words hello world", "count letters", "answer with yes or no"]
@@ -449,3 +449,49 @@ def test_samples_per_prompt_rolls_out_consecutive_groups_and_centres_each_prompt
     assert rows[0]["reward"] > 10  # the raw score (the prompts' lengths) is still what is logged
     with pytest.raises(LoraRlhfError, match="x samples_per_prompt 3 must be a multiple of mini_batch_size"):
         config(tmp_path, rollout_batch_size=2, samples_per_prompt=3, mini_batch_size=4)
+
+
+def test_padding_free_columns_cut_what_is_padding_in_every_row():
+    #            prompt (P = 4, left-padded) | response (A = 4, right-padded)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 0, 0, 0]])
+    assert padding_free_columns(mask, 4) == (1, 6)  # column 0 and the last two response columns are padding
+    assert padding_free_columns(mask[:1], 4) == (2, 6)
+    empty = torch.tensor([[0, 1, 1, 0, 0]])  # no response token at all: one response column is kept
+    assert padding_free_columns(empty, 3) == (1, 4)
+
+
+def test_a_trimmed_micro_batch_keeps_every_real_token_and_its_per_token_figures():
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]])
+    per_token = torch.arange(6.0).reshape(2, 3)
+    rollout = Rollout(
+        input_ids=torch.arange(12).reshape(2, 6), attention_mask=mask, response_mask=mask[:, 3:].float(),
+        prompt_width=3, logprobs=per_token, ref_logprobs=per_token, values=per_token, scores=torch.ones(2),
+        entropy=per_token, finished=torch.ones(2, dtype=torch.bool), prompts=["a", "b"], responses=["x", "y"],
+        advantages=per_token, returns=per_token,
+    )  # fmt: skip
+    first = rollout.select(torch.tensor([0])).trimmed()
+    assert first.prompt_width == 2 and first.input_ids.tolist() == [[1, 2, 3]]
+    assert first.response_mask.tolist() == [[1.0]] and first.advantages.tolist() == [[0.0]]
+    both = rollout.trimmed()
+    assert both.prompt_width == 3 and both.input_ids.shape == (2, 5) and both.values.shape == (2, 2)
+
+
+def test_scoring_in_trimmed_micro_batches_equals_scoring_the_whole_rollout(tiny_llama):
+    stack = make_stack(tiny_llama)
+    stack.copy_role("sft", "policy")
+    stack.copy_role("reward", "value")
+    torch.manual_seed(0)
+    sampled = sample(stack, _prompts(stack), SamplingConfig(max_new_tokens=12, temperature=1.0))
+    p = sampled.prompt_width
+    for row, length in ((0, 3), (1, 12), (2, 7), (3, 1)):  # responses that end at different steps
+        sampled.input_ids[row, p + length :] = stack.tokenizer.pad_token_id
+        sampled.attention_mask[row, p + length :] = 0
+        sampled.response_mask[row, length:] = 0
+    options = dict(temperature=1.0, use_reward_role=True)
+    whole = score(stack, sampled.input_ids, sampled.attention_mask, sampled.prompt_width, micro_batch_size=4, **options)
+    one = score(stack, sampled.input_ids, sampled.attention_mask, sampled.prompt_width, micro_batch_size=1, **options)
+    mask = sampled.response_mask.bool()
+    for name in ("logprobs", "entropy", "ref_logprobs", "values"):
+        assert one[name].shape == whole[name].shape
+        assert (one[name] - whole[name])[mask].abs().max() < 1e-5, name
+    torch.testing.assert_close(one["scores"], whole["scores"], atol=1e-5, rtol=0)

@@ -53,7 +53,11 @@ def prompt_field(row: Mapping[str, Any], key: str = "prompt") -> str | list[dict
     value = row.get(key)
     if not isinstance(value, list):
         return text_field(row, key)
-    messages = messages_field(row, key)
+    try:
+        messages = messages_field(row, key)
+    except BadRow as exc:  # name the field, as every other error of a row does
+        message = str(exc)
+        raise BadRow(message if message.startswith("field") else f"field {key!r}: {message}") from None
     if messages[-1]["role"] != "user":
         raise BadRow(f"field {key!r}: its last message's role is {messages[-1]['role']!r}, expected 'user'")
     return messages

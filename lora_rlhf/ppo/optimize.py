@@ -148,7 +148,7 @@ def _minibatch(
     micros = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
     stats: list[dict[str, float]] = []
     for micro in micros:
-        part = rollout.select(micro)
+        part = rollout.select(micro).trimmed()  # its own longest prompt and response, not the rollout's
         stats.append(_policy_backward(stack, part, opt, config, ptx, len(micros)))
         stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
     figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}

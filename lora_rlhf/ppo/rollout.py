@@ -64,6 +64,38 @@ class Rollout:
                 picked[field.name] = value
         return Rollout(**picked)
 
+    def trimmed(self) -> Rollout:
+        """The same rows without the columns that are padding in all of them (`padding_free_columns`): a
+        micro-batch pays for its own longest response and prompt, not the whole rollout's."""
+        first, end = padding_free_columns(self.attention_mask, self.prompt_width)
+        answer = end - self.prompt_width
+        picked = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in ("input_ids", "attention_mask"):
+                value = value[:, first:end]
+            elif isinstance(value, torch.Tensor) and value.dim() == 2:  # (B, A) per response token
+                value = value[:, :answer]
+            picked[field.name] = value
+        picked["prompt_width"] = self.prompt_width - first
+        return Rollout(**picked)
+
+
+def padding_free_columns(attention_mask: torch.Tensor, prompt_width: int) -> tuple[int, int]:
+    """(B, P + A) mask of rollout rows -> (first, end): the columns [first, end) hold every real token.
+
+    Prompts are padded on the left and responses on the right, so a batch of rows whose longest prompt and
+    longest response are shorter than the rollout's carries whole columns of padding; every forward pays
+    for them (on the demo a rollout's longest response had 24 tokens, the mean 8). At least one prompt
+    column and one response column (when there is any) are kept.
+    """
+    real = attention_mask.bool().any(dim=0)
+    prompt_real = real[:prompt_width].nonzero()
+    first = min(int(prompt_real[0]) if len(prompt_real) else prompt_width - 1, prompt_width - 1)
+    response_real = real[prompt_width:].nonzero()
+    answer = int(response_real[-1]) + 1 if len(response_real) else min(1, attention_mask.shape[1] - prompt_width)
+    return first, prompt_width + answer
+
 
 @dataclasses.dataclass
 class Sampled:
@@ -121,17 +153,19 @@ def score(
 ) -> dict[str, torch.Tensor]:
     """Old log-probs and entropy (policy), reference log-probs (sft), values (value), scores (reward).
 
-    All run on the one base, switching adapters; batched `micro_batch_size` rows at a time, and the samples
-    of one prompt (consecutive rows) share one encoding of it. Without `with_policy` the policy's pass is
-    skipped (its log-probs were recorded while sampling).
+    All run on the one base, switching adapters; batched `micro_batch_size` rows at a time, each batch cut to
+    its own padding-free columns, and the samples of one prompt (consecutive rows) share one encoding of it.
+    Without `with_policy` the policy's pass is skipped (its log-probs were recorded while sampling).
     """
     names = (["logprobs", "entropy"] if with_policy else []) + ["ref_logprobs", "values"]
     names += ["scores"] if use_reward_role else []
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    p = prompt_width
+    width = input_ids.shape[1] - prompt_width
     for begin in range(0, input_ids.shape[0], micro_batch_size):
-        ids = input_ids[begin : begin + micro_batch_size]
-        mask = attention_mask[begin : begin + micro_batch_size]
+        first, end = padding_free_columns(attention_mask[begin : begin + micro_batch_size], prompt_width)
+        ids = input_ids[begin : begin + micro_batch_size, first:end]
+        mask = attention_mask[begin : begin + micro_batch_size, first:end]
+        p = prompt_width - first
         if with_policy:
             policy = stack.response_logprobs("policy", ids, mask, p, temperature=temperature, with_entropy=True)
             parts["logprobs"].append(policy.logprobs)
@@ -142,6 +176,10 @@ def score(
         parts["values"].append(stack.response_values(ids, mask, p))
         if use_reward_role:
             parts["scores"].append(stack.response_rewards(ids, mask, p))
+        # (b, A') per-token figures of this micro-batch back to the rollout's A columns (zeros: padding)
+        for name in ("logprobs", "entropy", "ref_logprobs", "values"):
+            if name in parts and parts[name][-1].shape[1] < width:
+                parts[name][-1] = torch.nn.functional.pad(parts[name][-1], (0, width - parts[name][-1].shape[1]))
     return {k: torch.cat(v).float() for k, v in parts.items()}
 
 
