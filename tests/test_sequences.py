@@ -91,6 +91,14 @@ def test_eval_stops_at_every_end_of_response_id_like_rollouts(stack, monkeypatch
     stack.base_model.generation_config.eos_token_id = [tokenizer.eos_token_id, end]
     assert end in stack.eos_ids()
     word = tokenizer("hello", add_special_tokens=False).input_ids
+    # RoleStack.decode, given no stop ids, hands its decode loop every end-of-response id
+    loop_stops = []
+    monkeypatch.setattr(
+        "lora_rlhf.models.operations.decode", lambda *args, stop_ids, **kw: loop_stops.append(stop_ids) or None
+    )
+    ids = tokenizer(["hello world"], return_tensors="pt").input_ids
+    stack.decode("base", ids, torch.ones_like(ids), max_new_tokens=2, temperature=0.0)
+    assert loop_stops == [sorted(stack.eos_ids())] and end in loop_stops[0]
 
     def fake_decode(role, input_ids, attention_mask, **kwargs):
         assert kwargs.get("stop_ids") is None  # RoleStack.decode stops at eos_ids() by default
