@@ -3,6 +3,7 @@ stops and halts act per row; the queue is bounded; log-probs follow OpenAI's sha
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 
@@ -12,10 +13,9 @@ import pytest
 import torch
 
 from lora_rlhf.inference import AdapterRegistry, GenerationOptions
-from lora_rlhf.inference.batched import Row, generate_rows, sampling_key
+from lora_rlhf.inference.engine import DecodeEngine, Row, generate_rows
 from lora_rlhf.inference.penalties import penalize
 from lora_rlhf.serve import BackgroundServer, create_app
-from lora_rlhf.serve import batcher as batcher_module
 from lora_rlhf.serve.batcher import Batcher
 from lora_rlhf.serve.errors import APIError
 from lora_rlhf.serve.limits import ServeLimits
@@ -42,15 +42,15 @@ def registry(tiny_llama, adapters):
 
 @pytest.fixture()
 def batches(monkeypatch):
-    """The rows of every batch the server generates, as (role, max_new_tokens) lists."""
+    """The roles of the live rows at every decoding step the server runs."""
     seen: list[list[str]] = []
-    original = batcher_module.generate_rows
+    original = DecodeEngine.step
 
-    def recording(stack, rows):
-        seen.append([r.role for r in rows])
-        return original(stack, rows)
+    def recording(engine):
+        seen.append([live.row.role for live in engine.live])
+        return original(engine)
 
-    monkeypatch.setattr(batcher_module, "generate_rows", recording)
+    monkeypatch.setattr(DecodeEngine, "step", recording)
     return seen
 
 
@@ -160,14 +160,19 @@ def test_penalties_act_per_row_of_a_batch(registry):
     assert got_penalized.text != got_plain.text
 
 
-def test_sampling_keys_group_compatible_rows():
-    def key(group=None, **options):
-        return sampling_key(Row("base", "x", GenerationOptions(**options)), group)
-
-    assert key(temperature=0, seed=1) == key(temperature=0, seed=2)  # greedy ignores the seed
-    assert key(temperature=0.7) == key(temperature=0.7) != key(temperature=0.8)
-    assert key(temperature=0.7, top_p=0.9) != key(temperature=0.7)
-    assert key(temperature=0.7, seed=1, group=1) != key(temperature=0.7, seed=1, group=2)  # a seed: its own request
+def test_rows_with_different_options_share_a_batch(registry):
+    # Each row decodes with its own options; a seeded row draws from its own stream, whatever shares its batch.
+    seeded = GenerationOptions(max_new_tokens=TOKENS, temperature=1.0, seed=7)
+    others = [
+        GenerationOptions(max_new_tokens=TOKENS),
+        GenerationOptions(max_new_tokens=TOKENS, temperature=0.7, top_p=0.9),
+        GenerationOptions(max_new_tokens=TOKENS, temperature=1.3, top_k=5, repetition_penalty=1.3),
+    ]
+    rows = [Row("polite", PROMPTS[0], seeded)] + [Row(m, PROMPTS[1], o) for m, o in zip(MODELS[1:], others)]
+    mixed = generate_rows(registry.stack, rows)
+    (lone,) = generate_rows(registry.stack, rows[:1])
+    assert mixed[0].text == lone.text
+    assert mixed[1].text == alone(registry, MODELS[1], PROMPTS[1]).text  # greedy, next to sampled rows
 
 
 def test_a_full_queue_is_429(registry):
@@ -239,7 +244,9 @@ def test_one_at_a_time_when_the_batch_size_is_one(registry, batches):
                 for m in MODELS
             ]
         )
-    assert all(len(b) == 1 for b in batches) and len(batches) == len(MODELS)
+    assert all(len(b) == 1 for b in batches)
+    # One request after another: each one's steps run together, never interleaved with another's.
+    assert sorted(role for role, _ in itertools.groupby(b[0] for b in batches)) == sorted(MODELS)
     for model, out in zip(MODELS, results, strict=True):
         assert out.choices[0].text == alone(registry, model, PROMPTS[0], tokens=4).text
 

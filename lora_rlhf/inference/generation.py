@@ -43,7 +43,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (the token budget ran out)
-    # Per generated token, when asked for (inference/batched.py); None otherwise.
+    # Per generated token, when asked for (inference/engine.py); None otherwise.
     logprobs: list[TokenLogprob] | None = None
 
 

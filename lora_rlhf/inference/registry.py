@@ -3,12 +3,14 @@
 `RoleStack.use()` switches the single active adapter of the shared base model, so two generations
 running at once under different adapters would each run (part of) their forward passes under the
 other's adapter. Every generation, attach and detach therefore holds the registry's lock. The server
-batches concurrent requests instead (serve/batcher.py): one `generate` under the lock serves rows of
-several adapters through PEFT's mixed-adapter batches (inference/batched.py).
+decodes concurrent requests together instead (serve/batcher.py): each decoding step, under the lock, serves
+rows of several adapters through PEFT's mixed-adapter batches (inference/engine.py), and a row holds its
+adapter (`hold` / `release`) from its first step to its last, so a detach waits for it.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -44,6 +46,9 @@ class AdapterRegistry:
     def __init__(self, stack: RoleStack) -> None:
         self.stack = stack
         self.lock = threading.Lock()
+        self._released = threading.Condition(self.lock)  # notified when a held adapter is released
+        self._holds: collections.Counter[str] = collections.Counter()  # adapter -> live rows decoding with it
+        self._leaving: set[str] = set()  # adapters a detach waits to remove: no new row may hold them
         self.sources: dict[str, str] = {}  # name -> where it was loaded from
         self.created: dict[str, int] = {BASE: int(time.time())}  # name -> unix time it was attached
 
@@ -92,13 +97,36 @@ class AdapterRegistry:
         return wanted
 
     def detach(self, name: str) -> None:
-        """Remove adapter `name` and free its weights; requests already running finish first."""
+        """Remove adapter `name` and free its weights; requests already running finish first (new ones get 404)."""
         with self.lock:
             self.require(name, allow_base=False)
-            self.stack.remove_role(name)
+            self._leaving.add(name)
+            try:
+                while self._holds[name]:  # rows mid-response with it (hold): wait, the lock released meanwhile
+                    self._released.wait()
+                self.stack.remove_role(name)
+            finally:
+                self._leaving.discard(name)
             self.sources.pop(name, None)
             self.created.pop(name, None)
         logger.info("detached adapter %r", name)
+
+    def hold(self, name: str) -> str:
+        """Keep adapter `name` attached until `release` (a row that will decode with it over several steps);
+        returns the name to release. Call with the lock held, after `require(name)`."""
+        resolved = self.stack.resolve(name)
+        if resolved != BASE:
+            self._holds[resolved] += 1
+        return resolved
+
+    def release(self, name: str) -> None:
+        """Undo one `hold` (with the lock held): a detach waiting for the adapter may go on once none remain."""
+        if name == BASE:
+            return
+        self._holds[name] -= 1
+        if self._holds[name] <= 0:
+            del self._holds[name]
+            self._released.notify_all()
 
     # ----------------------------------------------------------- generation
     def render(self, prompt: Prompt, *, chat: bool = True, system: str | None = None) -> str:
@@ -178,5 +206,5 @@ class AdapterRegistry:
     def require(self, name: str, *, allow_base: bool = True) -> None:
         if name == BASE and allow_base:
             return
-        if not self.stack.has_role(name):
+        if not self.stack.has_role(name) or name in self._leaving:
             raise UnknownAdapter(f"model {name!r} does not exist; available: {', '.join(self.names)}")

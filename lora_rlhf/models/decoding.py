@@ -58,9 +58,14 @@ def draw(logits: torch.Tensor, temperature: float, *, top_k: int = 0, top_p: flo
         scores = TopKLogitsWarper(top_k)(None, scores)
     if top_p < 1.0:
         scores = TopPLogitsWarper(top_p)(None, scores)
+    return inverse_cdf(scores, torch.rand((scores.shape[0], 1), dtype=torch.float64, device=scores.device))
+
+
+def inverse_cdf(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(N, V) scores (-inf for tokens cut) and (N, 1) float64 uniforms in [0, 1) -> (N,) the token of each row
+    where its cumulative softmax(scores) first exceeds u: a sample of softmax(scores) (see `draw`)."""
     cdf = scores.softmax(-1).double().cumsum(-1)
-    u = torch.rand((cdf.shape[0], 1), dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
 
 
 def prunable(cache) -> bool:

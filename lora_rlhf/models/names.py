@@ -8,6 +8,8 @@ from lora_rlhf.errors import LoraRlhfError
 DEMO_MODEL = "demo:smollm2"
 # Random-weight models for tests and the smoke recipe: `tiny:<arch>` (see lora_rlhf.testing.tiny).
 TINY_PREFIX = "tiny:"
+# The bare base model, every adapter off, as a role name (RoleStack.use, the server's "base" model).
+BASE = "base"
 
 
 def resolve_model_name(name: str) -> str:

@@ -20,8 +20,12 @@ from lora_rlhf.models.decoding import Decoded, decode, logits_to_keep_argument
 from lora_rlhf.models.heads import gather_last, last_token_index
 from lora_rlhf.models.logits import IDENTITY, LogitsProjection
 from lora_rlhf.models.logprobs import Projection, TokenLogProbs, token_logprobs
+from lora_rlhf.models.names import BASE
 from lora_rlhf.models.sampled_logprobs import SampledLogProbs
 from lora_rlhf.models.sequences import sampling_kwargs, stop_mask
+
+# PEFT's name for "no adapter" in a mixed-adapter batch (peft/tuners/lora/layer.py, _mixed_batch_forward).
+_PEFT_BASE = "__base__"
 
 
 def _cache_argument(module: nn.Module) -> str:
@@ -335,6 +339,47 @@ class RoleOperations:
                 **options,
             )
 
+    @torch.no_grad()
+    def next_token_logits(
+        self,
+        roles: list[str],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache=None,
+    ) -> tuple[torch.Tensor, object]:
+        """One forward of rows that each run under their own role ("base" = no adapter): (N, V) float32 logits of
+        the token after each row's last input, and the KV cache (`cache` extended, or a new one; None for a model
+        that returns none).
+
+        Rows of different roles share the forward through PEFT's mixed-adapter batches (`adapter_names`, "__base__"
+        for the bare model): each LoRA layer adds each row's own adapter. Rows all of the active adapter take the plain
+        path. No adapter is switched, so the stack's active adapter is left as it was.
+
+        Args:
+            roles: N role names, one per row.
+            input_ids, attention_mask: (N, S) new ids and (N, C + S) mask over the cached and new columns.
+            position_ids: (N, S) each new token's position (pads not counted).
+        """
+        names = [self.resolve(r) for r in roles]
+        active = getattr(self.model, "active_adapter", None) if self._params else None
+        # Rows of the active adapter (or, with no adapter on the base, of "base") take the plain forward. Any other
+        # mix runs under whatever adapter is active, through PEFT's per-row hooks: no adapter is switched, which
+        # would cost more than the step itself on a small model (set_adapter walks every layer).
+        plain = set(names) == {active if self._params else BASE}
+        if not plain and not self.model.has_active_enabled_adapter:  # inside use("base"): PEFT would skip its hooks
+            raise RuntimeError("rows of several roles need the adapters enabled; call this outside use('base')")
+        mixed = {} if plain else {"adapter_names": [_PEFT_BASE if n == BASE else n for n in names]}
+        with self._generation_mode():
+            causal_lm = self._causal_lm()
+            kwargs = {"use_cache": True, **logits_to_keep_argument(causal_lm), **mixed}
+            if cache is not None:
+                kwargs[_cache_argument(causal_lm)] = cache
+            out = (causal_lm if plain else self.model)(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            )
+        return out.logits[:, -1].float(), _returned_cache(out)
+
     def _generate_decoded(self, role, input_ids, attention_mask, max_new_tokens, stops, pad, options) -> Decoded:
         """`decode` through `generate`, the log-probs recorded by a logits processor (`SampledLogProbs`)."""
         t = options["temperature"]
@@ -388,9 +433,13 @@ class RoleOperations:
     def _generation_mode(self) -> Iterator[None]:
         causal_lm = self._causal_lm()
         was_training = self.model.training
-        checkpointing = getattr(causal_lm, "is_gradient_checkpointing", False)
+        # Checkpointing acts only in training mode (and asking walks every module): an eval-mode model skips both.
+        checkpointing = was_training and getattr(causal_lm, "is_gradient_checkpointing", False)
         use_cache = causal_lm.config.use_cache
-        self.model.eval()
+        # Every module follows the root's mode (RoleStack sets it for the whole model, adapters loaded included), so
+        # an eval-mode model is left as it is: `eval()` walks every module, a cost per decoding step otherwise.
+        if was_training:
+            self.model.eval()
         if checkpointing:
             causal_lm.gradient_checkpointing_disable()
         causal_lm.config.use_cache = True
@@ -400,4 +449,5 @@ class RoleOperations:
             causal_lm.config.use_cache = use_cache
             if checkpointing:
                 causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()

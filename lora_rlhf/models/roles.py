@@ -36,13 +36,13 @@ from lora_rlhf.models.base import BaseModelConfig, keep_nf4_differentiable, load
 from lora_rlhf.models.heads import HeadKind, ScalarHead
 from lora_rlhf.models.logits import LogitsProjection, matches_forward, projection_for
 from lora_rlhf.models.lora import LoraSettings
+from lora_rlhf.models.names import BASE
 from lora_rlhf.models.operations import RoleOperations
 
 logger = logging.getLogger(__name__)
 
 # The roles of the InstructGPT recipe and the head each one carries.
 KNOWN_ROLES: dict[str, HeadKind | None] = {"sft": None, "reward": "reward", "policy": None, "value": "value"}
-BASE = "base"
 REFERENCE = "reference"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 

@@ -1,8 +1,8 @@
 """The OpenAI-compatible app: /v1/models, /v1/completions, /v1/chat/completions, and adapter loading at run time.
 
-The request's `model` picks the adapter ("base" = the bare base). Concurrent requests are generated together
-in batches that mix adapters (serve/batcher.py), each row under its own adapter; a batch holds the
-AdapterRegistry's lock, so adapters are attached and detached between batches. A request's generation stops
+The request's `model` picks the adapter ("base" = the bare base). Concurrent requests are decoded together
+in one batch that rows join and leave at every step (serve/batcher.py), each row under its own adapter; a step
+holds the AdapterRegistry's lock, so adapters are attached and detached between steps. A request's generation stops
 when its client disconnects, its time limit passes, or the server shuts down (serve/limits.py).
 """
 
@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from lora_rlhf.inference.batched import Row
+from lora_rlhf.inference.engine import Row
 from lora_rlhf.inference.generation import Halted
 from lora_rlhf.inference.registry import AdapterRegistry
 from lora_rlhf.serve.admin import AdminPolicy, add_admin_routes

@@ -1,25 +1,26 @@
-"""Concurrent requests gathered into mixed-adapter batches by one worker thread (issue 15).
+"""Concurrent requests decoded together by one worker thread, each row joining the running batch (issue 15).
 
-Requests put their rows (one per prompt and per `n`) in a bounded queue; the worker takes the oldest row
-and every queued row that can share its `generate` (same `sampling_key`, up to `max_batch_size`), and runs
-them as one batch under the registry's lock, so attach and detach happen between batches. Rows of a batch
-may use different adapters and "base" (PEFT's mixed-adapter batches), budgets, stop strings and halts
-(inference/batched.py). A row halted while queued leaves the queue; one halted while running ends at its
-next token while the others go on. A queue already holding `max_queue` rows answers 429.
+Requests put their rows (one per prompt and per `n`) in a bounded queue. The worker owns a DecodeEngine
+(inference/engine.py): before every decoding step it admits the oldest queued rows the batch has room for
+(`max_batch_size`), then decodes one token of every live row, so a request waits one step for its turn, not
+a whole batch. Rows of a batch may use different adapters and "base", options, budgets, stop strings and halts.
+Each step holds the registry's lock, so attach and detach happen between steps; the adapter of a live row is
+held (AdapterRegistry.hold) until the row ends, so a detach waits for the rows already using it, and rows
+queued for it then get its 404. A row halted while queued leaves the queue; one halted while running ends at
+its next token while the others go on. A queue already holding `max_queue` rows answers 429.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Generator, Hashable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 
-from lora_rlhf.inference.batched import Row, generate_rows, sampling_key
+from lora_rlhf.inference.engine import DecodeEngine, Row
 from lora_rlhf.inference.generation import Completion, Halted, emit_until_stop
 from lora_rlhf.inference.registry import AdapterRegistry
 from lora_rlhf.serve.errors import APIError
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 # How often a queued request checks whether it was halted (client gone, time up, shutdown), in seconds.
 _POLL_S = 0.05
+# Between the seeds of one request's choices (an odd 64-bit constant, the golden ratio's: no two collide).
+_SEED_STRIDE = 0x9E3779B97F4A7C15
 
 
 @dataclasses.dataclass(eq=False)
@@ -35,7 +38,6 @@ class _Item:
     """One queued row and where its answer goes."""
 
     row: Row
-    key: Hashable
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     result: Completion | None = None
     error: BaseException | None = None
@@ -52,14 +54,15 @@ class Batcher:
         self, registry: AdapterRegistry, *, max_batch_size: int = 8, max_queue: int = 256, window_s: float = 0.01
     ) -> None:
         self.registry = registry
-        self.max_batch_size = max_batch_size  # rows in one generate: bounds activation and KV-cache memory
+        self.max_batch_size = max_batch_size  # live rows at once: bounds activation and KV-cache memory
         self.max_queue = max_queue  # rows waiting: bounds the memory of queued prompts (429 beyond)
         self.window_s = window_s  # how long an idle worker waits for more rows before it starts a batch
         self._pending: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self._worker: threading.Thread | None = None
-        self._requests = itertools.count()
+        self._engine = DecodeEngine(registry.stack)
+        self._held: dict[_Item, str] = {}  # live rows -> the adapter they hold in the registry
 
     # --------------------------------------------------------------- requests
     def complete(self, rows: Sequence[Row]) -> list[Completion]:
@@ -98,8 +101,7 @@ class Batcher:
             raise APIError(
                 400, f"{len(rows)} responses in one request exceed the server's queue of {self.max_queue}", None, "n"
             )
-        request = next(self._requests)
-        items = [self._item(row, request, i) for i, row in enumerate(rows)]
+        items = [self._item(row, i) for i, row in enumerate(rows)]
         with self._cond:
             if self._closed:
                 raise APIError(503, "the server is shutting down", "server_shutting_down")
@@ -115,12 +117,13 @@ class Batcher:
             self._cond.notify_all()
         return items
 
-    def _item(self, row: Row, request: int, index: int) -> _Item:
-        # A seeded request larger than a batch is split; each part gets its own seed, or they would repeat each other.
-        part = index // self.max_batch_size
-        if part and row.options.seed is not None and not row.options.greedy:
-            row = dataclasses.replace(row, options=dataclasses.replace(row.options, seed=row.options.seed + part))
-        return _Item(row, sampling_key(row, (request, part)))
+    @staticmethod
+    def _item(row: Row, index: int) -> _Item:
+        # The n choices of a seeded request draw from streams of their own, or they would repeat each other.
+        if index and row.options.seed is not None and not row.options.greedy:
+            seed = (row.options.seed + index * _SEED_STRIDE) % 2**63
+            row = dataclasses.replace(row, options=dataclasses.replace(row.options, seed=seed))
+        return _Item(row)
 
     def _wait(self, item: _Item) -> None:
         while not item.done.wait(_POLL_S):
@@ -157,47 +160,64 @@ class Batcher:
             self._worker.start()
 
     def _run(self) -> None:
-        while self._rows_waiting():
-            # Rows leave the queue only once the lock is won: while an attach or detach holds it, they still count
-            # towards --max-queue, and rows arriving meanwhile join the batch.
+        while self._work_waiting():
             with self.registry.lock:
-                batch = [item for item in self._take() if self._runnable(item)]
-                done = self._generate(batch) if batch else None
-            for item, completion in zip(batch, done or (), strict=False):
+                self._admit()
+                finished = self._step()
+            for item, completion in finished:
                 item.finish(completion)
 
-    def _rows_waiting(self) -> bool:
-        """Wait for queued rows, and up to the batch window for more to join; False once closed and empty."""
+    def _work_waiting(self) -> bool:
+        """True at once while rows are live; else wait for queued rows, and up to the batch window for more to join
+        the first step. False once closed, with nothing queued or live."""
+        if not self._engine.idle:
+            return True
         with self._cond:
             while not self._pending and not self._closed:
                 self._cond.wait()
             deadline = time.monotonic() + self.window_s
             while 0 < len(self._pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(left)  # concurrent requests arriving now join this batch
+                self._cond.wait(left)  # concurrent requests arriving now join the first step
             return bool(self._pending) or not self._closed
 
-    def _take(self) -> list[_Item]:
-        """The oldest queued row and the queued rows that can share its generate, out of the queue."""
+    def _admit(self) -> None:
+        """Move the oldest queued rows that fit into the batch (under the registry's lock): prefill them."""
+        if not self._engine.can_admit():
+            return  # a cache that cannot take rows mid-batch: they wait until it drains
+        room = self.max_batch_size - len(self._engine.live)
         with self._cond:
-            if not self._pending:
-                return []
-            key = self._pending[0].key
-            batch = [item for item in self._pending if item.key == key][: self.max_batch_size]
-            for item in batch:
-                self._pending.remove(item)
-        return batch
-
-    def _generate(self, batch: list[_Item]) -> list[Completion] | None:
-        started = time.monotonic()
+            taken = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+        batch = [item for item in taken if self._runnable(item)]
+        if not batch:
+            return
+        for item in batch:
+            self._held[item] = self.registry.hold(item.row.role)
         try:
-            done = generate_rows(self.registry.stack, [item.row for item in batch])
-        except Exception as exc:  # a bug or an out-of-memory: every row of the batch gets it
-            logger.exception("batched generation failed")
+            self._engine.admit([item.row for item in batch], batch)
+        except Exception as exc:  # a bug or an out-of-memory in the prefill: these rows get it, live rows go on
+            logger.exception("prefilling %d rows failed", len(batch))
             for item in batch:
-                item.finish(error=exc)
-            return None
-        logger.debug("batch of %d rows in %.3f s", len(batch), time.monotonic() - started)
-        return done
+                self._end(item, error=exc)
+
+    def _step(self) -> list[tuple[_Item, Completion]]:
+        if self._engine.idle:
+            return []
+        try:
+            finished = self._engine.step()
+        except Exception as exc:  # a bug or an out-of-memory: every live row gets it
+            logger.exception("decoding step failed")
+            for item in self._engine.abort():
+                self._end(item, error=exc)
+            return []
+        for item, _ in finished:
+            self._end(item)
+        return finished  # type: ignore[return-value]
+
+    def _end(self, item: _Item, error: BaseException | None = None) -> None:
+        """Release the row's adapter (under the registry's lock); hand an error to the request at once."""
+        self.registry.release(self._held.pop(item))
+        if error is not None:
+            item.finish(error=error)
 
     def _runnable(self, item: _Item) -> bool:
         """Whether a row still wants its answer and its adapter is still attached (else it gets the error)."""
@@ -206,7 +226,7 @@ class Batcher:
             return False
         try:
             self.registry.require(item.row.role)
-        except Exception as exc:  # UnknownAdapter: detached while the row was queued
+        except Exception as exc:  # UnknownAdapter: detached (or being detached) while the row was queued
             item.finish(error=exc)
             return False
         return True
