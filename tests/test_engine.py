@@ -16,6 +16,7 @@ from lora_rlhf.inference import AdapterRegistry, GenerationOptions, UnknownAdapt
 from lora_rlhf.inference.engine import DecodeEngine, Row
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.models.row_adapters import RowAdapters
 from lora_rlhf.models.sequences import sampling_kwargs
 from lora_rlhf.testing.adapters import make_adapters
 from lora_rlhf.testing.architectures import ARCHITECTURES, tiny_causal_lm
@@ -135,3 +136,18 @@ def test_a_detach_waits_for_the_rows_holding_the_adapter(tiny_llama, tmp_path):
         registry.release(held)
     detach.join(timeout=30)
     assert not detach.is_alive() and not registry.stack.has_role("spare")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_row_adapters_equal_peft_mixed_batches(arch):
+    # The per-row bmm (models/row_adapters.py) against PEFT's own mixed-adapter forward (`adapter_names`).
+    stack = two_adapter_stack(arch)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16], [17, 18, 19, 20]])
+    mask, positions = torch.ones_like(ids), torch.arange(4).expand(4, 4)
+    names = ["a", "__base__", "b", "a"]
+    assert RowAdapters(stack.model).supports(names)
+    with torch.no_grad(), stack.evaluating():
+        expected = stack.model(input_ids=ids, attention_mask=mask, position_ids=positions, adapter_names=names)
+    got, _ = stack.next_token_logits(["a", "base", "b", "a"], ids, mask, positions)
+    torch.testing.assert_close(got, expected.logits[:, -1].float(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)  # the case is real: the adapters change the logits

@@ -21,11 +21,9 @@ from lora_rlhf.models.heads import gather_last, last_token_index
 from lora_rlhf.models.logits import IDENTITY, LogitsProjection
 from lora_rlhf.models.logprobs import Projection, TokenLogProbs, token_logprobs
 from lora_rlhf.models.names import BASE
+from lora_rlhf.models.row_adapters import BASE_ROW, RowAdapters
 from lora_rlhf.models.sampled_logprobs import SampledLogProbs
 from lora_rlhf.models.sequences import sampling_kwargs, stop_mask
-
-# PEFT's name for "no adapter" in a mixed-adapter batch (peft/tuners/lora/layer.py, _mixed_batch_forward).
-_PEFT_BASE = "__base__"
 
 
 def _cache_argument(module: nn.Module) -> str:
@@ -352,8 +350,9 @@ class RoleOperations:
         the token after each row's last input, and the KV cache (`cache` extended, or a new one; None for a model
         that returns none).
 
-        Rows of different roles share the forward through PEFT's mixed-adapter batches (`adapter_names`, "__base__"
-        for the bare model): each LoRA layer adds each row's own adapter. Rows all of the active adapter take the plain
+        Rows of different roles share the forward: each LoRA layer adds each row's own adapter, in two batched
+        matmuls (models/row_adapters.py) or, for adapters that cannot (DoRA, ...), through PEFT's mixed-adapter
+        batches (`adapter_names`, "__base__" for the bare model). Rows all of the active adapter take the plain
         path. No adapter is switched, so the stack's active adapter is left as it was.
 
         Args:
@@ -367,18 +366,34 @@ class RoleOperations:
         # mix runs under whatever adapter is active, through PEFT's per-row hooks: no adapter is switched, which
         # would cost more than the step itself on a small model (set_adapter walks every layer).
         plain = set(names) == {active if self._params else BASE}
-        if not plain and not self.model.has_active_enabled_adapter:  # inside use("base"): PEFT would skip its hooks
-            raise RuntimeError("rows of several roles need the adapters enabled; call this outside use('base')")
-        mixed = {} if plain else {"adapter_names": [_PEFT_BASE if n == BASE else n for n in names]}
-        with self._generation_mode():
+        per_row = [BASE_ROW if n == BASE else n for n in names]
+        grouped = contextlib.nullcontext()
+        mixed: dict = {}
+        if not plain:
+            row_adapters = self._row_adapters()
+            if row_adapters.supports(per_row):  # two batched matmuls per layer (models/row_adapters.py)
+                grouped = row_adapters.applied(per_row)
+            elif self.model.has_active_enabled_adapter:  # PEFT's loop over the adapters present
+                mixed = {"adapter_names": per_row}
+            else:  # inside use("base"), PEFT would skip its per-row hooks
+                raise RuntimeError("rows of several roles need the adapters enabled; call this outside use('base')")
+        with self._generation_mode(), grouped:
             causal_lm = self._causal_lm()
             kwargs = {"use_cache": True, **logits_to_keep_argument(causal_lm), **mixed}
             if cache is not None:
                 kwargs[_cache_argument(causal_lm)] = cache
-            out = (causal_lm if plain else self.model)(
+            out = (self.model if mixed else causal_lm)(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
             )
         return out.logits[:, -1].float(), _returned_cache(out)
+
+    def _row_adapters(self) -> RowAdapters:
+        """The per-row LoRA view of the model's LoRA layers, rebuilt when an adapter is added or removed."""
+        cached = getattr(self, "_row_adapters_cache", None)
+        if cached is None or cached[0] != self._layout:
+            cached = (self._layout, RowAdapters(self.model))
+            self._row_adapters_cache = cached
+        return cached[1]
 
     def _generate_decoded(self, role, input_ids, attention_mask, max_new_tokens, stops, pad, options) -> Decoded:
         """`decode` through `generate`, the log-probs recorded by a logits processor (`SampledLogProbs`)."""

@@ -57,6 +57,7 @@ class RoleStack(RoleOperations):
         self.base_name = base_name or getattr(model.config, "_name_or_path", "") or "unknown"
         self.heads = nn.ModuleDict()
         self._params: dict[str, list[nn.Parameter]] = {}
+        self._layout = 0  # bumped when an adapter is added or removed: views of the LoRA layers are rebuilt
         # Before any no-grad forward (the probe below is one): bitsandbytes' CPU repack breaks NF4 gradients.
         keep_nf4_differentiable(model)
         self.projection: LogitsProjection = projection_for(model)
@@ -271,6 +272,7 @@ class RoleStack(RoleOperations):
                 self.model.set_adapter(next(r for r in self._params if r != name))
             self.model.delete_adapter(name)
         del self._params[name]
+        self._layout += 1
         if name in self.heads:
             del self.heads[name]
         self._restore_grads(grads)
@@ -298,6 +300,7 @@ class RoleStack(RoleOperations):
         if not params:
             raise LoraRlhfError(f"adapter {role!r} matched no module of this base; check lora.target_modules")
         self._params[role] = params
+        self._layout += 1
         self._restore_grads(grads)
         for param in params:
             param.requires_grad_(False)
