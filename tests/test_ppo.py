@@ -495,3 +495,33 @@ def test_scoring_in_trimmed_micro_batches_equals_scoring_the_whole_rollout(tiny_
         assert one[name].shape == whole[name].shape
         assert (one[name] - whole[name])[mask].abs().max() < 1e-5, name
     torch.testing.assert_close(one["scores"], whole["scores"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_frozen_scores_in_one_forward_equal_one_pass_per_role(tiny_llama, quantization):
+    # Reference, value and reward as one stacked forward (models/row_adapters.py) against their own passes.
+    from lora_rlhf.ppo.trainer import setup_roles
+
+    stack = make_stack(tiny_llama, quantization)
+    setup_roles(stack, PPOConfig(prompts="unused"))
+    torch.manual_seed(3)
+    for role in ("sft", "reward", "value"):
+        for p in stack.parameters(role):
+            p.data.normal_(std=0.05)
+    ids = torch.randint(5, 90, (4, 11))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a left-padded prompt
+    mask[1, -3:] = 0  # a response that stopped early
+    with stack.training(dropout=False):  # as rollouts score: train mode, dropout off
+        one = stack.frozen_scores(ids, mask, 6, temperature=0.7)
+        assert one is not None
+        tol = dict(atol=1e-5, rtol=1e-5) if quantization == "none" else dict(atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            one["ref_logprobs"], stack.response_logprobs("reference", ids, mask, 6, temperature=0.7).logprobs, **tol
+        )
+        torch.testing.assert_close(one["values"], stack.response_values(ids, mask, 6), **tol)
+        torch.testing.assert_close(one["scores"], stack.response_rewards(ids, mask, 6), **tol)
+        assert not torch.allclose(one["values"][:, :1], one["ref_logprobs"][:, :1])
+        repeated = ids.clone()
+        repeated[1, :6], mask[1, :6] = repeated[0, :6], mask[0, :6]  # two samples of one prompt: shared prefix instead
+        assert stack.frozen_scores(repeated, mask, 6) is None

@@ -10,8 +10,9 @@ them at once: `RowAdapters` adds, to each LoRA layer's base output, bmm(bmm(x, A
 whatever the number of adapters.
 
 It handles plain LoRA (PEFT's `lora_A` / `lora_B` / `scaling`, any base layer PEFT wraps: nn.Linear, GPT-2's
-Conv1D, bitsandbytes 4- and 8-bit) in eval mode, unmerged; `supports` says no for anything else (DoRA and
-other variants, embedding adapters), and the caller keeps PEFT's own path.
+Conv1D, bitsandbytes 4- and 8-bit), unmerged, without gradients (its stacks are copies), where dropout does not
+act (eval mode, or p = 0); `supports` says no for anything else (DoRA and other variants, embedding adapters),
+and the caller keeps PEFT's own path. Used by the server's decoding steps and PPO's scoring passes.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class RowAdapters:
                 return False
             if wanted & set(getattr(layer, "lora_embedding_A", {})):
                 return False
+            for name in wanted & set(layer.lora_dropout):  # no dropout here: only where the layer's would not act
+                dropout = layer.lora_dropout[name]
+                if dropout.training and getattr(dropout, "p", 0.0) > 0:
+                    return False
         return True
 
     @contextlib.contextmanager

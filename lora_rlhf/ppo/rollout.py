@@ -153,8 +153,9 @@ def score(
 ) -> dict[str, torch.Tensor]:
     """Old log-probs and entropy (policy), reference log-probs (sft), values (value), scores (reward).
 
-    All run on the one base, switching adapters; batched `micro_batch_size` rows at a time, each batch cut to
-    its own padding-free columns, and the samples of one prompt (consecutive rows) share one encoding of it.
+    All run on the one base, batched `micro_batch_size` rows at a time, each batch cut to its own padding-free
+    columns; reference, value and reward share one forward of the stacked rows (`RoleStack.frozen_scores`),
+    or, where the samples of one prompt (consecutive rows) can share one encoding of it, run one role at a time.
     Without `with_policy` the policy's pass is skipped (its log-probs were recorded while sampling).
     """
     names = (["logprobs", "entropy"] if with_policy else []) + ["ref_logprobs", "values"]
@@ -170,12 +171,16 @@ def score(
             policy = stack.response_logprobs("policy", ids, mask, p, temperature=temperature, with_entropy=True)
             parts["logprobs"].append(policy.logprobs)
             parts["entropy"].append(policy.entropy)
-        parts["ref_logprobs"].append(
-            stack.response_logprobs("reference", ids, mask, p, temperature=temperature).logprobs
-        )
-        parts["values"].append(stack.response_values(ids, mask, p))
-        if use_reward_role:
-            parts["scores"].append(stack.response_rewards(ids, mask, p))
+        frozen = stack.frozen_scores(ids, mask, p, temperature=temperature, with_reward=use_reward_role)
+        if frozen is None:  # one pass per role (see RoleStack.frozen_scores)
+            frozen = {
+                "ref_logprobs": stack.response_logprobs("reference", ids, mask, p, temperature=temperature).logprobs,
+                "values": stack.response_values(ids, mask, p),
+            }
+            if use_reward_role:
+                frozen["scores"] = stack.response_rewards(ids, mask, p)
+        for name, value in frozen.items():
+            parts[name].append(value)
         # (b, A') per-token figures of this micro-batch back to the rollout's A columns (zeros: padding)
         for name in ("logprobs", "entropy", "ref_logprobs", "values"):
             if name in parts and parts[name][-1].shape[1] < width:
