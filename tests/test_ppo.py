@@ -525,3 +525,48 @@ def test_frozen_scores_in_one_forward_equal_one_pass_per_role(tiny_llama, quanti
         repeated = ids.clone()
         repeated[1, :6], mask[1, :6] = repeated[0, :6], mask[0, :6]  # two samples of one prompt: shared prefix instead
         assert stack.frozen_scores(repeated, mask, 6) is None
+
+
+def test_one_stacked_pass_gives_the_gradients_of_two(tiny_llama):
+    # Policy and value from one forward of the rows stacked twice (ppo/optimize._joint_backward) against one pass
+    # per role under its active adapter: the same losses and the same gradients for both adapters.
+    from lora_rlhf.ppo import optimize
+    from lora_rlhf.ppo.rollout import make_rollout
+    from lora_rlhf.ppo.trainer import setup_roles
+    from lora_rlhf.train.loop import make_accelerator
+
+    stack = make_stack(tiny_llama)
+    cfg = PPOConfig(prompts="unused", rollout_batch_size=4, mini_batch_size=4, micro_batch_size=4)
+    setup_roles(stack, cfg)
+    torch.manual_seed(5)
+    for role in ("policy", "value"):
+        for p in stack.parameters(role):
+            p.data.normal_(std=0.05)
+    stack.set_trainable("policy", "value")
+    opt = optimize.build_optimizers(stack, cfg.optim, 1, make_accelerator("auto", stack.device))
+    prompts = [EncodedPrompt(stack.tokenizer(t).input_ids, t) for t in ("sort 3 1 2", "hello", "count a b", "yes")]
+    with stack.training(dropout=False):
+        rollout, _ = make_rollout(stack, prompts, cfg.sampling, 4, reward_fn=digit_fraction)
+        optimize.add_advantages(rollout, 0.1, cfg.rewards, optimize.RunningMoments())
+        part = rollout.trimmed()
+
+        def gradients(run) -> tuple[dict[str, float], list[torch.Tensor]]:
+            for role in ("policy", "value"):
+                for p in stack.parameters(role):
+                    p.grad = None
+            figures = run()
+            return figures, [p.grad.clone() for role in ("policy", "value") for p in stack.parameters(role)]
+
+        joint, joint_grads = gradients(lambda: optimize._joint_backward(stack, part, opt, cfg, None, 1))
+        two, two_grads = gradients(
+            lambda: (
+                optimize._policy_backward(stack, part, opt, cfg, None, 1)
+                | optimize._value_backward(stack, part, opt, cfg, 1)
+            )
+        )
+    assert joint.keys() == two.keys()
+    for key in joint:
+        assert joint[key] == pytest.approx(two[key], abs=1e-6), key
+    assert any(g.abs().sum() > 0 for g in joint_grads)
+    for got, expected in zip(joint_grads, two_grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
