@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -233,30 +233,6 @@ class RoleOperations:
             return self.rewards(input_ids, attention_mask, role)
         return self.prefix_rewards(*shared, role=role)
 
-    def stacked_hidden_states(
-        self, roles: Sequence[str], input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
-    ) -> torch.Tensor | None:
-        """(B, P + A) rollout rows -> (len(roles) * B, P + A, H) last hidden states of the rows once per role, copy
-        k under roles[k], in one forward (models/row_adapters.py); differentiable where grad is enabled.
-
-        None where the caller should make one pass per role instead: rows that repeat a prompt (each role's pass
-        then encodes each prompt once, which saves more), adapters the per-row path cannot apply (DoRA, active
-        dropout), logits that need the model's own forward, or gradient checkpointing in training (a backward
-        outside this call would recompute the forward without the per-row adapters).
-        """
-        checkpointing = self.model.training and getattr(self._causal_lm(), "is_gradient_checkpointing", False)
-        if not self.chunked_logits or not self._params or (checkpointing and torch.is_grad_enabled()):
-            return None
-        if self._shared_prompts(input_ids, attention_mask, prompt_width) is not None:
-            return None
-        b = input_ids.shape[0]
-        per_row = [BASE_ROW if (n := self.resolve(r)) == BASE else n for r in roles for _ in range(b)]
-        row_adapters = self._row_adapters()
-        if not row_adapters.supports(per_row):
-            return None
-        with row_adapters.applied(per_row):
-            return self.hidden_states(input_ids.repeat(len(roles), 1), attention_mask.repeat(len(roles), 1))
-
     @torch.no_grad()
     def frozen_scores(
         self,
@@ -271,15 +247,21 @@ class RoleOperations:
         what `response_logprobs("reference")`, `response_values` and `response_rewards` give, up to float rounding.
 
         The rows pass through the base once per role, stacked (2B or 3B rows), each copy under its own adapter
-        (`stacked_hidden_states`): the base's weights are read (a 4-bit base: dequantized) once instead of three
-        times, and each layer's fixed cost is paid once. None where that path should not run (see there), and
-        the caller makes the passes one role at a time.
+        (models/row_adapters.py): the base's weights are read (a 4-bit base: dequantized) once instead of three
+        times, and each layer's fixed cost is paid once. None where this cannot run, and the caller makes the
+        passes one role at a time: prompts that repeat (each role's pass then encodes each prompt once, which
+        saves more), a model whose logits need its own forward, or adapters the per-row path cannot apply.
         """
         p, b = prompt_width, input_ids.shape[0]
         roles = ["reference", "value"] + (["reward"] if with_reward else [])
-        hidden = self.stacked_hidden_states(roles, input_ids, attention_mask, p)
-        if hidden is None:
+        if not self.chunked_logits or self._shared_prompts(input_ids, attention_mask, p) is not None:
             return None
+        per_row = [BASE_ROW if (n := self.resolve(r)) == BASE else n for r in roles for _ in range(b)]
+        row_adapters = self._row_adapters()
+        if not row_adapters.supports(per_row):
+            return None
+        with row_adapters.applied(per_row):
+            hidden = self.hidden_states(input_ids.repeat(len(roles), 1), attention_mask.repeat(len(roles), 1))
         reference = token_logprobs(hidden[:b, p - 1 : -1], input_ids[:, p:], self.projection, temperature=temperature)
         out = {"ref_logprobs": reference.logprobs, "values": self.head("value")(hidden[b : 2 * b])[:, p - 1 : -1]}
         if with_reward:

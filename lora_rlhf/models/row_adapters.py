@@ -10,9 +10,9 @@ them at once: `RowAdapters` adds, to each LoRA layer's base output, bmm(bmm(x, A
 whatever the number of adapters.
 
 It handles plain LoRA (PEFT's `lora_A` / `lora_B` / `scaling`, any base layer PEFT wraps: nn.Linear, GPT-2's
-Conv1D, bitsandbytes 4- and 8-bit), unmerged, where dropout does not act (eval mode, or p = 0), with or
-without gradients; `supports` says no for anything else (DoRA and other variants, embedding adapters), and the
-caller keeps PEFT's own path. Used by the server's decoding steps and by PPO's scoring and training passes.
+Conv1D, bitsandbytes 4- and 8-bit), unmerged, without gradients (its stacks are copies), where dropout does not
+act (eval mode, or p = 0); `supports` says no for anything else (DoRA and other variants, embedding adapters),
+and the caller keeps PEFT's own path. Used by the server's decoding steps and PPO's scoring passes.
 """
 
 from __future__ import annotations
@@ -54,14 +54,9 @@ class RowAdapters:
     @contextlib.contextmanager
     def applied(self, names: Sequence[str]) -> Iterator[None]:
         """Within the block, a forward of N rows runs row i under adapter `names[i]` (BASE_ROW: none): each LoRA
-        layer's adapters are switched off and a forward hook adds the rows' deltas to its base output. With grad
-        enabled the deltas are built from the weights themselves, so a backward reaches each row's adapter (run it
-        inside the block if the forward will be recomputed, as gradient checkpointing does)."""
+        layer's adapters are switched off and a forward hook adds the rows' deltas to its base output."""
         adapters = tuple(sorted(set(names) - {BASE_ROW}))
-        if torch.is_grad_enabled():  # training: from the weights as they are now, in the graph
-            stacks = [_layer_stack(layer, adapters) for layer in self.layers]
-        else:  # inference: copies, kept while the weights stay unchanged
-            stacks = self._stacked(adapters)
+        stacks = self._stacked(adapters)
         position = {name: g for g, name in enumerate(adapters)}
         device = next((s[0].device for s in stacks if s is not None), None)
         rows = torch.tensor([position.get(n, len(adapters)) for n in names], device=device)
@@ -92,34 +87,28 @@ class RowAdapters:
         cached = self._stacks.get(adapters)
         if cached is not None and cached[0] == versions:
             return cached[1]
-        with torch.no_grad():
-            stacks = [_layer_stack(layer, adapters) for layer in self.layers]
+        stacks = [_layer_stack(layer, adapters) for layer in self.layers]
         self._stacks = {adapters: (versions, stacks)}  # one set at a time: the live batch's
         return stacks
 
 
 def _layer_stack(layer: nn.Module, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(G + 1, in, r) A's and (G + 1, r, out) B's * scaling of `layer` for `adapters`, then a zero adapter (an
-    adapter the layer does not carry is zero too; ranks padded with zeros to the largest); None if it carries none.
-    Built from the weights with differentiable ops: under grad, a backward through them reaches the adapters."""
+    adapter the layer does not carry is zero too; ranks padded with zeros to the largest); None if it carries none."""
     present = [n for n in adapters if n in layer.lora_A]
     if not present:
         return None
     rank = max(layer.lora_A[n].weight.shape[0] for n in present)
     template = layer.lora_A[present[0]].weight
-    zero_a = template.new_zeros(template.shape[1], rank)
-    zero_b = template.new_zeros(rank, layer.lora_B[present[0]].weight.shape[0])
-    a_parts, b_parts = [], []
-    for name in adapters:
-        if name not in layer.lora_A:
-            a_parts.append(zero_a)
-            b_parts.append(zero_b)
-            continue
-        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight  # (r, in), (out, r)
-        missing = rank - a.shape[0]
-        a_parts.append(torch.nn.functional.pad(a.T, (0, missing)))
-        b_parts.append(torch.nn.functional.pad(b.T * layer.scaling[name], (0, 0, 0, missing)))
-    return torch.stack([*a_parts, zero_a]), torch.stack([*b_parts, zero_b])
+    a = template.new_zeros(len(adapters) + 1, template.shape[1], rank)
+    b = template.new_zeros(len(adapters) + 1, rank, layer.lora_B[present[0]].weight.shape[0])
+    with torch.no_grad():
+        for g, name in enumerate(adapters):
+            if name in present:
+                r = layer.lora_A[name].weight.shape[0]
+                a[g, :, :r] = layer.lora_A[name].weight.T
+                b[g, :r] = layer.lora_B[name].weight.T * layer.scaling[name]
+    return a, b
 
 
 def _delta_hook(a: torch.Tensor, b: torch.Tensor):

@@ -1,12 +1,8 @@
 """One PPO iteration's learning: rewards and advantages of a rollout, then clipped updates of policy and value.
 
 Policy and value are separate adapters with separate optimizers (InstructGPT uses a separate value
-network initialised from the RM, with its own learning rate). Both run in one forward of the micro-batch's
-rows stacked twice, each copy under its own adapter (`RoleStack.stacked_hidden_states`), and one backward of
-the two losses fills each adapter's gradients: the gradients of two passes, the base's weights read (a 4-bit
-base: dequantized) once. Where that path should not run (samples of one prompt, which each role's pass
-encodes once; gradient checkpointing; DoRA; active dropout) each role's loss is backpropagated while its own
-adapter is active, and checkpointing recomputes under it.
+network initialised from the RM, with its own learning rate), so each role's loss is backpropagated
+while its own adapter is active; gradient checkpointing recomputes under that adapter.
 
 Data-parallel PPO (issue 13): each process holds an equal share of the rollout. The score moments and the
 advantage whitening see every process's rollout; each minibatch is split over the processes, and each
@@ -21,7 +17,6 @@ from typing import Any
 
 import torch
 
-from lora_rlhf.models.logprobs import token_logprobs
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo.advantages import gae, whiten, whiten_across_processes
 from lora_rlhf.ppo.config import PPOConfig, PPOOptimConfig, RewardsConfig
@@ -154,11 +149,8 @@ def _minibatch(
     stats: list[dict[str, float]] = []
     for micro in micros:
         part = rollout.select(micro).trimmed()  # its own longest prompt and response, not the rollout's
-        joint = _joint_backward(stack, part, opt, config, ptx, len(micros))
-        if joint is None:  # one pass per role
-            joint = _policy_backward(stack, part, opt, config, ptx, len(micros))
-            joint.update(_value_backward(stack, part, opt, config, len(micros)))
-        stats.append(joint)
+        stats.append(_policy_backward(stack, part, opt, config, ptx, len(micros)))
+        stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
     figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
     sent = 0
     for role, optimizer in (("policy", opt.policy), ("value", opt.value)):
@@ -168,42 +160,6 @@ def _minibatch(
             figures[f"{role}_grad_norm"] = norm
     if distributed.world().size > 1:  # what this optimizer step sent through the all-reduce (issue 13)
         figures["allreduce_bytes"] = float(sent)
-    return figures
-
-
-def _joint_backward(
-    stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None, n_micro: int
-) -> dict[str, float] | None:
-    """Policy and value losses from one forward of the rows stacked twice, and one backward; None where the
-    stacked path cannot run (see RoleStack.stacked_hidden_states)."""
-    p, b = part.prompt_width, len(part.input_ids)
-    with opt.accelerator.autocast():
-        hidden = stack.stacked_hidden_states(["policy", "value"], part.input_ids, part.attention_mask, p)
-        if hidden is None:
-            return None
-        temperature = config.sampling.temperature
-        logprobs = token_logprobs(
-            hidden[:b, p - 1 : -1], part.input_ids[:, p:], stack.projection, temperature=temperature
-        )
-        values = stack.head("value")(hidden[b:])[:, p - 1 : -1]
-        out = policy_loss(
-            logprobs.logprobs.float(), part.logprobs, part.advantages, part.response_mask, config.optim.clip_range
-        )
-        value = value_loss(values.float(), part.values, part.returns, part.response_mask, config.optim.clip_range_value)
-        figures = {
-            "policy_loss": out.loss.item(),
-            "clipfrac": out.clipfrac.item(),
-            "approx_kl": out.approx_kl.item(),
-            "ratio": out.ratio_mean.item(),
-        }
-        loss = out.loss
-        if ptx is not None:
-            with stack.use("policy"):  # PPO-ptx (eq. 2) on its own batch, under the policy adapter
-                ptx_out = _ptx_term(stack, ptx, config.ptx.coef)
-            loss = loss + ptx_out.loss
-            figures["ptx_loss"] = ptx_out.lm_loss.item()
-        opt.accelerator.backward((loss + value.loss) / n_micro)  # each loss reaches only its own adapter
-    figures |= {"loss": loss.item(), "value_loss": value.loss.item(), "value_clipfrac": value.clipfrac.item()}
     return figures
 
 
