@@ -5,7 +5,7 @@ Phases and what runs in them (the batch each one handles at once):
     sft step       the sft adapter trains on sft.train.batch_size demonstrations of sft.max_length
     rm step        the reward adapter + head on rm.train.batch_size prompts x K ranked responses
     ppo generate   the policy samples ppo.rollout_batch_size prompts x ppo.samples_per_prompt (one generate call)
-    ppo score      policy, reference, value and reward read ppo.micro_batch_size rows, no grad
+    ppo score      reference, value and reward read ppo.micro_batch_size rows stacked 3 times, no grad
     ppo train      policy (+ ptx batch) then value, ppo.micro_batch_size rows with grad
     eval           eval.batch_size prompts per generate call (x best_of_n for best-of-N)
 
@@ -136,7 +136,8 @@ def phase_memories(
             "ppo score",
             ppo_adapters,
             ppo_trained,
-            no_grad_acts(micro, prompt_and_response),
+            # Reference, value and reward read the rows in one forward, stacked three times (RoleStack.frozen_scores).
+            no_grad_acts(3 * micro, prompt_and_response),
             estimate.logit_bytes(shape, micro, min(response, 256), grad=False),
         ),
         phase("ppo train", ppo_adapters, ppo_trained, max(policy, value), policy_logits),
