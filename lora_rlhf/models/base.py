@@ -218,3 +218,13 @@ def prepare_for_training(model, *, quantized: bool, gradient_checkpointing: bool
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def gradient_checkpointing_on(model: nn.Module) -> bool:
+    """Whether `model` (a transformers model) recomputes activations in backward: `is_activation_checkpointing`
+    in transformers 5.x (`is_gradient_checkpointing`, which warns there, before). Walks every module: call it once
+    per pass, not per step."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessorList
 
+from lora_rlhf.models.base import gradient_checkpointing_on
 from lora_rlhf.models.decoding import Decoded, decode, logits_to_keep_argument
 from lora_rlhf.models.heads import gather_last, last_token_index
 from lora_rlhf.models.logits import IDENTITY, LogitsProjection
@@ -277,7 +278,7 @@ class RoleOperations:
         one-token prompt (nothing to share) or gradient checkpointing in training (no KV cache is returned).
         """
         p = prompt_width
-        checkpointing = self.model.training and getattr(self._causal_lm(), "is_gradient_checkpointing", False)
+        checkpointing = self.model.training and gradient_checkpointing_on(self._causal_lm())
         if p < 2 or input_ids.shape[0] < 2 or checkpointing:
             return None
         shared = _distinct_prefixes(input_ids, attention_mask, p - 1)
@@ -484,7 +485,7 @@ class RoleOperations:
         causal_lm = self._causal_lm()
         was_training = self.model.training
         # Checkpointing acts only in training mode (and asking walks every module): an eval-mode model skips both.
-        checkpointing = was_training and getattr(causal_lm, "is_gradient_checkpointing", False)
+        checkpointing = was_training and gradient_checkpointing_on(causal_lm)
         use_cache = causal_lm.config.use_cache
         # Every module follows the root's mode (RoleStack sets it for the whole model, adapters loaded included), so
         # an eval-mode model is left as it is: `eval()` walks every module, a cost per decoding step otherwise.

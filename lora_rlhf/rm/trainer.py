@@ -13,6 +13,7 @@ from lora_rlhf.data.rankings import RankingExample, load_ranking_examples
 from lora_rlhf.data.rows import RowReport
 from lora_rlhf.data.split import hold_out
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models.base import gradient_checkpointing_on
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts, scatter_scores
 from lora_rlhf.rm.bias import center_on_demonstrations
@@ -52,7 +53,7 @@ def ranking_collator(stack: RoleStack, share_prompts: bool = True) -> Callable[[
     """Batches that encode each prompt once (`collate_shared_prompts`) where the model can: not under gradient
     checkpointing, which turns the KV cache off while training; otherwise full rows (`collate_rankings`)."""
     pad = stack.tokenizer.pad_token_id
-    checkpointing = getattr(stack.base_model, "is_gradient_checkpointing", False)
+    checkpointing = gradient_checkpointing_on(stack.base_model)
     if share_prompts and not checkpointing:
         return lambda items: collate_shared_prompts(items, pad)
     return lambda items: collate_rankings(items, pad)
