@@ -1,4 +1,4 @@
-"""Throughput of `lora-rlhf serve`: batched (mixed-adapter batches) versus one request at a time (issue 15).
+"""Throughput of `lora-rlhf serve`: continuously batched across adapters versus one request at a time (issue 15).
 
     python scripts/bench_serve.py [--base demo:smollm2] [--clients 1 4 16] [--requests-per-client 4]
                                   [--max-tokens 32] [--batch-size 16] [--device cpu] [--threads N]
