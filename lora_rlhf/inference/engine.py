@@ -89,6 +89,7 @@ class DecodeEngine:
         return not self.live or _mergeable(self._cache)
 
     # ------------------------------------------------------------------ admission
+    @torch.no_grad()
     def admit(self, rows: Sequence[Row], tickets: Sequence[Hashable]) -> None:
         """Prefill `rows` (rendered prompts, roles attached) and add them to the batch (see `can_admit`)."""
         if not rows:

@@ -30,13 +30,15 @@ def penalized(
     prompts: Sequence[torch.Tensor],
     responses: Sequence[Sequence[int]],
 ) -> torch.Tensor:
-    """(N, V) float logits -> (N, V) scores after each row's penalties (a copy; rows without any are unchanged).
+    """(N, V) float logits -> (N, V) scores after each row's penalties (a copy; `logits` itself where no row has any).
 
     Args:
         options: N rows' options.
         prompts: N (P_i,) prompt ids; the repetition penalty counts them, as `generate` does.
         responses: N response ids so far; the frequency and presence penalties count only these.
     """
+    if all(o.repetition_penalty == 1.0 and not o.frequency_penalty and not o.presence_penalty for o in options):
+        return logits
     scores = logits.clone()
     for i, o in enumerate(options):
         if o.repetition_penalty != 1.0:
@@ -58,12 +60,14 @@ def _ids(ids: Sequence[int], device: torch.device) -> torch.Tensor:
 def warped(scores: torch.Tensor, options: Sequence[GenerationOptions]) -> torch.Tensor:
     """(N, V) penalized scores -> (N, V) the scores each row's token is drawn from: greedy rows unchanged, sampled
     rows through transformers' temperature, top-k and top-p warpers (in `generate`'s order), -inf where cut.
-    Rows with the same options are warped together."""
-    out = scores.clone()
+    Rows with the same options are warped together; a copy, or `scores` itself when every row is greedy."""
     groups: dict[tuple[float, int, float], list[int]] = defaultdict(list)
     for i, o in enumerate(options):
         if not o.greedy:
             groups[o.temperature, o.top_k, o.top_p].append(i)
+    if not groups:  # all greedy: nothing to warp
+        return scores
+    out = scores.clone()
     for (temperature, top_k, top_p), rows in groups.items():
         index = torch.tensor(rows, device=scores.device)
         group = TemperatureLogitsWarper(temperature)(None, scores[index])
