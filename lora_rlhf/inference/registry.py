@@ -4,8 +4,8 @@
 running at once under different adapters would each run (part of) their forward passes under the
 other's adapter. Every generation, attach and detach therefore holds the registry's lock. The server
 decodes concurrent requests together instead (serve/batcher.py): each decoding step, under the lock, serves
-rows of several adapters through PEFT's mixed-adapter batches (inference/engine.py), and a row holds its
-adapter (`hold` / `release`) from its first step to its last, so a detach waits for it.
+rows of several adapters in one forward (inference/engine.py, RoleStack.next_token_logits), and a row holds
+its adapter (`hold` / `release`) from its first step to its last, so a detach waits for it.
 """
 
 from __future__ import annotations

@@ -399,8 +399,8 @@ class RoleOperations:
         names = [self.resolve(r) for r in roles]
         active = getattr(self.model, "active_adapter", None) if self._params else None
         # Rows of the active adapter (or, with no adapter on the base, of "base") take the plain forward. Any other
-        # mix runs under whatever adapter is active, through PEFT's per-row hooks: no adapter is switched, which
-        # would cost more than the step itself on a small model (set_adapter walks every layer).
+        # mix gets each row's adapter per row, whatever adapter is active: no adapter is switched, which would cost
+        # more than the step itself on a small model (set_adapter walks every layer).
         plain = set(names) == {active if self._params else BASE}
         per_row = [BASE_ROW if n == BASE else n for n in names]
         grouped = contextlib.nullcontext()
@@ -425,7 +425,7 @@ class RoleOperations:
 
     def _row_adapters(self) -> RowAdapters:
         """The per-row LoRA view of the model's LoRA layers, rebuilt when an adapter is added or removed."""
-        cached = getattr(self, "_row_adapters_cache", None)
+        cached = self._row_adapters_cache
         if cached is None or cached[0] != self._layout:
             cached = (self._layout, RowAdapters(self.model))
             self._row_adapters_cache = cached

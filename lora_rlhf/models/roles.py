@@ -38,6 +38,7 @@ from lora_rlhf.models.logits import LogitsProjection, matches_forward, projectio
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.names import BASE
 from lora_rlhf.models.operations import RoleOperations
+from lora_rlhf.models.row_adapters import RowAdapters
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class RoleStack(RoleOperations):
         self.heads = nn.ModuleDict()
         self._params: dict[str, list[nn.Parameter]] = {}
         self._layout = 0  # bumped when an adapter is added or removed: views of the LoRA layers are rebuilt
+        self._row_adapters_cache: tuple[int, RowAdapters] | None = None  # (layout it was built for, the view)
         # Before any no-grad forward (the probe below is one): bitsandbytes' CPU repack breaks NF4 gradients.
         keep_nf4_differentiable(model)
         self.projection: LogitsProjection = projection_for(model)

@@ -2,8 +2,9 @@
 context and a server limit, a per-request time limit, and halting generation when its client leaves or the
 server shuts down.
 
-Requests are generated in batches (serve/batcher.py), one batch at a time, so a request that runs for minutes
-keeps the others of its batch company but makes every queued one wait. Each request therefore gets a `Halt`:
+Requests are decoded together in one batch that rows join and leave at every step (serve/batcher.py), so a
+request that runs for minutes holds one of its `--max-batch-size` places all that time: with enough of them, every
+queued request waits. Each request therefore gets a `Halt`:
 generation asks it after every token of its row, and it turns true when the client disconnects, the request's
 time is up, or the server is stopping (`InFlight.halt_all`); a halted row ends while the rest of its batch goes on.
 """
