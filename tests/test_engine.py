@@ -139,15 +139,30 @@ def test_a_detach_waits_for_the_rows_holding_the_adapter(tiny_llama, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_row_adapters_equal_peft_mixed_batches(arch):
-    # The per-row bmm (models/row_adapters.py) against PEFT's own mixed-adapter forward (`adapter_names`).
+@pytest.mark.parametrize(
+    ("names", "path"),
+    [
+        (["a", "a", "__base__", "b", "b", "b"], "_segment_hook"),  # a few runs of one adapter: two mm per run
+        (["a", "__base__", "b", "a", "b", "__base__"], "_delta_hook"),  # interleaved: gathered per row, bmm
+    ],
+)
+def test_row_adapters_equal_peft_mixed_batches(arch, names, path, monkeypatch):
+    # The per-row LoRA (models/row_adapters.py), by runs and by rows, against PEFT's mixed forward (`adapter_names`).
+    from lora_rlhf.models import row_adapters
+
+    built = []
+    hook = getattr(row_adapters, path)
+    monkeypatch.setattr(row_adapters, path, lambda *a: built.append(path) or hook(*a))
     stack = two_adapter_stack(arch)
-    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16], [17, 18, 19, 20]])
-    mask, positions = torch.ones_like(ids), torch.arange(4).expand(4, 4)
-    names = ["a", "__base__", "b", "a"]
+    ids = torch.tensor([[5, 6, 7, 8]]).expand(6, 4)  # one row six times: only the adapters tell them apart
+    mask, positions = torch.ones_like(ids), torch.arange(4).expand(6, 4)
     assert RowAdapters(stack.model).supports(names)
     with torch.no_grad(), stack.evaluating():
         expected = stack.model(input_ids=ids, attention_mask=mask, position_ids=positions, adapter_names=names)
-    got, _ = stack.next_token_logits(["a", "base", "b", "a"], ids, mask, positions)
+    roles = ["base" if n == "__base__" else n for n in names]
+    got, _ = stack.next_token_logits(roles, ids, mask, positions)
+    assert built, f"{path} was not used"
     torch.testing.assert_close(got, expected.logits[:, -1].float(), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(got[0], got[1], atol=1e-3)  # the case is real: the adapters change the logits
+    for i in range(6):  # the case is real: each adapter changes the logits
+        for j in range(i):
+            assert torch.allclose(got[i], got[j], atol=1e-5) == (names[i] == names[j])

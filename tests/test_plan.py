@@ -110,6 +110,25 @@ def test_a_recipe_that_does_not_fit_names_the_knob_that_brings_it_under():
     )
 
 
+def test_a_dequantized_decoding_copy_is_counted_only_where_it_would_be_taken():
+    # models/dequantized.py: a 4-bit base is dequantized for a decoding call where the copy takes at most half of
+    # what stays free; the plan counts it by that rule, so it never decides whether a recipe fits.
+    recipe = load_recipe(RECIPES / "tiny-test.yaml", ["model.quantization=nf4"])
+    shape = model_shape("tiny:llama")
+    copy = shape.layers * sum(i * o for i, o in shape.layer_linears) * 4  # every decoder linear in fp32
+    off = load_recipe(RECIPES / "tiny-test.yaml", ["model.quantization=nf4", "model.dequantized_decoding=false"])
+    without = {p.name: p for p in plan_recipe(off, shape, device="cpu").phases}
+    for budget in (None, 10 * 2**30):  # no budget, or room to spare: counted in the two decoding phases
+        counted = {p.name: p for p in plan_recipe(recipe, shape, device="cpu", budget=budget).phases}
+        for name, phase in counted.items():
+            added = copy if name in ("ppo generate", "eval") else 0
+            assert phase.activations == without[name].activations + added, name
+    generate = without["ppo generate"].total
+    for budget, added in ((generate + 2 * copy, copy), (generate + 2 * copy - 1, 0)):
+        tight = {p.name: p for p in plan_recipe(recipe, shape, device="cpu", budget=budget).phases}
+        assert tight["ppo generate"].activations == without["ppo generate"].activations + added
+
+
 def test_plan_cli_prints_the_table_and_exits_1_when_it_does_not_fit(capsys):
     assert main(["plan", "--config", str(RECIPES / "tiny-test.yaml"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out

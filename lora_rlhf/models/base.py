@@ -48,6 +48,9 @@ class BaseModelConfig:
     gguf_file: str | None = None
     # NF4 double quantization (QLoRA §2): quantizes the quantization constants too.
     double_quant: bool = True
+    # A 4-bit base decodes (PPO rollouts, eval, the demo's rankings) with its weights dequantized once per call
+    # instead of at every new token, where that copy takes at most half the free memory (models/dequantized.py).
+    dequantized_decoding: bool = True
 
     def __post_init__(self) -> None:
         if self.quantization not in ("auto", "nf4", "int8", "none"):

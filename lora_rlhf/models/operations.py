@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -18,6 +19,7 @@ from transformers import LogitsProcessorList
 
 from lora_rlhf.models.base import gradient_checkpointing_on
 from lora_rlhf.models.decoding import Decoded, decode, logits_to_keep_argument
+from lora_rlhf.models.dequantized import copy_fits, dequantized_linears, kv_cache_bytes
 from lora_rlhf.models.heads import gather_last, last_token_index
 from lora_rlhf.models.logits import IDENTITY, LogitsProjection
 from lora_rlhf.models.logprobs import Projection, TokenLogProbs, token_logprobs
@@ -25,6 +27,8 @@ from lora_rlhf.models.names import BASE
 from lora_rlhf.models.row_adapters import BASE_ROW, RowAdapters
 from lora_rlhf.models.sampled_logprobs import SampledLogProbs
 from lora_rlhf.models.sequences import sampling_kwargs, stop_mask
+
+logger = logging.getLogger(__name__)
 
 
 def _cache_argument(module: nn.Module) -> str:
@@ -57,6 +61,8 @@ class RoleOperations:
     tokenizer: object
     projection: LogitsProjection
     chunked_logits: bool
+    dequantized_decoding: bool  # decode with a 4-bit base dequantized once per call where that fits
+    _told_dequantized: bool
     # and the methods use(role), head(role) and _causal_lm(), defined by RoleStack
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -333,7 +339,8 @@ class RoleOperations:
         stops = sorted(self.eos_ids() if stop_ids is None else set(stop_ids))
         pad = self.tokenizer.pad_token_id if pad_id is None else pad_id
         options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-        with self.use(role), self._generation_mode():
+        rows, tokens = input_ids.shape[0], input_ids.shape[1] + max_new_tokens
+        with self.use(role), self._generation_mode(), self._dequantized_base(rows, tokens):
             causal_lm = self._causal_lm()
             keep, cache_arg = logits_to_keep_argument(causal_lm), _cache_argument(causal_lm)
             cache = self._shared_prompt_cache(input_ids, attention_mask)  # all but the last prompt column
@@ -479,6 +486,24 @@ class RoleOperations:
         configured = getattr(getattr(self.base_model, "generation_config", None), "eos_token_id", None)
         ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
         return {i for i in ids if i is not None}
+
+    @contextlib.contextmanager
+    def _dequantized_base(self, rows: int, tokens: int) -> Iterator[None]:
+        """A 4-bit base's weights dequantized once for the block where the copy fits next to the KV cache of `rows`
+        sequences of `tokens` (`dequantized_decoding`; models/dequantized.py), else as they are: each decoding step
+        then dequantizes every layer again."""
+        if not self.dequantized_decoding:
+            yield
+            return
+        nbytes = copy_fits(self.model, self.device, kv_cache_bytes(self._causal_lm(), rows, tokens))
+        if not nbytes:
+            yield
+            return
+        if not self._told_dequantized:
+            logger.info("decoding with the 4-bit base dequantized once per call (%.0f MiB)", nbytes / 2**20)
+            self._told_dequantized = True
+        with dequantized_linears(self.model):
+            yield
 
     @contextlib.contextmanager
     def _generation_mode(self) -> Iterator[None]:

@@ -51,7 +51,9 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 class RoleStack(RoleOperations):
     """One base model and its role adapters; see the module docstring."""
 
-    def __init__(self, model: nn.Module, tokenizer=None, *, base_name: str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer=None, *, base_name: str | None = None, dequantized_decoding: bool = True
+    ) -> None:
         self.base_model = model
         self.model = model  # becomes a peft.PeftModel when the first role is added
         self.tokenizer = tokenizer
@@ -60,6 +62,7 @@ class RoleStack(RoleOperations):
         self._params: dict[str, list[nn.Parameter]] = {}
         self._layout = 0  # bumped when an adapter is added or removed: views of the LoRA layers are rebuilt
         self._row_adapters_cache: tuple[int, RowAdapters] | None = None  # (layout it was built for, the view)
+        self.dequantized_decoding, self._told_dequantized = dequantized_decoding, False  # see models/dequantized.py
         # Before any no-grad forward (the probe below is one): bitsandbytes' CPU repack breaks NF4 gradients.
         keep_nf4_differentiable(model)
         self.projection: LogitsProjection = projection_for(model)
@@ -69,7 +72,12 @@ class RoleStack(RoleOperations):
     @classmethod
     def load(cls, config: BaseModelConfig) -> RoleStack:
         """Load the base (and tokenizer) described by `config`."""
-        return cls(load_base_model(config), load_tokenizer(config), base_name=config.name_or_path)
+        return cls(
+            load_base_model(config),
+            load_tokenizer(config),
+            base_name=config.name_or_path,
+            dequantized_decoding=config.dequantized_decoding,
+        )
 
     # ----------------------------------------------------------------- roles
     @property

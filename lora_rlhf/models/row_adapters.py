@@ -24,6 +24,9 @@ import torch
 from torch import nn
 
 BASE_ROW = "__base__"  # a row with no adapter, as PEFT names it
+# Up to this many runs of consecutive rows under one adapter, each run's delta is two plain matmuls
+# (`_segment_hook`); beyond, the per-row gather and bmm (`_delta_hook`) costs a fixed number of ops.
+_MAX_RUNS = 4
 
 
 class RowAdapters:
@@ -59,11 +62,17 @@ class RowAdapters:
         stacks = self._stacked(adapters)
         position = {name: g for g, name in enumerate(adapters)}
         device = next((s[0].device for s in stacks if s is not None), None)
-        rows = torch.tensor([position.get(n, len(adapters)) for n in names], device=device)
+        groups = [position.get(n, len(adapters)) for n in names]
+        runs = _runs(groups)
+        rows = torch.tensor(groups, device=device)
         handles, disabled = [], []
         try:
             for layer, stack in zip(self.layers, stacks, strict=True):
-                if stack is not None:  # else the layer carries none of these adapters: its base output is the answer
+                if stack is None:  # the layer carries none of these adapters: its base output is the answer
+                    pass
+                elif len(runs) <= _MAX_RUNS:
+                    handles.append(layer.register_forward_hook(_segment_hook(stack[0], stack[1], runs, len(adapters))))
+                else:
                     handles.append(layer.register_forward_hook(_delta_hook(stack[0][rows], stack[1][rows])))
                 disabled.append(layer._disable_adapters)
                 # PEFT's own switch (BaseTunerLayer._disable_adapters): the layer then returns its base output. Not
@@ -109,6 +118,39 @@ def _layer_stack(layer: nn.Module, adapters: tuple[str, ...]) -> tuple[torch.Ten
                 a[g, :, :r] = layer.lora_A[name].weight.T
                 b[g, :r] = layer.lora_B[name].weight.T * layer.scaling[name]
     return a, b
+
+
+def _runs(groups: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Row groups -> [(first row, end row, group)] of the maximal runs of consecutive equal groups."""
+    runs: list[tuple[int, int, int]] = []
+    for i, g in enumerate(groups):
+        if runs and runs[-1][2] == g:
+            runs[-1] = (runs[-1][0], i + 1, g)
+        else:
+            runs.append((i, i + 1, g))
+    return runs
+
+
+def _segment_hook(a: torch.Tensor, b: torch.Tensor, runs: list[tuple[int, int, int]], base: int):
+    """A forward hook adding, to each run of rows under one adapter g, mm(mm(x[run], a[g]), b[g]) (Punica's SGMV).
+
+    Where rows come in a few runs (PPO's scoring stacks each role's copy of the rows in one block) this reads
+    each adapter's weights once, where `_delta_hook` gathers a copy per row and multiplies them with `bmm`s of
+    rank-wide inner dimension: the frozen roles' stacked forward of 24 rows spent a quarter of its time there.
+    a (G + 1, in, r), b (G + 1, r, out); `base` is the group index of rows with no adapter (left as they are).
+    Runs only without autograd (the output is updated in place), like everything RowAdapters does.
+    """
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        if x.dim() != 3 or x.shape[0] != runs[-1][1]:
+            raise RuntimeError(f"per-row adapters expect (rows, tokens, features) inputs, got {tuple(x.shape)}")
+        for first, end, g in runs:
+            if g != base:
+                output[first:end] += torch.matmul(torch.matmul(x[first:end].to(a.dtype), a[g]), b[g]).to(output.dtype)
+        return output
+
+    return hook
 
 
 def _delta_hook(a: torch.Tensor, b: torch.Tensor):

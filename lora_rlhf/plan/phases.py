@@ -65,9 +65,9 @@ def resolve_setting(recipe: RecipeConfig, device: str) -> Setting:
 
 
 def phase_memories(
-    shape: ModelShape, recipe: RecipeConfig, setting: Setting, responses_per_prompt: int
+    shape: ModelShape, recipe: RecipeConfig, setting: Setting, responses_per_prompt: int, budget: int | None = None
 ) -> list[PhaseMemory]:
-    """Every phase of the recipe's stages, with its terms (see estimate.py)."""
+    """Every phase of the recipe's stages, with its terms (see estimate.py), within `budget` if one is given."""
     dtype, gc = setting.dtype, setting.checkpointing
     base = estimate.base_weight_bytes(shape, setting.quantization, dtype)
     dequant = _dequantized_weight_bytes(shape, setting)
@@ -93,6 +93,17 @@ def phase_memories(
             estimate.activation_bytes(shape, rows, tokens, dtype, grad=False, checkpointing=False, lora_dropout=False)
             + dequant
         )
+
+    # Decoding keeps a 4-bit base dequantized for the call where that takes at most half the memory left free
+    # beside it (models/dequantized.py): counted where the phase leaves room for it by that rule (always, with no
+    # budget), so the copy never decides whether a plan fits.
+    decode_copy = _dequantized_base_bytes(shape, setting) if recipe.model.dequantized_decoding else 0
+
+    def decoding(name: str, adapters: int, trained: int, activations: int, logits: int, kv: int) -> PhaseMemory:
+        without = phase(name, adapters, trained, activations, logits, kv)
+        if not decode_copy or (budget is not None and decode_copy > (budget - without.total) // 2):
+            return without
+        return phase(name, adapters, trained, activations + decode_copy, logits, kv)
 
     sft_rows, sft_len = recipe.sft.train.batch_size, recipe.sft.max_length
     rm_rows = recipe.rm.train.batch_size * responses_per_prompt
@@ -124,7 +135,7 @@ def phase_memories(
             estimate.trained_state_bytes(shape, rm_r, 1, 1),
             train_acts(rm_rows, recipe.rm.max_length, rm_drop),
         ),
-        phase(
+        decoding(
             "ppo generate",
             ppo_adapters,
             ppo_trained,
@@ -141,7 +152,7 @@ def phase_memories(
             estimate.logit_bytes(shape, micro, min(response, 256), grad=False),
         ),
         phase("ppo train", ppo_adapters, ppo_trained, max(policy, value), policy_logits),
-        phase(
+        decoding(
             "eval",
             estimate.adapter_bytes(shape, sft_r, 2, 0) + estimate.adapter_bytes(shape, rm_r, 1, 1),
             0,
@@ -158,6 +169,13 @@ def _dequantized_weight_bytes(shape: ModelShape, setting: Setting) -> int:
         return 0
     widest = max(fan_in * fan_out for fan_in, fan_out in shape.layer_linears)
     return widest * estimate.DTYPE_BYTES[setting.dtype]
+
+
+def _dequantized_base_bytes(shape: ModelShape, setting: Setting) -> int:
+    """Every decoder linear of a 4-bit base dequantized to the compute dtype at once (int8 and unquantized: 0)."""
+    if setting.quantization != "nf4":
+        return 0
+    return shape.layers * sum(i * o for i, o in shape.layer_linears) * estimate.DTYPE_BYTES[setting.dtype]
 
 
 # Knobs that shrink a phase, in the order the plan tries them: (override key, new value from the recipe).
@@ -213,7 +231,7 @@ def plan_recipe(
         raise LoraRlhfError(f"--device: {device!r} must be cuda or cpu")
     k = responses_per_prompt or (recipe.demo.responses_per_prompt if recipe.demo.enabled else PAIRWISE_K)
     setting = resolve_setting(recipe, device)
-    phases = phase_memories(shape, recipe, setting, k)
+    phases = phase_memories(shape, recipe, setting, k, budget)
     plan = Plan(shape.name, setting, phases, budget)
     if budget is None:
         return plan
@@ -228,7 +246,7 @@ def plan_recipe(
             changed = _with(recipe, key, value)
             total = next(
                 p.total
-                for p in phase_memories(shape, changed, resolve_setting(changed, device), k)
+                for p in phase_memories(shape, changed, resolve_setting(changed, device), k, budget)
                 if p.name == memory.name
             )
             options.append((f"{key}={_show(value)}", total))

@@ -65,6 +65,13 @@ def _decoder_layers(model: nn.Module, count: int) -> nn.ModuleList:
     return lists[0]
 
 
+def kv_dim_of(config) -> int:
+    """Key (= value) width per token per layer of a text config: kv heads x head dim."""
+    heads = int(getattr(config, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    return kv_heads * int(getattr(config, "head_dim", None) or int(config.hidden_size) // heads)
+
+
 def shape_of(model: nn.Module, name: str = "") -> ModelShape:
     """The ModelShape of an instantiated (possibly meta-device) causal LM."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -75,15 +82,12 @@ def shape_of(model: nn.Module, name: str = "") -> ModelShape:
     shapes = [_linear_shape(module) for layer in decoder for module in layer.modules()]
     linear_weights = sum(fan_in * fan_out for fan_in, fan_out in filter(None, shapes))
     total = sum(p.numel() for p in model.parameters())
-    heads = int(getattr(config, "num_attention_heads", 1) or 1)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
     return ModelShape(
         name=name or getattr(config, "_name_or_path", "") or type(model).__name__,
         layers=layers,
         hidden=hidden,
         vocab=int(config.vocab_size),
-        kv_dim=kv_heads * head_dim,
+        kv_dim=kv_dim_of(config),
         layer_linears=layer_linears,
         linear_params=linear_weights,
         other_params=total - linear_weights,

@@ -1,0 +1,97 @@
+"""Decoding from a 4-bit base with its weights dequantized once per call (models/dequantized.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lora_rlhf.models import dequantized
+from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.roles import RoleStack
+
+
+def nf4_stack(folder: str, **kwargs) -> RoleStack:
+    stack = RoleStack.load(BaseModelConfig(name_or_path=folder, quantization="nf4", device="cpu", **kwargs))
+    torch.manual_seed(0)
+    stack.add_role("sft")
+    stack.copy_role("sft", "policy")
+    with torch.no_grad():  # an adapter that changes the answers, so LoRA on top of the copy is exercised
+        for p in stack.parameters("policy"):
+            p.add_(torch.randn_like(p) * 0.2)
+    return stack
+
+
+PROMPTS = ["sort the numbers 3 1 2", "hello world", "reverse: a b c d e f"]
+NEW_TOKENS = 10
+
+
+def encoded(stack: RoleStack):
+    return stack.tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+
+
+def sampled(stack: RoleStack, seed: int = 0):
+    enc = encoded(stack)
+    torch.manual_seed(seed)
+    return stack.decode(
+        "policy", enc.input_ids, enc.attention_mask, max_new_tokens=NEW_TOKENS, temperature=0.8, with_logprobs=True
+    )
+
+
+def counting(monkeypatch) -> list[int]:
+    calls = []
+    dequantize = dequantized._dequantize
+    monkeypatch.setattr(dequantized, "_dequantize", lambda *a: calls.append(1) or dequantize(*a))
+    return calls
+
+
+@pytest.mark.parametrize("settings", [{}, {"double_quant": False}, {"compute_dtype": "bfloat16"}])
+def test_dequantized_decoding_equals_the_4bit_path_bit_for_bit(tiny_llama, settings, monkeypatch):
+    stack = nf4_stack(tiny_llama, **settings)
+    linears = dequantized._four_bit_linears(stack.model)
+    assert linears and dequantized.dequantized_bytes(stack.model) > 0
+    calls = counting(monkeypatch)
+    stack.dequantized_decoding = False
+    per_step = sampled(stack)
+    assert not calls
+    stack.dequantized_decoding = True
+    once = sampled(stack)
+    # every 4-bit linear dequantized once for the whole call of several decoding steps, not once per step
+    assert len(calls) == len(linears) and (once.logprobs != 0).sum(dim=1).max() > 3
+    assert torch.equal(per_step.sequences, once.sequences)
+    assert torch.equal(per_step.logprobs, once.logprobs) and torch.equal(per_step.entropy, once.entropy)
+    assert all("forward" not in m.__dict__ for m in linears)  # the modules have their own forward back
+
+
+def test_no_copy_where_it_does_not_fit_in_half_the_memory_left_beside_the_kv_cache(tiny_llama, monkeypatch):
+    stack = nf4_stack(tiny_llama)
+    needed = dequantized.dequantized_bytes(stack.model)
+    tokens = encoded(stack).input_ids.shape[1] + NEW_TOKENS  # the cache decoding will hold, per row
+    kv = dequantized.kv_cache_bytes(stack.model, len(PROMPTS), tokens)
+    config = stack.model.config  # llama: 2 (keys, values) x layers x kv heads x head dim x fp32, per row and token
+    assert kv == 2 * len(PROMPTS) * tokens * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
+    calls = counting(monkeypatch)
+    monkeypatch.setattr(dequantized, "free_bytes", lambda device: 2 * needed + kv - 1)
+    assert dequantized.copy_fits(stack.model, stack.device, kv) == 0
+    sampled(stack)
+    assert not calls
+    monkeypatch.setattr(dequantized, "free_bytes", lambda device: 2 * needed + kv)
+    assert dequantized.copy_fits(stack.model, stack.device, kv) == needed
+    sampled(stack)
+    assert calls
+
+
+def test_an_unquantized_base_has_nothing_to_dequantize(tiny_llama):
+    stack = RoleStack.load(BaseModelConfig(name_or_path=tiny_llama, quantization="none", device="cpu"))
+    assert dequantized.dequantized_bytes(stack.model) == 0 and dequantized.copy_fits(stack.model, stack.device) == 0
+
+
+def test_the_dequantized_forward_refuses_gradients(tiny_llama):
+    stack = nf4_stack(tiny_llama)
+    (linear, *_) = dequantized._four_bit_linears(stack.model)
+    x = torch.randn(2, linear.in_features, requires_grad=True)
+    with dequantized.dequantized_linears(stack.model):
+        with pytest.raises(RuntimeError, match="without gradients"):
+            linear(x)
+        with torch.no_grad():
+            got = linear(x)
+    torch.testing.assert_close(got, linear(x).detach(), atol=0, rtol=0)  # the module's own 4-bit forward
