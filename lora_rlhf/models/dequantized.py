@@ -3,13 +3,13 @@
 A bitsandbytes 4-bit linear multiplies a batch of more than one row by dequantizing its weight to the
 compute dtype and running a plain matmul (`gemm_4bit`: on the CPU always, on CUDA for every input but a
 single row), then drops the copy. Decoding runs every layer once per new token, so a rollout of 32 tokens
-dequantizes the whole base 32 times: on the demo model in NF4 that was 19% of a rollout's generation time on
-the CPU (torch profiler: `dequantize_4bit` + `dequantize_blockwise`, 2.3 s of 12.2 s).
+dequantizes the whole base 32 times: on the demo model in NF4 that was 18% of a rollout's generation time on
+the CPU (torch profiler: `dequantize_4bit` + `dequantize_blockwise`, 2.2 s of 12.2 s).
 
 `dequantized_linears` dequantizes each 4-bit linear on its first call inside the block, with bitsandbytes' own
 `dequantize_4bit`, keeps that weight, and multiplies by it with the `linear` bitsandbytes' CPU path would
 have run (the same numbers), until the block ends and the copies are freed. It costs the base's weights at the
-compute dtype for the length of the call (424 MiB for the 135M demo model in fp32, 16 GB for an 8B in bf16),
+compute dtype for the length of the call (405 MiB for the 135M demo model in fp32, 13 GiB for an 8B in bf16),
 so `RoleStack.decode` uses it only where it takes at most half the memory left free at the call once the KV
 cache of its rows is set aside (`copy_fits`): on a 24 GB GPU carrying an 8B base it does not, and decoding
 dequantizes per step as before. `lora-rlhf plan` counts the copy by the same rule (plan/phases.py).
