@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models import dequantized
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.roles import RoleStack
@@ -71,18 +72,34 @@ def test_no_copy_where_it_does_not_fit_in_half_the_memory_left_beside_the_kv_cac
     assert kv == 2 * len(PROMPTS) * tokens * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
     calls = counting(monkeypatch)
     monkeypatch.setattr(dequantized, "free_bytes", lambda device: 2 * needed + kv - 1)
-    assert dequantized.copy_fits(stack.model, stack.device, kv) == 0
+    assert not dequantized.copy_fits(needed, stack.device, kv)
     sampled(stack)
     assert not calls
     monkeypatch.setattr(dequantized, "free_bytes", lambda device: 2 * needed + kv)
-    assert dequantized.copy_fits(stack.model, stack.device, kv) == needed
+    assert dequantized.copy_fits(needed, stack.device, kv)
     sampled(stack)
     assert calls
 
 
+def test_auto_takes_the_copy_on_the_cpu_only(tiny_llama, monkeypatch):
+    # On CUDA bitsandbytes' fused 4-bit kernel serves small batches: "auto" leaves it alone there, true does not.
+    stack = nf4_stack(tiny_llama)
+    assert stack.dequantized_decoding == "auto"
+    calls = counting(monkeypatch)
+    with pytest.raises(LoraRlhfError, match="dequantized_decoding"):
+        BaseModelConfig(name_or_path=tiny_llama, dequantized_decoding="yes")
+    monkeypatch.setattr(RoleStack, "device", property(lambda self: torch.device("meta")))  # not a CPU
+    with stack._dequantized_base(3, 16):
+        assert not any("forward" in m.__dict__ for m in dequantized._four_bit_linears(stack.model))
+    stack.dequantized_decoding = True
+    with stack._dequantized_base(3, 16), torch.no_grad():
+        assert all("forward" in m.__dict__ for m in dequantized._four_bit_linears(stack.model))
+    assert not calls  # nothing ran: the copies are made on a module's first call
+
+
 def test_an_unquantized_base_has_nothing_to_dequantize(tiny_llama):
     stack = RoleStack.load(BaseModelConfig(name_or_path=tiny_llama, quantization="none", device="cpu"))
-    assert dequantized.dequantized_bytes(stack.model) == 0 and dequantized.copy_fits(stack.model, stack.device) == 0
+    assert dequantized.dequantized_bytes(stack.model) == 0
 
 
 def test_the_dequantized_forward_refuses_gradients(tiny_llama):

@@ -127,6 +127,13 @@ def test_a_dequantized_decoding_copy_is_counted_only_where_it_would_be_taken():
     for budget, added in ((generate + 2 * copy, copy), (generate + 2 * copy - 1, 0)):
         tight = {p.name: p for p in plan_recipe(recipe, shape, device="cpu", budget=budget).phases}
         assert tight["ppo generate"].activations == without["ppo generate"].activations + added
+    # "auto" takes it on the CPU only; true on CUDA too
+    on_gpu = {p.name: p for p in plan_recipe(recipe, shape, device="cuda").phases}
+    off_gpu = {p.name: p for p in plan_recipe(off, shape, device="cuda").phases}
+    assert on_gpu["ppo generate"].activations == off_gpu["ppo generate"].activations
+    forced = load_recipe(RECIPES / "tiny-test.yaml", ["model.quantization=nf4", "model.dequantized_decoding=true"])
+    forced_gpu = {p.name: p for p in plan_recipe(forced, shape, device="cuda").phases}
+    assert forced_gpu["ppo generate"].activations == off_gpu["ppo generate"].activations + copy
 
 
 def test_plan_cli_prints_the_table_and_exits_1_when_it_does_not_fit(capsys):

@@ -49,14 +49,18 @@ class BaseModelConfig:
     # NF4 double quantization (QLoRA §2): quantizes the quantization constants too.
     double_quant: bool = True
     # A 4-bit base decodes (PPO rollouts, eval, the demo's rankings) with its weights dequantized once per call
-    # instead of at every new token, where that copy takes at most half the free memory (models/dequantized.py).
-    dequantized_decoding: bool = True
+    # instead of at every new token, where that copy fits (models/dequantized.py). "auto": on the CPU, where
+    # bitsandbytes dequantizes for every batched matmul; not on CUDA, where its fused 4-bit kernel serves
+    # decoding's small batches (the copy is unmeasured there). true: on any device; false: never.
+    dequantized_decoding: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         if self.quantization not in ("auto", "nf4", "int8", "none"):
             raise LoraRlhfError(f"quantization: {self.quantization!r} is not one of auto, nf4, int8, none")
         if self.compute_dtype not in ("auto", *_DTYPES):
             raise LoraRlhfError(f"compute_dtype: {self.compute_dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+        if self.dequantized_decoding not in (True, False, "auto"):
+            raise LoraRlhfError(f"dequantized_decoding: {self.dequantized_decoding!r} is not one of true, false, auto")
         self._check_device()
 
     def _check_device(self) -> None:

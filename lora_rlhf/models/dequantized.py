@@ -1,18 +1,21 @@
 """Decoding from a 4-bit base with its weights dequantized once per call, not once per token (issue 15).
 
-A bitsandbytes 4-bit linear multiplies a batch of more than one row by dequantizing its weight to the
-compute dtype and running a plain matmul (`gemm_4bit`: on the CPU always, on CUDA for every input but a
-single row), then drops the copy. Decoding runs every layer once per new token, so a rollout of 32 tokens
-dequantizes the whole base 32 times: on the demo model in NF4 that was 18% of a rollout's generation time on
-the CPU (torch profiler: `dequantize_4bit` + `dequantize_blockwise`, 2.2 s of 12.2 s).
+On the CPU a bitsandbytes 4-bit linear multiplies by dequantizing its weight to the compute dtype and
+running a plain matmul (`gemm_4bit`'s default kernel), then drops the copy. Decoding runs every layer once per
+new token, so a rollout of 32 tokens dequantizes the whole base 32 times: on the demo model in NF4 that was
+18% of a rollout's generation time on the CPU (torch profiler: `dequantize_4bit` + `dequantize_blockwise`,
+2.2 s of 12.2 s).
 
 `dequantized_linears` dequantizes each 4-bit linear on its first call inside the block, with bitsandbytes' own
 `dequantize_4bit`, keeps that weight, and multiplies by it with the `linear` bitsandbytes' CPU path would
 have run (the same numbers), until the block ends and the copies are freed. It costs the base's weights at the
 compute dtype for the length of the call (405 MiB for the 135M demo model in fp32, 13 GiB for an 8B in bf16),
 so `RoleStack.decode` uses it only where it takes at most half the memory left free at the call once the KV
-cache of its rows is set aside (`copy_fits`): on a 24 GB GPU carrying an 8B base it does not, and decoding
-dequantizes per step as before. `lora-rlhf plan` counts the copy by the same rule (plan/phases.py).
+cache of its rows is set aside (`copy_fits`): on a 24 GB GPU carrying an 8B base it would not. By default
+(`model.dequantized_decoding: auto`) only on the CPU: on CUDA bitsandbytes 0.50 multiplies batches of up to
+1,536 rows with a fused kernel that reads the 4-bit weights, which may well beat a dense matmul by a 16-bit
+copy for decoding's small batches (unmeasured: no GPU was lent to this project). `lora-rlhf plan` counts
+the copy by the same rules (plan/phases.py).
 
 Nothing here runs with gradients (generation only), and modules it cannot reproduce keep their own forward:
 bitsandbytes' packed CPU format, accelerate's dispatch hooks (offloaded or split models).
@@ -21,13 +24,10 @@ bitsandbytes' packed CPU format, accelerate's dispatch hooks (offloaded or split
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 
 def _four_bit_linears(model: nn.Module) -> list[nn.Module]:
@@ -75,12 +75,11 @@ def kv_cache_bytes(model: nn.Module, rows: int, tokens: int) -> int:
     return 2 * rows * tokens * int(config.num_hidden_layers) * kv_dim_of(config) * itemsize
 
 
-def copy_fits(model: nn.Module, device: torch.device, working_bytes: int = 0) -> int:
-    """The bytes of the dequantized copy of `model`'s 4-bit linears if it takes at most half the memory that stays
-    free once decoding has its `working_bytes` (its KV cache), else 0: the other half is the margin for what no
-    estimate counts (logits, activations, the allocator's fragmentation)."""
-    needed = dequantized_bytes(model)
-    return needed if 0 < needed <= (free_bytes(device) - working_bytes) // 2 else 0
+def copy_fits(copy_bytes: int, device: torch.device, working_bytes: int = 0) -> bool:
+    """Whether a copy of `copy_bytes` takes at most half the memory that stays free on `device` once decoding has
+    its `working_bytes` (its KV cache): the other half is the margin for what no estimate counts (logits,
+    activations, the allocator's fragmentation)."""
+    return copy_bytes <= (free_bytes(device) - working_bytes) // 2
 
 
 @contextlib.contextmanager

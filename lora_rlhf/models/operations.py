@@ -19,7 +19,7 @@ from transformers import LogitsProcessorList
 
 from lora_rlhf.models.base import gradient_checkpointing_on
 from lora_rlhf.models.decoding import Decoded, decode, logits_to_keep_argument
-from lora_rlhf.models.dequantized import copy_fits, dequantized_linears, kv_cache_bytes
+from lora_rlhf.models.dequantized import copy_fits, dequantized_bytes, dequantized_linears, kv_cache_bytes
 from lora_rlhf.models.heads import gather_last, last_token_index
 from lora_rlhf.models.logits import IDENTITY, LogitsProjection
 from lora_rlhf.models.logprobs import Projection, TokenLogProbs, token_logprobs
@@ -61,7 +61,7 @@ class RoleOperations:
     tokenizer: object
     projection: LogitsProjection
     chunked_logits: bool
-    dequantized_decoding: bool  # decode with a 4-bit base dequantized once per call where that fits
+    dequantized_decoding: bool | str  # decode from a 4-bit base dequantized once per call: True, False, "auto"
     _told_dequantized: bool
     # and the methods use(role), head(role) and _causal_lm(), defined by RoleStack
 
@@ -489,14 +489,14 @@ class RoleOperations:
 
     @contextlib.contextmanager
     def _dequantized_base(self, rows: int, tokens: int) -> Iterator[None]:
-        """A 4-bit base's weights dequantized once for the block where the copy fits next to the KV cache of `rows`
-        sequences of `tokens` (`dequantized_decoding`; models/dequantized.py), else as they are: each decoding step
-        then dequantizes every layer again."""
-        if not self.dequantized_decoding:
-            yield
-            return
-        nbytes = copy_fits(self.model, self.device, kv_cache_bytes(self._causal_lm(), rows, tokens))
-        if not nbytes:
+        """A 4-bit base's weights dequantized once for the block where that is asked for (`dequantized_decoding`;
+        "auto": on the CPU) and the copy fits beside the KV cache of `rows` sequences of `tokens`
+        (models/dequantized.py); else as they are, and each decoding step dequantizes every layer again."""
+        wanted = self.dequantized_decoding
+        nbytes = (
+            dequantized_bytes(self.model) if wanted is True or (wanted == "auto" and self.device.type == "cpu") else 0
+        )
+        if not nbytes or not copy_fits(nbytes, self.device, kv_cache_bytes(self._causal_lm(), rows, tokens)):
             yield
             return
         if not self._told_dequantized:

@@ -52,7 +52,12 @@ class RoleStack(RoleOperations):
     """One base model and its role adapters; see the module docstring."""
 
     def __init__(
-        self, model: nn.Module, tokenizer=None, *, base_name: str | None = None, dequantized_decoding: bool = True
+        self,
+        model: nn.Module,
+        tokenizer=None,
+        *,
+        base_name: str | None = None,
+        dequantized_decoding: bool | str = "auto",
     ) -> None:
         self.base_model = model
         self.model = model  # becomes a peft.PeftModel when the first role is added

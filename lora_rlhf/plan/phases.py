@@ -94,10 +94,13 @@ def phase_memories(
             + dequant
         )
 
-    # Decoding keeps a 4-bit base dequantized for the call where that takes at most half the memory left free
-    # beside it (models/dequantized.py): counted where the phase leaves room for it by that rule (always, with no
-    # budget), so the copy never decides whether a plan fits.
-    decode_copy = _dequantized_base_bytes(shape, setting) if recipe.model.dequantized_decoding else 0
+    # Decoding keeps a 4-bit base dequantized for the call where asked ("auto": on the CPU) and where that takes at
+    # most half the memory left free beside it (models/dequantized.py): counted where the phase leaves room for it
+    # by that rule (always, with no budget), so the copy never decides whether a plan fits.
+    asked = recipe.model.dequantized_decoding
+    decode_copy = (
+        _dequantized_base_bytes(shape, setting) if asked is True or (asked == "auto" and setting.device == "cpu") else 0
+    )
 
     def decoding(name: str, adapters: int, trained: int, activations: int, logits: int, kv: int) -> PhaseMemory:
         without = phase(name, adapters, trained, activations, logits, kv)
