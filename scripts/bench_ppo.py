@@ -3,6 +3,7 @@
     python scripts/bench_ppo.py [--model PATH] [--quantization nf4] [--rollout 16] [--mini 8] [--micro 8]
                                 [--max-new-tokens 32] [--iterations 3] [--ptx] [--compare-logprobs]
                                 [--gradient-checkpointing] [--compare-before]
+                                [--dequantized-decoding auto|true|false]
 
 --model defaults to the embedded demo model (SmolLM2-135M-Instruct). Prompts are the demo's instruction
 tasks. Each iteration is the stage's own code: `make_rollout` (sample from policy, recording its log-probs;
@@ -145,6 +146,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
+        "--dequantized-decoding",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="decode from a 4-bit base dequantized once per rollout (model.dequantized_decoding; auto: on the CPU)",
+    )
+    parser.add_argument(
         "--gradient-checkpointing",
         action="store_true",
         help="recompute activations in the training passes (model.gradient_checkpointing): less memory, more time",
@@ -161,6 +168,7 @@ def main() -> None:
             quantization=args.quantization,
             device=args.device,
             gradient_checkpointing=args.gradient_checkpointing,
+            dequantized_decoding={"true": True, "false": False}.get(args.dequantized_decoding, "auto"),
         )
     )
     stack.add_role("sft")
@@ -222,6 +230,7 @@ def main() -> None:
     result.update(
         device=str(stack.device),
         quantization=args.quantization,
+        dequantized_decoding=args.dequantized_decoding,
         rollout=args.rollout,
         mini=args.mini,
         micro=args.micro,
