@@ -97,6 +97,15 @@ def test_auto_takes_the_copy_on_the_cpu_only(tiny_llama, monkeypatch):
     assert not calls  # nothing ran: the copies are made on a module's first call
 
 
+def test_processes_on_one_machine_share_its_free_memory(monkeypatch):
+    import psutil
+
+    alone = dequantized.free_bytes(torch.device("cpu"))
+    assert 0 < alone <= psutil.virtual_memory().total
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert dequantized.free_bytes(torch.device("cpu")) <= alone // 4 * 1.1  # the machine's memory moves a little
+
+
 def test_an_unquantized_base_has_nothing_to_dequantize(tiny_llama):
     stack = RoleStack.load(BaseModelConfig(name_or_path=tiny_llama, quantization="none", device="cpu"))
     assert dequantized.dequantized_bytes(stack.model) == 0

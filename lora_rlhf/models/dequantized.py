@@ -24,6 +24,7 @@ bitsandbytes' packed CPU format, accelerate's dispatch hooks (offloaded or split
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -57,13 +58,14 @@ def _compute_dtype(module: nn.Module) -> torch.dtype:
 
 def free_bytes(device: torch.device) -> int:
     """Memory free for new tensors on `device`: CUDA's free memory plus what torch's cache holds unused; on the CPU
-    the memory the system can still hand out (psutil's `available`)."""
+    this process's share of what the system can still hand out (psutil's `available`, split between the
+    LOCAL_WORLD_SIZE processes a launcher started on this machine, which all decode at once)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     import psutil
 
-    return psutil.virtual_memory().available
+    return psutil.virtual_memory().available // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def kv_cache_bytes(model: nn.Module, rows: int, tokens: int) -> int:
