@@ -9,9 +9,10 @@ one width, so a request waits for one step rather than one batch. This is the it
 Orca (Yu et al., OSDI 2022) that vLLM and TGI serve with, on transformers' own `DynamicCache`.
 
 `generate_rows` decodes a fixed set of rows this way; the server's worker (serve/batcher.py) admits rows as
-requests arrive. Rows of different adapters share each forward through PEFT's mixed-adapter batches (`RoleStack.
-next_token_logits`). A cache whose layers are not plain `DynamicLayer`s (sliding windows, recurrent states)
-cannot be merged: new rows then wait until the batch has drained (`can_admit`), as one `generate` would.
+requests arrive. Rows of different adapters share each forward, each LoRA layer adding every row's own adapter
+(`RoleStack.next_token_logits`, models/row_adapters.py). A cache whose layers are not plain `DynamicLayer`s
+(sliding windows, recurrent states) cannot be merged: new rows then wait until the batch has drained
+(`can_admit`), as one `generate` would.
 """
 
 from __future__ import annotations

@@ -14,7 +14,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
-from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from lora_rlhf.inference.options import GenerationOptions
 from lora_rlhf.inference.penalties import penalize
@@ -41,12 +46,9 @@ def penalized(
         return logits
     scores = logits.clone()
     for i, o in enumerate(options):
-        if o.repetition_penalty != 1.0:
-            # transformers' RepetitionPenaltyLogitsProcessor (Keskar et al. 2019), on this row's ids.
-            seen = torch.cat([prompts[i].to(scores.device), _ids(responses[i], scores.device)])
-            picked = scores[i].gather(0, seen)
-            picked = torch.where(picked < 0, picked * o.repetition_penalty, picked / o.repetition_penalty)
-            scores[i].scatter_(0, seen, picked)
+        if o.repetition_penalty != 1.0:  # CTRL's penalty (Keskar et al. 2019) over this row's prompt and response
+            seen = torch.cat([prompts[i].to(scores.device), _ids(responses[i], scores.device)])[None]
+            scores[i] = RepetitionPenaltyLogitsProcessor(float(o.repetition_penalty))(seen, scores[i : i + 1])[0]
         if o.frequency_penalty or o.presence_penalty:
             generated = _ids(responses[i], scores.device)[None]
             scores[i] = penalize(scores[i : i + 1], generated, [o.frequency_penalty], [o.presence_penalty])[0]
