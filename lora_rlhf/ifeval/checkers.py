@@ -59,7 +59,7 @@ def registry() -> Mapping[str, type]:
         from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
     except ImportError as exc:
         raise LoraRlhfError(
-            f"IFEval needs the packages of the `ifeval` extra ({exc.name} is missing): pip install 'lora_rlhf[ifeval]'"
+            f"IFEval needs the packages of the `ifeval` extra ({exc.name} is missing; if-verifiable needs Python >= 3.11): pip install 'lora_rlhf[ifeval]'"
         ) from None
     tokenizer = _sentence_tokenizer()
     # count_sentences() looks this function up at call time; ours returns the same model, built from literals.
