@@ -89,6 +89,10 @@ CASES = {
     "json_empty_array": _bytes_case(_sft(), b"[]", "no rows", name="bad.json"),
     "parquet_not_parquet": _bytes_case(_sft(), b"not parquet at all", "bad.parquet", name="bad.parquet"),
     "txt_extension": _bytes_case(["sft", "demo.enabled=false", "sft.data.path={bad}"], GOOD, ".jsonl", name="bad.txt"),
+    "nested_200k_deep": _bytes_case(_sft(), FIRST + b"[" * 200_000 + b"]" * 200_000 + b"\n", "line 2", "too deeply"),
+    "json_array_nested_deep": _bytes_case(
+        _sft(), b"[" + b"[" * 200_000 + b"]" * 200_000 + b"]", "the file", "too deeply", name="bad.json"
+    ),
     "data_is_directory": Case(
         "", ["sft", "demo.enabled=false", "sft.data.path={tmp}/dir.jsonl"], ["is a directory"], setup="data_dir"
     ),
@@ -104,6 +108,19 @@ CASES = {
     "role_human_first": _sft_rows([_msgs("human", "assistant"), *GOOD_DEMOS], "line 1", "'human'"),
     "role_capitalised": _sft_rows([*GOOD_DEMOS, _msgs("system", "User", "assistant")], "line 7", "'User'"),
     "role_tool": _sft_rows([*GOOD_DEMOS[:1], _msgs("user", "tool", "assistant")], "line 2", "'tool'"),
+    "surrogate_prompt": _bytes_case(
+        _sft(), FIRST + b'{"prompt": "hi \\ud800", "completion": "x"}\n', "line 2", "'prompt'", "surrogate"
+    ),
+    "surrogate_completion": _bytes_case(
+        _sft(), FIRST + b'{"prompt": "hi", "completion": "\\udfff x"}\n', "line 2", "'completion'", "surrogate"
+    ),
+    "surrogate_message": _bytes_case(
+        _sft(),
+        FIRST + b'{"messages": [{"role": "user", "content": "\\ud83d"}, {"role": "assistant", "content": "x"}]}\n',
+        "line 2",
+        "'messages[0].content'",
+        "surrogate",
+    ),
     # ---------------------------------------------------------------- ranking rows
     "all_identical": _rm_rows(
         [*GOOD_RANKS, {"prompt": "p", "responses": ["same"] * 3, "ranks": [0, 1, 2]}], "line 5", "identical"
@@ -136,6 +153,16 @@ CASES = {
         [*GOOD_RANKS, {"prompt": "p", "responses": "ab", "ranks": [0, 1]}], "line 5", "'responses'"
     ),
     "hh_no_assistant": _rm_rows([{"chosen": "hello", "rejected": "bye"}], "line 1", "Assistant"),
+    "surrogate_response": _bytes_case(
+        _rm(), _lines(GOOD_RANKS) + b'{"prompt": "p", "chosen": "a", "rejected": "b \\ud800"}\n', "line 5", "'rejected'"
+    ),
+    "surrogate_ranked_prompt": _bytes_case(
+        _rm(),
+        _lines(GOOD_RANKS) + b'{"prompt": "\\udc00", "responses": ["a", "b"], "ranks": [0, 1]}\n',
+        "line 5",
+        "'prompt'",
+        "surrogate",
+    ),
     "rankings_non_utf8": _bytes_case(_rm(), _lines(GOOD_RANKS) + b'{"prompt": "\xc3("}\n', "line 5", "UTF-8"),
     # ---------------------------------------------------------------- recipe values
     "lr_nan": Case("", ["sft", "sft.train.learning_rate=.nan"], ["sft.train.learning_rate", "nan"]),

@@ -266,3 +266,35 @@ def test_tied_ranks_out_of_range_are_rejected(tmp_path, tokenizer):
     rows = [{"prompt": "p", "responses": ["a", "b", "c"], "ranks": [0, 0, 5]}]
     with pytest.raises(LoraRlhfError, match=r"line 1: field 'ranks' \[0, 0, 5\] has values outside 0..2"):
         rankings(tmp_path, tokenizer, rows, ties="skip_pairs")
+
+
+def test_a_lone_surrogate_is_a_one_line_error_in_every_loader(tmp_path, tokenizer):
+    """Issue 29: "\\ud800" reached the tokenizer as a TypeError traceback; refused where the file is read."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"prompt": "ok", "completion": "fine"}\n{"prompt": "a \\udbff b", "completion": "x"}\n')
+    spec = DatasetSpec(path=str(path))
+    expected = r"s\.jsonl, line 2: field 'prompt' holds a lone UTF-16 surrogate"
+    for load in (
+        lambda: load_sft_examples(spec, tokenizer, 64),
+        lambda: load_demonstrations(spec, tokenizer),
+        lambda: load_prompts(spec),
+        lambda: load_prompts(spec, on_bad_row="skip"),
+    ):
+        with pytest.raises(LoraRlhfError, match=expected):
+            load()
+    path.write_text('{"prompt": [{"role": "user", "content": "\\ud800"}]}')
+    with pytest.raises(LoraRlhfError, match=r"line 1: field 'prompt\[0\]\.content' holds a lone UTF-16 surrogate"):
+        load_prompts(spec)
+    pair = tmp_path / "s.json"
+    pair.write_text('[{"prompt": "p", "responses": ["a", "\\udc00"], "ranks": [0, 1]}]')
+    with pytest.raises(LoraRlhfError, match=r"s\.json, row 0: field 'responses\[1\]' holds a lone UTF-16 surrogate"):
+        load_ranking_examples(DatasetSpec(path=str(pair)), tokenizer, 64)
+    path.write_text('{"prompt": "escaped but fine \\u00e9 \\ud83d\\ude00", "completion": "x"}\n')
+    (example,), _ = load_sft_examples(spec, tokenizer, 64)  # a proper pair of escapes is one character
+
+
+def test_a_row_nested_past_the_recursion_limit_is_a_one_line_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"prompt": "ok"}\n' + "[" * 200_000 + "\n")
+    with pytest.raises(LoraRlhfError, match=r"deep\.jsonl, line 2: '\[\[\[.*' nests arrays or objects too deeply"):
+        load_prompts(DatasetSpec(path=str(path)))

@@ -467,3 +467,34 @@ def test_an_empty_adapter_weights_file_is_a_one_line_error(tiny_llama, tmp_path)
     other = make_stack(tiny_llama)
     with pytest.raises(LoraRlhfError, match="not a readable safetensors file"):
         other.load_role("sft", folder)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "expected"),
+    [
+        ({"weight": (1, None), "bias": (4,)}, r"tensor 'bias' has shape \[4\], a reward head's is \[1\]"),
+        ({"weight": (1, 3), "bias": (1,)}, r"tensor 'weight' has shape \[1, 3\], a reward head's is \[1, \d+\]"),
+        ({"weight": (1, None)}, "tensor 'bias' is missing"),
+        ({"weight": (1, None), "bias": (1,), "scale": (1,)}, "tensor 'scale' is not part of a reward head"),
+    ],
+)
+def test_a_head_of_the_wrong_shape_is_a_one_line_error(tiny_llama, tmp_path, tensors, expected):
+    """Issue 29: a head.safetensors whose tensors do not fit was load_state_dict's size-mismatch traceback."""
+    from safetensors.torch import save_file
+
+    stack = make_stack(tiny_llama)
+    stack.add_role("reward", LoraSettings(r=4), head="reward")
+    folder = stack.save_role("reward", tmp_path / "reward")
+    hidden = stack.base_model.config.hidden_size
+    shapes = {name: tuple(hidden if n is None else n for n in shape) for name, shape in tensors.items()}
+    save_file(
+        {name: torch.zeros(shape) for name, shape in shapes.items()},
+        str(folder / "head.safetensors"),
+        metadata={"kind": "reward", "hidden_size": str(hidden)},
+    )
+    other = make_stack(tiny_llama)
+    with pytest.raises(LoraRlhfError, match=expected):
+        other.load_role("reward", folder)
+    assert "reward" not in other.roles  # nothing half-attached
+    with pytest.raises(LoraRlhfError, match=expected):
+        stack.restore_role("reward", folder)

@@ -102,7 +102,10 @@ def read_json_rows(path: Path, shown: str) -> LocalRows:
             raise LoraRlhfError(
                 f"{shown}, line {number}: {_snippet(text)} is not valid JSON ({exc.msg}, column {exc.colno})"
             ) from None
+        except RecursionError:
+            raise LoraRlhfError(_too_deep(shown, f"line {number}", text)) from None
         _check_object(row, shown, f"line {number}")
+        _check_text(row, shown, f"line {number}", text)
         rows.append(row)
         places.append(f"line {number}")
     if not rows:
@@ -133,10 +136,13 @@ def _json_array(data: bytes, shown: str) -> LocalRows:
         raise LoraRlhfError(
             f"{shown}, line {exc.lineno}: {_snippet(line)} is not valid JSON ({exc.msg}, column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise LoraRlhfError(_too_deep(shown, "the file", text)) from None
     if not items:
         raise LoraRlhfError(f"dataset file {shown!r} has no rows (an empty JSON array)")
     for index, item in enumerate(items):
         _check_object(item, shown, f"row {index}")
+        _check_text(item, shown, f"row {index}", text)
     return LocalRows(items, [f"row {index}" for index in range(len(items))])
 
 
@@ -162,6 +168,46 @@ def _check_object(row: Any, shown: str, where: str) -> None:
         value = value if len(value) <= 40 else value[:37] + "..."
         kind = _JSON_KINDS.get(type(row), type(row).__name__)
         raise LoraRlhfError(f"{shown}, {where}: {value} is a JSON {kind}, expected an object of fields")
+
+
+def _too_deep(shown: str, where: str, text: str) -> str:
+    """json.loads recurses once per level; a line nested past Python's recursion limit is bad data (issue 29)."""
+    return f"{shown}, {where}: {_snippet(text)} nests arrays or objects too deeply to read as a row"
+
+
+def _check_text(row: Any, shown: str, where: str, text: str) -> None:
+    """JSON may escape a lone UTF-16 surrogate ("\\ud800"), which no tokenizer can encode (issue 29).
+
+    Only a `\\u` escape can make one (the bytes were already decoded as UTF-8), so rows without one are not walked.
+    """
+    if "\\u" not in text:
+        return
+    try:
+        field = _lone_surrogate(row)
+    except RecursionError:  # json.loads stopped just short of the limit, the walk one frame deeper did not
+        raise LoraRlhfError(_too_deep(shown, where, text)) from None
+    if field is not None:
+        raise LoraRlhfError(
+            f"{shown}, {where}: field {field!r} holds a lone UTF-16 surrogate, which is not valid Unicode text"
+        )
+
+
+def _lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The path (`messages[0].content`) of the first string holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(the row)"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        found = _lone_surrogate(key, inner) if isinstance(key, str) else None
+        found = found if found is not None else _lone_surrogate(item, inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _load_dataset(spec: DatasetSpec):

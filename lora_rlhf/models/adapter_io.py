@@ -63,8 +63,25 @@ def load_head(folder: Path, hidden_size: int, device: torch.device) -> ScalarHea
             f"{path} was made for another base: its head reads hidden size {saved_size}, this base has {hidden_size}"
         )
     head = ScalarHead(hidden_size, kind)
-    head.linear.load_state_dict(load_file(str(path)))
+    tensors = load_file(str(path))
+    _check_head_tensors(path, tensors, head)
+    head.linear.load_state_dict(tensors)
     return head.to(device)
+
+
+def _check_head_tensors(path: Path, tensors: dict[str, torch.Tensor], head: ScalarHead) -> None:
+    """One line naming the tensor and its shape, not load_state_dict's size-mismatch traceback (issue 29)."""
+    expected = {name: list(value.shape) for name, value in head.linear.state_dict().items()}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise LoraRlhfError(f"{path}: tensor {name!r} is missing (a {head.kind} head holds {sorted(expected)})")
+        if list(tensors[name].shape) != shape:
+            raise LoraRlhfError(
+                f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, a {head.kind} head's is {shape}"
+            )
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise LoraRlhfError(f"{path}: tensor {extra[0]!r} is not part of a {head.kind} head ({sorted(expected)})")
 
 
 def saved_head_kind(folder: Path) -> str | None:

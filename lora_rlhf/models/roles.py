@@ -233,6 +233,7 @@ class RoleStack(RoleOperations):
         """Attach the adapter saved in `folder` as `role` (frozen until `set_trainable`)."""
         self._check_new(role)
         folder = adapter_io.check_adapter_folder(folder, self.base_model)
+        head = adapter_io.load_head(folder, self._hidden_size(), self.device)  # checked before the role attaches
         grads = self._grad_state()
         was_training = self.model.training
         if self._params:
@@ -243,7 +244,6 @@ class RoleStack(RoleOperations):
             self.model = PeftModel.from_pretrained(self.base_model, str(folder), adapter_name=role, is_trainable=True)
         self.model.train(was_training)
         self._register(role, grads)
-        head = adapter_io.load_head(folder, self._hidden_size(), self.device)
         if head is not None:
             head.requires_grad_(False)
             self.heads[role] = head
@@ -255,12 +255,12 @@ class RoleStack(RoleOperations):
 
         role = self.resolve(role)
         folder = adapter_io.check_adapter_folder(folder, self.base_model)
+        head = adapter_io.load_head(folder, self._hidden_size(), self.device)  # checked before any weight moves
         state = load_file(str(folder / adapter_io.ADAPTER_WEIGHTS), device=str(self.device))
         result = set_peft_model_state_dict(self.model, state, adapter_name=role)
         missing = [k for k in result.missing_keys if f".{role}." in k and "lora_" in k]
         if missing:
             raise LoraRlhfError(f"{folder} does not hold every weight of role {role!r} (missing {missing[0]})")
-        head = adapter_io.load_head(folder, self._hidden_size(), self.device)
         if head is not None and role in self.heads:
             with torch.no_grad():
                 for mine, saved in zip(self.heads[role].parameters(), head.parameters()):
