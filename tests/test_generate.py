@@ -229,3 +229,12 @@ def test_adapters_hot_swap_on_an_nf4_base(tiny_llama, run_dir):
     registry.attach("policy", run_dir / "adapters" / "policy")
     answers = registry.compare(["base", "policy"], PROMPTS[:1], GenerationOptions(max_new_tokens=4))
     assert answers["base"] != answers["policy"]
+
+
+def test_a_seed_torch_cannot_take_is_a_one_line_error():
+    """Issue 29: a seed past 64 bits reached torch.Generator.manual_seed as an OverflowError."""
+    for seed in (2**64, -(2**63) - 1, 2**80):
+        with pytest.raises(LoraRlhfError, match=rf"seed: {seed} must be an integer in \[-2\*\*63, 2\*\*64 - 1\]"):
+            GenerationOptions(temperature=1.0, seed=seed)
+    for seed in (2**64 - 1, -(2**63), 0):
+        GenerationOptions(temperature=1.0, seed=seed)

@@ -184,3 +184,27 @@ def test_api_key_is_required_when_set(registry):
             bad.models.list()
         good = openai.OpenAI(base_url=f"{server.url}/v1", api_key="secret", max_retries=0)
         assert "polite" in [m.id for m in good.models.list().data]
+
+
+@pytest.mark.parametrize("value", [2**80, -(2**80), 2**64])
+@pytest.mark.parametrize(
+    ("path", "field", "extra"),
+    [
+        ("completions", "seed", {"temperature": 1.0}),
+        ("chat/completions", "seed", {"temperature": 1.0}),
+        ("completions", "max_tokens", {}),
+        ("chat/completions", "max_tokens", {}),
+        ("chat/completions", "max_completion_tokens", {}),
+        ("completions", "n", {}),
+        ("completions", "logprobs", {}),
+        ("chat/completions", "top_logprobs", {"logprobs": True}),
+    ],
+)
+def test_an_out_of_range_integer_is_a_400_naming_its_field(server, path, field, extra, value):
+    """Issue 29: "seed": 2**80 was a 500 (torch's "Overflow when unpacking long long")."""
+    body = {"model": "polite", field: value, **extra}
+    body |= {"prompt": PROMPT} if path == "completions" else {"messages": [{"role": "user", "content": PROMPT}]}
+    reply = httpx.post(f"{server.url}/v1/{path}", json=body, timeout=60)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == field and field in error["message"], error

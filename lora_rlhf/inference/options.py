@@ -8,6 +8,9 @@ from typing import Any
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.sequences import sampling_kwargs
 
+# The seeds `torch.Generator.manual_seed` takes; a larger one was "Overflow when unpacking long long" (issue 29).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
 
 @dataclasses.dataclass
 class GenerationOptions:
@@ -46,6 +49,8 @@ class GenerationOptions:
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise LoraRlhfError(f"{name}: {getattr(self, name)!r} must be in [-2, 2] (0 = off)")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise LoraRlhfError(f"seed: {self.seed!r} must be an integer in [-2**63, 2**64 - 1]")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise LoraRlhfError(f"stop: {self.stop!r} must be non-empty strings")
 

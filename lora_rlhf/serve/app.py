@@ -261,7 +261,13 @@ def _chat(
 
 def _budget(registry: AdapterRegistry, body, prompt_tokens: int, default: int, limits: ServeLimits, param: str) -> int:
     return token_budget(
-        body.requested_tokens(), default, prompt_tokens, registry.context_length, limits.max_tokens, param
+        body.requested_tokens(),
+        default,
+        prompt_tokens,
+        registry.context_length,
+        limits.max_tokens,
+        param,
+        body.requested_param(),
     )
 
 

@@ -120,12 +120,19 @@ async def watch_disconnect(request: Request, halt: Halt) -> None:
 
 
 def token_budget(
-    requested: int | None, default: int, prompt_tokens: int, context: int | None, limit: int, prompt_param: str
+    requested: int | None,
+    default: int,
+    prompt_tokens: int,
+    context: int | None,
+    limit: int,
+    prompt_param: str,
+    requested_param: str = "max_tokens",
 ) -> int:
     """The response budget: `requested` (else `default`), within `limit` and the context the prompt leaves.
 
     A prompt that fills the context, or a `max_tokens` over either bound, is a 400 in OpenAI's shape
-    (as OpenAI and vLLM answer); an unset `max_tokens` shrinks the default to fit instead.
+    (as OpenAI and vLLM answer) naming `requested_param`, the field the client set (chat's
+    `max_completion_tokens` or `max_tokens`); an unset `max_tokens` shrinks the default to fit instead.
     """
     if context is not None and prompt_tokens >= context:
         raise APIError(
@@ -141,16 +148,16 @@ def token_budget(
     if requested > limit:
         raise APIError(
             400,
-            f"max_tokens: {requested} is more than this server allows ({limit}, --max-tokens-limit)",
+            f"{requested_param}: {requested} is more than this server allows ({limit}, --max-tokens-limit)",
             "max_tokens_too_large",
-            "max_tokens",
+            requested_param,
         )
     if requested > room:
         raise APIError(
             400,
-            f"max_tokens: {requested} tokens and the prompt's {prompt_tokens} exceed this model's "
+            f"{requested_param}: {requested} tokens and the prompt's {prompt_tokens} exceed this model's "
             f"context of {context} tokens; at most {room} are left",
             "context_length_exceeded",
-            "max_tokens",
+            requested_param,
         )
     return requested

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lora_rlhf.inference.options import GenerationOptions
+from lora_rlhf.inference.options import SEED_MAX, SEED_MIN, GenerationOptions
 from lora_rlhf.serve.errors import APIError
 
 # OpenAI's documented defaults: 16 tokens for completions, temperature 1.
@@ -68,7 +68,7 @@ class _Sampling(_Request):
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     stream_options: StreamOptions | None = None
@@ -77,6 +77,10 @@ class _Sampling(_Request):
     def requested_tokens(self) -> int | None:
         """The response budget the request asks for, if any."""
         return self.max_tokens
+
+    def requested_param(self) -> str:
+        """The field `requested_tokens` comes from, for a 400 about it."""
+        return "max_tokens"
 
     def top_logprobs(self) -> int | None:
         """Alternatives to report per token (0: only the chosen token's log-prob); None: no log-probs."""
@@ -145,6 +149,9 @@ class ChatCompletionRequest(_Sampling):
 
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def requested_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
     def top_logprobs(self) -> int | None:
         if self.top_logprobs_ is not None and not self.logprobs:
