@@ -104,6 +104,10 @@ CASES = {
     "null_prompt": _sft_rows([{"prompt": None, "completion": "x"}], "line 1", "'prompt'"),
     "messages_not_list": _sft_rows([*GOOD_DEMOS[:3], {"messages": "hi"}], "line 4", "'messages'"),
     "messages_last_user": _sft_rows([*GOOD_DEMOS[:3], _msgs("user")], "line 4", "'user'"),
+    "messages_no_user_turn": _sft_rows([*GOOD_DEMOS[:3], _msgs("assistant")], "line 4", "'messages'", "'user'"),
+    "messages_system_only_prompt": _sft_rows(
+        [*GOOD_DEMOS[:3], _msgs("system", "assistant")], "line 4", "'messages'", "'user'"
+    ),
     "role_robot": _sft_rows([*GOOD_DEMOS[:3], _msgs("user", "robot", "assistant")], "line 4", "'robot'"),
     "role_human_first": _sft_rows([_msgs("human", "assistant"), *GOOD_DEMOS], "line 1", "'human'"),
     "role_capitalised": _sft_rows([*GOOD_DEMOS, _msgs("system", "User", "assistant")], "line 7", "'User'"),

@@ -298,3 +298,20 @@ def test_a_row_nested_past_the_recursion_limit_is_a_one_line_error(tmp_path):
     path.write_text('{"prompt": "ok"}\n' + "[" * 200_000 + "\n")
     with pytest.raises(LoraRlhfError, match=r"deep\.jsonl, line 2: '\[\[\[.*' nests arrays or objects too deeply"):
         load_prompts(DatasetSpec(path=str(path)))
+
+
+@pytest.mark.parametrize("roles", [("assistant",), ("system", "assistant"), ("system", "assistant", "assistant")])
+def test_a_conversation_without_a_user_turn_is_refused_like_an_empty_prompt(tmp_path, tokenizer, roles):
+    """Issue 29: {"messages": [assistant]} trained on an empty prompt while {"prompt": ""} was refused."""
+    row = {"messages": [{"role": role, "content": f"{role} text"} for role in roles]}
+    spec = write_jsonl(tmp_path, [{"prompt": "hi", "completion": "yo"}, row])
+    expected = r"rows\.jsonl, line 2: field 'messages' has no 'user' turn"
+    with pytest.raises(LoraRlhfError, match=expected):
+        load_sft_examples(spec, tokenizer, 64)
+    with pytest.raises(LoraRlhfError, match=expected):
+        load_demonstrations(spec, tokenizer)
+    if len(roles) > 1:  # as a prompt the last assistant turn is dropped; a lone one is refused already
+        with pytest.raises(LoraRlhfError, match=expected):
+            load_prompts(spec)
+    examples, report = load_sft_examples(spec, tokenizer, 64, on_bad_row="skip")
+    assert len(examples) == 1 and report.dropped == 1

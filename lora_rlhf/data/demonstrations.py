@@ -7,7 +7,16 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from lora_rlhf.data.chat import Prompt, render_prompt, split_messages
-from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, messages_field, parse_rows, prompt_field, text_field
+from lora_rlhf.data.rows import (
+    BadRow,
+    OnBadRow,
+    RowReport,
+    messages_field,
+    parse_rows,
+    prompt_field,
+    require_user_turn,
+    text_field,
+)
 from lora_rlhf.data.sources import DatasetSpec, load_rows
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (the prompt; padding)
@@ -43,7 +52,8 @@ def parse_demonstration(row: Mapping[str, Any]) -> Demonstration:
             raise BadRow(f"field 'messages': {exc}") from None
         if not completion.strip():
             raise BadRow("field 'messages': the assistant's response is empty")
-        return Demonstration(prompt or "", completion)
+        require_user_turn(prompt)
+        return Demonstration(prompt, completion)
     if "prompt" not in row and "completion" not in row:
         raise BadRow("missing field 'prompt' (demonstrations need {prompt, completion} or {messages})")
     return Demonstration(prompt_field(row), text_field(row, "completion"))

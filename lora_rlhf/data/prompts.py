@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lora_rlhf.data.chat import Prompt
-from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, messages_field, parse_rows, prompt_field
+from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, messages_field, parse_rows, prompt_field, require_user_turn
 from lora_rlhf.data.sources import DatasetSpec, load_rows
 
 
@@ -17,6 +17,7 @@ def parse_prompt(row: Mapping[str, Any]) -> Prompt:
             messages = messages[:-1]  # a demonstration's answer is not part of the prompt
         if not messages:
             raise BadRow("field 'messages' has no turn before the assistant's")
+        require_user_turn(messages)
         return messages
     return prompt_field(row)
 

@@ -47,6 +47,13 @@ def messages_field(row: Mapping[str, Any], key: str = "messages") -> list[dict[s
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
+def require_user_turn(prompt: list[dict[str, str]], key: str = "messages") -> None:
+    """The turns before a response must hold the user's: without one a row trains on an empty (or system-only)
+    prompt, where `{"prompt": ""}` is refused (issue 29)."""
+    if not any(message["role"] == "user" for message in prompt):
+        raise BadRow(f"field {key!r} has no 'user' turn before the assistant's response: no prompt to answer")
+
+
 def prompt_field(row: Mapping[str, Any], key: str = "prompt") -> str | list[dict[str, str]]:
     """A prompt as TRL writes one: a string, or (conversational) the messages before the response, ending
     with the user's turn, e.g. a system turn then the user's."""
