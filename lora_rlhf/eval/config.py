@@ -9,6 +9,33 @@ from lora_rlhf.errors import LoraRlhfError
 
 
 @dataclasses.dataclass
+class IFEvalConfig:
+    """YAML section "eval.ifeval"; `lora-rlhf eval --run DIR --benchmark ifeval` turns it on for one call."""
+
+    # Run the benchmark as part of eval: every model of the run answers IFEval's 541 prompts.
+    enabled: bool = False
+    # IFEval rows (key, prompt, instruction_id_list, kwargs); empty = the 541 prompts shipped with the package.
+    path: str = ""
+    # Answer only the first this many prompts (null: all 541). A subset is not comparable to published figures.
+    max_prompts: int | None = None
+    # Response budget (greedy). The leaderboard lets answers run long; on 2 CPU cores each model's 541 answers
+    # cost ~2 s per 16 tokens of budget, and most of SmolLM2-135M's answers stop well before 384 tokens.
+    max_new_tokens: int = 384
+    # Prompts per decoding call (a row leaves the batch at its stop).
+    batch_size: int = 64
+    # A system turn put before every prompt; null = the chat template's own default (as lm-eval and lighteval
+    # render IFEval prompts: one user turn through the model's chat template).
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise LoraRlhfError(f"max_prompts: {self.max_prompts!r} must be a positive integer or null")
+
+
+@dataclasses.dataclass
 class EvalConfig:
     """YAML section "eval"."""
 
@@ -51,6 +78,8 @@ class EvalConfig:
     bootstrap_samples: int = 2000
     # Coverage of those intervals (0.95 -> 2.5% and 97.5% percentiles).
     confidence: float = 0.95
+    # The IFEval benchmark (Zhou et al. 2023): every model answers its 541 prompts, judged by Google's checkers.
+    ifeval: IFEvalConfig = dataclasses.field(default_factory=IFEvalConfig)
 
     def __post_init__(self) -> None:
         for key in ("max_prompts", "max_new_tokens", "batch_size", "bootstrap_samples", "samples_per_prompt"):

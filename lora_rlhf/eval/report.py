@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lora_rlhf.eval import plots
+from lora_rlhf.eval import ifeval_report, plots
 from lora_rlhf.io import atomic_file
 from lora_rlhf.metrics import read_metrics
 
@@ -261,19 +261,25 @@ def write_report(
     run_dir: Path, results: Mapping[str, Any], prompts: Sequence[Any], texts: Mapping[str, Sequence[str]], examples: int
 ) -> Path:
     """Write plots/*.png and report.md into `run_dir`."""
-    figures = _make_plots(run_dir, results)
-    judge = results.get("win_rate_judge")
-    lines = [
-        "# lora_rlhf evaluation",
-        "",
-        f"{results['prompts']} held-out prompts, {decoding_phrase(results)}. Win rates are judged by the "
-        f"{'gold labeler' if judge == 'gold' else 'reward model'} (a tie counts one half); "
-        f"brackets are {_level(results)} bootstrap intervals.",
-        "",
-        results_table(results),
-        "",
-    ]
-    lines += difference_section(results) + rm_accuracy_lines(results) + extra_lines(results)
+    lines = ["# lora_rlhf evaluation", ""]
+    if "prompts" in results:  # absent where only a benchmark was run (eval --benchmark on a fresh run)
+        figures = _make_plots(run_dir, results)
+        judge = results.get("win_rate_judge")
+        lines += [
+            f"{results['prompts']} held-out prompts, {decoding_phrase(results)}. Win rates are judged by the "
+            f"{'gold labeler' if judge == 'gold' else 'reward model'} (a tie counts one half); "
+            f"brackets are {_level(results)} bootstrap intervals.",
+            "",
+            results_table(results),
+            "",
+        ]
+        lines += difference_section(results) + rm_accuracy_lines(results) + extra_lines(results)
+    else:
+        figures = []
+    if results.get("ifeval"):
+        lines += ifeval_report.report_lines(
+            results["ifeval"], ifeval_report.plot_accuracies(results["ifeval"], run_dir / "plots" / "ifeval.png")
+        )
     lines += ["## Plots", ""]
     lines += [f"![{title}](plots/{path.name})\n" for title, path in figures]
     if examples:

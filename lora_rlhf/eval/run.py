@@ -18,6 +18,8 @@ from lora_rlhf.eval.best_of_n import best_of_n
 from lora_rlhf.eval.compare import mean
 from lora_rlhf.eval.config import EvalConfig
 from lora_rlhf.eval.distributed import generate_across_processes
+from lora_rlhf.eval.ifeval import run_ifeval
+from lora_rlhf.eval.ifeval import summary_line as ifeval_summary
 from lora_rlhf.eval.kl import response_kl
 from lora_rlhf.eval.lm_loss import lm_losses
 from lora_rlhf.eval.report import write_report
@@ -72,6 +74,7 @@ def _evaluate(
             batch_size=config.batch_size * n,
             temperature=config.temperature,
         )
+    benchmark = _ifeval(stack, models, config, run_dir)
     if not distributed.is_main():  # scoring and writing run on the main process alone (issue 13)
         return {}
     gold = _gold_scores([p for p in prompts for _ in range(n)], responses, gold_fn)
@@ -114,12 +117,60 @@ def _evaluate(
             results["best_of_n"][key] = mean(sft_gold)
     if config.lm_text.path:
         results["lm_loss"] = lm_losses(stack, models, config.lm_text, config.lm_max_length, config.batch_size)
+    if benchmark:
+        results["ifeval"] = benchmark
     write_json(run_dir / "eval.json", results)
     _write_samples(run_dir / "eval_samples.jsonl", prompts, responses, n)
     # The report shows each prompt's first sample side by side.
     write_report(run_dir, results, prompts, {k: v.texts[::n] for k, v in responses.items()}, config.examples)
     logger.info("eval: %s", _summary_line(results))
     return results
+
+
+def evaluate_benchmarks(stack: RoleStack, config: EvalConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Only the benchmarks of `config` (IFEval), merged into the run's eval.json and report.md.
+
+    `lora-rlhf eval --run DIR --benchmark ifeval`: what eval measured before stays; the `ifeval` section is
+    replaced. Returns the merged results ({} off the main process).
+    """
+    run_dir = Path(run_dir)
+    with stack.evaluating():
+        models = {name: role for name, role in MODELS.items() if role == "base" or stack.has_role(role)}
+        section = _ifeval(stack, models, config, run_dir)
+    if not distributed.is_main():
+        return {}
+    path = run_dir / "eval.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results["ifeval"] = section
+    write_json(path, results)
+    prompts, texts = _saved_examples(run_dir / "eval_samples.jsonl", results.get("samples_per_prompt", 1))
+    write_report(run_dir, results, prompts, texts, config.examples if prompts else 0)
+    logger.info("eval: %s", _summary_line(results))
+    return results
+
+
+def _ifeval(stack: RoleStack, models: dict[str, str], config: EvalConfig, run_dir: Path) -> dict[str, Any]:
+    if not config.ifeval.enabled:
+        return {}
+    return run_ifeval(
+        stack,
+        models,
+        config.ifeval,
+        run_dir,
+        bootstrap_samples=config.bootstrap_samples,
+        confidence=config.confidence,
+        seed=config.seed,
+    )
+
+
+def _saved_examples(path: Path, n: int) -> tuple[list, dict[str, list[str]]]:
+    """eval_samples.jsonl's prompts and each model's first answer, for a report re-written without regenerating."""
+    if not path.is_file():
+        return [], {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    names = [key for key in (rows[0] if rows else {}) if key != "prompt"]
+    texts = {name: [row[name] if n == 1 else row[name][0] for row in rows] for name in names}
+    return [row["prompt"] for row in rows], texts
 
 
 def per_prompt_means(values: Sequence[float], n: int) -> list[float]:
@@ -217,4 +268,6 @@ def _summary_line(results: dict[str, Any]) -> str:
         parts.append(f"RM accuracy {results['rm_accuracy']:.3f}")
     if "gold" in results.get("best_of_n", {}):
         parts.append(f"best-of-{results['best_of_n']['n']} gold {results['best_of_n']['gold']:.3f}")
+    if results.get("ifeval"):
+        parts.append("IFEval " + ifeval_summary(results["ifeval"]))
     return "; ".join(parts)

