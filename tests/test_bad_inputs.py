@@ -185,6 +185,12 @@ CASES = {
     "recipe_non_utf8": _bytes_case(
         ["sft", "--config", "{bad}"], b"model:\n  name_or_path: caf\xe9\n", "UTF-8", name="bad.yaml"
     ),
+    "sft_max_length_past_positions": Case(
+        "", _sft("sft.max_length=4096"), ["sft.max_length", "4096", "position limit (512"], GOOD
+    ),
+    "rm_max_length_past_positions": Case(
+        "", _rm("rm.max_length=513"), ["rm.max_length", "513", "position limit (512"], _lines(GOOD_RANKS)
+    ),
     # ---------------------------------------------------------------- training that diverges
     "sft_diverges": Case(
         "",

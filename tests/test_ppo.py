@@ -525,3 +525,26 @@ def test_frozen_scores_in_one_forward_equal_one_pass_per_role(tiny_llama, quanti
         repeated = ids.clone()
         repeated[1, :6], mask[1, :6] = repeated[0, :6], mask[0, :6]  # two samples of one prompt: shared prefix instead
         assert stack.frozen_scores(repeated, mask, 6) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"max_prompt_length": 500, "sampling": {"max_new_tokens": 13}},
+            r"ppo\.max_prompt_length \+ ppo\.sampling\.max_new_tokens: 513 tokens is more than this model's "
+            r"position limit \(512, its config's max_position_embeddings\)",
+        ),
+        (
+            {"ptx": {"coef": 1.0, "max_length": 1024}},
+            r"ppo\.ptx\.max_length: 1024 tokens is more than this model's position limit \(512",
+        ),
+    ],
+)
+def test_lengths_past_the_position_limit_stop_before_anything_runs(tiny_llama, tmp_path, overrides, message):
+    """Issue 29: lengths past max_position_embeddings were accepted without a word."""
+    stack = RoleStack.load(BaseModelConfig(name_or_path=tiny_llama, quantization="none"))
+    overrides = overrides | ({"ptx": {**overrides["ptx"], "data": demos_file(tmp_path)}} if "ptx" in overrides else {})
+    with pytest.raises(LoraRlhfError, match=message):
+        train_ppo(stack, config(tmp_path, **overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import MetricsWriter, open_metrics, read_metrics
 from lora_rlhf.models.lora import LoraSettings
+from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo import guard
 from lora_rlhf.ppo.config import PPOConfig
@@ -104,6 +105,7 @@ def train_ppo(
     `gold_fn` (a gold judge) is only logged; `reward_fn` replaces the reward role's score (a programmatic reward).
     """
     output_dir = Path(output_dir)
+    check_lengths(stack.base_model, _lengths(config))
     prompts, report = load_ppo_prompts(config.prompts, stack.tokenizer, config.max_prompt_length, config.on_bad_row)
     report.log()
     ptx = _ptx_stream(stack, config)
@@ -212,6 +214,13 @@ def _check_split(config: PPOConfig) -> None:
             f"ppo.mini_batch_size: {config.mini_batch_size} does not split evenly over {size} processes; "
             f"use a multiple of {size}"
         )
+
+
+def _lengths(config: PPOConfig) -> dict[str, int]:
+    """The sequence lengths a PPO run reaches: a rollout (the longest prompt and its response), a ptx example."""
+    rollout = config.max_prompt_length + config.sampling.max_new_tokens
+    lengths = {"ppo.max_prompt_length + ppo.sampling.max_new_tokens": rollout}
+    return lengths | ({"ppo.ptx.max_length": config.ptx.max_length} if config.ptx.enabled else {})
 
 
 def _ptx_stream(stack: RoleStack, config: PPOConfig) -> PtxStream | None:

@@ -14,6 +14,7 @@ from lora_rlhf.data.rows import RowReport
 from lora_rlhf.data.split import hold_out
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.base import gradient_checkpointing_on
+from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts, scatter_scores
 from lora_rlhf.rm.bias import center_on_demonstrations
@@ -91,6 +92,7 @@ def train_reward_model(
     dropped (bad rows skipped), truncated (rows with a response cut to fit) and bias_shift.
     """
     output_dir = Path(output_dir)
+    check_lengths(stack.base_model, {"rm.max_length": config.max_length})
     train, held, report = _load_rankings(stack, config)
     _create_reward_role(stack, config)
     batch_size, share = config.train.batch_size, config.share_prompts

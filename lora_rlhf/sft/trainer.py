@@ -11,6 +11,7 @@ import torch
 from lora_rlhf.data.demonstrations import SFTExample, load_sft_examples
 from lora_rlhf.data.rows import RowReport
 from lora_rlhf.data.split import hold_out
+from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.sft.config import SFTConfig
 from lora_rlhf.sft.loss import collate_sft, sft_loss
@@ -42,6 +43,7 @@ def train_sft(
     and truncated (rows whose response was cut to fit max_length).
     """
     output_dir = Path(output_dir)
+    check_lengths(stack.base_model, {"sft.max_length": config.max_length})
     train, held, report = _load_demonstrations(stack, config)
     if not stack.has_role("sft"):
         torch.manual_seed(config.train.seed)  # LoRA's random A is part of the run: same seed, same adapter

@@ -1,0 +1,43 @@
+"""The position limit of a base and the length check every stage makes against it (issue 29)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from lora_rlhf.config.loader import build
+from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models.positions import check_lengths, position_limit
+from lora_rlhf.ppo.config import PPOConfig
+from lora_rlhf.ppo.trainer import _lengths
+
+
+def model(**config) -> SimpleNamespace:
+    return SimpleNamespace(config=SimpleNamespace(**config))
+
+
+def test_the_limit_is_read_from_either_architecture_key():
+    assert position_limit(SimpleNamespace(max_position_embeddings=2048)) == ("max_position_embeddings", 2048)
+    assert position_limit(SimpleNamespace(n_positions=1024)) == ("n_positions", 1024)  # GPT-2
+    assert position_limit(SimpleNamespace()) is None
+    assert position_limit(SimpleNamespace(max_position_embeddings=int(1e30))) is None  # a placeholder
+    assert position_limit(None) is None
+
+
+def test_a_length_at_the_limit_passes_and_one_past_it_names_key_value_and_limit():
+    check_lengths(model(max_position_embeddings=512), {"sft.max_length": 512})
+    check_lengths(model(), {"sft.max_length": 10**9})  # no limit set: nothing to check against
+    with pytest.raises(
+        LoraRlhfError,
+        match=r"^rm\.max_length: 513 tokens is more than this model's position limit "
+        r"\(512, its config's max_position_embeddings\); set it to 512 or less$",
+    ):
+        check_lengths(model(max_position_embeddings=512), {"sft.max_length": 64, "rm.max_length": 513})
+
+
+def test_ppo_checks_a_rollout_and_ptx_only_when_ptx_runs():
+    plain = build(PPOConfig, {"max_prompt_length": 100})
+    assert _lengths(plain) == {"ppo.max_prompt_length + ppo.sampling.max_new_tokens": 100 + 64}
+    with_ptx = build(PPOConfig, {"ptx": {"coef": 1.0, "data": {"path": "demos.jsonl"}, "max_length": 300}})
+    assert _lengths(with_ptx)["ppo.ptx.max_length"] == 300
