@@ -143,6 +143,12 @@ CASES = {
         "line 5",
         "identical",
     ),
+    "identical_once_truncated": Case(
+        "",
+        _rm("rm.ties=error", "rm.max_length=40"),
+        ["bad.jsonl", "line 5", "identical in the", "max_length 40", "raise rm.max_length"],
+        _lines([*GOOD_RANKS, {"prompt": "p", "chosen": "x " * 60 + "good", "rejected": "x " * 60 + "bad"}]),
+    ),
     "ranks_not_permutation": _rm_rows(
         [*GOOD_RANKS, {"prompt": "p", "responses": ["a", "b"], "ranks": [0, 2]}], "line 5", "[0, 2]"
     ),

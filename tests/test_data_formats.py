@@ -315,3 +315,28 @@ def test_a_conversation_without_a_user_turn_is_refused_like_an_empty_prompt(tmp_
             load_prompts(spec)
     examples, report = load_sft_examples(spec, tokenizer, 64, on_bad_row="skip")
     assert len(examples) == 1 and report.dropped == 1
+
+
+def test_responses_identical_once_truncated_follow_the_identical_responses_rule(tmp_path, tokenizer, caplog):
+    """Issue 29: responses differing only beyond max_length were cut identical and trained to nothing (loss log 2)."""
+    shared = "the quick brown fox jumps over the lazy dog " * 4
+    n_prompt = len(tokenizer(render_prompt(tokenizer, "p"), add_special_tokens=False).input_ids)
+    max_length = n_prompt + 8
+    pair = {"prompt": "p", "chosen": shared + "and wins", "rejected": shared + "and loses"}
+    expected = r"line 2: the two responses are identical in the 8 tokens the model sees \(max_length \d+ leaves 8"
+    for ties in ("error", "skip_pairs"):
+        with pytest.raises(LoraRlhfError, match=expected + r".*no preference to learn from \(raise rm\.max_length\)"):
+            rankings(
+                tmp_path, tokenizer, [{"prompt": "q", "chosen": "a", "rejected": "b"}, pair], max_length, ties=ties
+            )
+    three = {"prompt": "p", "responses": [shared + "b", "short", shared + "a"], "ranks": [2, 0, 1]}
+    with pytest.raises(LoraRlhfError, match=r"responses\[0\] and responses\[2\] are identical in the 8 tokens"):
+        rankings(tmp_path, tokenizer, [three], max_length=max_length)
+    with caplog.at_level("WARNING", logger="lora_rlhf.data.rows"):
+        (example,), report = rankings(tmp_path, tokenizer, [three], max_length=max_length, ties="skip_pairs")
+        report.log()
+    assert example.ranks == [0, 1] and len(example.response_ids) == 2  # the worse-ranked copy (rank 2) is left out
+    assert example.no_signal_pairs == 1 and report.no_signal_pairs == 1
+    assert "1 ranked pairs carried no signal" in caplog.text
+    examples, report = rankings(tmp_path, tokenizer, [pair], max_length=max_length + 64)  # room enough: distinct
+    assert len(examples[0].response_ids) == 2 and report.no_signal_pairs == 0

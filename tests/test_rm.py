@@ -281,3 +281,19 @@ def test_rm_learns_a_marker_preference_in_a_few_steps_at_lora_rates(tiny_llama, 
         load_stack(tiny_llama), _few_step_config(data, head_learning_rate=5e-4), tmp_path / "stuck"
     )
     assert stuck["accuracy"] < 0.9, stuck
+
+
+def test_rm_summary_counts_the_pairs_left_out_as_identical_once_truncated(tiny_llama, data, tmp_path):
+    """Issue 29: a pair cut identical by max_length trained to loss log 2; now it is left out and counted."""
+    shared = " ".join(FILLER * 6)
+    rows = marker_rankings(12) + [
+        {"prompt": "say something", "responses": [shared + " great", "dog", shared + " bad"], "ranks": [0, 1, 2]},
+        {"prompt": "say something", "responses": ["dog dog", "dog dog"], "ranks": [0, 1]},  # identical text
+    ]
+    config = rm_config({**data, "rankings": write_jsonl(tmp_path / "long.jsonl", rows)}, max_steps=1)
+    config.max_length, config.eval_fraction = 32, 0.0
+    with pytest.raises(LoraRlhfError, match=r"long\.jsonl, line 13: responses\[0\] and responses\[2\] are identical"):
+        train_reward_model(load_stack(tiny_llama), config, tmp_path / "strict")
+    config.on_bad_row, config.ties = "skip", "skip_pairs"
+    summary = train_reward_model(load_stack(tiny_llama), config, tmp_path / "run")
+    assert summary["no_signal_pairs"] == 1 and summary["dropped"] == 1 and summary["prompts"] == 13

@@ -28,6 +28,7 @@ class Ranking:
     prompt: Prompt
     responses: list[str]  # K >= 2
     ranks: list[int]  # K, 0 = best; equal ranks are ties (their pair carries no preference)
+    no_signal_pairs: int = 0  # pairs ranked apart whose responses were identical, left out (ties "skip_pairs")
 
 
 @dataclasses.dataclass
@@ -36,6 +37,7 @@ class RankingExample:
     response_ids: list[list[int]]  # K responses, each ending in EOS unless truncated
     ranks: list[int]
     truncated: bool = False  # some response was cut to fit max_length (never to nothing)
+    no_signal_pairs: int = 0  # pairs ranked apart that the model would see identical, left out (ties "skip_pairs")
 
 
 def parse_ranking(row: Mapping[str, Any], ties: Ties) -> Ranking:
@@ -70,32 +72,45 @@ def _drop_identical(ranking: Ranking, ties: Ties) -> Ranking:
     their pair (its other pairs repeat the better copy's, or contradict them). A row left with fewer than
     two distinct responses, or with no untied pair, is a bad row.
     """
-    order = sorted(range(len(ranking.responses)), key=lambda i: ranking.ranks[i])
-    first: dict[str, int] = {}
-    for i in order:
-        text = ranking.responses[i].strip()
-        if text in first and ranking.ranks[first[text]] != ranking.ranks[i]:
-            j = first[text]
-            pair = f"responses[{min(i, j)}] and responses[{max(i, j)}]" if len(ranking.responses) > 2 else "both"
-            if len(set(r.strip() for r in ranking.responses)) < 2:
-                raise BadRow(f"{_fields(ranking)} are identical ({text[:40]!r}): no preference to learn from")
-            if ties == "error":
-                raise BadRow(
-                    f"{pair} are identical ({text[:40]!r}) but ranked apart "
-                    "(set rm.ties: skip_pairs to train on the other pairs)"
-                )
-        first.setdefault(text, i)
-    keep = sorted(first.values())
+    texts = [response.strip() for response in ranking.responses]
+
+    def same(i: int, j: int) -> str:
+        return f"are identical ({texts[i][:40]!r})"
+
+    keep, pairs = _first_copies(texts, ranking.ranks, ties, same, "set rm.ties: skip_pairs to train on the other pairs")
     if len(keep) == len(ranking.responses):
         return ranking
-    kept = Ranking(ranking.prompt, [ranking.responses[i] for i in keep], [ranking.ranks[i] for i in keep])
-    if len(set(kept.ranks)) < 2:
-        raise BadRow(f"{_fields(ranking)}: no untied pair of distinct responses left to learn from")
-    return kept
+    return Ranking(
+        ranking.prompt,
+        [ranking.responses[i] for i in keep],
+        [ranking.ranks[i] for i in keep],
+        ranking.no_signal_pairs + pairs,
+    )
 
 
-def _fields(ranking: Ranking) -> str:
-    return "all responses" if len(ranking.responses) > 2 else "the two responses"
+def _first_copies(keys: list, ranks: list[int], ties: Ties, same, remedy: str, hint: str = "") -> tuple[list[int], int]:
+    """The indices to keep (the best-ranked copy of each key) and how many pairs ranked apart shared a key.
+
+    `same(i, j)` says how responses i and j are identical; `remedy` what the user can do about a pair of them,
+    `hint` about a row of nothing else.
+    """
+    fields = "all responses" if len(keys) > 2 else "the two responses"
+    order = sorted(range(len(keys)), key=lambda i: ranks[i])
+    first: dict = {}
+    for i in order:
+        j = first.setdefault(keys[i], i)
+        if j == i or ranks[i] == ranks[j]:
+            continue
+        if len(set(keys)) < 2:
+            raise BadRow(f"{fields} {same(j, i)}: no preference to learn from{hint}")
+        if ties == "error":
+            pair = f"responses[{min(i, j)}] and responses[{max(i, j)}]" if len(keys) > 2 else "both"
+            raise BadRow(f"{pair} {same(j, i)} but ranked apart ({remedy})")
+    pairs = sum(keys[i] == keys[j] and ranks[i] != ranks[j] for i in range(len(keys)) for j in range(i + 1, len(keys)))
+    keep = sorted(first.values())
+    if len(keep) < len(keys) and len({ranks[i] for i in keep}) < 2:
+        raise BadRow(f"{fields}: no untied pair of distinct responses left to learn from")
+    return keep, pairs
 
 
 def _responses(row: Mapping[str, Any]) -> list[str]:
@@ -165,18 +180,47 @@ def encode_ranking(ranking: Ranking, tokenizer, max_length: int) -> RankingExamp
     full = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in ranking.responses]
     # room >= 1 keeps at least one response token: truncation never cuts a response to nothing.
     truncated = any(len(ids) > room for ids in full)
-    return RankingExample(prompt_ids, [ids[:room] for ids in full], ranking.ranks, truncated)
+    return RankingExample(prompt_ids, [ids[:room] for ids in full], ranking.ranks, truncated, ranking.no_signal_pairs)
+
+
+def drop_identical_after_truncation(example: RankingExample, ties: Ties, max_length: int) -> RankingExample:
+    """The identical-responses rule (`_drop_identical`) on the token ids the model sees (issue 29).
+
+    Responses that differ only beyond max_length are identical once cut, and a pair of them trains to
+    nothing (loss log 2): under ties "error" the row is bad, under "skip_pairs" the worse-ranked copy goes.
+    """
+    keys = [tuple(ids) for ids in example.response_ids]
+    room = max_length - len(example.prompt_ids)
+
+    def same(i: int, j: int) -> str:
+        return (
+            f"are identical in the {len(keys[i])} tokens the model sees "
+            f"(max_length {max_length} leaves {room} after the prompt)"
+        )
+
+    remedy = "raise rm.max_length, or set rm.ties: skip_pairs to train on the other pairs"
+    keep, pairs = _first_copies(keys, example.ranks, ties, same, remedy, " (raise rm.max_length)")
+    if len(keep) == len(keys):
+        return example
+    return dataclasses.replace(
+        example,
+        response_ids=[example.response_ids[i] for i in keep],
+        ranks=[example.ranks[i] for i in keep],
+        no_signal_pairs=example.no_signal_pairs + pairs,
+    )
 
 
 def load_ranking_examples(
     spec: DatasetSpec, tokenizer, max_length: int, *, ties: Ties = "error", on_bad_row: OnBadRow = "error"
 ) -> tuple[list[RankingExample], RowReport]:
-    """Parse, validate and tokenize every ranking row of `spec`; the report counts dropped and truncated rows."""
-    examples, report = parse_rows(
-        load_rows(spec),
-        lambda row: encode_ranking(parse_ranking(row, ties), tokenizer, max_length),
-        spec.display(),
-        on_bad_row,
-    )
+    """Parse, validate and tokenize every ranking row of `spec`; the report counts dropped and truncated rows,
+    and the pairs left out because their responses were identical (in text, or once truncated)."""
+
+    def encode(row: Mapping[str, Any]) -> RankingExample:
+        example = encode_ranking(parse_ranking(row, ties), tokenizer, max_length)
+        return drop_identical_after_truncation(example, ties, max_length)
+
+    examples, report = parse_rows(load_rows(spec), encode, spec.display(), on_bad_row)
     report.truncated = sum(e.truncated for e in examples)
+    report.no_signal_pairs = sum(e.no_signal_pairs for e in examples)
     return examples, report

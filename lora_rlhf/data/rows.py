@@ -79,6 +79,7 @@ class RowReport:
     kept: int = 0
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     truncated: int = 0  # rows kept with their response shortened to fit (never to nothing)
+    no_signal_pairs: int = 0  # ranked pairs left out: their two responses were identical as the model sees them
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -90,6 +91,13 @@ class RowReport:
     def log(self) -> None:
         if self.truncated:
             logger.info("%s: %d responses truncated to fit max_length", self.source, self.truncated)
+        if self.no_signal_pairs:
+            logger.warning(
+                "%s: %d ranked pairs carried no signal (their responses were identical, in text or once cut to "
+                "max_length) and were left out",
+                self.source,
+                self.no_signal_pairs,
+            )
         if self.dropped:
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items()))
             logger.warning("%s: dropped %d of %d rows (%s)", self.source, self.dropped, self.rows, reasons)

@@ -89,7 +89,8 @@ def train_reward_model(
     adapters/reward/ (+ head.safetensors).
 
     Returns train_loss, held-out accuracy / margin / eval_loss (when there is held-out data), prompts,
-    dropped (bad rows skipped), truncated (rows with a response cut to fit) and bias_shift.
+    dropped (bad rows skipped), truncated (rows with a response cut to fit), no_signal_pairs (ranked pairs left
+    out because their responses were identical as the model saw them) and bias_shift.
     """
     output_dir = Path(output_dir)
     check_lengths(stack.base_model, {"rm.max_length": config.max_length})
@@ -129,6 +130,7 @@ def train_reward_model(
         "prompts": len(train),
         "dropped": report.dropped,
         "truncated": report.truncated,
+        "no_signal_pairs": report.no_signal_pairs,  # ranked apart but identical as the model saw them (issue 29)
         "bias_shift": shift,
     }
     summary.update(
