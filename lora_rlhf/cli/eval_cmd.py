@@ -27,6 +27,13 @@ def add_parser(subparsers) -> None:
         help="let the base model's repository run its own Python code (a run's recipe.yaml cannot turn this on)",
     )
     parser.add_argument(
+        "--benchmark",
+        choices=["ifeval"],
+        help="run only this benchmark (IFEval: every model answers its 541 prompts) and add its section to the "
+        "run's eval.json and report.md; without it, eval runs what the recipe's eval section asks "
+        "(eval.ifeval.enabled=true adds IFEval there)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the eval section only, e.g. eval.max_prompts=16"
     )
     parser.set_defaults(func=run)
@@ -39,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from lora_rlhf.inference.loading import untrusted_model_section
     from lora_rlhf.pipeline.lock import run_dir_lock
     from lora_rlhf.pipeline.run_dir import RunDir
-    from lora_rlhf.pipeline.runner import run_stages
+    from lora_rlhf.pipeline.runner import run_benchmarks, run_stages
     from lora_rlhf.train import distributed
 
     run_dir = RunDir(args.run)
@@ -58,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
             from lora_rlhf.pipeline import demo_data
 
             demo_data.fill_paths(recipe, run_dir)
-        (result,) = run_stages(recipe, run_dir, ("eval",))
+        if args.benchmark:
+            recipe.eval.ifeval.enabled = True
+            result = run_benchmarks(recipe, run_dir)
+        else:
+            (result,) = run_stages(recipe, run_dir, ("eval",))
     if not distributed.is_main():
         return 0
     print(result.line())

@@ -35,6 +35,13 @@ class DemoConfig:
 
     # Generate the task's data and use its labeler (rankings) and gold judge (evaluation).
     enabled: bool = False
+    # Which task: "toy" (the families below: short answers a 135M RM can judge) or "ifeval" (a task stem of our
+    # own and 1-3 of IFEval's verifiable instructions, judged by IFEval's checkers; recipes/ifeval.yaml).
+    task: str = "toy"
+    # ifeval task: the instruction ids to draw from (None: all of IFEval's but response_language).
+    ifeval_instructions: list[str] | None = None
+    # ifeval task: at most this many instructions per prompt (IFEval's own prompts carry 1 to 3).
+    max_instructions: int = 3
     # Task families to draw from (None: all of them).
     families: list[str] | None = None
     # Demonstrations the labeler writes for SFT (InstructGPT's SFT set had ~13k).
@@ -81,6 +88,10 @@ class DemoConfig:
             raise LoraRlhfError(f"disagreement: {self.disagreement!r} must be in [0, 0.5]")
         if self.sample_temperature <= 0:
             raise LoraRlhfError(f"sample_temperature: {self.sample_temperature!r} must be > 0")
+        if self.task not in ("toy", "ifeval"):
+            raise LoraRlhfError(f"task: {self.task!r} must be 'toy' or 'ifeval'")
+        if not 1 <= self.max_instructions <= 3:
+            raise LoraRlhfError(f"max_instructions: {self.max_instructions!r} must be 1, 2 or 3")
 
 
 @dataclasses.dataclass

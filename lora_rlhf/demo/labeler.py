@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lora_rlhf.demo.judge import gold_scores
 from lora_rlhf.demo.tasks import Task, parse_task
@@ -62,13 +62,22 @@ def mallows_order(center: Sequence[int], phi: float, rng: random.Random) -> list
     return order
 
 
-class Labeler:
-    """Writes demonstrations and ranks responses like a human labeler who disagrees at a known rate."""
+# (prompt texts, responses) -> gold scores in [0, 1], aligned.
+Judge = Callable[[Sequence[str], Sequence[str]], list[float]]
 
-    def __init__(self, disagreement: float = 0.27, seed: int = 0) -> None:
+
+class Labeler:
+    """Writes demonstrations and ranks responses like a human labeler who disagrees at a known rate.
+
+    `judge` is the gold judge it ranks by: the toy families' (demo/judge.py) by default, IFEval's checkers for
+    the IFEval-style task (ifeval/judge.py).
+    """
+
+    def __init__(self, disagreement: float = 0.27, seed: int = 0, judge: Judge = gold_scores) -> None:
         mallows_phi(disagreement, 2)  # validates the rate with a one-line error
         self.disagreement = disagreement
         self.rng = random.Random(seed)
+        self.judge = judge
 
     def demonstrate(self, task_or_prompt: Task | str) -> str:
         """The ideal response (InstructGPT's labelers wrote demonstrations for SFT, §3.4)."""
@@ -76,7 +85,7 @@ class Labeler:
 
     def rank(self, prompt: str, responses: Sequence[str]) -> list[int]:
         """Ranks of `responses` (0 = best), a permutation: the gold order, ties at random, then Mallows noise."""
-        scores = gold_scores([prompt] * len(responses), list(responses))
+        scores = self.judge([prompt] * len(responses), list(responses))
         tiebreak = [self.rng.random() for _ in responses]
         center = sorted(range(len(responses)), key=lambda i: (-scores[i], tiebreak[i]))
         order = mallows_order(center, mallows_phi(self.disagreement, len(responses)), self.rng)

@@ -16,6 +16,7 @@ from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.io import atomic_file
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import until_stop
+from lora_rlhf.pipeline import ifeval_data
 from lora_rlhf.pipeline.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,11 @@ def fill_paths(recipe: RecipeConfig, run: RunDir) -> None:
         recipe.rm.eval_data = DatasetSpec(path["eval_rankings"])
 
 
-def write_task_data(recipe: RecipeConfig, run: RunDir) -> None:
-    """Write demonstrations, the PPO, ranking and eval prompts, and the general text (once; later calls find them)."""
+def write_task_data(recipe: RecipeConfig, run: RunDir, stack: RoleStack | None = None) -> None:
+    """Write demonstrations, the PPO, ranking and eval prompts, and the general text (once; later calls find them).
+
+    The IFEval-style task (`demo.task: ifeval`) writes its demonstrations from the base's answers: `stack`.
+    """
     from lora_rlhf.demo.labeler import Labeler
     from lora_rlhf.demo.tasks import sample_tasks
     from lora_rlhf.demo.text import text_rows
@@ -75,6 +79,11 @@ def write_task_data(recipe: RecipeConfig, run: RunDir) -> None:
     for name, use in (("ptx_text", "ptx"), ("lm_text", "heldout")):
         if not run.data(FILES[name]).exists():
             _write_jsonl(run.data(FILES[name]), text_rows(use, _TEXT_ROWS))
+    if demo.task == "ifeval":
+        if stack is None:
+            raise ValueError("the IFEval-style task writes its demonstrations from the base model: pass the stack")
+        ifeval_data.write_task_data(demo, run, stack, FILES, as_prompt)
+        return
     counts = {
         "demonstrations": demo.demonstrations,
         "ranking_prompts": demo.ranking_prompts,
@@ -131,7 +140,7 @@ def write_rankings(stack: RoleStack, recipe: RecipeConfig, run: RunDir) -> None:
     train = _read_prompts(run.data(FILES["ranking_prompts"]))
     held = _read_prompts(run.data(FILES["eval_ranking_prompts"]))
     samples = _sample_k(stack, train + held, demo)
-    labeler = Labeler(disagreement=demo.disagreement, seed=demo.seed)
+    labeler = Labeler(disagreement=demo.disagreement, seed=demo.seed, judge=gold_fn(recipe, run))
     # The held-out rankings come from the same labeler (its noise included): eval measures the RM against
     # them and, separately, against the gold order of the same responses.
     for path, prompts, part in ((target, train, samples[: len(train)]), (held_target, held, samples[len(train) :])):
@@ -174,8 +183,10 @@ def _sample(stack: RoleStack, prompts: list[Prompt], temperature: float, max_new
     return [t.strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
 
 
-def gold_fn():
+def gold_fn(recipe: RecipeConfig, run: RunDir):
     """The labeler's gold judge: (prompts, responses) -> graded scores in [0, 1]."""
+    if recipe.demo.task == "ifeval":
+        return ifeval_data.gold_fn(run)
     from lora_rlhf.demo.judge import gold_scores
 
     return gold_scores

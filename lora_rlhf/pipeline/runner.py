@@ -102,13 +102,28 @@ def run_stages(
     return results
 
 
+def run_benchmarks(recipe: RecipeConfig, run: RunDir) -> StageResult:
+    """`eval --benchmark`: the benchmarks of the eval section alone, on every model the run holds."""
+    from lora_rlhf.eval.run import evaluate_benchmarks
+
+    start = time.perf_counter()
+    stack = load_stack(recipe)
+    for role in ("sft", "policy"):
+        if run.has_role(role):
+            stack.load_role(role, run.adapter(role))
+    results = evaluate_benchmarks(stack, recipe.eval, run.path)
+    scores = results.get("ifeval", {}).get("accuracy", {})
+    summary = {f"ifeval_{name}_prompt_loose": s["prompt_loose"] for name, s in scores.items()}
+    return StageResult("eval", "evaluated", time.perf_counter() - start, summary)
+
+
 def _sft(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
     from lora_rlhf.sft.trainer import train_sft
 
     if not run.check_can_train("sft", resume=resume):
         ensure_role(stack, run, "sft")
         return "skipped", {}
-    _write_demo_data(recipe, run)
+    _write_demo_data(recipe, run, stack=stack)
     return "trained", train_sft(stack, recipe.sft, run.path, resume=resume, report_to=recipe.report_to)
 
 
@@ -133,8 +148,8 @@ def _ppo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> t
         return "skipped", {}
     ensure_role(stack, run, "sft")
     ensure_role(stack, run, "reward")
-    _write_demo_data(recipe, run)
-    gold_fn = demo_data.gold_fn() if recipe.demo.enabled else None
+    _write_demo_data(recipe, run, stack=stack)
+    gold_fn = demo_data.gold_fn(recipe, run) if recipe.demo.enabled else None
     return "trained", train_ppo(stack, recipe.ppo, run.path, resume=resume, gold_fn=gold_fn, report_to=recipe.report_to)
 
 
@@ -145,9 +160,9 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
     for role in ("sft", "reward", "policy"):
         if not stack.has_role(role) and run.has_role(role):
             stack.load_role(role, run.adapter(role))
-    _write_demo_data(recipe, run)
+    _write_demo_data(recipe, run, stack=stack)
     prompts, _ = load_prompts(recipe.eval.prompts)
-    gold_fn = demo_data.gold_fn() if recipe.demo.enabled else None
+    gold_fn = demo_data.gold_fn(recipe, run) if recipe.demo.enabled else None
     results = evaluate(stack, prompts, recipe.eval, run.path, gold_fn=gold_fn)
     summary = {f"gold_{k}": v for k, v in results.get("gold", {}).items()}
     picked = {
@@ -156,17 +171,26 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
         "rm_accuracy_gold": results.get("rm_accuracy_gold"),
         "win_ppo_vs_sft": results.get("win_rate", {}).get("ppo_vs_sft"),
         "best_of_n_gold": results.get("best_of_n", {}).get("gold"),
+        **{
+            f"ifeval_{name}_prompt_loose": scores["prompt_loose"]
+            for name, scores in results.get("ifeval", {}).get("accuracy", {}).items()
+        },
     }
     summary.update({k: v for k, v in picked.items() if v is not None})
     return "evaluated", summary
 
 
-def _write_demo_data(recipe: RecipeConfig, run: RunDir, rankings_from: RoleStack | None = None) -> None:
-    """The embedded demo's data files (and its rankings, sampled from `rankings_from`), by the main process."""
+def _write_demo_data(
+    recipe: RecipeConfig, run: RunDir, rankings_from: RoleStack | None = None, stack: RoleStack | None = None
+) -> None:
+    """The embedded demo's data files (and its rankings, sampled from `rankings_from`), by the main process.
+
+    The IFEval-style task's demonstrations are the base's answers repaired: written where `stack` is given (sft).
+    """
     if not recipe.demo.enabled:
         return
     if distributed.is_main():
-        demo_data.write_task_data(recipe, run)
+        demo_data.write_task_data(recipe, run, stack=stack or rankings_from)
         if rankings_from is not None:
             demo_data.write_rankings(rankings_from, recipe, run)
     distributed.barrier()

@@ -1,0 +1,126 @@
+"""The IFEval-style task's data, made in the run directory (recipes/ifeval.yaml; `demo.task: ifeval`).
+
+Prompts are a task stem of our own and 1-3 of IFEval's instructions with fresh arguments (ifeval/tasks.py);
+every prompt of every split is kept in data/ifeval_tasks.jsonl so the gold judge (IFEval's checkers, graded:
+ifeval/judge.py) can find a prompt's instructions from its text. Demonstrations are written by code: the
+base model's own greedy answer to the stem alone, repaired to satisfy each instruction (ifeval/repair.py);
+a demonstration that a repair cannot make pass every instruction is not written. Nothing here reads IFEval's
+541 prompts: the stems are held apart from them by a test (tests/test_ifeval_tasks.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+from lora_rlhf.config.recipe import DemoConfig
+from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.ifeval.checkers import check
+from lora_rlhf.ifeval.judge import TaskBook
+from lora_rlhf.ifeval.repair import repair
+from lora_rlhf.ifeval.tasks import InstructionTask, sample_tasks
+from lora_rlhf.io import atomic_file
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.pipeline.run_dir import RunDir
+
+logger = logging.getLogger(__name__)
+
+TASKS_FILE = "ifeval_tasks.jsonl"
+# Train splits draw from train stems, the held-out ones from eval stems (ifeval/tasks.split_of).
+_SPLITS = {
+    "demonstrations": ("train", 0),
+    "ranking_prompts": ("train", 1),
+    "prompts": ("train", 2),
+    "eval_prompts": ("eval", 3),
+    "eval_ranking_prompts": ("eval", 4),
+}
+# Demonstration tasks drawn per demonstration wanted: some cannot be repaired to pass every instruction.
+_DRAW_FACTOR = 2
+# Base answers to stems per decoding call.
+_BATCH = 64
+
+
+def draw_tasks(demo: DemoConfig) -> dict[str, list[InstructionTask]]:
+    """The tasks of every split, no prompt in two splits (the demonstrations' split drawn with spare tasks)."""
+    counts = {
+        "demonstrations": demo.demonstrations * _DRAW_FACTOR,
+        "ranking_prompts": demo.ranking_prompts,
+        "prompts": demo.ppo_prompts,
+        "eval_prompts": demo.eval_prompts,
+        "eval_ranking_prompts": demo.eval_ranking_prompts,
+    }
+    seen: set[str] = set()
+    out = {}
+    for split, count in counts.items():
+        part, offset = _SPLITS[split]
+        drawn = sample_tasks(
+            count * 2,
+            demo.seed * 101 + offset,
+            split=part,
+            instructions=demo.ifeval_instructions,
+            max_instructions=demo.max_instructions,
+        )
+        out[split] = [t for t in drawn if t.prompt not in seen][:count]
+        seen.update(t.prompt for t in out[split])
+    return out
+
+
+def write_task_data(demo: DemoConfig, run: RunDir, stack: RoleStack, files: dict[str, str], as_prompt) -> None:
+    """Write the task book, the demonstrations and every split's prompts (once; later calls find them)."""
+    if all(run.data(files[split]).exists() for split in _SPLITS) and run.data(TASKS_FILE).exists():
+        return
+    tasks = draw_tasks(demo)
+    _write_jsonl(run.data(TASKS_FILE), TaskBook([t for split in tasks.values() for t in split]).rows())
+    for split, chosen in tasks.items():
+        target = run.data(files[split])
+        if target.exists():
+            continue
+        if split == "demonstrations":
+            rows = demonstration_rows(stack, chosen, demo, as_prompt)
+        else:
+            rows = [{"prompt": as_prompt(t.prompt, demo.system_prompt)} for t in chosen]
+        _write_jsonl(target, rows)
+        logger.info("ifeval task: wrote %d rows to %s", len(rows), target)
+
+
+def demonstration_rows(stack: RoleStack, tasks: Sequence[InstructionTask], demo: DemoConfig, as_prompt) -> list[dict]:
+    """Up to demo.demonstrations {"prompt", "completion"} rows: the base's answer to the stem, repaired."""
+    answers = base_answers(stack, sorted({t.stem for t in tasks}), demo)
+    rows = []
+    for task in tasks:
+        text = repair(answers[task.stem], task.instruction_ids, task.kwargs, task.prompt)
+        if all(check(task.prompt, task.instruction_ids, task.kwargs, text).strict):
+            rows.append({"prompt": as_prompt(task.prompt, demo.system_prompt), "completion": text})
+        if len(rows) == demo.demonstrations:
+            break
+    logger.info("ifeval task: %d of %d repaired answers follow every instruction", len(rows), len(tasks))
+    return rows
+
+
+def base_answers(stack: RoleStack, stems: Sequence[str], demo: DemoConfig) -> dict[str, str]:
+    """The bare base model's greedy answer to each stem (no instruction), the raw material of a demonstration."""
+    from lora_rlhf.eval.responses import generate_responses
+
+    rendered = [render_prompt(stack.tokenizer, as_messages(s, demo.system_prompt)) for s in stems]
+    with stack.evaluating():
+        texts = generate_responses(
+            stack, "base", rendered, max_new_tokens=demo.max_new_tokens, batch_size=_BATCH, temperature=0.0
+        ).texts
+    return dict(zip(stems, texts))
+
+
+def as_messages(text: str, system_prompt: str | None) -> list[dict[str, str]]:
+    turns = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    return turns + [{"role": "user", "content": text}]
+
+
+def gold_fn(run: RunDir):
+    """IFEval's checkers, graded, on the run's generated prompts: (prompts, responses) -> scores in [0, 1]."""
+    return TaskBook.read(run.data(TASKS_FILE)).gold_scores
+
+
+def _write_jsonl(path, rows: list[dict]) -> None:
+    with atomic_file(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
