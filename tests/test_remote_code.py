@@ -56,3 +56,23 @@ def test_eval_of_a_run_takes_remote_code_from_the_flag_only(remote_code_run, eva
     assert evaluated[-1].model.trust_remote_code is False and "cannot turn on" in caplog.text
     assert main(["eval", "--run", str(remote_code_run), "--trust-remote-code"]) == 0
     assert evaluated[-1].model.trust_remote_code is True
+
+
+@pytest.mark.parametrize("command", ["sft", "pipeline"])
+def test_a_recipe_file_cannot_turn_on_remote_code_for_training(command, tmp_path, evaluated, caplog, capsys):
+    """Issue 29: `sft --config recipe.yaml` with model.trust_remote_code: true imported a model folder's Python."""
+    recipe = tmp_path / "downloaded.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"name_or_path": "tiny:llama", "trust_remote_code": True}}))
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        assert main([command, "--config", str(recipe), "--output-dir", str(out)]) == 0
+    assert evaluated[-1].model.trust_remote_code is False
+    assert f"{recipe} sets model.trust_remote_code" in caplog.text and "--trust-remote-code" in caplog.text
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["model"]["trust_remote_code"] is False
+    caplog.clear()
+    assert main([command, "--config", str(recipe), "--output-dir", str(out), "--trust-remote-code"]) == 0
+    assert evaluated[-1].model.trust_remote_code is True and "cannot turn on" not in caplog.text
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["model"]["trust_remote_code"] is False  # never recorded
+    with caplog.at_level(logging.WARNING):
+        assert main([command, "--config", str(recipe), "--output-dir", str(out), "model.trust_remote_code=true"]) == 0
+    assert evaluated[-1].model.trust_remote_code is False and "cannot turn on" in caplog.text

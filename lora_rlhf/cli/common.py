@@ -26,6 +26,11 @@ def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue an interrupted stage from its last checkpoint (finished stages are never retrained)",
     )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the base model's repository run its own Python code (a recipe or an override cannot turn this on)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
 
 
@@ -50,7 +55,7 @@ def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     if main:
         run_dir.create()
     with run_dir_lock(path, main_process=main):
-        recipe, run = prepare(args.config, args.overrides, str(path))
+        recipe, run = prepare(args.config, args.overrides, str(path), trust_remote_code=args.trust_remote_code)
         if len(stages) == 1 and run.finished(stages[0]):
             raise LoraRlhfError(
                 f"stage {stages[0]} already finished in {run.path}: nothing to do "

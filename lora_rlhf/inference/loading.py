@@ -1,8 +1,9 @@
 """The base model config for inference: from a name (folder, Hub id, built-in) or from a run directory's recipe.
 
 A run directory is data, not code (issue 12): one downloaded from anywhere must not be able to switch on
-`trust_remote_code` (running the model repository's Python) by saying so in its recipe.yaml. Commands that
-read a run's recipe (generate, serve, eval --run) take it from their own --trust-remote-code flag only.
+`trust_remote_code` (running the model repository's Python) by saying so in its recipe.yaml, and neither can a
+recipe file given to sft, rm, ppo or pipeline (issue 29): every command takes it from its own
+--trust-remote-code flag only, and a recipe that asks for it is warned about.
 """
 
 from __future__ import annotations
@@ -50,16 +51,17 @@ def base_config_from_run(run_dir: str | Path, **options: Any) -> BaseModelConfig
 
 
 def untrusted_model_section(model: Mapping[str, Any], trust_remote_code: bool, source: str | Path) -> dict[str, Any]:
-    """The `model` section of a recipe read from `source` (a run directory's), with trust_remote_code set to the
-    flag's value.
+    """The `model` section of a recipe read from `source` (a run directory's, or a recipe file), with
+    trust_remote_code set to the flag's value.
 
-    A recipe that asks for remote code gets a warning: only --trust-remote-code on the command line enables it.
+    A recipe that asks for remote code gets a warning: only --trust-remote-code on the command line enables it
+    (one rule for every command, issue 29).
     """
     section = dict(model)
     if section.get("trust_remote_code") and not trust_remote_code:
         logger.warning(
-            "%s sets model.trust_remote_code, which a run directory cannot turn on: loading without remote code "
-            "(pass --trust-remote-code if you trust %s)",
+            "%s sets model.trust_remote_code, which a recipe or a run directory cannot turn on: loading without "
+            "remote code (pass --trust-remote-code if you trust %s)",
             source,
             section.get("name_or_path"),
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 from lora_rlhf.config.recipe import RecipeConfig, load_recipe
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.inference.loading import untrusted_model_section
 from lora_rlhf.models.names import resolve_model_name
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline import demo_data
@@ -50,15 +51,26 @@ def default_output_dir(config_path: str | None) -> Path:
     return Path("runs") / (Path(config_path).stem if config_path else "demo")
 
 
-def prepare(config_path: str | None, overrides: Sequence[str], output_dir: str | None) -> tuple[RecipeConfig, RunDir]:
-    """Load the recipe, fill in the demo's data paths, and claim the run directory for it."""
+def prepare(
+    config_path: str | None, overrides: Sequence[str], output_dir: str | None, *, trust_remote_code: bool = False
+) -> tuple[RecipeConfig, RunDir]:
+    """Load the recipe, fill in the demo's data paths, and claim the run directory for it.
+
+    `trust_remote_code` is the command line's flag, the only switch for the base repository's own Python (issue
+    29): a recipe file travels with datasets and run directories, so its `model.trust_remote_code` is warned
+    about and ignored, and recipe.yaml never records the flag.
+    """
     recipe = load_recipe(config_path, overrides)
+    asked = {"name_or_path": recipe.model.name_or_path, "trust_remote_code": recipe.model.trust_remote_code}
+    untrusted_model_section(asked, trust_remote_code, config_path or "the recipe's overrides")  # warns
+    recipe.model.trust_remote_code = False
     run = RunDir(output_dir or default_output_dir(config_path))
     # Claimed before the demo's data paths are filled in: they derive from the run directory itself, so
     # recipe.yaml keeps them empty and a moved or copied run directory still matches its recipe.
     if distributed.is_main():
         run.claim(recipe.to_dict())
     distributed.barrier()
+    recipe.model.trust_remote_code = trust_remote_code
     if recipe.demo.enabled:
         demo_data.fill_paths(recipe, run)
     return recipe, run
