@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lora_rlhf.serve import create_app, run_server
+    from lora_rlhf.serve.access import is_loopback
     from lora_rlhf.serve.limits import ServeLimits
 
     registry = load_registry(args)
@@ -108,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
         allowed_roots=roots,
         allow_hub=args.allow_hub,
         api_key=args.api_key,
+        host=args.host,
         default_max_tokens=args.max_tokens,
         limits=limits,
     )
     print(f"serving {', '.join(registry.names)} on http://{args.host}:{args.port}/v1")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        print("warning: listening beyond this machine without --api-key")
+    if not is_loopback(args.host) and not args.api_key:
+        print("warning: listening beyond this machine without --api-key: adapters cannot be loaded or unloaded")
     run_server(app, host=args.host, port=args.port)
     return 0

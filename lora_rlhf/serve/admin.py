@@ -25,10 +25,13 @@ from lora_rlhf.serve.schemas import LoadAdapterRequest
 class AdminPolicy:
     roots: tuple[Path, ...]  # resolved folders adapters may be loaded from
     allow_hub: bool
+    check_caller: Callable[[], None]  # raises APIError where no caller may load or unload (serve/access.py)
 
     @classmethod
-    def make(cls, roots: Sequence[str | Path], allow_hub: bool) -> AdminPolicy:
-        return cls(tuple(Path(r).expanduser().resolve() for r in roots), allow_hub)
+    def make(
+        cls, roots: Sequence[str | Path], allow_hub: bool, check_caller: Callable[[], None] = lambda: None
+    ) -> AdminPolicy:
+        return cls(tuple(Path(r).expanduser().resolve() for r in roots), allow_hub, check_caller)
 
     def check(self, source: str) -> str:
         """The source to load, or an APIError: 403 for a path outside every allowed root."""
@@ -55,6 +58,7 @@ def add_admin_routes(
 ) -> None:
     @app.post("/v1/adapters", status_code=201)
     def load_adapter(body: LoadAdapterRequest):
+        policy.check_caller()
         source = policy.check(body.path)
         if body.name == BASE or body.name in registry.names:
             raise APIError(409, f"model {body.name!r} is already loaded; unload it first", "model_exists", "name")
@@ -63,6 +67,7 @@ def add_admin_routes(
 
     @app.delete("/v1/adapters/{name}")
     def unload_adapter(name: str) -> dict[str, Any]:
+        policy.check_caller()
         if name == BASE:
             raise APIError(400, "the bare base cannot be unloaded", "invalid_request", "name")
         registry.detach(name)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from lora_rlhf.inference.engine import Row
 from lora_rlhf.inference.generation import Halted
 from lora_rlhf.inference.registry import AdapterRegistry
+from lora_rlhf.serve.access import Access
 from lora_rlhf.serve.admin import AdminPolicy, add_admin_routes
 from lora_rlhf.serve.batcher import Batcher
 from lora_rlhf.serve.errors import APIError, install_handlers
@@ -42,6 +42,7 @@ from lora_rlhf.serve.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
 )
+from lora_rlhf.serve.server import DEFAULT_HOST
 from lora_rlhf.serve.streaming import sse_events, usage_of
 
 OWNER = "lora_rlhf"
@@ -55,6 +56,7 @@ def create_app(
     allowed_roots: Sequence[str | Path] = (),
     allow_hub: bool = False,
     api_key: str | None = None,
+    host: str = DEFAULT_HOST,
     default_max_tokens: int = 256,
     limits: ServeLimits | None = None,
 ) -> FastAPI:
@@ -63,6 +65,8 @@ def create_app(
     allowed_roots: folders under which `POST /v1/adapters` may load adapters (none: loading is off).
     allow_hub: let `POST /v1/adapters` download Hub ids too.
     api_key: if set, every request must carry `Authorization: Bearer <api_key>`.
+    host: the address the server binds (serve/access.py): on loopback, requests must be addressed to a loopback
+        name; beyond it, the admin routes need `api_key`.
     default_max_tokens: response budget of a chat request that sets none.
     limits: the response budget and time limit of every request, and the batch and queue sizes (serve/limits.py).
     """
@@ -81,12 +85,13 @@ def create_app(
         inflight.halt_all()  # for other ASGI servers; run_server halts before it waits for running requests
         batcher.close()
 
-    app = FastAPI(title="lora_rlhf", dependencies=[Depends(_auth(api_key))], lifespan=lifespan)
+    access = Access(host, api_key)
+    app = FastAPI(title="lora_rlhf", dependencies=[Depends(access.check_request)], lifespan=lifespan)
     app.state.registry = registry
     app.state.inflight = inflight
     app.state.batcher = batcher
     install_handlers(app)
-    add_admin_routes(app, registry, AdminPolicy.make(allowed_roots, allow_hub), _model_card)
+    add_admin_routes(app, registry, AdminPolicy.make(allowed_roots, allow_hub, access.check_admin), _model_card)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -157,17 +162,6 @@ def _not_started(halt: Halt, limits: ServeLimits) -> APIError:
     if halt.reason == "shutdown":
         return APIError(503, "the server is shutting down", "server_shutting_down")
     return APIError(499, "the client disconnected", "client_disconnected")
-
-
-def _auth(api_key: str | None):
-    def check(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-            raise APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)", "invalid_api_key")
-
-    return check
 
 
 def _model_card(registry: AdapterRegistry, name: str) -> dict[str, Any]:
