@@ -238,3 +238,61 @@ def test_a_seed_torch_cannot_take_is_a_one_line_error():
             GenerationOptions(temperature=1.0, seed=seed)
     for seed in (2**64 - 1, -(2**63), 0):
         GenerationOptions(temperature=1.0, seed=seed)
+
+
+def _renamed_base(folder, tmp_path, base: str):
+    """A copy of the adapter at `folder` whose adapter_config.json names another base (same shapes)."""
+    copy = tmp_path / f"from-{base.replace('/', '-')}"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base
+    (copy / "adapter_config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_an_adapter_naming_another_base_warns_naming_both(tiny_llama, run_dir, tmp_path, capsys, caplog):
+    """Issue 29: an adapter trained on another base attached with no word in generate and generate --run."""
+    other = _renamed_base(run_dir / "adapters" / "policy", tmp_path, "someone/Llama-Other-8B")
+    with caplog.at_level("WARNING", logger="lora_rlhf.models.adapter_io"):
+        args = ["generate", "--base", tiny_llama, "--quantization", "none", "--adapter", f"other={other}"]
+        assert main([*args, "--model", "other", "--prompt", "hi", "--max-new-tokens", "2"]) == 0
+    assert "trained on someone/Llama-Other-8B, not on this base" in caplog.text and tiny_llama in caplog.text
+    caplog.clear()
+    shutil.rmtree(run_dir / "adapters" / "policy")
+    shutil.copytree(other, run_dir / "adapters" / "policy")
+    try:
+        with caplog.at_level("WARNING", logger="lora_rlhf.models.adapter_io"):
+            run_args = [
+                "generate",
+                "--run",
+                str(run_dir),
+                "--model",
+                "policy",
+                "--prompt",
+                "hi",
+                "--max-new-tokens",
+                "2",
+            ]
+            assert main(run_args) == 0
+        assert caplog.text.count("trained on someone/Llama-Other-8B") == 1  # sft names this base: no word
+    finally:
+        config = json.loads((run_dir / "adapters" / "policy" / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = json.loads(
+            (run_dir / "adapters" / "sft" / "adapter_config.json").read_text()
+        )["base_model_name_or_path"]
+        (run_dir / "adapters" / "policy" / "adapter_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "/models/SmolLM2-135M-Instruct/", True),
+        ("/home/a/.cache/lora_rlhf/tiny-llama", "/root/.cache/lora_rlhf/tiny-llama", True),
+        ("meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3", False),
+        ("unknown", "anything", True),
+    ],
+)
+def test_same_base_names(a, b, same):
+    from lora_rlhf.models.adapter_io import same_base
+
+    assert same_base(a, b) is same

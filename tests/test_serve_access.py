@@ -126,3 +126,20 @@ def test_the_api_key_comes_from_the_environment_too(monkeypatch):
 
     monkeypatch.setenv("LORA_RLHF_API_KEY", "from-env")
     assert build_parser().parse_args(["serve", "--base", "tiny:llama"]).api_key == "from-env"
+
+
+def test_an_adapter_naming_another_base_is_loaded_with_a_warning(registry, adapters, tmp_path, caplog):
+    """Issue 29: POST /v1/adapters of an adapter trained on another base said nothing (its shapes fit)."""
+    import json
+    import shutil
+
+    other = tmp_path / "allowed" / "other"
+    shutil.copytree(adapters["two"], other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/Other-1B"}))
+    with BackgroundServer(create_app(registry, allowed_roots=[tmp_path / "allowed"])) as server:
+        with caplog.at_level("WARNING", logger="lora_rlhf.models.adapter_io"):
+            response = httpx.post(f"{server.url}/v1/adapters", json={"name": "other", "path": str(other)}, timeout=30)
+        assert response.status_code == 201, response.text
+        assert "trained on org/Other-1B, not on this base" in caplog.text
+        assert httpx.delete(f"{server.url}/v1/adapters/other", timeout=30).status_code == 200

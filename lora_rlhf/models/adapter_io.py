@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 _PEFT_PREFIX = "base_model.model."
+
+logger = logging.getLogger(__name__)
 
 
 def save_adapter(
@@ -95,11 +98,13 @@ def _head_metadata(path: Path) -> dict[str, str]:
         return handle.metadata() or {}
 
 
-def check_adapter_folder(folder: str | Path, base_model: nn.Module) -> Path:
+def check_adapter_folder(folder: str | Path, base_model: nn.Module, base_name: str | None = None) -> Path:
     """Return `folder` if it holds an adapter whose every matrix fits a module of `base_model`.
 
     Raises a one-line LoraRlhfError naming the first module that is missing or of another shape,
-    instead of the size-mismatch stack trace `load_state_dict` would give.
+    instead of the size-mismatch stack trace `load_state_dict` would give. An adapter whose config names
+    another base than `base_name` but fits it gets a warning naming both (issue 29): a fine-tune of the same
+    architecture fits every shape, but the adapter's deltas were learned against other weights.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -108,7 +113,7 @@ def check_adapter_folder(folder: str | Path, base_model: nn.Module) -> Path:
         if not (folder / name).is_file():
             raise LoraRlhfError(f"{folder} is not a PEFT adapter folder: {name} is missing")
     try:
-        json.loads((folder / ADAPTER_CONFIG).read_text())
+        config = json.loads((folder / ADAPTER_CONFIG).read_text())
     except json.JSONDecodeError as exc:
         raise LoraRlhfError(f"{folder / ADAPTER_CONFIG} is not valid JSON: {exc}") from exc
     try:
@@ -118,7 +123,25 @@ def check_adapter_folder(folder: str | Path, base_model: nn.Module) -> Path:
         raise LoraRlhfError(f"{folder / ADAPTER_WEIGHTS} is not a readable safetensors file: {exc}") from None
     for key, shape in shapes.items():
         _check_tensor_fits(folder, key, shape, base_model)
+    named = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if isinstance(named, str) and base_name and not same_base(named, base_name):
+        logger.warning(
+            "adapter %s was trained on %s, not on this base (%s): its shapes fit, but its weights were learned "
+            "against another model's",
+            folder,
+            named,
+            base_name,
+        )
     return folder
+
+
+def same_base(a: str, b: str) -> bool:
+    """Whether two base names (Hub ids or folders) name the same model: equal, or the same last path part (a Hub
+    id and its download, or one model's folder on two machines); an empty or "unknown" name matches anything."""
+    unknown = ("", "unknown")
+    if a.strip() in unknown or b.strip() in unknown:
+        return True
+    return a.rstrip("/") == b.rstrip("/") or Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
 
 
 def _check_tensor_fits(folder: Path, key: str, shape: tuple[int, ...], base_model: nn.Module) -> None:

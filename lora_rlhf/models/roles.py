@@ -232,7 +232,7 @@ class RoleStack(RoleOperations):
     def load_role(self, role: str, folder: str | Path) -> None:
         """Attach the adapter saved in `folder` as `role` (frozen until `set_trainable`)."""
         self._check_new(role)
-        folder = adapter_io.check_adapter_folder(folder, self.base_model)
+        folder = adapter_io.check_adapter_folder(folder, self.base_model, self.base_name)
         head = adapter_io.load_head(folder, self._hidden_size(), self.device)  # checked before the role attaches
         grads = self._grad_state()
         was_training = self.model.training
@@ -254,7 +254,7 @@ class RoleStack(RoleOperations):
         from safetensors.torch import load_file
 
         role = self.resolve(role)
-        folder = adapter_io.check_adapter_folder(folder, self.base_model)
+        folder = adapter_io.check_adapter_folder(folder, self.base_model, self.base_name)
         head = adapter_io.load_head(folder, self._hidden_size(), self.device)  # checked before any weight moves
         state = load_file(str(folder / adapter_io.ADAPTER_WEIGHTS), device=str(self.device))
         result = set_peft_model_state_dict(self.model, state, adapter_name=role)
