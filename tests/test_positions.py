@@ -41,3 +41,15 @@ def test_ppo_checks_a_rollout_and_ptx_only_when_ptx_runs():
     assert _lengths(plain) == {"ppo.max_prompt_length + ppo.sampling.max_new_tokens": 100 + 64}
     with_ptx = build(PPOConfig, {"ptx": {"coef": 1.0, "data": {"path": "demos.jsonl"}, "max_length": 300}})
     assert _lengths(with_ptx)["ppo.ptx.max_length"] == 300
+
+
+def test_eval_checks_its_response_budgets_and_lengths_and_ifeval_only_when_enabled():
+    from lora_rlhf.eval.config import EvalConfig
+
+    plain = build(EvalConfig, {"max_new_tokens": 600})
+    assert plain.lengths() == {"eval.max_new_tokens": 600, "eval.rankings_max_length": 512, "eval.lm_max_length": 256}
+    with pytest.raises(LoraRlhfError, match=r"^eval\.max_new_tokens: 600 tokens is more than"):
+        check_lengths(model(n_positions=512), plain.lengths())
+    ifeval = build(EvalConfig, {"ifeval": {"enabled": True, "max_new_tokens": 1280}})
+    with pytest.raises(LoraRlhfError, match=r"^eval\.ifeval\.max_new_tokens: 1280 tokens .*\(1024, its config's n_pos"):
+        check_lengths(model(n_positions=1024), ifeval.lengths())

@@ -106,3 +106,14 @@ class EvalConfig:
                 raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be at least 2")
         if not 0 < self.confidence < 1:
             raise LoraRlhfError(f"confidence: {self.confidence!r} must lie strictly between 0 and 1")
+
+    def lengths(self) -> dict[str, int]:
+        """The token lengths eval works at, by recipe key, for `models.positions.check_lengths` (issue 29)."""
+        lengths = {
+            "eval.max_new_tokens": self.max_new_tokens,
+            "eval.rankings_max_length": self.rankings_max_length,
+            "eval.lm_max_length": self.lm_max_length,
+        }
+        if self.ifeval.enabled:
+            lengths["eval.ifeval.max_new_tokens"] = self.ifeval.max_new_tokens
+        return lengths

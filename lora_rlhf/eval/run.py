@@ -28,6 +28,7 @@ from lora_rlhf.eval.rm_accuracy import rm_accuracy
 from lora_rlhf.eval.scoring import GoldFn, compare_models, reward_scores
 from lora_rlhf.io import atomic_file, write_json
 from lora_rlhf.metrics import read_metrics
+from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.train import distributed
 
@@ -49,6 +50,7 @@ def evaluate(
 
     Runs in eval mode (no LoRA dropout in the RM scores and the KL), whatever mode a stage left the model in.
     """
+    check_lengths(stack.base_model, config.lengths())
     with stack.evaluating():
         return _evaluate(stack, prompts, config, Path(run_dir), gold_fn)
 
@@ -134,6 +136,7 @@ def evaluate_benchmarks(stack: RoleStack, config: EvalConfig, run_dir: str | Pat
     replaced. Returns the merged results ({} off the main process).
     """
     run_dir = Path(run_dir)
+    check_lengths(stack.base_model, config.lengths())
     with stack.evaluating():
         models = {name: role for name, role in MODELS.items() if role == "base" or stack.has_role(role)}
         section = _ifeval(stack, models, config, run_dir)
