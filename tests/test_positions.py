@@ -1,20 +1,32 @@
-"""The position limit of a base and the length check every stage makes against it (issue 29)."""
+"""Position ids of a padded batch (issue 26); a base's position limit and the length check against it (issue 29)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from lora_rlhf.config.loader import build
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.models.positions import check_lengths, position_limit
+from lora_rlhf.models.positions import check_lengths, position_ids, position_limit
 from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.ppo.trainer import _lengths
 
 
 def model(**config) -> SimpleNamespace:
     return SimpleNamespace(config=SimpleNamespace(**config))
+
+
+def test_position_ids_count_real_tokens_and_fill_pads_by_the_rule_asked():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0]]
+    as_generate = [[1, 1, 0, 1, 2], [0, 1, 2, 3, 4], [1, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert position_ids(mask, as_generate=True).tolist() == as_generate
+    for dtype in (torch.bool, torch.int32, torch.float32):  # what a tokenizer or a cat of masks may hand over
+        assert torch.equal(position_ids(mask.to(dtype)), position_ids(mask))
+        assert torch.equal(position_ids(mask.to(dtype), as_generate=True), torch.tensor(as_generate))
+    assert position_ids(mask).dtype == torch.long
 
 
 def test_the_limit_is_read_from_either_architecture_key():

@@ -25,6 +25,7 @@ import torch
 from lora_rlhf.inference.generation import Completion, StopCheck, TokenLogprob, cut_at_stop
 from lora_rlhf.inference.options import GenerationOptions
 from lora_rlhf.inference.sampling import choose, penalized, reported_logprobs, row_generator, warped
+from lora_rlhf.models.positions import position_ids
 from lora_rlhf.models.roles import RoleStack
 
 
@@ -100,7 +101,7 @@ class DecodeEngine:
         tokenizer, device = self.stack.tokenizer, self.stack.device
         batch = tokenizer([r.text for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate's, pads masked anyway
+        positions = position_ids(mask, as_generate=True)  # as generate's, pads masked anyway
         logits, cache = self.stack.next_token_logits([r.role for r in rows], ids, mask, positions)
         new = [
             Live(row, ticket, ids[i][mask[i].bool()], row_generator(row.options, device))
@@ -203,7 +204,7 @@ class DecodeEngine:
             self._logits, self._cache = step
         else:  # no cache to extend: the whole sequence again
             self._ids = torch.cat([self._ids, new], dim=1)
-            positions = (self._mask.long().cumsum(-1) - 1).masked_fill(self._mask == 0, 1)
+            positions = position_ids(self._mask, as_generate=True)
             self._logits, _ = self.stack.next_token_logits(roles, self._ids, self._mask, positions)
         self._positions = self._positions + 1
 

@@ -24,6 +24,7 @@ from lora_rlhf.models.heads import gather_last, last_token_index
 from lora_rlhf.models.logits import IDENTITY, LogitsProjection
 from lora_rlhf.models.logprobs import Projection, TokenLogProbs, token_logprobs
 from lora_rlhf.models.names import BASE
+from lora_rlhf.models.positions import position_ids
 from lora_rlhf.models.row_adapters import BASE_ROW, RowAdapters
 from lora_rlhf.models.sampled_logprobs import SampledLogProbs
 from lora_rlhf.models.sequences import sampling_kwargs, stop_mask
@@ -69,8 +70,8 @@ class RoleOperations:
         """(B, T) ids and mask -> (B, T, H) last hidden states under the active adapter (no LM head)."""
         backbone = self._causal_lm().base_model
         # Positions count real tokens only, so a left-padded row is encoded as if it were unpadded.
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        positions = position_ids(attention_mask)
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state
 
     def logprobs(
@@ -108,9 +109,9 @@ class RoleOperations:
         """
         if self.chunked_logits:
             return self.hidden_states(input_ids, attention_mask), self.projection
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(attention_mask)
         out = self._causal_lm()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
         )
         return out.logits, IDENTITY
 
@@ -144,8 +145,9 @@ class RoleOperations:
             of `hidden_states` over each left-padded prompt + response.
         """
         backbone = self._causal_lm().base_model
-        position_ids = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
+        out = backbone(
+            input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), use_cache=True
+        )
         cache = _returned_cache(out)
         if cache is None:
             raise RuntimeError("the model returned no KV cache (gradient checkpointing on?): use hidden_states")
@@ -355,7 +357,7 @@ class RoleOperations:
                     **keep,
                 )
             else:
-                positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+                positions = position_ids(attention_mask, as_generate=True)
                 out = causal_lm(
                     input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **keep
                 )
@@ -470,7 +472,7 @@ class RoleOperations:
             return None
         ids, mask, inverse = shared
         # Positions as generate computes them for a left-padded batch (pads at 1, masked out anyway).
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        positions = position_ids(mask, as_generate=True)
         out = self._causal_lm().base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache = _returned_cache(out)
         if cache is None:

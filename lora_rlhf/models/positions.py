@@ -1,4 +1,7 @@
-"""The base's position limit, and the one check every stage makes of its lengths against it (issue 29).
+"""Positions: the ids a padded row is encoded with, the base's position limit, and the check of lengths against it.
+
+`position_ids` is the one rule for the position of each token of a padded batch (issue 26): every forward
+over a padded batch (hidden states, logits, prefills for decoding, the server's engine) takes its ids from it.
 
 A max_length past `max_position_embeddings` was accepted without a word: learned position embeddings
 (GPT-2's `wpe`) index out of range, and rotary bases (Llama, Qwen2, GPT-NeoX) run on positions they were
@@ -10,12 +13,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from lora_rlhf.errors import LoraRlhfError
 
 # Config keys of the position limit, by architecture family (Llama/Qwen/NeoX: the first; GPT-2: the second).
 _LIMIT_KEYS = ("max_position_embeddings", "n_positions")
 # Above this a "limit" is a placeholder, not a trained length (tokenizers without one report 1e30).
 SANE_CONTEXT = 10_000_000
+
+
+def position_ids(attention_mask: torch.Tensor, *, as_generate: bool = False) -> torch.Tensor:
+    """(N, T) 0/1 attention mask -> (N, T) int64 position of each token, counting real tokens only.
+
+    A left-padded row is so encoded as if it were unpadded: its first real token is at 0. Pad columns are
+    masked out of attention, so what they get matters only to match a reference bit for bit:
+    - by default the count clamped at 0 (left pads at 0, pads after the last real token at its position),
+      as the forwards over whole sequences (hidden states, logits) use;
+    - `as_generate`: 1, as transformers' `generate` fills them, for prefills that must reproduce its samples.
+    """
+    counted = attention_mask.long().cumsum(-1) - 1
+    if as_generate:
+        return counted.masked_fill(attention_mask == 0, 1)
+    return counted.clamp(min=0)
 
 
 def position_limit(config: Any) -> tuple[str, int] | None:
