@@ -8,8 +8,15 @@ from typing import ClassVar, Literal
 import pytest
 
 from lora_rlhf.config import build, merge, parse_overrides
+from lora_rlhf.config.recipe import DemoConfig
+from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.eval.config import EvalConfig, IFEvalConfig
+from lora_rlhf.inference.options import GenerationOptions
 from lora_rlhf.models import BaseModelConfig, LoraSettings
+from lora_rlhf.ppo.config import PPOConfig, PtxConfig, RewardsConfig, SamplingConfig
+from lora_rlhf.rm.config import RMConfig
+from lora_rlhf.train.config import OptimConfig
 
 
 @dataclasses.dataclass
@@ -96,3 +103,31 @@ def test_moved_keys_do_not_touch_the_new_ones():
     assert build(
         Holder, merge({"sectioned": {"inner": {"rate": 0.5}}}, parse_overrides(["sectioned.inner.mode=adaptive"]))
     ) == Holder(Sectioned(Inner(rate=0.5, mode="adaptive")))
+
+
+@pytest.mark.parametrize(
+    "cls, key, bad, message",
+    [
+        (DemoConfig, "eval_ranking_prompts", 0, "eval_ranking_prompts: 0 must be a positive integer"),
+        (EvalConfig, "bootstrap_samples", -3, "bootstrap_samples: -3 must be a positive integer"),
+        (EvalConfig, "best_of_n_prompts", 0, "best_of_n_prompts: 0 must be a positive integer or null"),
+        (IFEvalConfig, "batch_size", 0, "batch_size: 0 must be a positive integer"),
+        (IFEvalConfig, "max_prompts", 0, "max_prompts: 0 must be a positive integer or null"),
+        (GenerationOptions, "max_new_tokens", 2.5, "max_new_tokens: 2.5 must be a positive integer"),
+        (PPOConfig, "steps", 0, "steps: 0 must be a positive integer"),
+        (PtxConfig, "max_length", 0, "max_length: 0 must be a positive integer"),
+        (RewardsConfig, "kl_horizon", 0, "kl_horizon: 0 must be a positive integer"),
+        (SamplingConfig, "max_new_tokens", 0, "max_new_tokens: 0 must be a positive integer"),
+        (RMConfig, "bias_examples", 0, "bias_examples: 0 must be a positive integer"),
+        (OptimConfig, "keep_checkpoints", 0, "keep_checkpoints: 0 must be a positive integer"),
+        (OptimConfig, "max_steps", 0, "max_steps: 0 must be a positive integer or null"),
+        (DatasetSpec, "max_rows", -1, "max_rows: -1 must be a positive integer or null"),
+    ],
+)
+def test_every_config_checks_its_counts_with_the_same_message(cls, key, bad, message):
+    cls(**{key: 1})  # 1 is fine, and None too where null is allowed
+    with pytest.raises(LoraRlhfError) as info:
+        cls(**{key: bad})
+    assert str(info.value) == message
+    if message.endswith("or null"):
+        assert getattr(cls(**{key: None}), key) is None

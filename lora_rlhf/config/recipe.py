@@ -24,6 +24,7 @@ from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.rm.config import RMConfig
 from lora_rlhf.sft.config import SFTConfig
 from lora_rlhf.tracking import check_report_to
+from lora_rlhf.validation import check_positive_ints
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = RECIPES / "demo.yaml"
@@ -70,16 +71,17 @@ class DemoConfig:
     system_prompt: str | None = None
 
     def __post_init__(self) -> None:
-        for key in (
-            "demonstrations",
-            "ranking_prompts",
-            "ppo_prompts",
-            "eval_prompts",
-            "eval_ranking_prompts",
-            "max_new_tokens",
-        ):
-            if getattr(self, key) < 1:
-                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
+        check_positive_ints(
+            self,
+            (
+                "demonstrations",
+                "ranking_prompts",
+                "ppo_prompts",
+                "eval_prompts",
+                "eval_ranking_prompts",
+                "max_new_tokens",
+            ),
+        )
         if self.responses_per_prompt < 2:
             raise LoraRlhfError(
                 f"responses_per_prompt: {self.responses_per_prompt!r} must be >= 2 (K responses to rank)"

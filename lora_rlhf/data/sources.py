@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.validation import check_positive_ints
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
@@ -30,8 +31,7 @@ class DatasetSpec:
     max_rows: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_rows is not None and self.max_rows < 1:
-            raise LoraRlhfError(f"max_rows: {self.max_rows!r} must be a positive integer or null")
+        check_positive_ints(self, ("max_rows",), nullable=True)
 
     def display(self) -> str:
         return self.path if self.split == "train" else f"{self.path}[{self.split}]"

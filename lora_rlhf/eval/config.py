@@ -6,6 +6,7 @@ import dataclasses
 
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.validation import check_positive_ints
 
 
 @dataclasses.dataclass
@@ -28,11 +29,8 @@ class IFEvalConfig:
     system_prompt: str | None = None
 
     def __post_init__(self) -> None:
-        for key in ("max_new_tokens", "batch_size"):
-            if getattr(self, key) < 1:
-                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise LoraRlhfError(f"max_prompts: {self.max_prompts!r} must be a positive integer or null")
+        check_positive_ints(self, ("max_new_tokens", "batch_size"))
+        check_positive_ints(self, ("max_prompts",), nullable=True)
 
 
 @dataclasses.dataclass
@@ -82,9 +80,9 @@ class EvalConfig:
     ifeval: IFEvalConfig = dataclasses.field(default_factory=IFEvalConfig)
 
     def __post_init__(self) -> None:
-        for key in ("max_prompts", "max_new_tokens", "batch_size", "bootstrap_samples", "samples_per_prompt"):
-            if getattr(self, key) < 1:
-                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
+        check_positive_ints(
+            self, ("max_prompts", "max_new_tokens", "batch_size", "bootstrap_samples", "samples_per_prompt")
+        )
         if self.temperature < 0:
             raise LoraRlhfError(f"temperature: {self.temperature!r} must be >= 0 (0 = greedy)")
         if self.samples_per_prompt > 1 and self.temperature == 0:
@@ -93,8 +91,7 @@ class EvalConfig:
             )
         if self.examples < 0:
             raise LoraRlhfError(f"examples: {self.examples!r} must be >= 0")
-        if self.best_of_n_prompts is not None and self.best_of_n_prompts < 1:
-            raise LoraRlhfError(f"best_of_n_prompts: {self.best_of_n_prompts!r} must be a positive integer or null")
+        check_positive_ints(self, ("best_of_n_prompts",), nullable=True)
         if self.best_of_n < 0:
             raise LoraRlhfError(f"best_of_n: {self.best_of_n!r} must be >= 0 (0 = off)")
         if not self.best_of_n_temperature > 0:

@@ -7,6 +7,7 @@ from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.sequences import sampling_kwargs
+from lora_rlhf.validation import check_positive_ints
 
 # The seeds `torch.Generator.manual_seed` takes; a larger one was "Overflow when unpacking long long" (issue 29).
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
@@ -36,8 +37,7 @@ class GenerationOptions:
     presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise LoraRlhfError(f"max_new_tokens: {self.max_new_tokens!r} must be a positive integer")
+        check_positive_ints(self, ("max_new_tokens",))
         if self.temperature < 0:
             raise LoraRlhfError(f"temperature: {self.temperature!r} must be >= 0 (0 = greedy)")
         if not 0.0 < self.top_p <= 1.0:

@@ -25,17 +25,11 @@ from lora_rlhf.data.rows import OnBadRow
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.train.config import AdamWConfig, Scheduler
+from lora_rlhf.validation import check_positive_ints
 
 KLControl = Literal["fixed", "adaptive"]
 KLEstimator = Literal["k1", "k3"]
 ScoreBaseline = Literal["none", "prompt_mean"]
-
-
-def _check_positive(config: Any, keys: Iterable[str]) -> None:
-    for key in keys:
-        value = getattr(config, key)
-        if not isinstance(value, int) or value < 1:
-            raise LoraRlhfError(f"{key}: {value!r} must be a positive integer")
 
 
 def _check_rules(config: Any, rules: Iterable[tuple[str, bool, str]]) -> None:
@@ -62,7 +56,7 @@ class SamplingConfig:
     logprobs_from_generation: bool = True
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("max_new_tokens",))
+        check_positive_ints(self, ("max_new_tokens",))
         _check_rules(
             self,
             [
@@ -109,7 +103,7 @@ class RewardsConfig:
     whiten_advantages: bool = True
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("kl_horizon",))
+        check_positive_ints(self, ("kl_horizon",))
         _check_rules(
             self,
             [
@@ -175,7 +169,7 @@ class PtxConfig:
     batch_size: int = 4
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("max_length", "batch_size"))
+        check_positive_ints(self, ("max_length", "batch_size"))
         _check_rules(self, [("coef", self.coef >= 0, "must be >= 0 (0 turns PPO-ptx off)")])
 
     @property
@@ -274,7 +268,7 @@ class PPOConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_positive(
+        check_positive_ints(
             self,
             (
                 "steps",

@@ -11,6 +11,7 @@ from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.train.config import OptimConfig
+from lora_rlhf.validation import check_positive_ints
 
 
 def _rm_optim() -> OptimConfig:
@@ -64,5 +65,4 @@ class RMConfig:
             raise LoraRlhfError(f"max_length: {self.max_length!r} must be at least 2")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
             raise LoraRlhfError(f"head_learning_rate: {self.head_learning_rate!r} must be > 0 or null")
-        if self.bias_examples < 1:
-            raise LoraRlhfError(f"bias_examples: {self.bias_examples!r} must be a positive integer")
+        check_positive_ints(self, ("bias_examples",))

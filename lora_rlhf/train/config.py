@@ -8,6 +8,7 @@ import dataclasses
 from typing import Literal
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.validation import check_positive_ints
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 # No "fp16": it needs a loss scaler whose unscaling before clipping requires optimizers prepared by
@@ -70,19 +71,19 @@ class OptimConfig(AdamWConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in (
-            "epochs",
-            "batch_size",
-            "gradient_accumulation",
-            "logging_steps",
-            "eval_steps",
-            "save_steps",
-            "keep_checkpoints",
-        ):
-            if getattr(self, key) < 1:
-                raise LoraRlhfError(f"{key}: {getattr(self, key)!r} must be a positive integer")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise LoraRlhfError(f"max_steps: {self.max_steps!r} must be a positive integer or null")
+        check_positive_ints(
+            self,
+            (
+                "epochs",
+                "batch_size",
+                "gradient_accumulation",
+                "logging_steps",
+                "eval_steps",
+                "save_steps",
+                "keep_checkpoints",
+            ),
+        )
+        check_positive_ints(self, ("max_steps",), nullable=True)
         if self.learning_rate <= 0:
             raise LoraRlhfError(f"learning_rate: {self.learning_rate!r} must be > 0")
         if not 0 <= self.warmup_ratio < 1:
