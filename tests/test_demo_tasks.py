@@ -279,3 +279,28 @@ def test_a_demo_system_prompt_is_written_as_a_conversational_prompt_and_ranked_b
     assert [row["ranks"] for row in rows] == [
         row["ranks"] for row in demo_data.ranking_rows([t.prompt for t in tasks], samples, Labeler(disagreement=0.0))
     ]
+
+
+def test_a_labeler_with_ties_gives_equal_gold_neighbours_one_rank():
+    """Equal gold scores side by side in the noisy order share a rank; without ties the ranks are a permutation."""
+    from lora_rlhf.demo.labeler import Labeler
+
+    def judge(prompts, responses):
+        return [{"a": 1.0, "b": 0.5, "c": 0.5, "d": 0.0, "e": 0.0}[r] for r in responses]
+
+    exact = Labeler(disagreement=0.0, seed=1, judge=judge, ties=True)
+    assert exact.rank("p", ["d", "a", "c", "e", "b"]) == [2, 0, 1, 2, 1]
+    assert sorted(Labeler(disagreement=0.0, judge=judge).rank("p", ["d", "a", "c", "e", "b"])) == [0, 1, 2, 3, 4]
+    noisy = Labeler(disagreement=0.27, seed=3, judge=judge, ties=True)
+    for _ in range(50):
+        ranks = noisy.rank("p", ["a", "b", "c", "d", "e"])
+        assert ranks[0] == 0 or min(ranks) == 0
+        assert sorted(set(ranks)) == list(range(len(set(ranks))))  # dense: 0..m-1, as rankings rows take
+
+
+def test_labeler_ties_need_the_rm_to_skip_tied_pairs():
+    from lora_rlhf.config.loader import build
+    from lora_rlhf.config.recipe import RecipeConfig
+
+    with pytest.raises(LoraRlhfError, match=r"demo\.ties: true .* rm\.ties: 'error' refuses"):
+        build(RecipeConfig, {"demo": {"enabled": True, "ties": True}, "rm": {"ties": "error"}})

@@ -43,6 +43,8 @@ class DemoConfig:
     ifeval_instructions: list[str] | None = None
     # ifeval task: at most this many instructions per prompt (IFEval's own prompts carry 1 to 3).
     max_instructions: int = 3
+    # The labeler ranks side-by-side responses of equal gold score as ties (needs rm.ties: skip_pairs).
+    ties: bool = False
     # Task families to draw from (None: all of them).
     families: list[str] | None = None
     # Demonstrations the labeler writes for SFT (InstructGPT's SFT set had ~13k).
@@ -112,6 +114,10 @@ class RecipeConfig:
 
     def __post_init__(self) -> None:
         check_report_to(self.report_to)
+        if self.demo.enabled and self.demo.ties and self.rm.ties != "skip_pairs":
+            raise LoraRlhfError(
+                f"demo.ties: true writes tied ranks, which rm.ties: {self.rm.ties!r} refuses (set rm.ties: skip_pairs)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

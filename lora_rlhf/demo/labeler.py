@@ -73,25 +73,37 @@ class Labeler:
     the IFEval-style task (ifeval/judge.py).
     """
 
-    def __init__(self, disagreement: float = 0.27, seed: int = 0, judge: Judge = gold_scores) -> None:
+    def __init__(
+        self, disagreement: float = 0.27, seed: int = 0, judge: Judge = gold_scores, *, ties: bool = False
+    ) -> None:
         mallows_phi(disagreement, 2)  # validates the rate with a one-line error
         self.disagreement = disagreement
         self.rng = random.Random(seed)
         self.judge = judge
+        self.ties = ties
 
     def demonstrate(self, task_or_prompt: Task | str) -> str:
         """The ideal response (InstructGPT's labelers wrote demonstrations for SFT, §3.4)."""
         return _task(task_or_prompt).answer
 
     def rank(self, prompt: str, responses: Sequence[str]) -> list[int]:
-        """Ranks of `responses` (0 = best), a permutation: the gold order, ties at random, then Mallows noise."""
+        """Ranks of `responses` (0 = best): the gold order, ties at random, then Mallows noise.
+
+        A permutation; with `ties`, responses of equal gold score that the noisy order leaves side by side
+        share a rank instead (a tie: their pair carries no preference, rm.ties: skip_pairs). A checker's
+        graded score has few levels, so most pairs of a small model's samples are equal in gold: ranked
+        apart at random they would be noise the RM must learn around (72% of the pairs of an IFEval-style run).
+        """
         scores = self.judge([prompt] * len(responses), list(responses))
         tiebreak = [self.rng.random() for _ in responses]
         center = sorted(range(len(responses)), key=lambda i: (-scores[i], tiebreak[i]))
         order = mallows_order(center, mallows_phi(self.disagreement, len(responses)), self.rng)
         ranks = [0] * len(responses)
+        rank = 0
         for position, item in enumerate(order):
-            ranks[item] = position
+            if position and not (self.ties and scores[item] == scores[order[position - 1]]):
+                rank += 1
+            ranks[item] = rank
         return ranks
 
 

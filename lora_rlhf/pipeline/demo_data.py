@@ -140,7 +140,7 @@ def write_rankings(stack: RoleStack, recipe: RecipeConfig, run: RunDir) -> None:
     train = _read_prompts(run.data(FILES["ranking_prompts"]))
     held = _read_prompts(run.data(FILES["eval_ranking_prompts"]))
     samples = _sample_k(stack, train + held, demo)
-    labeler = Labeler(disagreement=demo.disagreement, seed=demo.seed, judge=gold_fn(recipe, run))
+    labeler = Labeler(disagreement=demo.disagreement, seed=demo.seed, judge=gold_fn(recipe, run), ties=demo.ties)
     # The held-out rankings come from the same labeler (its noise included): eval measures the RM against
     # them and, separately, against the gold order of the same responses.
     for path, prompts, part in ((target, train, samples[: len(train)]), (held_target, held, samples[len(train) :])):
