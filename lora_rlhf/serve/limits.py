@@ -23,6 +23,7 @@ from starlette.requests import Request
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.serve.errors import APIError
+from lora_rlhf.validation import check_positive_ints
 
 Reason = Literal["disconnected", "timeout", "shutdown"]
 
@@ -53,10 +54,7 @@ class ServeLimits:
             raise LoraRlhfError(f"max_tokens limit: {self.max_tokens!r} must be a positive integer")
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise LoraRlhfError(f"request_timeout: {self.request_timeout!r} must be > 0 seconds (or None: no limit)")
-        for name in ("max_batch_size", "max_queue"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise LoraRlhfError(f"{name}: {value!r} must be a positive integer")
+        check_positive_ints(self, ("max_batch_size", "max_queue"))
         if not self.batch_window_s >= 0:
             raise LoraRlhfError(f"batch_window_s: {self.batch_window_s!r} must be >= 0 seconds")
 
