@@ -168,3 +168,12 @@ def test_repairs_read_naturally():
     assert paragraphs.count("\n\n***\n\n") == 1
     no_comma = repair.repair("It costs 1,000 dollars, or more.", ["punctuation:no_comma"], [{}], STEM)
     assert no_comma == "It costs 1000 dollars or more."
+
+
+def test_capital_words_stop_when_nothing_is_left_to_capitalise():
+    """A text with no lowercase word of 4+ letters left looped for ever (the tiny model's demonstrations hung)."""
+    from lora_rlhf.ifeval.repair import fix_capital_words
+
+    kwargs = {"capital_relation": "at least", "capital_frequency": 1000}
+    text = fix_capital_words("AAAA BBBB ok. x y z.", kwargs, "prompt")
+    assert isinstance(text, str)
