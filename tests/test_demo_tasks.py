@@ -304,3 +304,14 @@ def test_labeler_ties_need_the_rm_to_skip_tied_pairs():
 
     with pytest.raises(LoraRlhfError, match=r"demo\.ties: true .* rm\.ties: 'error' refuses"):
         build(RecipeConfig, {"demo": {"enabled": True, "ties": True}, "rm": {"ties": "error"}})
+
+
+def test_rows_a_labeler_ties_all_the_way_are_not_written():
+    from lora_rlhf.demo.datasets import ranking_rows
+
+    def judge(prompts, responses):
+        return [0.5 if r.startswith("same") else 1.0 for r in responses]
+
+    labeler = Labeler(disagreement=0.0, judge=judge, ties=True)
+    rows = ranking_rows(["p", "q"], [["same a", "same b", "same c"], ["good", "same d"]], labeler)
+    assert [row["prompt"] for row in rows] == ["q"] and rows[0]["ranks"] == [0, 1]

@@ -70,7 +70,8 @@ def ranking_rows(
     """{"prompt", "responses": [K], "ranks": [K]} per prompt, ranked by `labeler` (0 = best).
 
     `samples_per_prompt[i]` holds the responses sampled for `prompts[i]`. Duplicates are dropped first, so
-    K may be smaller than the number sampled; prompts left with fewer than 2 distinct responses are skipped.
+    K may be smaller than the number sampled; prompts left with fewer than 2 distinct responses are skipped, and
+    so are those whose responses a labeler with ties (`demo.ties`) judged all equal.
     """
     if len(prompts) != len(samples_per_prompt):
         raise ValueError(f"{len(prompts)} prompts but {len(samples_per_prompt)} lists of samples")
@@ -80,5 +81,7 @@ def ranking_rows(
         if len(responses) < 2:
             continue
         ranks = labeler.rank(prompt_text(prompt), responses)
+        if len(set(ranks)) < 2:  # a labeler with ties judged every response equal: no preference to write
+            continue
         rows.append({"prompt": prompt, "responses": responses, "ranks": ranks})
     return rows

@@ -147,7 +147,11 @@ def write_rankings(stack: RoleStack, recipe: RecipeConfig, run: RunDir) -> None:
         rows = ranking_rows(prompts, part, labeler)
         _write_jsonl(path, rows)
         logger.info(
-            "demo: the labeler ranked %d prompts x %d responses into %s", len(rows), demo.responses_per_prompt, path
+            "demo: the labeler ranked %d of %d prompts x %d responses into %s (the rest: every response equal)",
+            len(rows),
+            len(prompts),
+            demo.responses_per_prompt,
+            path,
         )
 
 
