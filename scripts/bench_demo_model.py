@@ -71,7 +71,7 @@ def time_train_step(stack: RoleStack, batch: int, length: int) -> float:
     if not stack.has_role("sft"):
         stack.add_role("sft", LoraSettings())
     stack.set_trainable("sft")
-    optimizer = torch.optim.AdamW(stack.parameters("sft"), lr=1e-4)
+    optimizer = torch.optim.AdamW(stack.role_parameters("sft"), lr=1e-4)
     ids = torch.randint(10, stack.tokenizer.vocab_size, (batch, length), device=stack.device)
     mask = torch.ones_like(ids)
     start = time.perf_counter()

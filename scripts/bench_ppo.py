@@ -102,7 +102,7 @@ def _before(stack, batch, config, rollout, optimizers, ptx, step) -> dict[str, f
             stack.response_values(rows, rows_mask, p)
             stack.response_rewards(rows, rows_mask, p)
     timing["before_time_score"] = time.perf_counter() - start
-    saved = {role: [t.detach().clone() for t in stack.parameters(role)] for role in ("policy", "value")}
+    saved = {role: [t.detach().clone() for t in stack.role_parameters(role)] for role in ("policy", "value")}
     states = {
         name: copy.deepcopy(opt.state_dict())
         for name, opt in (("policy", optimizers.policy), ("value", optimizers.value))
@@ -116,7 +116,7 @@ def _before(stack, batch, config, rollout, optimizers, ptx, step) -> dict[str, f
         Rollout.trimmed = trimmed
     with torch.no_grad():
         for role, tensors in saved.items():
-            for param, value in zip(stack.parameters(role), tensors):
+            for param, value in zip(stack.role_parameters(role), tensors):
                 param.copy_(value)
     optimizers.policy.load_state_dict(states["policy"])
     optimizers.value.load_state_dict(states["value"])

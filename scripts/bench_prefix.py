@@ -96,7 +96,7 @@ def main() -> None:
             with stack.use("reward"):
                 out = rm_step(stack, collate(examples, tok.pad_token_id))
                 out.loss.backward()
-            for p in stack.parameters("reward"):
+            for p in stack.role_parameters("reward"):
                 p.grad = None
             return out.loss.item()
 

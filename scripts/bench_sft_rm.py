@@ -109,7 +109,7 @@ def time_step(stack: RoleStack, role: str, loss_of: Callable[[], torch.Tensor], 
 
 def bench(stack: RoleStack, role: str, batch: dict[str, torch.Tensor], loss_of, steps: int) -> dict[str, float]:
     stack.set_trainable(role)
-    optimizer = torch.optim.AdamW(stack.parameters(role), lr=1e-5)
+    optimizer = torch.optim.AdamW(stack.role_parameters(role), lr=1e-5)
     stack.model.train()
     with PeakMemory(stack.device) as memory:  # from before the first step, which allocates activations and Adam state
         time_step(stack, role, lambda: loss_of(batch), optimizer)  # warm-up (untimed): allocations, kernel choice

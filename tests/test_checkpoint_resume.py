@@ -48,7 +48,7 @@ def stack(tiny_llama) -> RoleStack:
 
 
 def _save(stack: RoleStack, folder: Path, step: int, *, keep: int = 5) -> Path:
-    optimizer = torch.optim.AdamW(stack.parameters("sft"), lr=1e-3)
+    optimizer = torch.optim.AdamW(stack.role_parameters("sft"), lr=1e-3)
     return save_checkpoint(folder, step, stack, ["sft"], {"optimizer": optimizer}, {"position": step}, keep=keep)
 
 
@@ -70,7 +70,7 @@ def test_resume_skips_a_torn_newest_checkpoint_and_says_why(stack, tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="lora_rlhf.train.checkpoint"):
         assert latest_checkpoint(tmp_path) == older
     assert "step-00000004" in caplog.text and damaged in caplog.text
-    optimizer = torch.optim.AdamW(stack.parameters("sft"), lr=1e-3)
+    optimizer = torch.optim.AdamW(stack.role_parameters("sft"), lr=1e-3)
     assert load_checkpoint(older, stack, ["sft"], {"optimizer": optimizer})["step"] == 2
 
 
@@ -154,7 +154,8 @@ def test_sft_resumes_from_the_newest_intact_checkpoint_and_matches_an_uninterrup
         train_sft(resumed, config, cut, resume=True)
     assert "skipping damaged checkpoint" in caplog.text and "step-00000004" in caplog.text
     assert "step 2)" in caplog.text  # "sft: resuming from .../step-00000002 (step 2)"
-    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters("sft"), whole.parameters("sft"), strict=True))
+    pairs = zip(resumed.role_parameters("sft"), whole.role_parameters("sft"), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     assert read_metrics(cut / "metrics" / "sft.jsonl") == read_metrics(tmp_path / "whole" / "metrics" / "sft.jsonl")
 
 

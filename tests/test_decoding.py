@@ -20,7 +20,7 @@ def policy_stack(arch: str) -> RoleStack:
     stack = RoleStack(tiny_causal_lm(arch))
     stack.add_role("policy", LoraSettings(r=4, alpha=8, dropout=0.0))
     torch.manual_seed(1)
-    for p in stack.parameters("policy"):
+    for p in stack.role_parameters("policy"):
         torch.nn.init.normal_(p, std=0.1)
     return stack
 

@@ -17,7 +17,7 @@ def nf4_stack(folder: str, **kwargs) -> RoleStack:
     stack.add_role("sft")
     stack.copy_role("sft", "policy")
     with torch.no_grad():  # an adapter that changes the answers, so LoRA on top of the copy is exercised
-        for p in stack.parameters("policy"):
+        for p in stack.role_parameters("policy"):
             p.add_(torch.randn_like(p) * 0.2)
     return stack
 

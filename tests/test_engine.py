@@ -54,7 +54,7 @@ def two_adapter_stack(arch: str) -> RoleStack:
     torch.manual_seed(1)
     for role in ("a", "b"):
         stack.add_role(role, LoraSettings(r=4, alpha=8, dropout=0.0))
-        for p in stack.parameters(role):
+        for p in stack.role_parameters(role):
             torch.nn.init.normal_(p, std=0.1)
     return stack
 

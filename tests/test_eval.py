@@ -29,7 +29,7 @@ def _stack(folder: str) -> RoleStack:
     stack.copy_role("sft", "policy")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in stack.parameters("policy"):
+        for p in stack.role_parameters("policy"):
             p.add_(torch.randn(p.shape, generator=gen) * 0.2)
     return stack
 

@@ -53,7 +53,7 @@ def stack(tiny_llama) -> RoleStack:
     stack.copy_role("sft", "policy")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in stack.parameters("policy"):
+        for p in stack.role_parameters("policy"):
             p.add_(torch.randn(p.shape, generator=gen) * 0.2)
     stack.model.eval()
     return stack

@@ -97,7 +97,7 @@ def test_eval_kl_is_measured_on_the_models_own_distribution(arch):
     stack.copy_role("sft", "policy")
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for p in stack.parameters("policy"):
+        for p in stack.role_parameters("policy"):
             p.add_(torch.randn(p.shape, generator=gen) * 0.3)
     ids, mask = left_padded_batch(model.config.vocab_size)
     response = torch.zeros_like(mask)

@@ -30,7 +30,7 @@ def _loaded(folder) -> RoleStack:
 
 def _grads(stack: RoleStack, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
     stack.set_trainable("sft")
-    params = stack.parameters("sft")
+    params = stack.role_parameters("sft")
     for p in params:
         p.grad = None
     torch.manual_seed(0)  # gpt2's dropout draws the same masks both times
@@ -46,7 +46,7 @@ def test_an_eval_forward_leaves_nf4_training_gradients_unchanged(tmp_path, arch,
     stack.add_role("sft", LoraSettings(r=4, dropout=0.0))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in stack.parameters("sft"):
+        for p in stack.role_parameters("sft"):
             p.add_(torch.randn(p.shape, generator=gen) * 0.1)  # LoRA's B = 0 would zero A's gradient
     enc = stack.tokenizer(["sort the numbers 3 1 2", "hello world"], return_tensors="pt", padding=True)
     stack.model.train()

@@ -76,7 +76,7 @@ def snapshot(stack: RoleStack) -> dict[str, torch.Tensor]:
     """The base's weights and the frozen roles' (sft, reward adapter + head)."""
     state = {f"base.{n}": p.detach().clone() for n, p in stack.model.named_parameters() if "lora_" not in n}
     for role in ("sft", "reward"):
-        state.update({f"{role}.{i}": p.detach().clone() for i, p in enumerate(stack.parameters(role))})
+        state.update({f"{role}.{i}": p.detach().clone() for i, p in enumerate(stack.role_parameters(role))})
     return state
 
 
@@ -119,8 +119,8 @@ def test_ppo_raises_a_programmatic_reward_with_bounded_kl_and_frozen_roles(tiny_
         assert key in rows[0], key
     after = snapshot(stack)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    sft = torch.cat([p.flatten() for p in stack.parameters("sft")])
-    policy = torch.cat([p.flatten() for p in stack.parameters("policy")])
+    sft = torch.cat([p.flatten() for p in stack.role_parameters("sft")])
+    policy = torch.cat([p.flatten() for p in stack.role_parameters("policy")])
     assert not torch.equal(sft, policy)  # the policy started as a copy of sft and moved
 
 
@@ -383,7 +383,7 @@ def test_generation_logprobs_equal_a_recomputation(tiny_llama, quantization, tol
     stack.copy_role("sft", "policy")
     stack.copy_role("reward", "value")
     with torch.no_grad():  # a policy unlike the reference, so a mix-up of roles would show
-        for p in stack.parameters("policy"):
+        for p in stack.role_parameters("policy"):
             p.add_(torch.randn_like(p) * 0.1)
     torch.manual_seed(0)
     sampled = sample(stack, _prompts(stack), SamplingConfig(max_new_tokens=12, temperature=0.7))
@@ -506,7 +506,7 @@ def test_frozen_scores_in_one_forward_equal_one_pass_per_role(tiny_llama, quanti
     setup_roles(stack, PPOConfig(prompts="unused"))
     torch.manual_seed(3)
     for role in ("sft", "reward", "value"):
-        for p in stack.parameters(role):
+        for p in stack.role_parameters(role):
             p.data.normal_(std=0.05)
     ids = torch.randint(5, 90, (4, 11))
     mask = torch.ones_like(ids)

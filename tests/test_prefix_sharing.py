@@ -25,7 +25,7 @@ def reward_stack(arch: str) -> RoleStack:
     stack = RoleStack(tiny_causal_lm(arch))
     stack.add_role("reward", LoraSettings(r=4, alpha=8, dropout=0.0))
     torch.manual_seed(1)
-    for p in stack.parameters("reward"):  # LoRA B and the head start at zero: give every weight a gradient path
+    for p in stack.role_parameters("reward"):  # LoRA B and the head start at zero: give every weight a gradient path
         torch.nn.init.normal_(p, std=0.1)
     return stack
 
@@ -54,7 +54,7 @@ def test_prefix_rewards_equal_full_rows(arch):
 def test_gradients_reach_the_prompt_through_the_shared_cache(arch):
     stack = reward_stack(arch)
     stack.set_trainable("reward")
-    params = stack.parameters("reward")
+    params = stack.role_parameters("reward")
     grads = []
     for layout in (0, 1):
         with stack.use("reward"):
@@ -109,7 +109,7 @@ def test_generate_prefills_each_distinct_prompt_once_and_samples_as_without(arch
     stack = RoleStack(tiny_causal_lm(arch))
     stack.add_role("sft", LoraSettings(r=4, alpha=8, dropout=0.0))
     torch.manual_seed(1)
-    for p in stack.parameters("sft"):
+    for p in stack.role_parameters("sft"):
         torch.nn.init.normal_(p, std=0.1)
     ids, mask = pad_left([PROMPTS[i] for i in (0, 0, 1, 2, 2, 2)], 0)  # K samples of a prompt: equal rows
     options = dict(max_new_tokens=8, pad_token_id=0, eos_token_id=None)
@@ -200,7 +200,7 @@ def rollout_stack(arch: str) -> RoleStack:
         stack.add_role(role, LoraSettings(r=4, alpha=8, dropout=0.0))
     torch.manual_seed(1)
     for role in ("policy", "value", "reward"):
-        for p in stack.parameters(role):
+        for p in stack.role_parameters(role):
             torch.nn.init.normal_(p, std=0.1)
     return stack
 
@@ -250,7 +250,7 @@ def test_rollout_gradients_are_those_of_full_rows(arch):
         with stack.use("policy"):
             out = rollout_passes(stack, ids, mask, p)[layout]
             ((out["logprobs"].logprobs * response).sum() + (out["values"] * response).sum()).backward()
-        params = stack.parameters("policy") + stack.parameters("value")
+        params = stack.role_parameters("policy") + stack.role_parameters("value")
         grads.append([q.grad.clone() for q in params])
         for q in params:
             q.grad = None

@@ -52,7 +52,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> DatasetSpec:
 def snapshot(stack: RoleStack, role: str | None = None) -> dict[str, torch.Tensor]:
     if role is None:
         return {n: p.detach().clone() for n, p in stack.model.named_parameters() if "lora_" not in n}
-    return {str(i): p.detach().clone() for i, p in enumerate(stack.parameters(role))}
+    return {str(i): p.detach().clone() for i, p in enumerate(stack.role_parameters(role))}
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -64,7 +64,7 @@ def load_stack(folder: str, *, sft: bool = True) -> RoleStack:
     if sft:
         stack.add_role("sft", LoraSettings(r=4, alpha=8))
         torch.manual_seed(1)
-        for p in stack.parameters("sft"):
+        for p in stack.role_parameters("sft"):
             torch.nn.init.normal_(p, std=0.02)  # a trained-looking sft adapter: copying it must copy these
     return stack
 
@@ -184,7 +184,7 @@ def test_rm_step_scores_each_response_once_in_one_forward(tiny_llama):
     stack = load_stack(tiny_llama, sft=False)
     stack.add_role("reward", LoraSettings(r=4, dropout=0.0))
     torch.manual_seed(0)
-    for p in stack.parameters("reward"):
+    for p in stack.role_parameters("reward"):
         torch.nn.init.normal_(p, std=0.05)
     eos = stack.tokenizer.eos_token_id
     examples = [

@@ -35,7 +35,7 @@ def perturb(stack: RoleStack, role: str, seed: int = 0) -> None:
     """Give a role non-trivial weights (a fresh LoRA has B = 0 and equals the base)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in stack.parameters(role):
+        for p in stack.role_parameters(role):
             p.add_(torch.randn(p.shape, generator=gen).to(p.dtype) * 0.1)
 
 
@@ -80,7 +80,7 @@ def test_training_one_role_changes_only_that_role(tiny_model_dirs, arch):
     before = snapshot(stack)
     ids, mask = batch(stack)
     stack.set_trainable("value")
-    optimizer = torch.optim.SGD(stack.parameters("value"), lr=0.1)
+    optimizer = torch.optim.SGD(stack.role_parameters("value"), lr=0.1)
     with stack.use("value"):
         (stack.values(ids, mask) - 1).pow(2).mean().backward()  # a fresh head outputs 0: pull it to 1
     optimizer.step()
@@ -104,7 +104,7 @@ def test_reference_equals_sft_and_stays_fixed_while_policy_trains(tiny_llama):
         base = stack.logprobs("base", ids, mask).logprobs
     assert not torch.allclose(ref, base)
     stack.set_trainable("policy")
-    optimizer = torch.optim.Adam(stack.parameters("policy"), lr=1e-2)
+    optimizer = torch.optim.Adam(stack.role_parameters("policy"), lr=1e-2)
     for _ in range(3):
         with stack.use("policy"):
             loss = -stack.logprobs("policy", ids, mask).logprobs.mean()
@@ -130,8 +130,8 @@ def test_use_restores_adapter_and_grads_on_exception(tiny_llama):
     with stack.use("base"):
         pass
     assert [p.requires_grad for p in stack.model.parameters()] == grads
-    assert all(p.requires_grad for p in stack.parameters("policy"))
-    assert not any(p.requires_grad for p in stack.parameters("value"))
+    assert all(p.requires_grad for p in stack.role_parameters("policy"))
+    assert not any(p.requires_grad for p in stack.role_parameters("value"))
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
@@ -159,7 +159,7 @@ def test_save_load_identical_including_vanilla_peft(tiny_model_dirs, arch, tmp_p
     with torch.no_grad():
         assert torch.equal(fresh.logprobs("policy", ids, mask).logprobs, logprobs)
         assert torch.equal(fresh.values(ids, mask), values)
-    assert not any(p.requires_grad for p in fresh.parameters("value"))
+    assert not any(p.requires_grad for p in fresh.role_parameters("value"))
 
     vanilla = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), str(tmp_path / "policy"))
     with torch.no_grad():
@@ -181,7 +181,7 @@ def test_nf4_on_cpu(tiny_llama, tmp_path):
     with stack.use("policy"):
         out = stack.logprobs("policy", ids, mask, with_entropy=True)
         out.logprobs.mean().backward()
-    assert all(p.grad is not None for p in stack.parameters("policy"))
+    assert all(p.grad is not None for p in stack.role_parameters("policy"))
     assert torch.isfinite(out.entropy).all()
     generated = stack.generate("policy", ids, mask, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] <= ids.shape[1] + 4
@@ -327,7 +327,7 @@ def test_value_starts_as_a_copy_of_reward_head_included(tiny_llama):
     ids, mask = batch(stack)
     with torch.no_grad():
         assert torch.equal(stack.values(ids, mask, role="value"), stack.values(ids, mask, role="reward"))
-    for mine, theirs in zip(stack.parameters("value"), stack.parameters("reward"), strict=True):
+    for mine, theirs in zip(stack.role_parameters("value"), stack.role_parameters("reward"), strict=True):
         assert torch.equal(mine, theirs) and mine.data_ptr() != theirs.data_ptr()  # a copy, not shared storage
 
 
@@ -392,7 +392,7 @@ def test_int8_on_cpu(tiny_llama):
     stack.model.train()
     with stack.use("sft"):
         stack.logprobs("sft", ids, mask).logprobs.mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in stack.parameters("sft"))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in stack.role_parameters("sft"))
 
 
 def test_remove_role_leaves_the_others_and_the_last_one_restores_the_bare_base(tiny_llama):
@@ -403,7 +403,7 @@ def test_remove_role_leaves_the_others_and_the_last_one_restores_the_bare_base(t
     stack.add_role("sft")
     stack.add_role("reward")
     with torch.no_grad():
-        for p in stack.parameters("sft"):
+        for p in stack.role_parameters("sft"):
             p.add_(0.3)
     sft = stack.logprobs("sft", ids, mask).logprobs
     stack.remove_role("reward")
@@ -438,7 +438,7 @@ def test_remove_role_leaves_every_gradient_flag_as_it_was(tiny_llama):
         stack.add_role(role)
     assert stack.model.active_adapter == "sft"
     stack.remove_role("sft")  # the active adapter: PEFT activates another one, which flips its requires_grad
-    assert not any(p.requires_grad for role in stack.roles for p in stack.parameters(role))
+    assert not any(p.requires_grad for role in stack.roles for p in stack.role_parameters(role))
 
 
 def test_mode_context_managers_restore_the_mode_and_dropout(tiny_llama):

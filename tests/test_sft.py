@@ -35,7 +35,7 @@ def snapshot(stack: RoleStack, role: str | None = None) -> dict[str, torch.Tenso
             for n, p in stack.base_model.named_parameters()
             if "lora_" not in n
         }
-    return {str(i): p.detach().clone() for i, p in enumerate(stack.parameters(role))}
+    return {str(i): p.detach().clone() for i, p in enumerate(stack.role_parameters(role))}
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -77,12 +77,12 @@ def load_stack(folder: str) -> RoleStack:
 def test_sft_trains_only_its_adapter_and_writes_the_run_files(tiny_llama, demos, tmp_path):
     stack = load_stack(tiny_llama)
     stack.add_role("reward", LoraSettings(r=4))
-    torch.nn.init.normal_(stack.parameters("reward")[1])  # a non-zero B, so "unchanged" means something
+    torch.nn.init.normal_(stack.role_parameters("reward")[1])  # a non-zero B, so "unchanged" means something
     base, reward = snapshot(stack), snapshot(stack, "reward")
     out = tmp_path / "run"
     summary = train_sft(stack, sft_config(demos, max_steps=8), out)
     assert same(snapshot(stack), base) and same(snapshot(stack, "reward"), reward)
-    assert not all(p.requires_grad for p in stack.parameters("sft"))  # frozen again after the stage
+    assert not all(p.requires_grad for p in stack.role_parameters("sft"))  # frozen again after the stage
     assert summary["examples"] == 6 and summary["dropped"] == 0 and summary["truncated"] == 0
     rows = read_metrics(out / "metrics" / "sft.jsonl")
     train_rows = [r for r in rows if "split" not in r]
@@ -156,7 +156,7 @@ def test_nf4_base_stays_bit_identical_and_differentiable_through_held_out_evals(
         stack.model.train()
         with stack.use("sft"):
             (-stack.logprobs("sft", ids, mask).logprobs.mean()).backward()
-        grad = stack.parameters("sft")[0].grad.clone()
+        grad = stack.role_parameters("sft")[0].grad.clone()
         stack.model.zero_grad(set_to_none=True)
         return grad
 
@@ -174,7 +174,7 @@ def test_sft_loss_is_cross_entropy_on_the_response_tokens_only(tiny_llama, demos
     stack = load_stack(tiny_llama)
     stack.add_role("sft", LoraSettings(r=4, dropout=0.0))
     torch.manual_seed(0)
-    for p in stack.parameters("sft"):
+    for p in stack.role_parameters("sft"):
         torch.nn.init.normal_(p, std=0.05)
     examples, _ = load_sft_examples(DatasetSpec(str(demos)), stack.tokenizer, max_length=64)
     batch = collate_sft(examples[:4], stack.tokenizer.pad_token_id)  # right-padded, prompts of different lengths

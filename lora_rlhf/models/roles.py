@@ -212,7 +212,7 @@ class RoleStack(RoleOperations):
         for role, head in self.heads.items():
             head.requires_grad_(role in wanted)
 
-    def parameters(self, role: str) -> list[nn.Parameter]:
+    def role_parameters(self, role: str) -> list[nn.Parameter]:
         """The trainable tensors of `role`: its LoRA matrices and its head."""
         role = self.resolve(role)
         if role == BASE:
@@ -275,7 +275,7 @@ class RoleStack(RoleOperations):
         name = self.resolve(role)
         if name == BASE:
             raise LoraRlhfError("the bare base cannot be removed")
-        removed = {id(p) for p in self.parameters(name)}
+        removed = {id(p) for p in self.role_parameters(name)}
         grads = {
             p: flag for p, flag in self._grad_state().items() if id(p) not in removed
         }  # PEFT's set_adapter flips them
@@ -294,7 +294,7 @@ class RoleStack(RoleOperations):
 
     def adapter_nbytes(self, role: str) -> int:
         """Bytes held by `role`'s adapter and head (what adding it costs in memory)."""
-        return sum(p.numel() * p.element_size() for p in self.parameters(role))
+        return sum(p.numel() * p.element_size() for p in self.role_parameters(role))
 
     # -------------------------------------------------------------- internals
     def _attach(self, role: str, peft_config) -> None:

@@ -61,7 +61,7 @@ def build_optimizers(stack: RoleStack, optim: PPOOptimConfig, steps: int, accele
 
     def make(role: str, lr: float):
         optimizer = torch.optim.AdamW(
-            stack.parameters(role), lr=lr, betas=tuple(optim.adam_betas), weight_decay=optim.weight_decay
+            stack.role_parameters(role), lr=lr, betas=tuple(optim.adam_betas), weight_decay=optim.weight_decay
         )
         scheduler = get_scheduler(
             optim.scheduler, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=steps
@@ -154,8 +154,8 @@ def _minibatch(
     figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
     sent = 0
     for role, optimizer in (("policy", opt.policy), ("value", opt.value)):
-        sent += distributed.all_reduce_gradients(stack.parameters(role), average=True)
-        norm = _step(stack.parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
+        sent += distributed.all_reduce_gradients(stack.role_parameters(role), average=True)
+        norm = _step(stack.role_parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
         if norm is not None:
             figures[f"{role}_grad_norm"] = norm
     if distributed.world().size > 1:  # what this optimizer step sent through the all-reduce (issue 13)

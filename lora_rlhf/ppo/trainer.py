@@ -116,7 +116,7 @@ def train_ppo(
     setup_roles(stack, config)
     stack.set_trainable(*TRAINED)
     for role in TRAINED:
-        distributed.broadcast_parameters(stack.parameters(role))  # every process starts from the same roles
+        distributed.broadcast_parameters(stack.role_parameters(role))  # every process starts from the same roles
     optimizers = build_optimizers(
         stack, config.optim, config.steps, make_accelerator(config.optim.mixed_precision, stack.device)
     )
@@ -134,7 +134,7 @@ def train_ppo(
         metrics.close()
     stack.set_trainable()
     for role in TRAINED:
-        distributed.check_replicas(stack.parameters(role), f"ppo: {role}")
+        distributed.check_replicas(stack.role_parameters(role), f"ppo: {role}")
     for role in TRAINED if distributed.is_main() else ():
         stack.save_role(role, output_dir / "adapters" / role)
     summary = {"steps": config.steps, "prompts": len(prompts), "dropped": report.dropped}

@@ -100,7 +100,7 @@ def fit(
     here = distributed.world()
     torch.manual_seed(config.seed + here.rank)  # rank 0 draws as one process does; the others their own dropout
     stack.set_trainable(task.role)
-    distributed.broadcast_parameters(stack.parameters(task.role))  # every process starts from the same role
+    distributed.broadcast_parameters(stack.role_parameters(task.role))  # every process starts from the same role
     optimizer = torch.optim.AdamW(
         _param_groups(stack, task),
         lr=config.learning_rate,
@@ -155,7 +155,7 @@ def fit(
         progress.close()
         metrics.close()
         stack.set_trainable()
-    distributed.check_replicas(stack.parameters(task.role), f"{task.stage}: {task.role}")
+    distributed.check_replicas(stack.role_parameters(task.role), f"{task.stage}: {task.role}")
     return last
 
 
@@ -165,7 +165,7 @@ def check_finite_role(stack: RoleStack, role: str, stage: str, when: str) -> Non
     A diverged adapter must never be saved as finished (issue 12: `learning_rate: .inf` wrote an all-NaN
     adapter and exited 0); the PPO stage has its own guard (ppo/guard.py).
     """
-    params = [p.detach() for p in stack.parameters(role)]
+    params = [p.detach() for p in stack.role_parameters(role)]
     if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
         raise LoraRlhfError(
             f"{stage} stopped {when}: the {role} weights are not finite (NaN or inf); no adapter was saved "
@@ -180,7 +180,7 @@ def _param_groups(stack: RoleStack, task: Task) -> list[dict[str, Any]]:
     """
     head = list(stack.heads[task.role].parameters()) if task.role in stack.heads else []
     ids = {id(p) for p in head}
-    adapter = [p for p in stack.parameters(task.role) if id(p) not in ids]
+    adapter = [p for p in stack.role_parameters(task.role) if id(p) not in ids]
     if not head or task.head_learning_rate is None:
         return [{"params": adapter + head}]
     return [{"params": adapter}, {"params": head, "lr": task.head_learning_rate}]
@@ -199,10 +199,11 @@ def _optimizer_step(
     with stack.training(), stack.use(task.role):  # backward inside: checkpointed blocks recompute under this adapter
         for indices in group:
             rows.append(_micro_backward(stack, task, distributed.shard(indices), accelerator, len(group), step))
-    distributed.all_reduce_gradients(stack.parameters(task.role))
+    distributed.all_reduce_gradients(stack.role_parameters(task.role))
     stats = distributed.weighted_stats(rows, task.summed)
     if config.max_grad_norm > 0:
-        stats[-1]["grad_norm"] = float(accelerator.clip_grad_norm_(stack.parameters(task.role), config.max_grad_norm))
+        norm = accelerator.clip_grad_norm_(stack.role_parameters(task.role), config.max_grad_norm)
+        stats[-1]["grad_norm"] = float(norm)
         _check_finite(task.stage, step, "grad_norm", stats[-1]["grad_norm"])
     try:
         optimizer.step()

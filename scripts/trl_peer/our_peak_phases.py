@@ -188,7 +188,8 @@ def main() -> None:
                         optimize._value_backward(stack, part, opt, config, len(micros))
                 with phases.phase(it, "optimizer_steps"):
                     for role, optimizer in (("policy", opt.policy), ("value", opt.value)):
-                        optimize._step(stack.parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
+                        params = stack.role_parameters(role)
+                        optimize._step(params, optimizer, opt.accelerator, config.optim.max_grad_norm)
             if profiler:
                 profiler.__exit__(None, None, None)
                 profile_table = profiler.key_averages().table(sort_by="self_cpu_memory_usage", row_limit=15)
