@@ -294,7 +294,6 @@ def test_a_labeler_with_ties_gives_equal_gold_neighbours_one_rank():
     noisy = Labeler(disagreement=0.27, seed=3, judge=judge, ties=True)
     for _ in range(50):
         ranks = noisy.rank("p", ["a", "b", "c", "d", "e"])
-        assert ranks[0] == 0 or min(ranks) == 0
         assert sorted(set(ranks)) == list(range(len(set(ranks))))  # dense: 0..m-1, as rankings rows take
 
 

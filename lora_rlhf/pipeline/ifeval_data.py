@@ -10,17 +10,16 @@ a demonstration that a repair cannot make pass every instruction is not written.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 
 from lora_rlhf.config.recipe import DemoConfig
 from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.demo.datasets import write_jsonl
 from lora_rlhf.ifeval.checkers import check
 from lora_rlhf.ifeval.judge import TaskBook
 from lora_rlhf.ifeval.repair import repair
 from lora_rlhf.ifeval.tasks import InstructionTask, sample_tasks
-from lora_rlhf.io import atomic_file
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline.run_dir import RunDir
 
@@ -71,7 +70,7 @@ def write_task_data(demo: DemoConfig, run: RunDir, stack: RoleStack, files: dict
     if all(run.data(files[split]).exists() for split in _SPLITS) and run.data(TASKS_FILE).exists():
         return
     tasks = draw_tasks(demo)
-    _write_jsonl(run.data(TASKS_FILE), TaskBook([t for split in tasks.values() for t in split]).rows())
+    write_jsonl(run.data(TASKS_FILE), TaskBook([t for split in tasks.values() for t in split]).rows())
     for split, chosen in tasks.items():
         target = run.data(files[split])
         if target.exists():
@@ -80,7 +79,7 @@ def write_task_data(demo: DemoConfig, run: RunDir, stack: RoleStack, files: dict
             rows = demonstration_rows(stack, chosen, demo, as_prompt)
         else:
             rows = [{"prompt": as_prompt(t.prompt, demo.system_prompt)} for t in chosen]
-        _write_jsonl(target, rows)
+        write_jsonl(target, rows)
         logger.info("ifeval task: wrote %d rows to %s", len(rows), target)
 
 
@@ -118,9 +117,3 @@ def as_messages(text: str, system_prompt: str | None) -> list[dict[str, str]]:
 def gold_fn(run: RunDir):
     """IFEval's checkers, graded, on the run's generated prompts: (prompts, responses) -> scores in [0, 1]."""
     return TaskBook.read(run.data(TASKS_FILE)).gold_scores
-
-
-def _write_jsonl(path, rows: list[dict]) -> None:
-    with atomic_file(path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")

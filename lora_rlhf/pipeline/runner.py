@@ -124,9 +124,13 @@ def run_benchmarks(recipe: RecipeConfig, run: RunDir) -> StageResult:
         if run.has_role(role):
             stack.load_role(role, run.adapter(role))
     results = evaluate_benchmarks(stack, recipe.eval, run.path)
+    return StageResult("eval", "evaluated", time.perf_counter() - start, _ifeval_summary(results))
+
+
+def _ifeval_summary(results: dict[str, Any]) -> dict[str, float]:
+    """Each model's IFEval prompt-level loose accuracy, for the stage's summary line."""
     scores = results.get("ifeval", {}).get("accuracy", {})
-    summary = {f"ifeval_{name}_prompt_loose": s["prompt_loose"] for name, s in scores.items()}
-    return StageResult("eval", "evaluated", time.perf_counter() - start, summary)
+    return {f"ifeval_{name}_prompt_loose": s["prompt_loose"] for name, s in scores.items()}
 
 
 def _sft(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
@@ -183,10 +187,7 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
         "rm_accuracy_gold": results.get("rm_accuracy_gold"),
         "win_ppo_vs_sft": results.get("win_rate", {}).get("ppo_vs_sft"),
         "best_of_n_gold": results.get("best_of_n", {}).get("gold"),
-        **{
-            f"ifeval_{name}_prompt_loose": scores["prompt_loose"]
-            for name, scores in results.get("ifeval", {}).get("accuracy", {}).items()
-        },
+        **_ifeval_summary(results),
     }
     summary.update({k: v for k, v in picked.items() if v is not None})
     return "evaluated", summary
