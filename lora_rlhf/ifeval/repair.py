@@ -408,15 +408,12 @@ def fix_capital_words(text: str, kwargs: Mapping[str, Any], prompt: str) -> str:
 
 def _english_probability(text: str) -> float:
     """langdetect's probability (seeded) that `text` is English; capitals carry little evidence for it."""
-    from langdetect import detector_factory
     from langdetect.lang_detect_exception import LangDetectException
 
-    detector_factory.init_factory()
-    detector = detector_factory._factory.create()
-    detector.seed = 0
-    detector.append(text)
     try:
-        return next((lang.prob for lang in detector.get_probabilities() if lang.lang == "en"), 0.0)
+        return next(
+            (lang.prob for lang in checkers.seeded_detector(text).get_probabilities() if lang.lang == "en"), 0.0
+        )
     except LangDetectException:
         return 1.0
 
