@@ -16,7 +16,20 @@ from collections.abc import Sequence
 from lora_rlhf.errors import LoraRlhfError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("sft", "rm", "ppo", "pipeline", "eval", "generate", "serve", "merge", "push", "plan")
+COMMANDS = (
+    "sft",
+    "rm",
+    "ppo",
+    "dpo",
+    "pipeline",
+    "eval",
+    "generate",
+    "serve",
+    "merge",
+    "export_reward",
+    "push",
+    "plan",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
