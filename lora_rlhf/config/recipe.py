@@ -2,7 +2,7 @@
 
     model:  the one base (BaseModelConfig)
     demo:   the embedded instruction-following task and its programmatic labeler (off for real data)
-    sft / rm / ppo / eval:  the stages' own configs
+    sft / rm / ppo / dpo / eval:  the stages' own configs (dpo runs in the pipeline only when dpo.enabled)
 
 `lora-rlhf pipeline` with no arguments runs recipes/demo.yaml, shipped inside the package.
 """
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from lora_rlhf.config.loader import build, merge, parse_overrides, to_dict
+from lora_rlhf.dpo.config import DPOConfig
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.eval.config import EvalConfig
 from lora_rlhf.models.base import BaseModelConfig
@@ -107,6 +108,8 @@ class RecipeConfig:
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
     rm: RMConfig = dataclasses.field(default_factory=RMConfig)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    # DPO on the same rankings as the RM, its unset data keys the rm section's (lora_rlhf/dpo, docs/dpo.md).
+    dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     # Experiment trackers that also receive every metrics row, on the main process (accelerate's: tensorboard,
     # wandb, trackio, mlflow, ...; lora_rlhf.tracking). Empty: metrics/*.jsonl only.
@@ -118,6 +121,15 @@ class RecipeConfig:
             raise LoraRlhfError(
                 f"demo.ties: true writes tied ranks, which rm.ties: {self.rm.ties!r} refuses (set rm.ties: skip_pairs)"
             )
+        if self.demo.enabled and self.demo.ties and self.dpo.enabled and self.dpo.ties == "error":
+            raise LoraRlhfError(
+                "demo.ties: true writes tied ranks, which dpo.ties: 'error' refuses (set dpo.ties: null)"
+            )
+
+    @property
+    def resolved_dpo(self) -> DPOConfig:
+        """The dpo section with its unset data keys taken from the rm section (DPO trains on the RM's rankings)."""
+        return self.dpo.resolved(self.rm)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -29,10 +29,10 @@ from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.io import atomic_file
 from lora_rlhf.train.checkpoint import list_checkpoints
 
-# The roles each stage produces.
-STAGE_ROLES = {"sft": ("sft",), "rm": ("reward",), "ppo": ("policy", "value")}
+# The roles each stage produces (dpo: the DPO policy, an LM adapter like policy; docs/dpo.md).
+STAGE_ROLES = {"sft": ("sft",), "rm": ("reward",), "ppo": ("policy", "value"), "dpo": ("dpo",)}
 # The recipe section each stage reads.
-_STAGE_SECTIONS = {"sft": "sft", "rm": "rm", "ppo": "ppo"}
+_STAGE_SECTIONS = {"sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "dpo"}
 
 
 class RunDir:

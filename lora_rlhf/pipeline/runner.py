@@ -1,5 +1,8 @@
 """Run stages of a recipe on ONE role stack: sft -> rm -> ppo -> eval, loading earlier roles from the run dir.
 
+DPO (lora_rlhf/dpo, docs/dpo.md) is a stage of its own, `lora-rlhf dpo`; the pipeline runs it after ppo (before
+eval) only when the recipe's `dpo.enabled` is true, so a recipe without it runs as before.
+
 Under `accelerate launch` every process runs these stages on its own stack (issue 13); the main process
 alone writes the run directory (recipe, demo data, then what each stage writes), and the others wait at a
 barrier wherever they are about to read what it wrote.
@@ -26,7 +29,7 @@ from lora_rlhf.train import distributed
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("sft", "rm", "ppo", "eval")
+STAGES = ("sft", "rm", "ppo", "dpo", "eval")
 # The stage that produces each role, for "run it first" messages.
 PRODUCER = {role: stage for stage, roles in STAGE_ROLES.items() for role in roles}
 
@@ -99,7 +102,11 @@ def ensure_role(stack: RoleStack, run: RunDir, role: str) -> None:
 def run_stages(
     recipe: RecipeConfig, run: RunDir, stages: Sequence[str], *, resume: bool = False, stack: RoleStack | None = None
 ) -> list[StageResult]:
-    """Run `stages` in order on one stack; finished stages are skipped (their roles are loaded instead)."""
+    """Run `stages` in order on one stack; finished stages are skipped (their roles are loaded instead).
+
+    A whole pipeline (sft ... eval) gets the dpo stage before eval when the recipe enables it (`with_dpo`).
+    """
+    stages = with_dpo(recipe, stages)
     if stack is None:
         check_data(recipe, run, stages)  # a bad local file fails before the model load, not after
         stack = load_stack(recipe)
@@ -112,6 +119,15 @@ def run_stages(
         if stage != "eval":
             distributed.barrier()  # the main process has written the stage's adapters for the next one to read
     return results
+
+
+def with_dpo(recipe: RecipeConfig, stages: Sequence[str]) -> tuple[str, ...]:
+    """`stages` with "dpo" before "eval" when they are a pipeline (sft through eval) and `dpo.enabled` is set."""
+    stages = tuple(stages)
+    if not recipe.dpo.enabled or "dpo" in stages or not {"sft", "eval"} <= set(stages):
+        return stages
+    at = stages.index("eval")
+    return (*stages[:at], "dpo", *stages[at:])
 
 
 def run_benchmarks(recipe: RecipeConfig, run: RunDir) -> StageResult:
@@ -169,6 +185,18 @@ def _ppo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> t
     return "trained", train_ppo(stack, recipe.ppo, run.path, resume=resume, gold_fn=gold_fn, report_to=recipe.report_to)
 
 
+def _dpo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
+    from lora_rlhf.dpo.trainer import train_dpo
+
+    if not run.check_can_train("dpo", resume=resume):
+        ensure_role(stack, run, "dpo")
+        return "skipped", {}
+    ensure_role(stack, run, "sft")  # the policy's start and the frozen reference
+    _write_demo_data(recipe, run, rankings_from=stack)  # the RM's rankings (already there when rm ran)
+    config = recipe.resolved_dpo
+    return "trained", train_dpo(stack, config, run.path, resume=resume, report_to=recipe.report_to)
+
+
 def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
     from lora_rlhf.data.prompts import load_prompts
     from lora_rlhf.eval.run import evaluate
@@ -209,4 +237,4 @@ def _write_demo_data(
     distributed.barrier()
 
 
-_RUNNERS = {"sft": _sft, "rm": _rm, "ppo": _ppo, "eval": _eval}
+_RUNNERS = {"sft": _sft, "rm": _rm, "ppo": _ppo, "dpo": _dpo, "eval": _eval}

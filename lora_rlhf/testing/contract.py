@@ -42,3 +42,22 @@ def check_run_directory(run: Path) -> None:
     report = (run / "report.md").read_text()
     assert "win" in report.lower() and "](plots/" in report
     assert {p.name for p in (run / "plots").glob("*.png")} >= {"ppo.png", "win_rate.png", "gold.png", "stages.png"}
+
+
+# The DPO stage's figures (docs/dpo.md): TRL's names for the implicit rewards.
+REQUIRED_DPO = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
+
+
+def check_dpo_artifacts(run: Path) -> None:
+    """Assert that `run` holds what a finished dpo stage writes: adapters/dpo/ (a plain PEFT folder, no head),
+    metrics/dpo.jsonl with REQUIRED_DPO on train and held-out rows, and checkpoints/dpo/."""
+    folder = run / "adapters" / "dpo"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+        assert (folder / name).is_file(), name
+    assert not (folder / "head.safetensors").exists()
+    rows = read_metrics(run / "metrics" / "dpo.jsonl")
+    assert all(list(r)[0] == "step" for r in rows)
+    for split in ("train", "eval"):
+        last = [r for r in rows if r.get("split", "train") == split][-1]
+        assert REQUIRED_DPO <= set(last), (split, REQUIRED_DPO - set(last))
+    assert any((run / "checkpoints" / "dpo").iterdir())
