@@ -110,3 +110,29 @@ def test_serve_lists_and_answers_with_the_dpo_role(dpo_run):
         assert "dpo" in {m.id for m in client.models.list().data}
         answer = client.completions.create(model="dpo", prompt="sort the numbers", max_tokens=6, temperature=0)
     assert answer.choices[0].text == expected
+
+
+@pytest.mark.slow
+def test_two_processes_train_dpo_as_one_process_does(tmp_path):
+    """The data-parallel path of issue 13 (accelerate launch, gloo): the same dpo adapter and figures."""
+    import shutil
+
+    from test_distributed import _assert_same_adapter, _launch_two
+
+    from lora_rlhf.metrics import read_metrics
+
+    # No dropout (two runs would draw other masks) and a high rate, so half a batch's gradient would show.
+    overrides = [*DPO, "sft.lora.dropout=0", "dpo.train.learning_rate=0.01"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["sft", "--config", TINY, "--output-dir", str(one), *overrides]) == 0
+    shutil.copytree(one, two)
+    assert main(["dpo", "--config", TINY, "--output-dir", str(one), *overrides]) == 0
+    for name in ("rankings.jsonl", "eval_rankings.jsonl"):  # the same labelled data for both
+        shutil.copy(one / "data" / name, two / "data" / name)
+    _launch_two("dpo", "--config", TINY, "--output-dir", str(two), *overrides)
+    check_dpo_artifacts(two)
+    _assert_same_adapter(one / "adapters" / "dpo", two / "adapters" / "dpo")
+    rows = [read_metrics(run / "metrics" / "dpo.jsonl") for run in (one, two)]
+    assert [r["step"] for r in rows[1]] == [r["step"] for r in rows[0]]
+    for r1, r2 in zip(*rows):
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
