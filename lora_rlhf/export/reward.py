@@ -191,7 +191,7 @@ def _modules_to_save(model, placement: BiasPlacement) -> list[str]:
 def with_reward_lora(model, adapter: Path, base_name: str, modules_to_save: list[str]):
     """`model` wrapped as a SEQ_CLS PeftModel holding the reward LoRA weights of `adapter`, and
     `modules_to_save` (their current weights, the head's) saved beside them."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     config = LoraConfig.from_pretrained(str(adapter))
@@ -200,11 +200,16 @@ def with_reward_lora(model, adapter: Path, base_name: str, modules_to_save: list
     config.base_model_name_or_path = base_name
     config.inference_mode = True
     peft_model = get_peft_model(model, config)
-    state = load_file(str(adapter / ADAPTER_WEIGHTS))
-    result = set_peft_model_state_dict(peft_model, state)
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if missing:
-        raise LoraRlhfError(f"{adapter} does not fit {type(model).__name__}: no weight for {missing[0]}")
+    saved = load_file(str(adapter / ADAPTER_WEIGHTS))
+    # The full state holds the LoRA matrices (fresh here) and the modules_to_save copies (the head, as installed):
+    # the saved LoRA matrices replace the fresh ones, every one of them, or the export stops.
+    state = get_peft_model_state_dict(peft_model)
+    missing = sorted(k for k in state if "lora_" in k and k not in saved)
+    if missing or set(saved) - set(state):
+        first = missing[0] if missing else sorted(set(saved) - set(state))[0]
+        raise LoraRlhfError(f"{adapter} does not fit {type(model).__name__}: {first} has no counterpart")
+    state.update(saved)
+    set_peft_model_state_dict(peft_model, state)
     return peft_model.eval()
 
 
