@@ -162,3 +162,24 @@ def _examples(stack, rankings):
     from lora_rlhf.data.rankings import load_ranking_examples
 
     return load_ranking_examples(rankings, stack.tokenizer, 48)[0]
+
+
+def test_a_diverging_dpo_stops_with_one_line_and_saves_no_adapter(tiny_llama, rankings, tmp_path):
+    config = dpo_config(rankings, learning_rate=1e30, max_steps=4, max_grad_norm=0.0)
+    with pytest.raises(LoraRlhfError, match=r"^dpo stopped at step \d+: .* not finite"):
+        train_dpo(load_stack(tiny_llama), config, tmp_path / "run")
+    assert not (tmp_path / "run" / "adapters" / "dpo").exists()
+
+
+def test_ties_and_bad_rows_are_read_as_the_rm_stage_reads_them(tiny_llama, tmp_path):
+    rows = marker_rankings(12) + [
+        {"prompt": "say something", "responses": ["great great", "great", "dog"], "ranks": [0, 1, 1]},  # a tie
+        {"prompt": "say something", "responses": ["a", "b", "c"], "ranks": [0, 1, 3]},  # not a permutation
+    ]
+    config = dpo_config(write_jsonl(tmp_path / "tied.jsonl", rows), max_steps=1)
+    config.eval_fraction = 0.0
+    with pytest.raises(LoraRlhfError, match=r"tied\.jsonl, line 13: field 'ranks' \[0, 1, 1\] has ties"):
+        train_dpo(load_stack(tiny_llama), config, tmp_path / "strict")
+    config.ties, config.on_bad_row = "skip_pairs", "skip"
+    summary = train_dpo(load_stack(tiny_llama), config, tmp_path / "run")
+    assert summary["prompts"] == 13 and summary["dropped"] == 1  # the tied row kept, its tied pair no comparison
