@@ -168,7 +168,11 @@ _HEAD_TEXT = {
         "## Scoring without lora_rlhf\n\n"
         "The reward is `head.safetensors` applied to the backbone's last hidden state at each row's last "
         "non-pad token (`lora-rlhf rm` set its bias so the demonstrations score 0 on average). The input is "
-        "the prompt (through the chat template, if the tokenizer has one), the response and EOS."
+        "the prompt (through the chat template, if the tokenizer has one), the response and EOS.\n\n"
+        'As a standard checkpoint — `AutoModelForSequenceClassification`, `pipeline("text-classification", '
+        'function_to_apply="none")`, or the `reward_funcs` of TRL\'s GRPO/RLOO trainers — export it with '
+        "`lora-rlhf export-reward RUN_DIR -o OUT` (add `--peft-adapter` for a SEQ_CLS PEFT adapter too); the "
+        "exported folder's card shows each way to load it (docs/reward_export.md)."
     ),
     "value": (
         "## Values without lora_rlhf\n\n"
