@@ -87,7 +87,11 @@ def export_reward(
 
     checkpoint = resolve_model_name(found.base)
     model = load_sequence_classifier(
-        checkpoint, DTYPES[dtype], revision=found.revision, trust_remote_code=trust_remote_code
+        checkpoint,
+        DTYPES[dtype],
+        revision=found.revision,
+        trust_remote_code=trust_remote_code,
+        gguf_file=found.gguf_file,
     )
     check_adapter_folder(found.adapter, model, found.base)  # one line naming a module that does not fit
     tokenizer = _reward_tokenizer(checkpoint, found, model, peft_adapter, trust_remote_code)
@@ -159,7 +163,7 @@ def _reward_tokenizer(checkpoint: str, found: RewardSource, model, peft_adapter:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            checkpoint, revision=found.revision, trust_remote_code=trust_remote_code
+            checkpoint, revision=found.revision, trust_remote_code=trust_remote_code, gguf_file=found.gguf_file
         )
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

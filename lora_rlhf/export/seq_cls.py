@@ -61,7 +61,9 @@ def sequence_classification_class(config) -> type:
     return getattr(transformers, name)
 
 
-def load_sequence_classifier(source: str, dtype: torch.dtype, *, revision: str | None, trust_remote_code: bool):
+def load_sequence_classifier(
+    source: str, dtype: torch.dtype, *, revision: str | None, trust_remote_code: bool, gguf_file: str | None = None
+):
     """`source` (a causal LM checkpoint) loaded unquantized in `dtype` as its `*ForSequenceClassification`.
 
     The backbone's weights come from the checkpoint (the LM head is left out) and `score` (1 label) is
@@ -72,7 +74,9 @@ def load_sequence_classifier(source: str, dtype: torch.dtype, *, revision: str |
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code, gguf_file=gguf_file
+        )
     except (OSError, ValueError) as exc:
         raise LoraRlhfError(f"could not load the config of base model {source!r}: {_first_line(exc)}") from exc
     cls = sequence_classification_class(config)
@@ -81,7 +85,12 @@ def load_sequence_classifier(source: str, dtype: torch.dtype, *, revision: str |
     transformers_logger.setLevel(logging.ERROR)  # "score.weight newly initialized": it is set from the head next
     try:
         model = cls.from_pretrained(
-            source, num_labels=1, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code
+            source,
+            num_labels=1,
+            dtype=dtype,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            gguf_file=gguf_file,
         )
     except (OSError, ValueError) as exc:
         raise LoraRlhfError(f"could not load base model {source!r}: {_first_line(exc)}") from exc
