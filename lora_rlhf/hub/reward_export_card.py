@@ -102,10 +102,18 @@ def reward_export_card(
     peft_subfolder: str | None,
     model_line: str = LOCAL_MODEL,
 ) -> str:
-    """README.md of an exported reward model; `bias` is the export's BiasPlacement (where, value)."""
+    """README.md of an exported reward model; `bias` is the export's BiasPlacement (where, value).
+
+    `base_model` as the run names it: a built-in name becomes its Hub id, a local folder is left out of the
+    front matter (the Hub indexes ids only).
+    """
+    from lora_rlhf.hub.card import hub_base_model
+
+    hub_id = hub_base_model(base_model)
+    base_model = hub_id or base_model
     lines = [
         "---",
-        f"base_model: {base_model}",
+        *([f"base_model: {hub_id}"] if hub_id else []),
         "library_name: transformers",
         "pipeline_tag: text-classification",
         "tags: [reward-model, rlhf, instructgpt, lora_rlhf]",
