@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 Messages = list[dict[str, str]]
 Prompt = str | Messages
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -38,3 +40,17 @@ def split_messages(messages: Sequence[Mapping[str, Any]]) -> tuple[Messages, str
     if last.get("role") != "assistant":
         raise ValueError(f"the last message's role is {last.get('role')!r}, expected 'assistant'")
     return [dict(m) for m in messages[:-1]], str(last.get("content", ""))
+
+
+def hh_messages(text: str) -> Prompt:
+    """An Anthropic-style transcript ending in an open assistant turn -> chat messages.
+
+    "\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:" (hh-rlhf's shared prefix, or Nectar's prompt, which
+    ends "Assistant: ") becomes user/assistant/user turns; text that does not parse so is returned as it is.
+    """
+    body = text.rstrip().removesuffix("\n\nAssistant:").lstrip("\n")
+    parts = _HH_TURN.split("\n\n" + body + "\n\n")
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    return messages if messages and messages[-1]["role"] == "user" else text

@@ -11,16 +11,14 @@ the messages before the response):
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from lora_rlhf.data.chat import Prompt, render_prompt
+from lora_rlhf.data.chat import Prompt, hh_messages, render_prompt
 from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, parse_rows, prompt_field, text_field
 from lora_rlhf.data.sources import DatasetSpec, load_rows
 
 Ties = Literal["error", "skip_pairs"]
-_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
 @dataclasses.dataclass
@@ -160,16 +158,7 @@ def split_transcripts(chosen: str, rejected: str) -> tuple[Prompt, str, str]:
     prompt_text, answer_chosen, answer_rejected = chosen[:cut], chosen[cut:].strip(), rejected[cut:].strip()
     if not answer_chosen or not answer_rejected:
         raise BadRow("field 'chosen' or 'rejected' has an empty final response")
-    return _hh_messages(prompt_text), answer_chosen, answer_rejected
-
-
-def _hh_messages(text: str) -> Prompt:
-    """ "\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:" -> chat messages (last turn open)."""
-    parts = _HH_TURN.split("\n\n" + text.removesuffix("\n\nAssistant:").lstrip("\n") + "\n\n")
-    messages = []
-    for speaker, content in zip(parts[1::2], parts[2::2]):
-        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
-    return messages if messages and messages[-1]["role"] == "user" else text
+    return hh_messages(prompt_text), answer_chosen, answer_rejected
 
 
 def encode_ranking(ranking: Ranking, tokenizer, max_length: int) -> RankingExample:

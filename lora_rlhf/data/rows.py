@@ -118,6 +118,8 @@ def parse_rows(
     for index, row in enumerate(rows):
         report.rows += 1
         try:
+            if isinstance(row, BadRow):  # a format reader's verdict on the row it was made from
+                raise row
             parsed.append(parse(row))
         except BadRow as exc:
             if on_bad_row == "error":

@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lora_rlhf.data import formats
+from lora_rlhf.data.formats.options import Format, OasstOptions, UltraFeedbackOptions
+from lora_rlhf.data.rows import BadRow
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.validation import check_positive_ints
 
@@ -27,8 +30,16 @@ class DatasetSpec:
     name: str | None = None
     # Hub subfolder of data files (e.g. "harmless-base" in Anthropic/hh-rlhf).
     data_dir: str | None = None
-    # Use at most this many rows (None: all), taken before the held-out split.
+    # Use at most this many rows (None: all), taken before the held-out split; for the formats read as rankings
+    # (below) it counts the rankings made, not the rows read.
     max_rows: int | None = None
+    # Row format: "auto" (detect from the first row, and log the choice), "rankings" (the project's own rows), or
+    # a public preference format read as rankings: "oasst_trees", "oasst_messages", "ultrafeedback", "nectar".
+    format: Format = "auto"
+    # Open Assistant filters (formats oasst_trees and oasst_messages).
+    oasst: OasstOptions = dataclasses.field(default_factory=OasstOptions)
+    # UltraFeedback's score that orders the completions (format ultrafeedback).
+    ultrafeedback: UltraFeedbackOptions = dataclasses.field(default_factory=UltraFeedbackOptions)
 
     def __post_init__(self) -> None:
         check_positive_ints(self, ("max_rows",), nullable=True)
@@ -42,9 +53,10 @@ def is_local(path: str) -> bool:
 
 
 class LocalRows(list):
-    """Rows of a local JSON file, each with where it sits (`line 3`, or `row 3` of a JSON array)."""
+    """Rows of a local JSON file, each with where it sits (`line 3`, or `row 3` of a JSON array); also the
+    rankings made from a preference format's rows, where a source row that could not be read is its BadRow."""
 
-    def __init__(self, rows: list[dict[str, Any]], places: list[str]) -> None:
+    def __init__(self, rows: list[dict[str, Any] | BadRow], places: list[str]) -> None:
         super().__init__(rows)
         self.places = places
 
@@ -57,10 +69,20 @@ def load_rows(spec: DatasetSpec):
 
     Local JSON is read here, line by line, rather than by `datasets`: Arrow types each column from the
     first rows, so one bad row re-types it and the error blames row 0, and a bad byte or a cut line
-    comes back as a traceback without a line number (issue 12).
+    comes back as a traceback without a line number (issue 12). Rows of a public preference format come
+    back as rankings rows, each naming the row it was made from (`_as_rankings`).
     """
     if not spec.path:
         raise LoraRlhfError("dataset path is empty: give a .json, .jsonl or .parquet file or a Hub dataset id")
+    rows = _as_rankings(_read(spec), spec)
+    if spec.max_rows is None:
+        return rows
+    if isinstance(rows, LocalRows):
+        return LocalRows(rows[: spec.max_rows], rows.places[: spec.max_rows])
+    return rows.select(range(min(spec.max_rows, len(rows))))
+
+
+def _read(spec: DatasetSpec):
     if is_local(spec.path):
         path = Path(os.path.expanduser(spec.path))
         if path.is_dir():
@@ -71,14 +93,26 @@ def load_rows(spec: DatasetSpec):
         if builder is None:
             raise LoraRlhfError(f"dataset file {spec.path!r}: expected a .json, .jsonl or .parquet file")
         if builder == "json":
-            rows = _select_split(read_json_rows(path, spec.path), spec)
-            if spec.max_rows is not None:
-                rows = LocalRows(rows[: spec.max_rows], rows.places[: spec.max_rows])
-            return rows
-    rows = _load_dataset(spec)
-    if spec.max_rows is not None:
-        rows = rows.select(range(min(spec.max_rows, len(rows))))
-    return rows
+            return _select_split(read_json_rows(path, spec.path), spec)
+    return _load_dataset(spec)
+
+
+def _as_rankings(rows, spec: DatasetSpec):
+    """Rows of an OASST, UltraFeedback or Nectar spec -> rankings rows, each placed at the row it came from
+    (`line 3 (replies to message 'm1')`); a row a reader could not use stays as its BadRow, which `parse_rows`
+    reports (or skips) like any bad row. Rows of the rankings format come back as they are."""
+    chosen, items = formats.convert(rows, spec.format, spec, spec.display())
+    if chosen == "rankings":
+        return rows
+    place = getattr(rows, "place", lambda index: f"row {index}")
+    converted = LocalRows(
+        [item for _, _, item in items], [f"{place(i)} ({note})" if note else place(i) for i, note, _ in items]
+    )
+    if not converted:
+        raise LoraRlhfError(
+            f"dataset {spec.display()!r}: its {chosen} rows give no ranking (see the log for what was left out)"
+        )
+    return converted
 
 
 def read_json_rows(path: Path, shown: str) -> LocalRows:
