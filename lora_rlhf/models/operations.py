@@ -251,6 +251,7 @@ class RoleOperations:
         *,
         temperature: float = 1.0,
         with_reward: bool = True,
+        with_value: bool = True,
     ) -> dict[str, torch.Tensor] | None:
         """(B, P + A) rollout rows -> {"ref_logprobs": (B, A), "values": (B, A), "scores": (B,)} in ONE forward:
         what `response_logprobs("reference")`, `response_values` and `response_rewards` give, up to float rounding.
@@ -260,9 +261,10 @@ class RoleOperations:
         times, and each layer's fixed cost is paid once. None where this cannot run, and the caller makes the
         passes one role at a time: prompts that repeat (each role's pass then encodes each prompt once, which
         saves more), a model whose logits need its own forward, or adapters the per-row path cannot apply.
+        Without `with_value` (critic-free PPO, issue 27) the value role is not stacked and "values" not returned.
         """
         p, b = prompt_width, input_ids.shape[0]
-        roles = ["reference", "value"] + (["reward"] if with_reward else [])
+        roles = ["reference"] + (["value"] if with_value else []) + (["reward"] if with_reward else [])
         if not self.chunked_logits or self._shared_prompts(input_ids, attention_mask, p) is not None:
             return None
         per_row = [BASE_ROW if (n := self.resolve(r)) == BASE else n for r in roles for _ in range(b)]
@@ -272,9 +274,11 @@ class RoleOperations:
         with row_adapters.applied(per_row):
             hidden = self.hidden_states(input_ids.repeat(len(roles), 1), attention_mask.repeat(len(roles), 1))
         reference = token_logprobs(hidden[:b, p - 1 : -1], input_ids[:, p:], self.projection, temperature=temperature)
-        out = {"ref_logprobs": reference.logprobs, "values": self.head("value")(hidden[b : 2 * b])[:, p - 1 : -1]}
+        out = {"ref_logprobs": reference.logprobs}
+        if with_value:
+            out["values"] = self.head("value")(hidden[b : 2 * b])[:, p - 1 : -1]
         if with_reward:
-            out["scores"] = gather_last(self.head("reward")(hidden[2 * b :]), attention_mask)
+            out["scores"] = gather_last(self.head("reward")(hidden[(len(roles) - 1) * b :]), attention_mask)
         return out
 
     def _shared_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int):

@@ -56,7 +56,8 @@ class RunDir:
         return (self.adapter(role) / "adapter_config.json").is_file()
 
     def finished(self, stage: str) -> bool:
-        return all(self.has_role(role) for role in STAGE_ROLES[stage])
+        # A critic-free ppo (ppo.advantage rloo / grpo, issue 27) writes no value adapter; ppo writes policy last.
+        return all(self.has_role(role) for role in STAGE_ROLES[stage] if role != "value")
 
     def interrupted(self, stage: str) -> bool:
         """Not finished, with a checkpoint (folders of interrupted checkpoint writes and PPO guard stops do not

@@ -176,7 +176,8 @@ def _ppo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> t
 
     if not run.check_can_train("ppo", resume=resume):
         for role in STAGE_ROLES["ppo"]:
-            ensure_role(stack, run, role)
+            if role != "value" or run.has_role(role):  # no value adapter after a critic-free run (issue 27)
+                ensure_role(stack, run, role)
         return "skipped", {}
     ensure_role(stack, run, "sft")
     ensure_role(stack, run, "reward")

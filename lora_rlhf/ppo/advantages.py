@@ -1,4 +1,5 @@
-"""From per-token rewards to PPO's training targets: GAE advantages and returns, and their whitening.
+"""From per-token rewards to PPO's training targets: GAE advantages and returns, the critic-free group
+estimators RLOO and GRPO (issue 27, docs/critic_free.md), and whitening.
 
 Every per-token tensor is (B, A): A response positions, position t holding the t-th response token, and
 `mask` 1 on real response tokens, 0 on padding (a prefix of 1s in each row; an all-zero row gives zeros,
@@ -11,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from lora_rlhf.ppo.rewards import leave_one_out_baseline
 from lora_rlhf.ppo.stats import masked_mean, masked_var, zero_padding
 from lora_rlhf.train import distributed
 
@@ -79,3 +81,61 @@ def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: 
     advantages = torch.stack(reversed_advantages[::-1], dim=1)
     returns = (advantages + values) * mask  # R_t = Â_t + V(s_t), the value target (TD(λ) return)
     return Advantages(advantages, returns)
+
+
+def sequence_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, A) per-token rewards -> (B,) each response's undiscounted return Σ_t r_t (γ = 1).
+
+    With penalized_rewards' r_t this is r_θ(x, y) − β · Σ_t KL_t: InstructGPT eq. 2's objective for one sample,
+    the quantity TRL's RLOOTrainer baselines (its score − β · the summed k1 KL).
+    """
+    return zero_padding(rewards, mask).sum(dim=1)
+
+
+def rloo_advantages(returns: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE Leave-One-Out (Ahmadian et al. 2024, arXiv:2402.14740, eq. 6; Kool et al. 2019).
+
+        A_i = R_i − 1/(k−1) · Σ_{j≠i} R_j
+
+    Args:
+        returns: (B,) each sample's whole return; B/k groups of k consecutive rows, one prompt's samples.
+        group_size: k >= 2.
+    Returns: (B,) A_i; each group's advantages sum to 0.
+    """
+    return leave_one_out_baseline(returns, group_size)
+
+
+def grpo_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's outcome-supervised advantage (Shao et al. 2024, arXiv:2402.03300, §4.1.2).
+
+        A_i = (r_i − mean_j r_j) / (std_j r_j + eps)      over the k samples j of the prompt
+
+    std is unbiased (Bessel), eps added to it, as TRL's GRPOTrainer (scale_rewards="group") computes it, so a
+    group of equal scores gets 0, not NaN.
+
+    Args:
+        scores: (B,) reward-model scores; B/k groups of k consecutive rows, one prompt's samples.
+        group_size: k >= 2.
+    Returns: (B,) A_i.
+    """
+    if group_size < 2 or scores.shape[0] % group_size:
+        raise ValueError(f"grpo_advantages: {scores.shape[0]} scores are not groups of >= 2 ({group_size})")
+    groups = scores.view(-1, group_size)
+    mean = groups.mean(dim=1, keepdim=True)
+    std = groups.std(dim=1, keepdim=True, unbiased=True)
+    return ((groups - mean) / (std + eps)).view(-1)
+
+
+def per_token(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) one advantage per sample -> (B, A): the same value at every response token, 0 on padding.
+
+    Both RLOO (the whole response is one action) and GRPO's outcome supervision ("Â_{i,t} = r̃_i for every
+    token t") give each token of a response the response's advantage.
+    """
+    return zero_padding(advantages.unsqueeze(1).expand(mask.shape), mask)
+
+
+def zero_std_fraction(scores: torch.Tensor, group_size: int) -> float:
+    """(B,) scores -> the share of prompts whose k samples all scored the same (no signal for rloo / grpo)."""
+    groups = scores.view(-1, group_size)
+    return (groups.max(dim=1).values == groups.min(dim=1).values).float().mean().item()

@@ -4,7 +4,8 @@
       prompts, max_prompt_length, on_bad_row       what to roll out on
       steps, rollout_batch_size, mini_batch_size,  batch geometry
         micro_batch_size, ppo_epochs
-      value_init                                   how the value role starts
+      advantage                                    gae (value role, the paper) or critic-free rloo / grpo
+      value_init                                   how the value role starts (gae only)
       sampling:  SamplingConfig                    how rollouts sample from the policy
       rewards:   RewardsConfig                     eq. 2's reward (KL penalty, its β, score shaping) and GAE
       optim:     PPOOptimConfig                    AdamW per role, schedule, clip ranges
@@ -30,6 +31,10 @@ from lora_rlhf.validation import check_positive_ints
 KLControl = Literal["fixed", "adaptive"]
 KLEstimator = Literal["k1", "k3"]
 ScoreBaseline = Literal["none", "prompt_mean"]
+# How a sample's advantage is estimated (issue 27, docs/critic_free.md): "gae" from a trained value role (the
+# paper); "rloo" and "grpo" from the other samples of the same prompt, with no value role at all.
+AdvantageEstimator = Literal["gae", "rloo", "grpo"]
+CRITIC_FREE = ("rloo", "grpo")
 
 
 def _check_rules(config: Any, rules: Iterable[tuple[str, bool, str]]) -> None:
@@ -99,8 +104,9 @@ class RewardsConfig:
     gamma: float = 1.0
     # GAE lambda (Schulman et al. 2016; the common 0.95).
     lam: float = 0.95
-    # Whiten advantages over valid tokens of the rollout.
-    whiten_advantages: bool = True
+    # Whiten advantages over valid tokens of the rollout. null: true for gae and rloo, false for grpo, whose
+    # advantages are already normalised within each prompt's group (Shao et al. 2024 §4.1.2).
+    whiten_advantages: bool | None = None
 
     def __post_init__(self) -> None:
         check_positive_ints(self, ("kl_horizon",))
@@ -245,7 +251,11 @@ class PPOConfig:
     max_prompt_length: int = 256
     # Unusable prompt rows: "error", or "skip" and count them.
     on_bad_row: OnBadRow = "error"
-    # Value role init: a copy of the reward role, head included (the paper), or a fresh adapter and head.
+    # "gae": advantages from a trained value role by GAE (the paper). "rloo" (Ahmadian et al. 2024) and "grpo"
+    # (Shao et al. 2024): critic-free, each sample's advantage from the other samples of its prompt, so there is no
+    # value adapter, no value pass and no value optimizer (docs/critic_free.md). Both need samples_per_prompt >= 2.
+    advantage: AdvantageEstimator = "gae"
+    # Value role init (gae only): a copy of the reward role, head included (the paper), or a fresh adapter and head.
     value_init: Literal["reward", "fresh"] = "reward"
 
     # How rollouts sample (ppo.sampling).
@@ -289,6 +299,7 @@ class PPOConfig:
                 f"rollout_batch_size: {self.rollout_batch_size}{samples} "
                 f"must be a multiple of mini_batch_size ({self.mini_batch_size})"
             )
+        self._check_advantage()
         if self.rewards.score_baseline == "prompt_mean" and self.samples_per_prompt < 2:
             raise LoraRlhfError(
                 f"samples_per_prompt: {self.samples_per_prompt} must be >= 2 with rewards.score_baseline "
@@ -299,6 +310,40 @@ class PPOConfig:
                 f"mini_batch_size: {self.mini_batch_size} "
                 f"must be a multiple of micro_batch_size ({self.micro_batch_size})"
             )
+
+    def _check_advantage(self) -> None:
+        """Refuse what a critic-free estimator cannot honour; resolve whiten_advantages' null by the estimator."""
+        rewards = self.rewards
+        if rewards.whiten_advantages is None:
+            rewards.whiten_advantages = self.advantage != "grpo"
+        if not self.critic_free:
+            return
+        why = f"with advantage {self.advantage!r}"
+        if self.samples_per_prompt < 2:
+            raise LoraRlhfError(
+                f"samples_per_prompt: {self.samples_per_prompt} must be >= 2 {why}, which compares a prompt's "
+                "samples with each other"
+            )
+        if rewards.score_baseline != "none":
+            raise LoraRlhfError(
+                f"ppo.rewards.score_baseline: {rewards.score_baseline!r} must be 'none' {why}, which already takes "
+                "each sample's baseline from its prompt's other samples"
+            )
+        if rewards.gamma != 1.0:
+            raise LoraRlhfError(
+                f"ppo.rewards.gamma: {rewards.gamma!r} must be 1.0 {why}: a sample's return is the undiscounted sum "
+                "of its rewards (there is no value function to discount toward)"
+            )
+
+    @property
+    def critic_free(self) -> bool:
+        """No value role: advantages from the other samples of each prompt (rloo, grpo)."""
+        return self.advantage in CRITIC_FREE
+
+    @property
+    def trained_roles(self) -> tuple[str, ...]:
+        """The roles this stage trains, checkpoints and writes: policy, and value unless critic-free."""
+        return ("policy",) if self.critic_free else ("policy", "value")
 
     @property
     def rollout_sequences(self) -> int:

@@ -22,7 +22,17 @@ from lora_rlhf.ppo.rollout import Rollout
 from lora_rlhf.train import distributed
 
 # The figures that must stay finite; any other figure (e.g. explained variance of a constant) may be nan.
-WATCHED = ("reward", "kl", "policy_loss", "value_loss", "ptx_loss", "loss", "policy_grad_norm", "value_grad_norm")
+WATCHED = (
+    "reward",
+    "kl",
+    "policy_loss",
+    "value_loss",
+    "ptx_loss",
+    "kl_loss",
+    "loss",
+    "policy_grad_norm",
+    "value_grad_norm",
+)
 
 
 def find_problem(figures: Mapping[str, float], kl_ceiling: float | None) -> str | None:
@@ -42,7 +52,8 @@ def save_failure(
     target = folder / f"failed-step-{step:08d}"
     with atomic_dir(target) as tmp:
         for role in ("policy", "value"):
-            stack.save_role(role, tmp / "roles" / role)
+            if stack.has_role(role):  # no value role in a critic-free run (ppo.advantage rloo / grpo)
+                stack.save_role(role, tmp / "roles" / role)
         if rollout is not None:
             tensors = {
                 name: value.detach().cpu().contiguous()

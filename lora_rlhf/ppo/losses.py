@@ -89,6 +89,31 @@ def value_loss(
     return ValueLoss(loss, clipfrac)
 
 
+class KLLoss(NamedTuple):
+    loss: torch.Tensor  # scalar, with grad: β · mean per-token k3 KL(π_θ ‖ π_ref), added to the policy's loss
+    kl: torch.Tensor  # scalar, detached: the mean per-token k3 estimate
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> KLLoss:
+    """GRPO's KL term (Shao et al. 2024, arXiv:2402.03300, eqs. 3-4): the penalty as a loss, not in the reward.
+
+        D_KL = π_ref/π_θ − log(π_ref/π_θ) − 1        per token, unbiased and >= 0 (Schulman's k3)
+
+    Its gradient pulls π_θ toward π_ref at every sampled token; k1 (log π_θ − log π_ref) would have a zero expected
+    gradient here, which is why GRPO, and TRL's GRPOTrainer, use k3. Averaged over valid tokens like policy_loss.
+
+    Args:
+        logprobs: (B, A) log π_θ of the rollout's tokens (with grad).
+        ref_logprobs: (B, A) log π_ref of the same tokens, from the rollout.
+        mask: (B, A) 1 on response tokens.
+        kl_coef: β.
+    """
+    log_r = torch.where(mask.bool(), ref_logprobs - logprobs, torch.zeros_like(logprobs))
+    per_token = torch.expm1(log_r) - log_r
+    kl = masked_mean(per_token, mask)
+    return KLLoss(kl_coef * kl, kl.detach())
+
+
 class PtxLoss(NamedTuple):
     loss: torch.Tensor  # scalar, with grad: γ · lm_loss, added to the policy's loss
     lm_loss: torch.Tensor  # scalar, detached: mean −log π_RL per target token (the alignment tax's measure)

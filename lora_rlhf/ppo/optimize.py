@@ -2,7 +2,8 @@
 
 Policy and value are separate adapters with separate optimizers (InstructGPT uses a separate value
 network initialised from the RM, with its own learning rate), so each role's loss is backpropagated
-while its own adapter is active; gradient checkpointing recomputes under that adapter.
+while its own adapter is active; gradient checkpointing recomputes under that adapter. With a critic-free
+estimator (ppo.advantage rloo / grpo, issue 27) there is no value role: no value optimizer, no value pass.
 
 Data-parallel PPO (issue 13): each process holds an equal share of the rollout. The score moments and the
 advantage whitening see every process's rollout; each minibatch is split over the processes, and each
@@ -18,10 +19,19 @@ from typing import Any
 import torch
 
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.ppo.advantages import gae, whiten, whiten_across_processes
-from lora_rlhf.ppo.config import PPOConfig, PPOOptimConfig, RewardsConfig
+from lora_rlhf.ppo.advantages import (
+    gae,
+    grpo_advantages,
+    per_token,
+    rloo_advantages,
+    sequence_returns,
+    whiten,
+    whiten_across_processes,
+    zero_std_fraction,
+)
+from lora_rlhf.ppo.config import AdvantageEstimator, PPOConfig, PPOOptimConfig, RewardsConfig
 from lora_rlhf.ppo.data import PtxStream
-from lora_rlhf.ppo.losses import PtxLoss, explained_variance, policy_loss, ptx_loss, value_loss
+from lora_rlhf.ppo.losses import PtxLoss, explained_variance, kl_loss, policy_loss, ptx_loss, value_loss
 from lora_rlhf.ppo.rewards import (
     RunningMoments,
     leave_one_out_baseline,
@@ -37,26 +47,36 @@ from lora_rlhf.train import distributed
 
 @dataclasses.dataclass
 class Optimizers:
-    """The two roles' optimizers and schedulers, and the Accelerator that runs backward and clipping."""
+    """The trained roles' optimizers and schedulers, and the Accelerator that runs backward and clipping.
+
+    value and value_scheduler are None for a critic-free run (ppo.advantage rloo / grpo).
+    """
 
     accelerator: Any
     policy: torch.optim.Optimizer
-    value: torch.optim.Optimizer
+    value: torch.optim.Optimizer | None
     policy_scheduler: Any
     value_scheduler: Any
 
+    def roles(self) -> dict[str, torch.optim.Optimizer]:
+        """role -> its optimizer, for the roles that have one."""
+        return {"policy": self.policy} | ({"value": self.value} if self.value is not None else {})
+
+    def schedulers(self) -> list[Any]:
+        return [s for s in (self.policy_scheduler, self.value_scheduler) if s is not None]
+
     def stateful(self) -> dict[str, Any]:
         """What a checkpoint saves (state_dict / load_state_dict objects)."""
-        return {
-            "policy": self.policy,
-            "value": self.value,
-            "policy_scheduler": self.policy_scheduler,
-            "value_scheduler": self.value_scheduler,
-        }
+        state = {"policy": self.policy, "policy_scheduler": self.policy_scheduler}
+        if self.value is not None:
+            state |= {"value": self.value, "value_scheduler": self.value_scheduler}
+        return state
 
 
-def build_optimizers(stack: RoleStack, optim: PPOOptimConfig, steps: int, accelerator) -> Optimizers:
-    """An AdamW and a schedule over `steps` PPO iterations for each of policy and value, at its own rate."""
+def build_optimizers(
+    stack: RoleStack, optim: PPOOptimConfig, steps: int, accelerator, *, critic: bool = True
+) -> Optimizers:
+    """An AdamW and a schedule over `steps` PPO iterations for policy and (with `critic`) value, each at its rate."""
     from transformers import get_scheduler
 
     def make(role: str, lr: float):
@@ -69,19 +89,24 @@ def build_optimizers(stack: RoleStack, optim: PPOOptimConfig, steps: int, accele
         return optimizer, scheduler
 
     policy, policy_scheduler = make("policy", optim.policy_learning_rate)
-    value, value_scheduler = make("value", optim.value_learning_rate)
+    value, value_scheduler = make("value", optim.value_learning_rate) if critic else (None, None)
     return Optimizers(accelerator, policy, value, policy_scheduler, value_scheduler)
 
 
 @torch.no_grad()
 def add_advantages(
-    rollout: Rollout, kl_coef: float, config: RewardsConfig, moments: RunningMoments, samples_per_prompt: int = 1
+    rollout: Rollout,
+    kl_coef: float,
+    config: RewardsConfig,
+    moments: RunningMoments,
+    samples_per_prompt: int = 1,
+    estimator: AdvantageEstimator = "gae",
 ) -> dict[str, float]:
-    """Fill `rollout.advantages` and `.returns` (InstructGPT eq. 2 rewards, GAE); return the rollout's figures.
+    """Fill `rollout.advantages` (and, for gae, `.returns`) from InstructGPT eq. 2's rewards; return the figures.
 
-    Rows come in groups of `samples_per_prompt` consecutive samples of one prompt (score_baseline uses them).
-    The running score moments, the whitening and `reward_std` cover every process's rollout; the other
-    figures are this process's (the trainer averages them across processes).
+    Rows come in groups of `samples_per_prompt` consecutive samples of one prompt (score_baseline, rloo and grpo
+    use them). The running score moments, the whitening and `reward_std` cover every process's rollout; the
+    other figures are this process's (the trainer averages them across processes).
     """
     mask = rollout.response_mask
     every_score = distributed.gather_tensor(rollout.scores)  # (B * world size,)
@@ -98,14 +123,14 @@ def add_advantages(
     if config.score_baseline == "prompt_mean":
         scores = leave_one_out_baseline(scores, samples_per_prompt)
     shaped = penalized_rewards(rollout.logprobs, rollout.ref_logprobs, scores, mask, kl_coef, config.kl_estimator)
-    estimate = gae(rollout.values, shaped.rewards, mask, config.gamma, config.lam)
-    rollout.returns = estimate.returns
-    if not config.whiten_advantages:
-        rollout.advantages = estimate.advantages
+    advantages, figures = _estimate(estimator, rollout, shaped.rewards, scores, config, samples_per_prompt)
+    whiten_advantages = config.whiten_advantages if config.whiten_advantages is not None else estimator != "grpo"
+    if not whiten_advantages:
+        rollout.advantages = advantages
     elif distributed.world().size == 1:
-        rollout.advantages = whiten(estimate.advantages, mask)
+        rollout.advantages = whiten(advantages, mask)
     else:
-        rollout.advantages = whiten_across_processes(estimate.advantages, mask)
+        rollout.advantages = whiten_across_processes(advantages, mask)
     sequence_kl = shaped.kl.sum(dim=1)  # (B,) the KL of each whole response, as eq. 2 charges it
     return {
         "reward": rollout.scores.mean().item(),
@@ -115,16 +140,57 @@ def add_advantages(
         "entropy": masked_mean(rollout.entropy, mask).item(),
         "response_length": mask.sum(dim=1).mean().item(),
         "truncated": (~rollout.finished).float().mean().item(),  # share of responses cut at max_new_tokens
-        "value_mean": masked_mean(rollout.values, mask).item(),
-        "returns_mean": masked_mean(estimate.returns, mask).item(),
-        "explained_variance": explained_variance(rollout.values, estimate.returns, mask),
+        **figures,
     }
 
 
+def _estimate(
+    estimator: AdvantageEstimator,
+    rollout: Rollout,
+    rewards: torch.Tensor,
+    scores: torch.Tensor,
+    config: RewardsConfig,
+    group: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(B, A) advantages before whitening, and the estimator's own figures; gae also sets rollout.returns.
+
+    gae: GAE on the per-token rewards against the value role's V(s_t). rloo: the leave-one-out baseline on each
+    sample's whole KL-penalised return Σ_t r_t, as TRL's RLOOTrainer. grpo: the group-normalised score, its KL
+    paid as a loss term instead (kl_loss), as Shao et al. and TRL's GRPOTrainer (docs/critic_free.md).
+    """
+    mask = rollout.response_mask
+    if estimator == "gae":
+        estimate = gae(rollout.values, rewards, mask, config.gamma, config.lam)
+        rollout.returns = estimate.returns
+        return estimate.advantages, {
+            "value_mean": masked_mean(rollout.values, mask).item(),
+            "returns_mean": masked_mean(estimate.returns, mask).item(),
+            "explained_variance": explained_variance(rollout.values, estimate.returns, mask),
+        }
+    if estimator == "rloo":
+        returns = sequence_returns(rewards, mask)
+        sample_advantages = rloo_advantages(returns, group)
+        figures = {"returns_mean": returns.mean().item(), "zero_std_groups": zero_std_fraction(returns, group)}
+    elif estimator == "grpo":
+        sample_advantages = grpo_advantages(scores, group)
+        figures = {"zero_std_groups": zero_std_fraction(scores, group)}
+    else:
+        raise ValueError(f"advantage estimator must be gae, rloo or grpo, not {estimator!r}")
+    return per_token(sample_advantages, mask), figures
+
+
 def train_on_rollout(
-    stack: RoleStack, rollout: Rollout, optimizers: Optimizers, config: PPOConfig, ptx: PtxStream | None, step: int
+    stack: RoleStack,
+    rollout: Rollout,
+    optimizers: Optimizers,
+    config: PPOConfig,
+    ptx: PtxStream | None,
+    step: int,
+    kl_coef: float = 0.0,
 ) -> dict[str, float]:
     """`ppo_epochs` passes over the rollout in shuffled minibatches; one optimizer step per minibatch and role.
+
+    `kl_coef` (β of this iteration) weighs grpo's KL loss term; the other estimators pay the KL in the reward.
 
     The rollout's rows come in groups of `samples_per_prompt` samples of one prompt, shuffled as groups.
     With N processes each holds 1/N of the rollout and of every minibatch (mini_batch_size / N rows).
@@ -138,22 +204,29 @@ def train_on_rollout(
         prompts = torch.randperm(len(rollout) // group, generator=generator)
         order = (prompts[:, None] * group + torch.arange(group)).flatten()
         for begin in range(0, len(rollout), size):
-            rows.append(_minibatch(stack, rollout, order[begin : begin + size], optimizers, config, ptx))
+            rows.append(_minibatch(stack, rollout, order[begin : begin + size], optimizers, config, ptx, kl_coef))
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
 def _minibatch(
-    stack: RoleStack, rollout: Rollout, rows: torch.Tensor, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None
+    stack: RoleStack,
+    rollout: Rollout,
+    rows: torch.Tensor,
+    opt: Optimizers,
+    config: PPOConfig,
+    ptx: PtxStream | None,
+    kl_coef: float,
 ) -> dict[str, float]:
     micros = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
     stats: list[dict[str, float]] = []
     for micro in micros:
         part = rollout.select(micro).trimmed()  # its own longest prompt and response, not the rollout's
-        stats.append(_policy_backward(stack, part, opt, config, ptx, len(micros)))
-        stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
+        stats.append(_policy_backward(stack, part, opt, config, ptx, len(micros), kl_coef))
+        if opt.value is not None:
+            stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
     figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
     sent = 0
-    for role, optimizer in (("policy", opt.policy), ("value", opt.value)):
+    for role, optimizer in opt.roles().items():
         sent += distributed.all_reduce_gradients(stack.role_parameters(role), average=True)
         norm = _step(stack.role_parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
         if norm is not None:
@@ -164,7 +237,13 @@ def _minibatch(
 
 
 def _policy_backward(
-    stack: RoleStack, part: Rollout, opt: Optimizers, config: PPOConfig, ptx: PtxStream | None, n_micro: int
+    stack: RoleStack,
+    part: Rollout,
+    opt: Optimizers,
+    config: PPOConfig,
+    ptx: PtxStream | None,
+    n_micro: int,
+    kl_coef: float,
 ) -> dict[str, float]:
     p = part.prompt_width
     with stack.use("policy"), opt.accelerator.autocast():
@@ -179,6 +258,11 @@ def _policy_backward(
             "approx_kl": out.approx_kl.item(),
             "ratio": out.ratio_mean.item(),
         }
+        if config.advantage == "grpo" and kl_coef > 0:
+            # GRPO pays the KL as a loss term (Shao et al. 2024, eq. 3), at the rollout's reference log-probs.
+            kl_out = kl_loss(logprobs.float(), part.ref_logprobs, part.response_mask, kl_coef)
+            loss = loss + kl_out.loss
+            figures["kl_loss"] = kl_out.kl.item()
         if ptx is not None:
             # PPO-ptx (eq. 2): the pretraining term is mixed into every minibatch.
             ptx_out = _ptx_term(stack, ptx, config.ptx.coef)
@@ -220,5 +304,5 @@ def _step(params: list[torch.nn.Parameter], optimizer, accelerator, max_grad_nor
 
 def step_schedulers(optimizers: Optimizers) -> None:
     """The learning-rate schedules count PPO iterations, not minibatches."""
-    optimizers.policy_scheduler.step()
-    optimizers.value_scheduler.step()
+    for scheduler in optimizers.schedulers():
+        scheduler.step()

@@ -39,7 +39,7 @@ class Rollout:
     prompt_width: int  # P
     logprobs: torch.Tensor  # (B, A) log pi_old(a_t | s_t) of the sampling policy
     ref_logprobs: torch.Tensor  # (B, A) log pi_SFT(a_t | s_t), the frozen reference
-    values: torch.Tensor  # (B, A) V_old(s_t) from the value role
+    values: torch.Tensor | None  # (B, A) V_old(s_t) from the value role; None when critic-free (rloo, grpo)
     scores: torch.Tensor  # (B,) reward-model score at the last response token (RM bias included)
     entropy: torch.Tensor  # (B, A) entropy of pi_old(. | s_t), for logging
     finished: torch.Tensor  # (B,) bool: the response ended with EOS (False: cut at max_new_tokens)
@@ -150,15 +150,17 @@ def score(
     micro_batch_size: int,
     use_reward_role: bool = True,
     with_policy: bool = True,
+    with_value: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Old log-probs and entropy (policy), reference log-probs (sft), values (value), scores (reward).
 
     All run on the one base, batched `micro_batch_size` rows at a time, each batch cut to its own padding-free
     columns; reference, value and reward share one forward of the stacked rows (`RoleStack.frozen_scores`),
     or, where the samples of one prompt (consecutive rows) can share one encoding of it, run one role at a time.
-    Without `with_policy` the policy's pass is skipped (its log-probs were recorded while sampling).
+    Without `with_policy` the policy's pass is skipped (its log-probs were recorded while sampling); without
+    `with_value` (critic-free PPO, issue 27) so is the value role's, and "values" is not returned.
     """
-    names = (["logprobs", "entropy"] if with_policy else []) + ["ref_logprobs", "values"]
+    names = (["logprobs", "entropy"] if with_policy else []) + ["ref_logprobs"] + (["values"] if with_value else [])
     names += ["scores"] if use_reward_role else []
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     width = input_ids.shape[1] - prompt_width
@@ -171,12 +173,15 @@ def score(
             policy = stack.response_logprobs("policy", ids, mask, p, temperature=temperature, with_entropy=True)
             parts["logprobs"].append(policy.logprobs)
             parts["entropy"].append(policy.entropy)
-        frozen = stack.frozen_scores(ids, mask, p, temperature=temperature, with_reward=use_reward_role)
+        frozen = stack.frozen_scores(
+            ids, mask, p, temperature=temperature, with_reward=use_reward_role, with_value=with_value
+        )
         if frozen is None:  # one pass per role (see RoleStack.frozen_scores)
             frozen = {
-                "ref_logprobs": stack.response_logprobs("reference", ids, mask, p, temperature=temperature).logprobs,
-                "values": stack.response_values(ids, mask, p),
+                "ref_logprobs": stack.response_logprobs("reference", ids, mask, p, temperature=temperature).logprobs
             }
+            if with_value:
+                frozen["values"] = stack.response_values(ids, mask, p)
             if use_reward_role:
                 frozen["scores"] = stack.response_rewards(ids, mask, p)
         for name, value in frozen.items():
@@ -194,10 +199,13 @@ def make_rollout(
     sampling: SamplingConfig,
     micro_batch_size: int,
     reward_fn: TextScorer | None = None,
+    *,
+    with_value: bool = True,
 ) -> tuple[Rollout, dict[str, float]]:
     """Sample and score one batch of prompts; returns the rollout and the seconds spent generating and scoring.
 
-    Scores come from the reward role, or from `reward_fn` (a programmatic reward) when one is given.
+    Scores come from the reward role, or from `reward_fn` (a programmatic reward) when one is given. Without
+    `with_value` (critic-free PPO) the value role is never run and `rollout.values` is None.
     """
     start = time.perf_counter()
     sampled = sample(stack, prompts, sampling)
@@ -217,6 +225,7 @@ def make_rollout(
         micro_batch_size=micro_batch_size,
         use_reward_role=reward_fn is None,
         with_policy=sampled.logprobs is None,
+        with_value=with_value,
     )
     if sampled.logprobs is not None:
         scored["logprobs"], scored["entropy"] = sampled.logprobs, sampled.entropy
@@ -233,6 +242,7 @@ def make_rollout(
         prompts=[p.text for p in prompts],
         responses=[t.strip() for t in texts],
         finished=finished,
+        values=scored.pop("values", None),
         **scored,
     )
     timing = {"time_generate": generated - start, "time_score": time.perf_counter() - generated}

@@ -7,7 +7,9 @@
         beta      = KL controller (fixed, or adaptive as in Ziegler et al. 2019)
 
 Writes metrics/ppo.jsonl, checkpoints/ppo/ (resumable: roles, optimizers, schedulers, KL controller,
-score statistics, RNG states, data positions) and finally adapters/policy/ and adapters/value/.
+score statistics, RNG states, data positions) and finally adapters/value/ and adapters/policy/ (policy last:
+its folder marks the stage finished). With ppo.advantage rloo or grpo (critic-free, issue 27) there is no
+value role: none is created, run, optimised, checkpointed or written (docs/critic_free.md).
 
 Under `accelerate launch` (issue 13) each process rolls out its equal share of every batch of prompts
 (its own sampling seed), the figures, the KL fed to the controller and the score statistics are global
@@ -43,17 +45,16 @@ from lora_rlhf.train.loop import make_accelerator
 
 logger = logging.getLogger(__name__)
 
-TRAINED = ("policy", "value")
-
 
 def setup_roles(stack: RoleStack, config: PPOConfig) -> None:
-    """policy <- copy of sft; value <- copy of reward, head included (InstructGPT §3.5), or fresh."""
+    """policy <- copy of sft; value <- copy of reward, head included (InstructGPT §3.5), or fresh; no value role
+    for a critic-free estimator."""
     for needed, stage in (("sft", "sft"), ("reward", "rm")):
         if not stack.has_role(needed):
             raise LoraRlhfError(f"ppo needs the {needed!r} role: train it first (`lora-rlhf {stage}`) or load it")
     if not stack.has_role("policy"):
         stack.copy_role("sft", "policy")
-    if not stack.has_role("value"):
+    if not config.critic_free and not stack.has_role("value"):
         if config.value_init == "reward":
             stack.copy_role("reward", "value")
         else:
@@ -114,12 +115,12 @@ def train_ppo(
         config.seed
     )  # before setup_roles: a fresh value adapter's init draws from it (resume restores RNG)
     setup_roles(stack, config)
-    stack.set_trainable(*TRAINED)
-    for role in TRAINED:
+    trained = config.trained_roles
+    stack.set_trainable(*trained)
+    for role in trained:
         distributed.broadcast_parameters(stack.role_parameters(role))  # every process starts from the same roles
-    optimizers = build_optimizers(
-        stack, config.optim, config.steps, make_accelerator(config.optim.mixed_precision, stack.device)
-    )
+    accelerator = make_accelerator(config.optim.mixed_precision, stack.device)
+    optimizers = build_optimizers(stack, config.optim, config.steps, accelerator, critic=not config.critic_free)
     state = _State(config, prompts, ptx)
     ckpt_dir = output_dir / "checkpoints" / "ppo"
     step = _resume(stack, config, optimizers, state, ckpt_dir) if resume else 0
@@ -133,9 +134,9 @@ def train_ppo(
     finally:
         metrics.close()
     stack.set_trainable()
-    for role in TRAINED:
+    for role in trained:
         distributed.check_replicas(stack.role_parameters(role), f"ppo: {role}")
-    for role in TRAINED if distributed.is_main() else ():
+    for role in reversed(trained) if distributed.is_main() else ():  # policy last: it marks the stage finished
         stack.save_role(role, output_dir / "adapters" / role)
     summary = {"steps": config.steps, "prompts": len(prompts), "dropped": report.dropped}
     rows = read_metrics(output_dir / "metrics" / "ppo.jsonl")  # the whole run's, also after a resume
@@ -155,9 +156,8 @@ def _iterate(
     ckpt_dir: Path,
     scorers: tuple[TextScorer | None, TextScorer | None],
 ) -> None:
-    progress = tqdm(
-        total=config.steps, initial=step, desc="ppo: policy + value", unit="step", disable=not distributed.is_main()
-    )
+    desc = f"ppo: {' + '.join(config.trained_roles)}" + (f" ({config.advantage})" if config.critic_free else "")
+    progress = tqdm(total=config.steps, initial=step, desc=desc, unit="step", disable=not distributed.is_main())
     while step < config.steps:
         step += 1
         figures = _one_iteration(stack, config, optimizers, state, step, ckpt_dir, scorers)
@@ -167,7 +167,13 @@ def _iterate(
             metrics.log(step, **figures)
         if step % config.save_steps == 0 or step == config.steps:
             save_checkpoint(
-                ckpt_dir, step, stack, TRAINED, optimizers.stateful(), state.to_json(), keep=config.keep_checkpoints
+                ckpt_dir,
+                step,
+                stack,
+                config.trained_roles,
+                optimizers.stateful(),
+                state.to_json(),
+                keep=config.keep_checkpoints,
             )
     progress.close()
 
@@ -186,18 +192,22 @@ def _one_iteration(
     batch = distributed.shard(state.prompts.next(config.rollout_batch_size))  # this process's share
     # A prompt's samples are consecutive rows (generate encodes the prompt once for all of them).
     batch = [prompt for prompt in batch for _ in range(config.samples_per_prompt)]
-    rollout, timing = make_rollout(stack, batch, config.sampling, config.micro_batch_size, reward_fn)
-    figures = add_advantages(rollout, kl_coef, config.rewards, state.moments, config.samples_per_prompt)
+    rollout, timing = make_rollout(
+        stack, batch, config.sampling, config.micro_batch_size, reward_fn, with_value=not config.critic_free
+    )
+    figures = add_advantages(
+        rollout, kl_coef, config.rewards, state.moments, config.samples_per_prompt, config.advantage
+    )
     if gold_fn is not None:
         figures["gold"] = sum(gold_fn(rollout.prompts, rollout.responses)) / len(rollout)
     figures = distributed.mean_figures(figures)  # the whole rollout's figures, the same on every process
     guard.check(figures, step=step, kl_ceiling=config.rewards.kl_ceiling, folder=ckpt_dir, stack=stack, rollout=rollout)
     start = time.perf_counter()
-    lrs = {
-        "lr_policy": optimizers.policy_scheduler.get_last_lr()[0],
-        "lr_value": optimizers.value_scheduler.get_last_lr()[0],
-    }
-    figures.update(distributed.mean_figures(train_on_rollout(stack, rollout, optimizers, config, state.ptx, step)))
+    lrs = {"lr_policy": optimizers.policy_scheduler.get_last_lr()[0]}
+    if optimizers.value_scheduler is not None:
+        lrs["lr_value"] = optimizers.value_scheduler.get_last_lr()[0]
+    trained = train_on_rollout(stack, rollout, optimizers, config, state.ptx, step, kl_coef)
+    figures.update(distributed.mean_figures(trained))
     step_schedulers(optimizers)
     timing["time_train"] = time.perf_counter() - start
     guard.check(figures, step=step, kl_ceiling=None, folder=ckpt_dir, stack=stack, rollout=rollout)
@@ -240,7 +250,7 @@ def _resume(stack: RoleStack, config: PPOConfig, optimizers: Optimizers, state: 
     latest = resume_checkpoint(ckpt_dir)
     if latest is None:
         return 0
-    saved = load_checkpoint(latest, stack, TRAINED, optimizers.stateful())
+    saved = load_checkpoint(latest, stack, config.trained_roles, optimizers.stateful())
     state.load_json(saved)
     logger.info("ppo: resuming from %s (step %d)", latest, saved["step"])
     return int(saved["step"])
