@@ -28,6 +28,8 @@ def kind(value: Any) -> str:
 
 
 def obj(value: Any, field: str) -> Mapping[str, Any]:
+    if value is None:
+        raise BadRow(f"missing field {field!r}")
     if not isinstance(value, Mapping):
         raise BadRow(f"field {field!r} is {kind(value)}, expected an object")
     return value
