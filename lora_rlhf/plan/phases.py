@@ -9,7 +9,10 @@ Phases and what runs in them (the batch each one handles at once):
     ppo train      policy (+ ptx batch) then value, ppo.micro_batch_size rows with grad
     eval           eval.batch_size prompts per generate call (x best_of_n for best-of-N)
 
-During PPO all four adapters, both heads and both optimizers stay resident (roles.py).
+During PPO all four adapters, both heads and both optimizers stay resident (roles.py). A critic-free PPO
+(ppo.advantage rloo / grpo, issue 27) has no value adapter, head, optimizer or pass: three adapters, the reward
+head, one optimizer, rows stacked twice while scoring. The plan also counts one PPO iteration's FLOPs by phase
+(plan/compute.py), the time side of the same choices.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from lora_rlhf.config.recipe import RecipeConfig
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.plan import estimate
+from lora_rlhf.plan.compute import IterationCompute, ppo_iteration_compute
 from lora_rlhf.plan.estimate import GiB, PhaseMemory
 from lora_rlhf.plan.shapes import ModelShape
 
@@ -46,6 +50,8 @@ class Plan:
     phases: list[PhaseMemory]
     budget: int | None = None
     advice: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=dict)  # phase -> [(override, total)]
+    ppo_compute: IterationCompute | None = None  # FLOPs of one PPO iteration (plan/compute.py)
+    ppo_advantage: str = "gae"  # ppo.advantage: gae keeps a value role, rloo / grpo do not
 
     @property
     def peak(self) -> PhaseMemory:
@@ -110,9 +116,15 @@ def phase_memories(
 
     sft_rows, sft_len = recipe.sft.train.batch_size, recipe.sft.max_length
     rm_rows = recipe.rm.train.batch_size * responses_per_prompt
-    # PPO: sft + policy adapters (sft's rank), reward + value adapters (the RM's rank) and their heads.
-    ppo_adapters = estimate.adapter_bytes(shape, sft_r, 2, 0) + estimate.adapter_bytes(shape, rm_r, 2, 2)
-    ppo_trained = estimate.trained_state_bytes(shape, sft_r, 1, 0) + estimate.trained_state_bytes(shape, rm_r, 1, 1)
+    # PPO: sft + policy adapters (sft's rank), reward + value adapters (the RM's rank) and their heads; a critic-free
+    # estimator (ppo.advantage rloo / grpo) has no value adapter, head, optimizer state or pass.
+    critic = 0 if ppo.critic_free else 1
+    ppo_adapters = estimate.adapter_bytes(shape, sft_r, 2, 0) + estimate.adapter_bytes(
+        shape, rm_r, 1 + critic, 1 + critic
+    )
+    ppo_trained = estimate.trained_state_bytes(shape, sft_r, 1, 0) + estimate.trained_state_bytes(
+        shape, rm_r, critic, critic
+    )
     micro, response = ppo.micro_batch_size, ppo.sampling.max_new_tokens
     policy = train_acts(micro, prompt_and_response, False) + (
         train_acts(ppo.ptx.batch_size, ppo.ptx.max_length, False) if ppo.ptx.enabled else 0
@@ -120,7 +132,7 @@ def phase_memories(
     policy_logits = estimate.logit_bytes(shape, micro, min(response, 256), grad=True)
     if ppo.ptx.enabled:
         policy_logits += estimate.logit_bytes(shape, ppo.ptx.batch_size, min(ppo.ptx.max_length, 256), grad=True)
-    value = train_acts(micro, prompt_and_response, False)
+    value = train_acts(micro, prompt_and_response, False) if critic else 0
     ev = recipe.eval
     eval_rows = ev.batch_size * max(1, ev.best_of_n)
     eval_tokens = ppo.max_prompt_length + ev.max_new_tokens
@@ -150,8 +162,9 @@ def phase_memories(
             "ppo score",
             ppo_adapters,
             ppo_trained,
-            # Reference, value and reward read the rows in one forward, stacked three times (RoleStack.frozen_scores).
-            no_grad_acts(3 * micro, prompt_and_response),
+            # Reference, value and reward read the rows in one forward, stacked three times (RoleStack.frozen_scores);
+            # twice without a value role.
+            no_grad_acts((2 + critic) * micro, prompt_and_response),
             estimate.logit_bytes(shape, micro, min(response, 256), grad=False),
         ),
         phase("ppo train", ppo_adapters, ppo_trained, max(policy, value), policy_logits),
@@ -235,7 +248,8 @@ def plan_recipe(
     k = responses_per_prompt or (recipe.demo.responses_per_prompt if recipe.demo.enabled else PAIRWISE_K)
     setting = resolve_setting(recipe, device)
     phases = phase_memories(shape, recipe, setting, k, budget)
-    plan = Plan(shape.name, setting, phases, budget)
+    compute = ppo_iteration_compute(shape, recipe.ppo, checkpointing=setting.checkpointing)
+    plan = Plan(shape.name, setting, phases, budget, ppo_compute=compute, ppo_advantage=recipe.ppo.advantage)
     if budget is None:
         return plan
     for memory in phases:
@@ -288,6 +302,8 @@ def format_plan(plan: Plan) -> str:
     lines.append("")
     runtime = "0.5 GiB CUDA context + 10% for fragmentation" if s.device == "cuda" else "none (allocator-level figures)"
     lines.append(f"GiB; runtime allowance: {runtime}. Peak: {plan.peak.name}, {plan.peak.total / GiB:.2f} GiB.")
+    if plan.ppo_compute is not None:
+        lines.append(_compute_line(plan.ppo_compute, plan.ppo_advantage))
     if plan.budget is None:
         return "\n".join(lines)
     if plan.fits:
@@ -301,6 +317,17 @@ def format_plan(plan: Plan) -> str:
             f"- {name} needs {total / GiB:.2f} GiB; " + ("; ".join(fixes) if fixes else "no single knob helps")
         )
     return "\n".join(lines)
+
+
+def _compute_line(compute: IterationCompute, advantage: str) -> str:
+    """One PPO iteration's FLOPs by phase, with the passes they count (plan/compute.py)."""
+    tera = 1e12
+    roles = "policy" if compute.train_roles == 1 else "policy + value"
+    return (
+        f"One PPO iteration (ppo.advantage {advantage}): {compute.total / tera:.2f} TFLOP at full lengths = "
+        f"generate {compute.generate / tera:.2f} + score {compute.score / tera:.2f} ({compute.score_passes} passes) "
+        f"+ train {compute.train / tera:.2f} ({roles})."
+    )
 
 
 def parse_size(text: str) -> int:
