@@ -52,3 +52,10 @@ def test_hub_rows_go_through_the_same_readers_and_max_rows_counts_rankings(monke
     wrong = load_rows(DatasetSpec(path="openbmb/UltraFeedback", format="nectar"))  # a format that does not fit
     with pytest.raises(LoraRlhfError, match=r"^openbmb/UltraFeedback, row 0: missing field 'answers'$"):
         parse_rows(wrong, lambda row: row, "openbmb/UltraFeedback", "error")
+
+
+def test_a_preference_file_serves_as_prompts_through_its_rankings_prompts():
+    from lora_rlhf.data.prompts import load_prompts
+
+    prompts, report = load_prompts(DatasetSpec(path=str(FIXTURES / "nectar.jsonl")))
+    assert report.kept == 2 and prompts[1][-1] == {"role": "user", "content": "tell me a joke"}
