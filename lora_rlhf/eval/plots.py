@@ -8,7 +8,7 @@ from typing import Any
 
 from lora_rlhf.io import atomic_file
 
-_COLORS = {"base": "#9e9e9e", "sft": "#4f81bd", "ppo": "#c0504d"}
+_COLORS = {"base": "#9e9e9e", "sft": "#4f81bd", "ppo": "#c0504d", "dpo": "#9bbb59"}
 
 
 def _pyplot():
@@ -47,6 +47,34 @@ def plot_ppo_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | Non
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
     fig.suptitle("PPO training", y=1.04)  # above the panel titles, not over them
+    return _save(fig, path)
+
+
+def plot_dpo_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """DPO loss, implicit reward margin and preference accuracy (TRL's names, docs/dpo.md), train and held-out."""
+    panels = [
+        (key, title)
+        for key, title in (
+            ("loss", "DPO loss"),
+            ("rewards/margins", "implicit reward margin"),
+            ("rewards/accuracies", "preference accuracy"),
+        )
+        if any(key in r for r in rows)
+    ]
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for split, style in (("train", "-"), ("eval", "o--")):
+            points = [(r["step"], r[key]) for r in rows if key in r and r.get("split", "train") == split]
+            if points:
+                ax.plot(*zip(*points), style, color=_COLORS["dpo"], label=split, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("DPO step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle("DPO training", y=1.04)
     return _save(fig, path)
 
 

@@ -153,10 +153,10 @@ def rm_accuracy_lines(results: Mapping[str, Any]) -> list[str]:
 def extra_lines(results: Mapping[str, Any]) -> list[str]:
     """KL, best-of-N and LM loss (alignment tax) lines."""
     lines = []
-    if results.get("kl") is not None:
+    kls = results.get("kl_to_sft") or ({"ppo": results["kl"]} if results.get("kl") is not None else {})
+    for name, kl in kls.items():
         lines += [
-            "KL(ppo ‖ sft), summed over the policy's response tokens, mean over prompts: "
-            f"**{results['kl']:.3f}** nats.",
+            f"KL({name} ‖ sft), summed over {name}'s response tokens, mean over prompts: **{kl:.3f}** nats.",
             "",
         ]
     bon = results.get("best_of_n")
@@ -231,6 +231,8 @@ def _make_plots(run_dir: Path, results: Mapping[str, Any]) -> list[tuple[str, Pa
         made.append(("Win rates", plots.plot_win_rates(results["win_rate"], out / "win_rate.png")))
     ppo_rows = read_metrics(run_dir / "metrics" / "ppo.jsonl")
     made.append(("PPO training", plots.plot_ppo_curves(ppo_rows, out / "ppo.png")))
+    dpo_rows = read_metrics(run_dir / "metrics" / "dpo.jsonl")
+    made.append(("DPO training", plots.plot_dpo_curves(dpo_rows, out / "dpo.png")))
     made.append(
         (
             "SFT and RM training",

@@ -1,4 +1,5 @@
-"""`lora-rlhf eval`: base vs sft vs ppo on held-out prompts -> eval.json, report.md, plots/."""
+"""`lora-rlhf eval`: base vs sft vs ppo (vs dpo, where the run has one) on held-out prompts -> eval.json, report.md,
+plots/."""
 
 from __future__ import annotations
 
@@ -34,8 +35,11 @@ from lora_rlhf.train import distributed
 
 logger = logging.getLogger(__name__)
 
-# Report name -> role: "ppo" is the policy PPO trained (InstructGPT's "PPO" / "PPO-ptx" models).
-MODELS = {"base": "base", "sft": "sft", "ppo": "policy"}
+# Report name -> role: "ppo" is the policy PPO trained (InstructGPT's "PPO" / "PPO-ptx" models), "dpo" the policy
+# the dpo stage trained (docs/dpo.md). A model is scored where the stack holds its role.
+MODELS = {"base": "base", "sft": "sft", "ppo": "policy", "dpo": "dpo"}
+# The models tuned away from sft, whose KL to it is measured: report name -> role.
+TUNED = {"ppo": "policy", "dpo": "dpo"}
 
 
 def evaluate(
@@ -93,8 +97,15 @@ def _evaluate(
     prompt_rewards = {k: per_prompt_means(v, n) for k, v in row_rewards.items()} if row_rewards is not None else None
     results.update(compare_models(prompt_gold, prompt_rewards, config))
     results.update(_rm_accuracy(stack, config, run_dir, gold_fn))
-    if "ppo" in responses:
-        results["kl"] = _policy_kl(stack, responses["ppo"], config.batch_size)
+    kls = {
+        name: _policy_kl(stack, responses[name], role, config.batch_size)
+        for name, role in TUNED.items()
+        if name in responses
+    }
+    if kls:
+        results["kl_to_sft"] = kls  # every tuned model's KL(model ‖ sft)
+    if "ppo" in kls:
+        results["kl"] = kls["ppo"]  # the contract's figure (docs/design.md)
     if config.best_of_n and stack.has_role("reward") and stack.has_role("sft"):
         m = config.best_of_n_prompts or len(prompts)
         sft_gold = prompt_gold["sft"][:m] if prompt_gold is not None else None
@@ -230,8 +241,8 @@ def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: G
 
 
 @torch.no_grad()
-def _policy_kl(stack: RoleStack, responses: Responses, batch_size: int) -> float:
-    """Mean over prompts of KL(policy || sft) summed over the policy's own response tokens.
+def _policy_kl(stack: RoleStack, responses: Responses, role: str, batch_size: int) -> float:
+    """Mean over prompts of KL(role || sft) summed over `role`'s own response tokens (role: policy or dpo).
 
     Rows are laid out as PPO's rollouts (prompt left-padded, response right-padded after it), so the samples
     of one prompt in a batch share one encoding of it (`RoleStack.response_logit_states`).
@@ -247,7 +258,7 @@ def _policy_kl(stack: RoleStack, responses: Responses, batch_size: int) -> float
         response_ids, response_mask = pad_right([seq[start:] for seq, start in zip(chunk, starts)], pad)
         ids = torch.cat([prompt_ids, response_ids], dim=1).to(stack.device)
         mask = torch.cat([prompt_mask, response_mask], dim=1).to(stack.device)
-        kls += response_kl(stack, "policy", "reference", ids, mask, prompt_ids.shape[1]).cpu().tolist()
+        kls += response_kl(stack, role, "reference", ids, mask, prompt_ids.shape[1]).cpu().tolist()
     return mean(kls)
 
 
@@ -265,8 +276,8 @@ def _summary_line(results: dict[str, Any]) -> str:
     for key in ("gold", "reward"):
         if key in results:
             parts.append(f"{key} " + " / ".join(f"{k} {v:.3f}" for k, v in results[key].items()))
-    if "kl" in results:
-        parts.append(f"KL {results['kl']:.3f}")
+    for name, kl in results.get("kl_to_sft", {}).items():
+        parts.append(f"KL({name} ‖ sft) {kl:.3f}")
     if results.get("rm_accuracy") is not None:
         parts.append(f"RM accuracy {results['rm_accuracy']:.3f}")
     if "gold" in results.get("best_of_n", {}):

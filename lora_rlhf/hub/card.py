@@ -15,15 +15,25 @@ from typing import Any
 # Built-in model names and the Hub repository each one was converted from.
 KNOWN_BASES = {"demo:smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-ROLE_TAGS = {"sft": ["sft"], "reward": ["reward-model"], "policy": ["ppo"], "value": ["ppo", "value-function"]}
+ROLE_TAGS = {
+    "sft": ["sft"],
+    "reward": ["reward-model"],
+    "policy": ["ppo"],
+    "value": ["ppo", "value-function"],
+    "dpo": ["dpo"],
+}
 # eval.json keys that describe each role (the policy is "ppo" there).
-_EVAL_KEY = {"sft": "sft", "policy": "ppo"}
+_EVAL_KEY = {"sft": "sft", "policy": "ppo", "dpo": "dpo"}
 _ROLE_TEXT = {
     "sft": "supervised fine-tuning on demonstrations (InstructGPT step 1); the KL reference of PPO",
     "reward": "a reward model trained on K-way rankings (InstructGPT step 2); its scalar head is head.safetensors",
     "policy": "the PPO policy (InstructGPT step 3), trained against the reward model with a KL penalty to sft",
     "run": "every role of an InstructGPT run (SFT, reward model, PPO policy and value), one folder each",
     "value": "PPO's value function (initialised from the reward model); its scalar head is head.safetensors",
+    "dpo": (
+        "a policy trained by Direct Preference Optimization (Rafailov et al. 2023) on the same rankings as the "
+        "reward model, starting from sft with sft as its frozen reference; no reward model or RL loop"
+    ),
 }
 
 

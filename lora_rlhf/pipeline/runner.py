@@ -136,7 +136,7 @@ def run_benchmarks(recipe: RecipeConfig, run: RunDir) -> StageResult:
 
     start = time.perf_counter()
     stack = load_stack(recipe)
-    for role in ("sft", "policy"):
+    for role in ("sft", "policy", "dpo"):
         if run.has_role(role):
             stack.load_role(role, run.adapter(role))
     results = evaluate_benchmarks(stack, recipe.eval, run.path)
@@ -202,7 +202,7 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
     from lora_rlhf.data.prompts import load_prompts
     from lora_rlhf.eval.run import evaluate
 
-    for role in ("sft", "reward", "policy"):
+    for role in ("sft", "reward", "policy", "dpo"):
         if not stack.has_role(role) and run.has_role(role):
             stack.load_role(role, run.adapter(role))
     _write_demo_data(recipe, run, stack=stack)
@@ -215,6 +215,7 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
         "rm_accuracy": results.get("rm_accuracy"),
         "rm_accuracy_gold": results.get("rm_accuracy_gold"),
         "win_ppo_vs_sft": results.get("win_rate", {}).get("ppo_vs_sft"),
+        "win_dpo_vs_sft": results.get("win_rate", {}).get("dpo_vs_sft"),
         "best_of_n_gold": results.get("best_of_n", {}).get("gold"),
         **_ifeval_summary(results),
     }

@@ -20,13 +20,18 @@ REQUIRED = {
 
 def check_run_directory(run: Path) -> None:
     """Assert that `run` holds every artifact of a finished tiny-test pipeline (sft, rm, ppo, eval)."""
-    assert load_recipe(run / "recipe.yaml").model.name_or_path == "tiny:llama"
-    for role in ("sft", "reward", "policy", "value"):
+    recipe = load_recipe(run / "recipe.yaml")
+    assert recipe.model.name_or_path == "tiny:llama"
+    # A critic-free PPO (ppo.advantage rloo / grpo, docs/critic_free.md) has no value role and no value loss.
+    critic_free = recipe.ppo.critic_free
+    assert (run / "adapters" / "value").exists() != critic_free
+    for role in ("sft", "reward", "policy") + (() if critic_free else ("value",)):
         folder = run / "adapters" / role
         for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
             assert (folder / name).is_file(), (role, name)
         assert (folder / "head.safetensors").is_file() == (role in ("reward", "value"))
-    for stage, keys in REQUIRED.items():
+    required = REQUIRED | ({"ppo": REQUIRED["ppo"] - {"value_loss"}} if critic_free else {})
+    for stage, keys in required.items():
         rows = read_metrics(run / "metrics" / f"{stage}.jsonl")
         train = [r for r in rows if r.get("split") != "eval"]
         assert train and keys <= set(train[-1]), (stage, keys - set(train[-1]))
@@ -35,9 +40,10 @@ def check_run_directory(run: Path) -> None:
     for stage in ("sft", "rm"):
         assert any(r.get("split") == "eval" for r in read_metrics(run / "metrics" / f"{stage}.jsonl"))
     results = json.loads((run / "eval.json").read_text())
-    assert set(results["gold"]) == {"base", "sft", "ppo"}
+    models = {"base", "sft", "ppo"} | ({"dpo"} if (run / "adapters" / "dpo").exists() else set())  # eval scores dpo too
+    assert set(results["gold"]) == models
     assert {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"} <= set(results["win_rate"])
-    assert set(results["reward"]) == {"base", "sft", "ppo"}
+    assert set(results["reward"]) == models
     assert results["kl"] >= -1e-6 and 0 <= results["rm_accuracy"] <= 1
     report = (run / "report.md").read_text()
     assert "win" in report.lower() and "](plots/" in report
