@@ -4,6 +4,7 @@
                                 [--max-new-tokens 32] [--iterations 3] [--ptx] [--compare-logprobs]
                                 [--gradient-checkpointing] [--compare-before]
                                 [--dequantized-decoding auto|true|false]
+                                [--samples-per-prompt 1] [--compare-advantage rloo|grpo]
 
 --model defaults to the embedded demo model (SmolLM2-135M-Instruct). Prompts are the demo's instruction
 tasks. Each iteration is the stage's own code: `make_rollout` (sample from policy, recording its log-probs;
@@ -11,7 +12,11 @@ log-probs of the sft reference, values, reward-model scores: all on the one base
 GAE) and `train_on_rollout` (clipped policy and value updates, optionally the PPO-ptx LM term). The first
 iteration warms up and is not counted. With --compare-logprobs every iteration makes its rollout twice from
 the same random state, once taking the policy's log-probs from the generation pass (the default) and once
-recomputing them with a forward, and reports both iterations' times (train is shared). Peak memory as in
+recomputing them with a forward, and reports both iterations' times (train is shared). With --compare-advantage
+every iteration also runs critic-free (ppo.advantage rloo or grpo, issue 27) from the same random state, in
+alternating order: its rollout without the value pass, its update without the value role, and the time ratio
+critic-free / gae within the run; the bytes the value role holds (adapter, head, gradients, AdamW state) are
+what critic-free PPO does not allocate. Peak memory as in
 bench_sft_rm.py (CUDA allocator peak, or the process's resident set on the CPU). Timings depend on what else
 runs: say how many cores were free.
 """
@@ -123,6 +128,49 @@ def _before(stack, batch, config, rollout, optimizers, ptx, step) -> dict[str, f
     return timing
 
 
+def _config(args: argparse.Namespace, advantage: str) -> PPOConfig:
+    return PPOConfig(
+        rollout_batch_size=args.rollout,
+        samples_per_prompt=args.samples_per_prompt,
+        advantage=advantage,
+        mini_batch_size=args.mini,
+        micro_batch_size=args.micro,
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
+        ptx=PtxConfig(coef=1.0 if args.ptx else 0.0),
+    )
+
+
+def _iteration(stack, batch, config, optimizers, ptx, it, args, state) -> dict[str, float]:
+    """One timed iteration of `config` (gae or critic-free) from the random `state`: rollout, advantages, train."""
+    rollout, timing = make_rollout(
+        stack, batch, config.sampling, config.micro_batch_size, with_value=not config.critic_free
+    )
+    if args.compare_logprobs:
+        torch.set_rng_state(state)
+        recompute = dataclasses.replace(config.sampling, logprobs_from_generation=False)
+        again, slow = make_rollout(stack, batch, recompute, config.micro_batch_size, with_value=not config.critic_free)
+        timing.update({f"recompute_{k}": v for k, v in slow.items()})
+        timing["max_logprob_gap"] = float(((rollout.logprobs - again.logprobs) * rollout.response_mask).abs().max())
+    kl_coef = config.rewards.kl_coef
+    add_advantages(rollout, kl_coef, config.rewards, RunningMoments(), config.samples_per_prompt, config.advantage)
+    if args.compare_before and not config.critic_free:
+        torch.set_rng_state(state)
+        timing.update(_before(stack, batch, config, rollout, optimizers, ptx, it))
+    start = time.perf_counter()
+    train_on_rollout(stack, rollout, optimizers, config, ptx, it, kl_coef)
+    timing["time_train"] = time.perf_counter() - start
+    timing["response_tokens"] = float(rollout.response_mask.sum())
+    return timing
+
+
+def _role_bytes(stack: RoleStack, role: str, optimizer: torch.optim.Optimizer) -> int:
+    """What `role` holds: its parameters (adapter and head), their gradients and its optimizer's state."""
+    params = stack.role_parameters(role)
+    tensors = params + [p.grad for p in params if p.grad is not None]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: the demo model)")
@@ -152,6 +200,16 @@ def parse_args() -> argparse.Namespace:
         help="decode from a 4-bit base dequantized once per rollout (model.dequantized_decoding; auto: on the CPU)",
     )
     parser.add_argument(
+        "--samples-per-prompt", type=int, default=1, help="responses per prompt (ppo.samples_per_prompt)"
+    )
+    parser.add_argument(
+        "--compare-advantage",
+        choices=["rloo", "grpo"],
+        default=None,
+        help="also time each iteration critic-free (no value pass or update), in the same run; needs "
+        "--samples-per-prompt >= 2",
+    )
+    parser.add_argument(
         "--gradient-checkpointing",
         action="store_true",
         help="recompute activations in the training passes (model.gradient_checkpointing): less memory, more time",
@@ -173,17 +231,14 @@ def main() -> None:
     )
     stack.add_role("sft")
     stack.add_role("reward")
-    config = PPOConfig(
-        rollout_batch_size=args.rollout,
-        mini_batch_size=args.mini,
-        micro_batch_size=args.micro,
-        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
-        ptx=PtxConfig(coef=1.0 if args.ptx else 0.0),
-    )
+    config = _config(args, "gae")
     setup_roles(stack, config)
     stack.set_trainable("policy", "value")
     stack.model.train()  # as train_ppo: train mode, every dropout at p = 0
-    optimizers = build_optimizers(stack, config.optim, config.steps, make_accelerator("auto", stack.device))
+    accelerator = make_accelerator("auto", stack.device)
+    optimizers = build_optimizers(stack, config.optim, config.steps, accelerator)
+    free = _config(args, args.compare_advantage) if args.compare_advantage else None
+    free_optimizers = build_optimizers(stack, config.optim, config.steps, accelerator, critic=False) if free else None
     ptx = _Ptx(stack, config.ptx.batch_size) if args.ptx else None
     tasks = sample_tasks(args.rollout * (args.iterations + 1), seed=3)
     prompts = [
@@ -196,24 +251,14 @@ def main() -> None:
     with PeakMemory(stack.device) as memory, stack.training(dropout=False):
         for it in range(args.iterations + 1):
             batch = prompts[it * args.rollout : (it + 1) * args.rollout]
+            batch = [p for p in batch for _ in range(args.samples_per_prompt)]
             state = torch.get_rng_state()
-            rollout, timing = make_rollout(stack, batch, config.sampling, config.micro_batch_size)
-            if args.compare_logprobs:
+            timing: dict[str, float] = {}
+            modes = [("", config, optimizers)] + ([(f"{free.advantage}_", free, free_optimizers)] if free else [])
+            for prefix, mode_config, mode_optimizers in modes if it % 2 == 0 else modes[::-1]:
                 torch.set_rng_state(state)
-                recompute = dataclasses.replace(config.sampling, logprobs_from_generation=False)
-                again, slow = make_rollout(stack, batch, recompute, config.micro_batch_size)
-                timing.update({f"recompute_{k}": v for k, v in slow.items()})
-                timing["max_logprob_gap"] = float(
-                    ((rollout.logprobs - again.logprobs) * rollout.response_mask).abs().max()
-                )
-            add_advantages(rollout, config.rewards.kl_coef, config.rewards, RunningMoments())
-            if args.compare_before:
-                torch.set_rng_state(state)
-                timing.update(_before(stack, batch, config, rollout, optimizers, ptx, it))
-            start = time.perf_counter()
-            train_on_rollout(stack, rollout, optimizers, config, ptx, it)
-            timing["time_train"] = time.perf_counter() - start
-            timing["response_tokens"] = float(rollout.response_mask.sum())
+                figures = _iteration(stack, batch, mode_config, mode_optimizers, ptx, it, args, state)
+                timing.update({prefix + k: v for k, v in figures.items()})
             if it:
                 rows.append(timing)
     result = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
@@ -221,6 +266,12 @@ def main() -> None:
     if args.compare_before:
         result["before_time_total"] = sum(result[f"before_time_{k}"] for k in ("generate", "score", "train"))
         result["ratio_to_before"] = result["time_total"] / result["before_time_total"]
+    if free is not None:
+        name = free.advantage
+        result[f"{name}_time_total"] = sum(result[f"{name}_time_{k}"] for k in ("generate", "score", "train"))
+        for phase in ("score", "train", "total"):
+            result[f"ratio_{name}_to_gae_{phase}"] = result[f"{name}_time_{phase}"] / result[f"time_{phase}"]
+        result["value_role_mib"] = round(_role_bytes(stack, "value", optimizers.value) / 2**20, 2)
     if args.compare_logprobs:
         result["recompute_time_total"] = (
             result["recompute_time_generate"] + result["recompute_time_score"] + result["time_train"]
@@ -236,6 +287,7 @@ def main() -> None:
         micro=args.micro,
         max_new_tokens=args.max_new_tokens,
         ptx=args.ptx,
+        samples_per_prompt=args.samples_per_prompt,
         threads=torch.get_num_threads(),
         peak_mib=round(memory.peak / 2**20, 1),
         added_mib=round((memory.peak - memory.before) / 2**20, 1),
@@ -258,6 +310,14 @@ def main() -> None:
         print(
             f"as before issue 15: {result['before_time_total']:.1f} s per iteration; now {result['time_total']:.1f} s "
             f"({result['ratio_to_before']:.2f}x)"
+        )
+    if free is not None:
+        name = free.advantage
+        print(
+            f"critic-free ({name}) vs gae in this run: {result[f'{name}_time_total']:.1f} s vs "
+            f"{result['time_total']:.1f} s per iteration ({result[f'ratio_{name}_to_gae_total']:.2f}x; score "
+            f"{result[f'ratio_{name}_to_gae_score']:.2f}x, train {result[f'ratio_{name}_to_gae_train']:.2f}x); "
+            f"the value role held {result['value_role_mib']:.1f} MiB (adapter, head, gradients, AdamW state)"
         )
     print(json.dumps(result, indent=2))
 
