@@ -249,3 +249,24 @@ def test_the_llama_recipe_plans_a_lower_peak_and_fewer_flops_with_rloo():
     }
     assert plans["rloo"].peak.total < plans["gae"].peak.total  # ppo generate, 18.46 vs 19.14 GiB on CUDA
     assert plans["rloo"].ppo_compute.total < 0.75 * plans["gae"].ppo_compute.total
+
+
+def test_frozen_scores_without_a_value_role_stack_reference_and_reward_only(tiny_llama, tmp_path):
+    from lora_rlhf.ppo.trainer import setup_roles
+
+    stack = make_stack(tiny_llama)
+    setup_roles(stack, _critic_free(tmp_path, "rloo"))
+    assert not stack.has_role("value")
+    torch.manual_seed(3)
+    for role in ("sft", "reward"):
+        for p in stack.role_parameters(role):
+            p.data.normal_(std=0.05)
+    ids = torch.randint(5, 90, (3, 11))  # three distinct prompts: the stacked path, not the shared prefix
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    with stack.training(dropout=False):
+        two = stack.frozen_scores(ids, mask, 6, temperature=0.7, with_value=False)
+        assert two is not None and set(two) == {"ref_logprobs", "scores"}
+        reference = stack.response_logprobs("reference", ids, mask, 6, temperature=0.7).logprobs
+        torch.testing.assert_close(two["ref_logprobs"], reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(two["scores"], stack.response_rewards(ids, mask, 6), atol=1e-5, rtol=1e-5)
