@@ -30,6 +30,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from lora_rlhf.models.config_sizes import kv_dim_of
+
 
 def _four_bit_linears(model: nn.Module) -> list[nn.Module]:
     """The bitsandbytes 4-bit linears of `model` whose forward `dequantized_linears` can stand in for."""
@@ -70,8 +72,6 @@ def free_bytes(device: torch.device) -> int:
 
 def kv_cache_bytes(model: nn.Module, rows: int, tokens: int) -> int:
     """What the KV cache of `rows` sequences of `tokens` positions takes: keys and values of every layer."""
-    from lora_rlhf.plan.shapes import kv_dim_of
-
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     itemsize = model.get_input_embeddings().weight.dtype.itemsize  # the activations' dtype, so the cache's
     return 2 * rows * tokens * int(config.num_hidden_layers) * kv_dim_of(config) * itemsize

@@ -13,6 +13,8 @@ import logging
 from torch import nn
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models.config_sizes import kv_dim_of
+from lora_rlhf.models.names import resolve_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +67,6 @@ def _decoder_layers(model: nn.Module, count: int) -> nn.ModuleList:
     return lists[0]
 
 
-def kv_dim_of(config) -> int:
-    """Key (= value) width per token per layer of a text config: kv heads x head dim."""
-    heads = int(getattr(config, "num_attention_heads", 1) or 1)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    return kv_heads * int(getattr(config, "head_dim", None) or int(config.hidden_size) // heads)
-
-
 def shape_of(model: nn.Module, name: str = "") -> ModelShape:
     """The ModelShape of an instantiated (possibly meta-device) causal LM."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -98,8 +93,6 @@ def model_shape(name_or_path: str, *, trust_remote_code: bool = False) -> ModelS
     """Read `name_or_path`'s config (a folder, a Hub id, or a built-in name) and build it on the meta device."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from lora_rlhf.models.names import resolve_model_name
 
     source = resolve_model_name(name_or_path)
     try:
