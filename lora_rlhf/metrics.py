@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lora_rlhf.tracking import Trackers
+from lora_rlhf.tracking import Trackers
 
 
 def _plain(value: Any) -> Any:
@@ -64,22 +62,6 @@ class MetricsWriter:
         if self.trackers is not None:
             self.trackers.close()
             self.trackers = None
-
-
-def open_metrics(
-    output_dir: Path, stage: str, *, resume_step: int | None = None, report_to: Sequence[str] = ()
-) -> MetricsWriter:
-    """The writer of OUTPUT_DIR/metrics/<stage>.jsonl and the `report_to` trackers: the main process's alone."""
-    from lora_rlhf.train import distributed
-
-    main = distributed.is_main()
-    trackers = None
-    if main and report_to:
-        from lora_rlhf.tracking import Trackers
-
-        trackers = Trackers(report_to, stage, Path(output_dir))
-    path = Path(output_dir) / "metrics" / f"{stage}.jsonl"
-    return MetricsWriter(path, resume_step=resume_step, enabled=main, trackers=trackers)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.paths import RunLayout
 
 # accelerate 1.15's trackers (accelerate.tracking.LOGGER_TYPE_TO_CLASS), by the name a recipe gives.
 KNOWN_TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
-TRACKERS_DIR = "trackers"
 
 
 def check_report_to(names: Sequence[str]) -> None:
@@ -43,7 +43,7 @@ class Trackers:
         for name in names:
             cls = LOGGER_TYPE_TO_CLASS[name]
             if cls.requires_logging_directory:
-                tracker = cls(stage, str(output_dir / TRACKERS_DIR))
+                tracker = cls(stage, str(RunLayout(output_dir).trackers))
             else:
                 tracker = cls(stage)
             tracker.start()

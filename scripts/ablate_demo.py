@@ -50,7 +50,7 @@ VARIANTS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx"}
 # Roles the variants reuse from RUN_DIR, and the stage that makes each (for "run it first").
 REUSED = {"sft": "sft", "reward": "rm"}
 # Files of the finished stages a variant's eval reads (rm.jsonl: the RM accuracy fall-back).
-REUSED_METRICS = ("sft.jsonl", "rm.jsonl")
+REUSED_METRICS = ("sft", "rm")
 # The flags that own these keys; an override of them would make the two variants' difference unclear.
 FLAG_KEYS = {"ptx.coef": "--ptx-coef", "ptx.data": "--ptx-path", "steps": "--steps"}
 DASH = "—"
@@ -231,7 +231,7 @@ def run_variant(stack: RoleStack, recipe: RecipeConfig, variant: RunDir, *, resu
         if stack.has_role(role):
             stack.remove_role(role)
     run_stages(recipe, variant, ("ppo", "eval"), resume=resume, stack=stack)
-    return json.loads((variant.path / "eval.json").read_text())
+    return json.loads(variant.eval_path.read_text())
 
 
 def reuse_finished_stages(source: RunDir, variant: RunDir) -> None:
@@ -242,10 +242,10 @@ def reuse_finished_stages(source: RunDir, variant: RunDir) -> None:
             shutil.copytree(
                 source.adapter(role), variant.adapter(role), copy_function=_link_or_copy, dirs_exist_ok=True
             )
-    if (source.path / "data").is_dir():
-        shutil.copytree(source.path / "data", variant.path / "data", copy_function=_link_or_copy, dirs_exist_ok=True)
-    for name in REUSED_METRICS:
-        src, dst = source.path / "metrics" / name, variant.path / "metrics" / name
+    if source.data_dir.is_dir():
+        shutil.copytree(source.data_dir, variant.data_dir, copy_function=_link_or_copy, dirs_exist_ok=True)
+    for stage in REUSED_METRICS:
+        src, dst = source.metrics(stage), variant.metrics(stage)
         if src.is_file() and not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)  # a copy, not a link: a metrics writer appends in place

@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from lora_rlhf.metrics import read_metrics
+from lora_rlhf.paths import RunLayout
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,7 +64,7 @@ def launch_command(processes: int, args: list[str]) -> list[str]:
 
 def summarize(run_dir: Path, rollout_batch_size: int) -> dict[str, float]:
     """samples/s and bytes all-reduced per optimizer step from a finished run's metrics/ppo.jsonl."""
-    rows = read_metrics(run_dir / "metrics" / "ppo.jsonl")
+    rows = read_metrics(RunLayout(run_dir).metrics("ppo"))
     if not rows:
         raise SystemExit(f"{run_dir}: metrics/ppo.jsonl has no rows; did the PPO stage run?")
     timed = rows[1:] or rows
@@ -92,7 +93,7 @@ def main() -> None:
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{n} process(es) failed:\n{done.stderr[-3000:]}")
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+        recipe = yaml.safe_load(RunLayout(run_dir).recipe_path.read_text())
         results[n] = summarize(run_dir, recipe["ppo"]["rollout_batch_size"])
     print("\n| processes | PPO iteration (s) | samples/s | all-reduce per optimizer step |\n|---|---:|---:|---:|")
     for n, r in results.items():

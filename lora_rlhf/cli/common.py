@@ -68,6 +68,6 @@ def run_stage_command(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     for result in results:
         print(result.line())
     print(f"total {time.perf_counter() - start:.1f} s; outputs in {run.path}")
-    if (run.path / "report.md").exists() and "eval" in stages:
-        print(f"report: {run.path / 'report.md'}")
+    if run.report.exists() and "eval" in stages:
+        print(f"report: {run.report}")
     return 0

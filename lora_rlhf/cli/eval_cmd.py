@@ -73,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
     if not distributed.is_main():
         return 0
     print(result.line())
-    print(f"report: {run_dir.path / 'report.md'}")
+    print(f"report: {run_dir.report}")
     return 0

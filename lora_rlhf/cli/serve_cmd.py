@@ -87,8 +87,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from lora_rlhf.paths import RunLayout
     from lora_rlhf.serve import create_app, run_server
     from lora_rlhf.serve.access import is_loopback
     from lora_rlhf.serve.limits import ServeLimits
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     registry = load_registry(args)
     roots = list(args.allowed_root)
     if not roots and args.run:
-        roots = [str(Path(args.run) / "adapters")]
+        roots = [str(RunLayout(args.run).adapters)]
     limits = ServeLimits(
         max_tokens=args.max_tokens_limit,
         request_timeout=args.request_timeout or None,

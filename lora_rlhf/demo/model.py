@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.io import atomic_dir
+from lora_rlhf.paths import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +25,6 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The folder name carries the source file, so a different GGUF never reuses a stale conversion.
 CACHE_NAME = "smollm2-135m-instruct-q4_1"
 _COMPLETE = ("config.json", "model.safetensors", "tokenizer.json")
-
-
-def default_cache_dir() -> Path:
-    """`$LORA_RLHF_CACHE`, else `$XDG_CACHE_HOME/lora_rlhf`, else `~/.cache/lora_rlhf`."""
-    if os.environ.get("LORA_RLHF_CACHE"):
-        return Path(os.environ["LORA_RLHF_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lora_rlhf"
 
 
 def gguf_path() -> Path:

@@ -28,7 +28,9 @@ from lora_rlhf.dpo.reference import REFERENCE, attach_reference
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.paths import RunLayout
 from lora_rlhf.rm.batching import scatter_scores
+from lora_rlhf.train import distributed
 from lora_rlhf.train.loop import StepOutput, Task, fit
 
 logger = logging.getLogger(__name__)
@@ -85,8 +87,6 @@ def train_dpo(
     Returns train_loss, train_accuracy, held-out loss and reward figures (when there is held-out data),
     prompts, dropped (bad rows skipped), truncated and no_signal_pairs (as the RM stage counts them).
     """
-    from lora_rlhf.train import distributed
-
     output_dir = Path(output_dir)
     config = config.resolved()
     check_lengths(stack.base_model, {"dpo.max_length": config.max_length})
@@ -97,7 +97,7 @@ def train_dpo(
     train, held, report = _load_rankings(stack, config)
     if config.precompute_reference:
         splits = attach_reference(
-            stack, {"train": train, "eval": held}, config.train.batch_size, output_dir / "checkpoints" / "dpo"
+            stack, {"train": train, "eval": held}, config.train.batch_size, RunLayout(output_dir).checkpoints("dpo")
         )
         train, held = splits["train"], splits["eval"]
     _create_dpo_role(stack)
@@ -113,7 +113,7 @@ def train_dpo(
     )
     figures = fit(stack, task, config.train, output_dir, resume=resume, report_to=report_to)
     if distributed.is_main():
-        stack.save_role(ROLE, output_dir / "adapters" / ROLE)
+        stack.save_role(ROLE, RunLayout(output_dir).adapter(ROLE))
     summary = {
         "train_loss": figures.get("loss", float("nan")),
         "train_accuracy": figures.get("rewards/accuracies", float("nan")),

@@ -24,13 +24,13 @@ from lora_rlhf.ifeval import benchmark
 from lora_rlhf.ifeval.checkers import Verdicts
 from lora_rlhf.io import atomic_file
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.paths import RunLayout
 from lora_rlhf.train import distributed
 
 logger = logging.getLogger(__name__)
 
 # Later model minus earlier, where both exist.
 PAIRS = (("sft", "base"), ("ppo", "sft"), ("ppo", "base"))
-RESPONSES_DIR = "ifeval"
 
 
 def run_ifeval(
@@ -54,7 +54,7 @@ def run_ifeval(
     if not distributed.is_main():
         return {}
     for name, texts in answers.items():
-        _write_responses(run_dir / RESPONSES_DIR / f"{name}.jsonl", prompts, texts)
+        _write_responses(RunLayout(run_dir).ifeval_responses(name), prompts, texts)
     verdicts = {name: benchmark.score(prompts, texts) for name, texts in answers.items()}
     section = summarize(prompts, verdicts, bootstrap_samples=bootstrap_samples, confidence=confidence, seed=seed)
     section.update(
@@ -63,7 +63,7 @@ def run_ifeval(
             "decoding": "greedy",
             "chat_template": "the tokenizer's, one user turn"
             + ("" if config.system_prompt is None else " after the configured system turn"),
-            "responses": {name: f"{RESPONSES_DIR}/{name}.jsonl" for name in answers},
+            "responses": {name: RunLayout.ifeval_responses_name(name) for name in answers},
             "hit_max_new_tokens": {
                 name: _hit_budget(stack, texts, config.max_new_tokens) for name, texts in answers.items()
             },

@@ -9,6 +9,7 @@ from typing import Any
 from lora_rlhf.eval import ifeval_report, plots
 from lora_rlhf.io import atomic_file
 from lora_rlhf.metrics import read_metrics
+from lora_rlhf.paths import RunLayout
 
 # Below this many prompts percentile bootstrap intervals are noticeably too narrow (the "narrowness bias",
 # Hesterberg 2015, "What teachers should know about the bootstrap"), so the report says so.
@@ -191,7 +192,8 @@ def extra_lines(results: Mapping[str, Any]) -> list[str]:
 
 
 def _make_plots(run_dir: Path, results: Mapping[str, Any]) -> list[tuple[str, Path]]:
-    out = run_dir / "plots"
+    run = RunLayout(run_dir)
+    out = run.plots
     made: list[tuple[str, Path | None]] = []
     if "gold" in results:
         gold, intervals = dict(results["gold"]), dict(results.get("gold_mean_ci", {}))
@@ -229,16 +231,16 @@ def _make_plots(run_dir: Path, results: Mapping[str, Any]) -> list[tuple[str, Pa
         )
     if results.get("win_rate"):
         made.append(("Win rates", plots.plot_win_rates(results["win_rate"], out / "win_rate.png")))
-    ppo_rows = read_metrics(run_dir / "metrics" / "ppo.jsonl")
+    ppo_rows = read_metrics(run.metrics("ppo"))
     made.append(("PPO training", plots.plot_ppo_curves(ppo_rows, out / "ppo.png")))
-    dpo_rows = read_metrics(run_dir / "metrics" / "dpo.jsonl")
+    dpo_rows = read_metrics(run.metrics("dpo"))
     made.append(("DPO training", plots.plot_dpo_curves(dpo_rows, out / "dpo.png")))
     made.append(
         (
             "SFT and RM training",
             plots.plot_stage_losses(
-                read_metrics(run_dir / "metrics" / "sft.jsonl"),
-                read_metrics(run_dir / "metrics" / "rm.jsonl"),
+                read_metrics(run.metrics("sft")),
+                read_metrics(run.metrics("rm")),
                 out / "stages.png",
             ),
         )
@@ -280,13 +282,13 @@ def write_report(
         figures = []
     if results.get("ifeval"):
         lines += ifeval_report.report_lines(
-            results["ifeval"], ifeval_report.plot_accuracies(results["ifeval"], run_dir / "plots" / "ifeval.png")
+            results["ifeval"], ifeval_report.plot_accuracies(results["ifeval"], RunLayout(run_dir).plot("ifeval"))
         )
     lines += ["## Plots", ""]
     lines += [f"![{title}](plots/{path.name})\n" for title, path in figures]
     if examples:
         lines += ["## Examples", "", _examples(prompts, texts, examples)]
-    path = run_dir / "report.md"
+    path = RunLayout(run_dir).report
     with atomic_file(path) as handle:
         handle.write("\n".join(lines) + "\n")
     return path

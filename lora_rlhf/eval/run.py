@@ -31,6 +31,7 @@ from lora_rlhf.io import atomic_file, write_json
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.paths import RunLayout
 from lora_rlhf.train import distributed
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,8 @@ def _evaluate(
         results["lm_loss"] = lm_losses(stack, models, config.lm_text, config.lm_max_length, config.batch_size)
     if benchmark:
         results["ifeval"] = benchmark
-    write_json(run_dir / "eval.json", results)
-    _write_samples(run_dir / "eval_samples.jsonl", prompts, responses, n)
+    write_json(RunLayout(run_dir).eval_path, results)
+    _write_samples(RunLayout(run_dir).eval_samples, prompts, responses, n)
     # The report shows each prompt's first sample side by side.
     write_report(run_dir, results, prompts, {k: v.texts[::n] for k, v in responses.items()}, config.examples)
     logger.info("eval: %s", _summary_line(results))
@@ -153,11 +154,11 @@ def evaluate_benchmarks(stack: RoleStack, config: EvalConfig, run_dir: str | Pat
         section = _ifeval(stack, models, config, run_dir)
     if not distributed.is_main():
         return {}
-    path = run_dir / "eval.json"
+    path = RunLayout(run_dir).eval_path
     results = json.loads(path.read_text()) if path.is_file() else {}
     results["ifeval"] = section
     write_json(path, results)
-    prompts, texts = _saved_examples(run_dir / "eval_samples.jsonl", results.get("samples_per_prompt", 1))
+    prompts, texts = _saved_examples(RunLayout(run_dir).eval_samples, results.get("samples_per_prompt", 1))
     write_report(run_dir, results, prompts, texts, config.examples if prompts else 0)
     logger.info("eval: %s", _summary_line(results))
     return results
@@ -236,7 +237,7 @@ def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: G
         logger.warning(
             "eval: rankings given but there is no reward role to score them; RM accuracy from metrics/rm.jsonl"
         )
-    rows = [r for r in read_metrics(run_dir / "metrics" / "rm.jsonl") if r.get("split") == "eval" and "accuracy" in r]
+    rows = [r for r in read_metrics(RunLayout(run_dir).metrics("rm")) if r.get("split") == "eval" and "accuracy" in r]
     return {"rm_accuracy": float(rows[-1]["accuracy"]) if rows else None, "rm_accuracy_source": "metrics"}
 
 

@@ -31,8 +31,13 @@ from lora_rlhf.export.seq_cls import (
     score_layer,
 )
 from lora_rlhf.export.tokenizer import set_reward_padding
+from lora_rlhf.hub.reward_export_card import reward_export_card
+from lora_rlhf.inference.merge import adapter_base_name
+from lora_rlhf.inference.sources import is_adapter_folder, run_roles
 from lora_rlhf.io import atomic_dir
 from lora_rlhf.models.adapter_io import ADAPTER_WEIGHTS, check_adapter_folder, load_head, saved_head_kind
+from lora_rlhf.models.names import resolve_model_name
+from lora_rlhf.paths import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +88,6 @@ def export_reward(
         raise LoraRlhfError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     found = reward_source(source, base)
     output = _check_output(output)
-    from lora_rlhf.models.names import resolve_model_name
-
     checkpoint = resolve_model_name(found.base)
     model = load_sequence_classifier(
         checkpoint,
@@ -118,9 +121,6 @@ def export_reward(
 
 def reward_source(source: str | Path, base: str | None = None) -> RewardSource:
     """The reward adapter of a run directory (adapters/reward/) or a reward adapter folder, and its base."""
-    from lora_rlhf.inference.merge import adapter_base_name
-    from lora_rlhf.inference.sources import is_adapter_folder, run_roles
-
     path = Path(source).expanduser()
     if not path.exists():
         raise LoraRlhfError(f"{source} does not exist: give a run directory or a reward adapter folder")
@@ -140,7 +140,7 @@ def _run_model(run_dir: Path, base: str | None) -> tuple[str, str | None, str | 
     """(base name, revision, gguf_file) from a run's recipe.yaml; its device and quantization do not matter."""
     import yaml
 
-    recipe_path = run_dir / "recipe.yaml"
+    recipe_path = RunLayout(run_dir).recipe_path
     if not recipe_path.is_file():
         raise LoraRlhfError(f"{run_dir} is not a run directory: recipe.yaml is missing")
     model = (yaml.safe_load(recipe_path.read_text()) or {}).get("model") or {}
@@ -233,8 +233,6 @@ def _info(found: RewardSource, result: RewardExport, dtype: str) -> dict:
 
 
 def _card(found: RewardSource, result: RewardExport, dtype: str) -> str:
-    from lora_rlhf.hub.reward_export_card import reward_export_card
-
     return reward_export_card(
         base_model=found.base,
         architecture=result.architecture,

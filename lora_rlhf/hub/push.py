@@ -19,11 +19,11 @@ from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.hub import card
 from lora_rlhf.inference.sources import is_adapter_folder, run_roles
 from lora_rlhf.models.adapter_io import saved_head_kind
+from lora_rlhf.paths import PLOTS_DIR, PUBLISHED_FILES, RunLayout
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "head.safetensors")
-RUN_FILES = ("eval.json", "recipe.yaml", "report.md")
 
 
 @dataclasses.dataclass
@@ -78,17 +78,18 @@ def _plan_run(run: Path, repo_id: str, roles: Sequence[str] | None, base_model: 
     missing = [r for r in chosen if r not in found]
     if missing:
         raise LoraRlhfError(f"run {run} has no {missing[0]!r} adapter (it holds: {', '.join(found)})")
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text()) if (run / "recipe.yaml").is_file() else {}
-    figures = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else None
+    layout = RunLayout(run)
+    recipe = yaml.safe_load(layout.recipe_path.read_text()) if layout.recipe_path.is_file() else {}
+    figures = json.loads(layout.eval_path.read_text()) if layout.eval_path.is_file() else None
     model_name = ((recipe or {}).get("model") or {}).get("name_or_path") or _adapter_base(found[chosen[0]])
     base = base_model or card.hub_base_model(model_name)
     datasets = card.recipe_datasets(recipe)
     files: list[Upload] = []
     for role in chosen:
         files += _adapter_uploads(found[role], role, repo_id, role, base, datasets, figures)
-    files += [Upload(name, local=run / name) for name in RUN_FILES if (run / name).is_file()]
-    plots = run / "plots"
-    files += [Upload(f"plots/{p.name}", local=p) for p in sorted(plots.glob("*.png"))] if plots.is_dir() else []
+    files += [Upload(name, local=run / name) for name in PUBLISHED_FILES if (run / name).is_file()]
+    plots = layout.plots
+    files += [Upload(f"{PLOTS_DIR}/{p.name}", local=p) for p in sorted(plots.glob("*.png"))] if plots.is_dir() else []
     readme = card.model_card("run", base_model=base, repo_id=repo_id, datasets=datasets, eval_figures=figures)
     readme += "\n## Roles in this repository\n\n" + "".join(f"- `{r}/`: {card._ROLE_TEXT.get(r, r)}\n" for r in chosen)
     files.append(Upload("README.md", content=readme.encode()))

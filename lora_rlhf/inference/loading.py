@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lora_rlhf.config.loader import build
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.names import resolve_model_name
+from lora_rlhf.paths import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +39,7 @@ def base_config_from_run(run_dir: str | Path, **options: Any) -> BaseModelConfig
     """
     import yaml
 
-    from lora_rlhf.config.loader import build
-
-    path = Path(run_dir).expanduser() / "recipe.yaml"
+    path = RunLayout(run_dir).recipe_path
     if not path.is_file():
         raise LoraRlhfError(f"{run_dir} is not a run directory: recipe.yaml is missing")
     recipe = yaml.safe_load(path.read_text()) or {}
@@ -73,7 +73,7 @@ def run_base_name(run_dir: str | Path) -> str | None:
     """The model name a run's recipe names (e.g. "demo:smollm2"), before resolution to a folder."""
     import yaml
 
-    path = Path(run_dir).expanduser() / "recipe.yaml"
+    path = RunLayout(run_dir).recipe_path
     if not path.is_file():
         return None
     recipe = yaml.safe_load(path.read_text()) or {}

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.paths import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +22,12 @@ def is_adapter_folder(path: Path) -> bool:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "recipe.yaml").is_file() or (path / "adapters").is_dir()
+    return RunLayout(path).is_run()
 
 
 def run_roles(run_dir: str | Path) -> dict[str, Path]:
     """{role: folder} of every adapter a run directory holds (adapters/<role>/), in name order."""
-    adapters = Path(run_dir).expanduser() / "adapters"
+    adapters = RunLayout(run_dir).adapters
     if not adapters.is_dir():
         raise LoraRlhfError(f"{run_dir} is not a run directory: it has no adapters/ folder")
     roles = {p.name: p for p in sorted(adapters.iterdir()) if p.is_dir() and is_adapter_folder(p)}

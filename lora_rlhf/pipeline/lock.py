@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.paths import LOCK_FILE, RunLayout
 
-LOCK_NAME = ".lock"
+LOCK_NAME = LOCK_FILE  # its name inside the run directory (the layout is lora_rlhf.paths')
 
 
 @contextlib.contextmanager
@@ -38,7 +39,7 @@ def run_dir_lock(path: str | os.PathLike, *, main_process: bool = True) -> Itera
         yield
         return
     path = Path(path)
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(RunLayout(path).lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

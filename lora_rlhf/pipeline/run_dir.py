@@ -1,12 +1,5 @@
-"""The output directory of a run (docs/design.md, "Contract: what a run writes") and the rules for re-running into it.
-
-    OUTPUT_DIR/recipe.yaml          the fully resolved recipe
-    OUTPUT_DIR/adapters/<role>/     plain PEFT adapter folders (+ head.safetensors, README.md)
-    OUTPUT_DIR/metrics/<stage>.jsonl
-    OUTPUT_DIR/checkpoints/<stage>/
-    OUTPUT_DIR/data/                data the embedded demo generated
-    OUTPUT_DIR/eval.json, report.md, plots/
-    OUTPUT_DIR/.lock                held by the command writing the run (lora_rlhf.pipeline.lock)
+"""The rules for (re-)running into a run directory, on top of its layout (lora_rlhf.paths.RunLayout, which owns
+where every file of a run lives).
 
 A stage is finished when its adapters exist (they are written atomically, last). A finished stage is
 never trained again into the same directory; an interrupted one (a checkpoint but no adapters) is
@@ -20,13 +13,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.io import atomic_file
+from lora_rlhf.paths import RunLayout
 from lora_rlhf.train.checkpoint import list_checkpoints
 
 # The roles each stage produces (dpo: the DPO policy, an LM adapter like policy; docs/dpo.md).
@@ -35,22 +28,8 @@ STAGE_ROLES = {"sft": ("sft",), "rm": ("reward",), "ppo": ("policy", "value"), "
 _STAGE_SECTIONS = {"sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "dpo"}
 
 
-class RunDir:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser()
-
-    @property
-    def recipe_path(self) -> Path:
-        return self.path / "recipe.yaml"
-
-    def adapter(self, role: str) -> Path:
-        return self.path / "adapters" / role
-
-    def checkpoints(self, stage: str) -> Path:
-        return self.path / "checkpoints" / stage
-
-    def data(self, name: str) -> Path:
-        return self.path / "data" / name
+class RunDir(RunLayout):
+    """A run directory's layout with the rules for training and evaluating into it."""
 
     def has_role(self, role: str) -> bool:
         return (self.adapter(role) / "adapter_config.json").is_file()

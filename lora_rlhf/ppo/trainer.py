@@ -28,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.metrics import MetricsWriter, open_metrics, read_metrics
+from lora_rlhf.metrics import MetricsWriter, read_metrics
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.paths import RunLayout
 from lora_rlhf.ppo import guard
 from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.ppo.data import Cycler, PtxStream, load_ppo_prompts
@@ -42,6 +43,7 @@ from lora_rlhf.ppo.rollout import TextScorer, make_rollout
 from lora_rlhf.train import distributed
 from lora_rlhf.train.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from lora_rlhf.train.loop import make_accelerator
+from lora_rlhf.train.records import open_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ def train_ppo(
     accelerator = make_accelerator(config.optim.mixed_precision, stack.device)
     optimizers = build_optimizers(stack, config.optim, config.steps, accelerator, critic=not config.critic_free)
     state = _State(config, prompts, ptx)
-    ckpt_dir = output_dir / "checkpoints" / "ppo"
+    ckpt_dir = RunLayout(output_dir).checkpoints("ppo")
     step = _resume(stack, config, optimizers, state, ckpt_dir) if resume else 0
     if step == 0:
         # The rollouts' sampling starts from the seed, whatever set-up drew; each process samples its own.
@@ -137,9 +139,9 @@ def train_ppo(
     for role in trained:
         distributed.check_replicas(stack.role_parameters(role), f"ppo: {role}")
     for role in reversed(trained) if distributed.is_main() else ():  # policy last: it marks the stage finished
-        stack.save_role(role, output_dir / "adapters" / role)
+        stack.save_role(role, RunLayout(output_dir).adapter(role))
     summary = {"steps": config.steps, "prompts": len(prompts), "dropped": report.dropped}
-    rows = read_metrics(output_dir / "metrics" / "ppo.jsonl")  # the whole run's, also after a resume
+    rows = read_metrics(RunLayout(output_dir).metrics("ppo"))  # the whole run's, also after a resume
     for key in ("reward", "kl", "gold"):
         if rows and key in rows[-1]:
             summary[f"{key}_first"], summary[f"{key}_last"] = rows[0].get(key, float("nan")), rows[-1][key]

@@ -16,6 +16,7 @@ from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.base import gradient_checkpointing_on
 from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.paths import RunLayout
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts, scatter_scores
 from lora_rlhf.rm.bias import center_on_demonstrations
 from lora_rlhf.rm.config import RMConfig
@@ -123,7 +124,7 @@ def train_reward_model(
     # take it (GPU kernels need not give bit-identical sums on every device).
     distributed.broadcast_parameters(stack.heads[ROLE].parameters())
     if distributed.is_main():
-        stack.save_role(ROLE, output_dir / "adapters" / ROLE)
+        stack.save_role(ROLE, RunLayout(output_dir).adapter(ROLE))
     summary = {
         "train_loss": figures.get("loss", float("nan")),
         "train_accuracy": figures.get("accuracy", float("nan")),

@@ -13,6 +13,7 @@ from lora_rlhf.data.rows import RowReport
 from lora_rlhf.data.split import hold_out
 from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.paths import RunLayout
 from lora_rlhf.sft.config import SFTConfig
 from lora_rlhf.sft.loss import collate_sft, sft_loss
 from lora_rlhf.train import distributed
@@ -60,7 +61,7 @@ def train_sft(
     )
     figures = fit(stack, task, config.train, output_dir, resume=resume, report_to=report_to)
     if distributed.is_main():
-        stack.save_role("sft", output_dir / "adapters" / "sft")
+        stack.save_role("sft", RunLayout(output_dir).adapter("sft"))
     summary = {
         "train_loss": figures.get("loss", float("nan")),
         "examples": len(train),

@@ -14,14 +14,14 @@ import torch
 import yaml
 
 from lora_rlhf.io import write_json
+from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack
+from lora_rlhf.paths import RunLayout
 
 
 def make_adapters(
     model_dir: str | Path, out_dir: str | Path, names: Sequence[str], *, r: int = 4, scale: float = 0.3, seed: int = 0
 ) -> dict[str, Path]:
     """Write one random adapter per name for the model at `model_dir` into out_dir/<name>; {name: folder}."""
-    from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack
-
     stack = RoleStack.load(BaseModelConfig(str(model_dir), quantization="none", device="cpu"))
     folders = {}
     for index, name in enumerate(names):
@@ -44,10 +44,10 @@ def make_run_dir(
     eval_figures: Mapping[str, Any] | None = None,
 ) -> Path:
     """A run directory as the pipeline writes it: recipe.yaml (model section), adapters/<role>/, eval.json."""
-    run_dir = Path(run_dir)
-    make_adapters(model_dir, run_dir / "adapters", roles)
+    run = RunLayout(run_dir)
+    make_adapters(model_dir, run.adapters, roles)
     recipe = {"model": {"name_or_path": str(model_dir), "quantization": "none", "device": "cpu"}}
-    run_dir.joinpath("recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    run.recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     if eval_figures is not None:
-        write_json(run_dir / "eval.json", dict(eval_figures))
-    return run_dir
+        write_json(run.eval_path, dict(eval_figures))
+    return run.path

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from lora_rlhf.io import atomic_dir
+from lora_rlhf.paths import default_cache_dir
+
 TINY_ARCHITECTURES = ("llama", "qwen2", "gpt_neox", "gpt2")
 
 _CHAT_TEMPLATE = (
@@ -83,9 +86,6 @@ def make_tiny_model(
 
 def tiny_model_dir(arch: str = "llama", cache_dir: str | Path | None = None) -> Path:
     """A tiny random `arch` model cached on disk (built once, atomically), for `model.name_or_path: tiny:<arch>`."""
-    from lora_rlhf.demo.model import default_cache_dir
-    from lora_rlhf.io import atomic_dir
-
     target = Path(cache_dir or default_cache_dir()) / f"tiny-{arch}"
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target

@@ -26,11 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.metrics import open_metrics
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.paths import RunLayout
 from lora_rlhf.train import distributed
 from lora_rlhf.train.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from lora_rlhf.train.config import OptimConfig
+from lora_rlhf.train.records import open_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def fit(
         config.scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total), num_training_steps=total
     )
     stateful = {"optimizer": optimizer, "scheduler": scheduler}
-    ckpt_dir = output_dir / "checkpoints" / task.stage
+    ckpt_dir = RunLayout(output_dir).checkpoints(task.stage)
     step, position = 0, 0
     latest = resume_checkpoint(ckpt_dir) if resume else None
     if latest is not None:
