@@ -1,6 +1,6 @@
 # Two commands for a fresh machine:
 #   make demo   runs the main job (the embedded default pipeline)
-#   make test   lints (ruff) and runs the whole test suite
+#   make test   lints (ruff), checks the import layering (import-linter) and runs the whole test suite
 # Each creates (or reuses) the virtual environment in $(VENV) and installs what it needs.
 
 VENV ?= .venv
@@ -11,7 +11,7 @@ OUTPUT_DIR ?= runs/demo
 .PHONY: demo test test-fast clean
 
 # What the pipeline needs (the `demo` extra: the GGUF reader and the plots), then for the tests the `dev`
-# extra on top (pytest, ruff, the server, the openai client, tensorboard): `make demo` installs only the first.
+# extra on top (pytest, ruff, import-linter, the server, the openai client, tensorboard): `make demo` installs only the first.
 $(VENV)/.installed-demo: pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PYTHON=$(PY) bash scripts/install_torch.sh
@@ -30,6 +30,7 @@ demo: $(VENV)/.installed-demo
 test: $(VENV)/.installed
 	$(PY) -m ruff check lora_rlhf tests scripts
 	$(PY) -m ruff format --check lora_rlhf tests scripts
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -ra tests
 
 test-fast: $(VENV)/.installed

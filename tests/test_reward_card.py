@@ -16,8 +16,9 @@ import torch
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.data.rankings import Ranking, encode_ranking
-from lora_rlhf.hub.card import LOCAL_ADAPTER, head_usage, hub_adapter, model_card
+from lora_rlhf.hub.card import model_card
 from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack
+from lora_rlhf.models.head_usage import LOCAL_ADAPTER, head_usage, hub_adapter
 from lora_rlhf.testing import make_tiny_model
 
 # Two prompt + response pairs of different lengths, so one row of the batch is left-padded.

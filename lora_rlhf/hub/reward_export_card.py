@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lora_rlhf.hub.card import hub_base_model
+
 # What the card's code loads the model from; tests put the exported folder in its place.
 LOCAL_MODEL = 'MODEL = "path/to/this/folder"  # the folder holding this README.md'
 
@@ -107,8 +109,6 @@ def reward_export_card(
     `base_model` as the run names it: a built-in name becomes its Hub id, a local folder is left out of the
     front matter (the Hub indexes ids only).
     """
-    from lora_rlhf.hub.card import hub_base_model
-
     hub_id = hub_base_model(base_model)
     base_model = hub_id or base_model
     lines = [

@@ -18,6 +18,7 @@ from torch import nn
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.io import atomic_dir
+from lora_rlhf.models.head_usage import head_usage
 from lora_rlhf.models.heads import ScalarHead
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -170,8 +171,6 @@ def default_card(role: str, base_name: str, head: ScalarHead | None = None) -> s
 
     A role with a scalar head also gets the code that scores with it without lora_rlhf.
     """
-    from lora_rlhf.hub.card import head_usage
-
     text = (
         "---\n"
         f"base_model: {base_name}\n"

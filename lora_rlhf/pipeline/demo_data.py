@@ -13,6 +13,11 @@ from tqdm.auto import tqdm
 from lora_rlhf.config.recipe import RecipeConfig
 from lora_rlhf.data.chat import Prompt, render_prompt
 from lora_rlhf.data.sources import DatasetSpec
+from lora_rlhf.demo.datasets import ranking_rows
+from lora_rlhf.demo.judge import gold_scores
+from lora_rlhf.demo.labeler import Labeler
+from lora_rlhf.demo.tasks import sample_tasks
+from lora_rlhf.demo.text import text_rows
 from lora_rlhf.io import atomic_file
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import until_stop
@@ -71,10 +76,6 @@ def write_task_data(recipe: RecipeConfig, run: RunDir, stack: RoleStack | None =
 
     The IFEval-style task (`demo.task: ifeval`) writes its demonstrations from the base's answers: `stack`.
     """
-    from lora_rlhf.demo.labeler import Labeler
-    from lora_rlhf.demo.tasks import sample_tasks
-    from lora_rlhf.demo.text import text_rows
-
     demo = recipe.demo
     for name, use in (("ptx_text", "ptx"), ("lm_text", "heldout")):
         if not run.data(FILES[name]).exists():
@@ -130,9 +131,6 @@ def _distinct(tasks, seen: set[str], count: int):
 @torch.no_grad()
 def write_rankings(stack: RoleStack, recipe: RecipeConfig, run: RunDir) -> None:
     """Sample K responses per ranking prompt from the sft role and have the labeler rank them."""
-    from lora_rlhf.demo.datasets import ranking_rows
-    from lora_rlhf.demo.labeler import Labeler
-
     target, held_target = run.data(FILES["rankings"]), run.data(FILES["eval_rankings"])
     if target.exists() and held_target.exists():
         return
@@ -191,8 +189,6 @@ def gold_fn(recipe: RecipeConfig, run: RunDir):
     """The labeler's gold judge: (prompts, responses) -> graded scores in [0, 1]."""
     if recipe.demo.task == "ifeval":
         return ifeval_data.gold_fn(run)
-    from lora_rlhf.demo.judge import gold_scores
-
     return gold_scores
 
 

@@ -18,13 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from lora_rlhf.config.recipe import RecipeConfig, load_recipe
+from lora_rlhf.data.prompts import load_prompts
+from lora_rlhf.dpo.trainer import train_dpo
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.eval.run import evaluate, evaluate_benchmarks
 from lora_rlhf.inference.loading import untrusted_model_section
 from lora_rlhf.models.names import resolve_model_name
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline import demo_data
 from lora_rlhf.pipeline.precheck import check_data
 from lora_rlhf.pipeline.run_dir import STAGE_ROLES, RunDir
+from lora_rlhf.ppo.trainer import train_ppo
+from lora_rlhf.rm.trainer import train_reward_model
+from lora_rlhf.sft.trainer import train_sft
 from lora_rlhf.train import distributed
 
 logger = logging.getLogger(__name__)
@@ -132,8 +138,6 @@ def with_dpo(recipe: RecipeConfig, stages: Sequence[str]) -> tuple[str, ...]:
 
 def run_benchmarks(recipe: RecipeConfig, run: RunDir) -> StageResult:
     """`eval --benchmark`: the benchmarks of the eval section alone, on every model the run holds."""
-    from lora_rlhf.eval.run import evaluate_benchmarks
-
     start = time.perf_counter()
     stack = load_stack(recipe)
     for role in ("sft", "policy", "dpo"):
@@ -150,8 +154,6 @@ def _ifeval_summary(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _sft(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
-    from lora_rlhf.sft.trainer import train_sft
-
     if not run.check_can_train("sft", resume=resume):
         ensure_role(stack, run, "sft")
         return "skipped", {}
@@ -160,8 +162,6 @@ def _sft(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> t
 
 
 def _rm(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
-    from lora_rlhf.rm.trainer import train_reward_model
-
     if not run.check_can_train("rm", resume=resume):
         ensure_role(stack, run, "reward")
         return "skipped", {}
@@ -172,8 +172,6 @@ def _rm(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tu
 
 
 def _ppo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
-    from lora_rlhf.ppo.trainer import train_ppo
-
     if not run.check_can_train("ppo", resume=resume):
         for role in STAGE_ROLES["ppo"]:
             if role != "value" or run.has_role(role):  # no value adapter after a critic-free run (issue 27)
@@ -187,8 +185,6 @@ def _ppo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> t
 
 
 def _dpo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
-    from lora_rlhf.dpo.trainer import train_dpo
-
     if not run.check_can_train("dpo", resume=resume):
         ensure_role(stack, run, "dpo")
         return "skipped", {}
@@ -199,9 +195,6 @@ def _dpo(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> t
 
 
 def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> tuple[str, dict]:
-    from lora_rlhf.data.prompts import load_prompts
-    from lora_rlhf.eval.run import evaluate
-
     for role in ("sft", "reward", "policy", "dpo"):
         if not stack.has_role(role) and run.has_role(role):
             stack.load_role(role, run.adapter(role))
