@@ -146,6 +146,22 @@ def _check_ranks(ranks: list[int], ties: Ties) -> None:
         raise BadRow(f"field 'ranks' {ranks}: every response is tied, no pair to learn from")
 
 
+def flatten_ranking(ranking: Ranking) -> list[dict[str, Any]]:
+    """The ranking's untied pairs as {"prompt", "chosen", "rejected"} rows, one per pair (C(K,2) without ties).
+
+    The view of a trainer that shuffles comparisons into independent examples (TRL's RewardTrainer); InstructGPT
+    §3.5 keeps them as one batch element instead, each response scored once (rm/loss.py). Pass a ranking from
+    `parse_ranking`, so the rm's tie policy (equal ranks, identical responses) has already applied.
+    """
+    k = len(ranking.ranks)
+    return [
+        {"prompt": ranking.prompt, "chosen": ranking.responses[i], "rejected": ranking.responses[j]}
+        for i in range(k)
+        for j in range(k)
+        if ranking.ranks[i] < ranking.ranks[j]
+    ]
+
+
 def split_transcripts(chosen: str, rejected: str) -> tuple[Prompt, str, str]:
     """hh-rlhf: the shared prefix up to the last "Assistant:" is the prompt, as chat messages."""
     common = 0
