@@ -177,3 +177,20 @@ def test_capital_words_stop_when_nothing_is_left_to_capitalise():
     kwargs = {"capital_relation": "at least", "capital_frequency": 1000}
     text = fix_capital_words("AAAA BBBB ok. x y z.", kwargs, "prompt")
     assert text.startswith("AAAA BBBB") and not re.search(r"(?<![\w'-])[a-z]{4,}(?![\w'-])", text)  # all done
+
+
+def test_an_answer_cut_by_the_budget_ends_at_its_last_full_sentence():
+    from lora_rlhf.pipeline.ifeval_data import whole_sentences
+
+    assert whole_sentences('One. Two three! Four "five." six seven') == 'One. Two three! Four "five."'
+    assert whole_sentences("Is it? Yes (it is.) and then") == "Is it? Yes (it is.)"
+    assert whole_sentences("no sentence ends here") == ""
+    assert whole_sentences("version 2.5 is out") == ""  # a decimal point is not a sentence's end
+
+
+def test_an_answer_that_repeats_itself_is_found():
+    from lora_rlhf.pipeline.ifeval_data import rambles
+
+    assert rambles("The internet changed us.\nIt is fast.\nThe internet changed us.")
+    assert rambles("it was good and it was good and it was good and it was good and it was good")
+    assert not rambles("Tides rise and fall twice a day because the moon pulls on the oceans of the earth.")

@@ -11,6 +11,7 @@ a demonstration that a repair cannot make pass every instruction is not written.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 from lora_rlhf.config.recipe import DemoConfig
@@ -38,6 +39,9 @@ _SPLITS = {
 _DRAW_FACTOR = 2
 # Base answers to stems per decoding call.
 _BATCH = 64
+# Base answers sampled per stem, and their temperature (demonstrations: base_answers).
+_ANSWERS_PER_STEM = 4
+_ANSWER_TEMPERATURE = 0.7
 
 
 def draw_tasks(demo: DemoConfig) -> dict[str, list[InstructionTask]]:
@@ -84,11 +88,19 @@ def write_task_data(demo: DemoConfig, run: RunDir, stack: RoleStack, files: dict
 
 
 def demonstration_rows(stack: RoleStack, tasks: Sequence[InstructionTask], demo: DemoConfig, as_prompt) -> list[dict]:
-    """Up to demo.demonstrations {"prompt", "completion"} rows: the base's answer to the stem, repaired."""
+    """Up to demo.demonstrations {"prompt", "completion"} rows: one of the base's answers to the stem, repaired.
+
+    A task takes its stem's usable answers in turn (the i-th task of a stem its i-th answer, cycling), so the
+    same words are not taught several times over; a stem with no usable answer gives no demonstration.
+    """
     answers = base_answers(stack, sorted({t.stem for t in tasks}), demo)
-    rows = []
+    rows, used = [], dict.fromkeys(answers, 0)
     for task in tasks:
-        text = repair(answers[task.stem], task.instruction_ids, task.kwargs, task.prompt)
+        if not answers[task.stem]:
+            continue
+        answer = answers[task.stem][used[task.stem] % len(answers[task.stem])]
+        used[task.stem] += 1
+        text = repair(answer, task.instruction_ids, task.kwargs, task.prompt)
         if all(check(task.prompt, task.instruction_ids, task.kwargs, text).strict):
             rows.append({"prompt": as_prompt(task.prompt, demo.system_prompt), "completion": text})
         if len(rows) == demo.demonstrations:
@@ -97,16 +109,70 @@ def demonstration_rows(stack: RoleStack, tasks: Sequence[InstructionTask], demo:
     return rows
 
 
-def base_answers(stack: RoleStack, stems: Sequence[str], demo: DemoConfig) -> dict[str, str]:
-    """The bare base model's greedy answer to each stem (no instruction), the raw material of a demonstration."""
+def base_answers(stack: RoleStack, stems: Sequence[str], demo: DemoConfig) -> dict[str, list[str]]:
+    """The bare base model's usable answers to each stem (no instruction), the raw material of demonstrations.
+
+    _ANSWERS_PER_STEM samples per stem at _ANSWER_TEMPERATURE. An answer the budget (demo.max_new_tokens) cut
+    is ended at its last full sentence (`whole_sentences`); one that repeats itself (`rambles`) is left out.
+    The first recipe taught the base's single greedy answer, cut mid-sentence at the budget, to ~1.6 tasks per
+    stem: SFT learned to run on and to loop (IFEval answers hitting the budget 287 -> 370 of 541, postscripts
+    65 -> 35%; docs/ifeval/report.md). Most answers to a stem run past 160 tokens (238 of 284 measured).
+    """
     from lora_rlhf.eval.responses import generate_responses
 
     rendered = [render_prompt(stack.tokenizer, as_messages(s, demo.system_prompt)) for s in stems]
+    repeated = [text for text in rendered for _ in range(_ANSWERS_PER_STEM)]
+    stops = set(stack.eos_ids())
     with stack.evaluating():
-        texts = generate_responses(
-            stack, "base", rendered, max_new_tokens=demo.max_new_tokens, batch_size=_BATCH, temperature=0.0
-        ).texts
-    return dict(zip(stems, texts))
+        out = generate_responses(
+            stack,
+            "base",
+            repeated,
+            max_new_tokens=demo.max_new_tokens,
+            batch_size=_BATCH,
+            temperature=_ANSWER_TEMPERATURE,
+        )
+    answers: dict[str, list[str]] = {stem: [] for stem in stems}
+    cut = looping = 0
+    for i, text in enumerate(out.texts):
+        stem = stems[i // _ANSWERS_PER_STEM]
+        if int(out.input_ids[i][-1]) not in stops:
+            cut += 1
+            text = whole_sentences(text)
+        if rambles(text):
+            looping += 1
+        elif text and text not in answers[stem]:
+            answers[stem].append(text)
+    logger.info(
+        "ifeval task: %d base answers to %d stems, %d cut by the %d-token budget (ended at their last full "
+        "sentence), %d repeating themselves (left out), %d kept",
+        len(out.texts),
+        len(stems),
+        cut,
+        demo.max_new_tokens,
+        looping,
+        sum(map(len, answers.values())),
+    )
+    return answers
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+def whole_sentences(text: str) -> str:
+    """`text` up to the end of its last full sentence ("" when none ends): an answer cut at the budget, ended."""
+    ends = [match.end() for match in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].rstrip() if ends else ""
+
+
+def rambles(text: str, n: int = 4, min_distinct: float = 0.9) -> bool:
+    """Whether `text` repeats itself: a line said twice, or under `min_distinct` of its word n-grams distinct."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(set(lines)) < len(lines):
+        return True
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return bool(grams) and len(set(grams)) < min_distinct * len(grams)
 
 
 def as_messages(text: str, system_prompt: str | None) -> list[dict[str, str]]:
