@@ -62,9 +62,21 @@ class PhaseMemory:
         )
 
 
+def held_dtype(quantization: str, compute_dtype: str) -> str:
+    """The dtype of a base's unquantized weights and of its activations, KV cache and logits.
+
+    For a 4-/8-bit base, float32 whatever the compute dtype: PEFT's `prepare_model_for_kbit_training` (the
+    loader's, models/base.py) upcasts every fp16/bf16 parameter that is not quantized (embeddings, norms, LM head)
+    to fp32, so the residual stream is fp32 and bitsandbytes casts each linear's output back to its input's dtype;
+    only the matmuls run in the compute dtype. Measured on the CPU (docs/benchmarks.md, "at the real shapes"): a
+    bf16 NF4 model's phases peak at the same bytes as the fp32 one's.
+    """
+    return "float32" if quantization in QUANT_BYTES else compute_dtype
+
+
 def base_weight_bytes(shape: ModelShape, quantization: str, compute_dtype: str) -> int:
-    """The base model's weights: quantized linears plus the rest (embeddings, norms, LM head) in compute dtype."""
-    other = shape.other_params * DTYPE_BYTES[compute_dtype]
+    """The base model's weights: quantized linears plus the rest (embeddings, norms, LM head) in `held_dtype`."""
+    other = shape.other_params * DTYPE_BYTES[held_dtype(quantization, compute_dtype)]
     if quantization in ("none", ""):
         return shape.linear_params * DTYPE_BYTES[compute_dtype] + other
     return int(shape.linear_params * QUANT_BYTES[quantization]) + other

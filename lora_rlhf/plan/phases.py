@@ -74,7 +74,7 @@ def phase_memories(
     shape: ModelShape, recipe: RecipeConfig, setting: Setting, responses_per_prompt: int, budget: int | None = None
 ) -> list[PhaseMemory]:
     """Every phase of the recipe's stages, with its terms (see estimate.py), within `budget` if one is given."""
-    dtype, gc = setting.dtype, setting.checkpointing
+    dtype, gc = estimate.held_dtype(setting.quantization, setting.dtype), setting.checkpointing
     base = estimate.base_weight_bytes(shape, setting.quantization, dtype)
     dequant = _dequantized_weight_bytes(shape, setting)
     sft_r, rm_r = recipe.sft.lora.r, recipe.rm.lora.r
