@@ -23,6 +23,7 @@ COMMANDS = (
     "dpo",
     "pipeline",
     "eval",
+    "ablate",
     "generate",
     "serve",
     "merge",

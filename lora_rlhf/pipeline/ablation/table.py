@@ -1,0 +1,180 @@
+"""ablation.json's rows from each method's eval.json, and ablation.md (the table and the notes to trust it)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lora_rlhf.pipeline.ablation.variants import EVAL_NAME, METHODS
+
+DASH = "—"
+
+
+def _get(results: Mapping[str, Any], *keys: str) -> Any:
+    """results[k1][k2]..., or None where any level is missing."""
+    for key in keys:
+        if not isinstance(results, Mapping) or results.get(key) is None:
+            return None
+        results = results[key]
+    return results
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def sft_row(results: Mapping[str, Any]) -> dict[str, Any]:
+    # KL of sft to itself is 0 by definition: it is the reference (docs/design.md, "Roles on one base").
+    return {
+        "model": "sft",
+        "method": "sft",
+        "gold": _get(results, "gold", "sft"),
+        "gold_ci": _get(results, "gold_mean_ci", "sft"),
+        "gold_minus_sft": None,
+        "gold_minus_sft_ci": None,
+        "win_rate_vs_sft": None,
+        "win_rate_vs_sft_ci": None,
+        "reward": _get(results, "reward", "sft"),
+        "lm_loss": _get(results, "lm_loss", "sft"),
+        "kl": 0.0,
+    }
+
+
+def best_of_n_row(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Best-of-N: its weights are sft's (same LM loss); its KL to sft is at most log N - (N-1)/N nats
+    (the analytic bound of Stiennon et al. 2020 and Gao et al. 2022). No per-prompt picks are kept, so no win rate."""
+    n, prompts = _get(results, "best_of_n", "n"), _get(results, "best_of_n", "prompts")
+    # Best-of-N may run on the first eval prompts only: compare with sft's gold on those same prompts.
+    baseline = _get(results, "best_of_n", "gold_sft_greedy")
+    if baseline is None:  # a sampled eval: sft's mean over its samples on the same prompts
+        baseline = _get(results, "best_of_n", "gold_sft_samples")
+    scope = f", first {prompts} prompts" if prompts not in (None, results.get("prompts")) else ""
+    return {
+        "model": f"best-of-{n or 'N'} (sft + RM{scope})",
+        "method": "best_of_n",
+        "gold": _get(results, "best_of_n", "gold"),
+        "gold_ci": _get(results, "best_of_n", "gold_ci"),
+        "gold_minus_sft": _minus(
+            _get(results, "best_of_n", "gold"), baseline if baseline is not None else _get(results, "gold", "sft")
+        ),
+        "gold_minus_sft_ci": _get(results, "best_of_n_ci", "bon_minus_sft"),
+        "win_rate_vs_sft": None,
+        "win_rate_vs_sft_ci": None,
+        "reward": _get(results, "best_of_n", "reward"),
+        "lm_loss": _get(results, "lm_loss", "sft") if n else None,
+        "kl": math.log(n) - (n - 1) / n if n else None,
+        "kl_is_bound": True,
+    }
+
+
+def method_row(name: str, results: Mapping[str, Any], cost: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A trained method's row: its eval figures against sft (same prompts, same seed) and its training cost."""
+    key = EVAL_NAME[METHODS[name].role]
+    return {
+        "model": METHODS[name].label,
+        "method": name,
+        "gold": _get(results, "gold", key),
+        "gold_ci": _get(results, "gold_mean_ci", key),
+        "gold_minus_sft": _minus(_get(results, "gold", key), _get(results, "gold", "sft")),
+        "gold_minus_sft_ci": _get(results, "gold_ci", f"{key}_minus_sft"),
+        "win_rate_vs_sft": _get(results, "win_rate", f"{key}_vs_sft"),
+        "win_rate_vs_sft_ci": _get(results, "win_rate_ci", f"{key}_vs_sft"),
+        "reward": _get(results, "reward", key),
+        "lm_loss": _get(results, "lm_loss", key),
+        "kl": _get(results, "kl_to_sft", key),
+        "cost": dict(cost) if cost else None,
+    }
+
+
+def _fmt(value: float | None, interval: Sequence[float] | None = None, *, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def _cost_cells(row: Mapping[str, Any]) -> list[str]:
+    cost, budget = row.get("cost") or {}, row.get("budget") or {}
+    steps, samples = budget.get("optimizer_steps"), budget.get("samples")
+    wall, peak = cost.get("wall_s"), cost.get("peak_rss_mib")
+    return [
+        DASH if steps is None else str(steps),
+        DASH if samples is None else str(samples),
+        DASH if wall is None else f"{wall:.0f}",
+        DASH if peak is None else f"{peak:.0f}",
+    ]
+
+
+def render_table(summary: Mapping[str, Any]) -> str:
+    """ablation.md: one markdown table and the notes a reader needs to trust it."""
+    level = f"{summary['confidence']:.0%}"
+    header = [
+        "model",
+        f"gold [{level} CI]",
+        f"gold − sft [paired {level} CI]",
+        f"win rate vs sft [{level} CI]",
+        "RM score",
+        "held-out LM loss",
+        "KL to sft (nats)",
+        "optimizer steps",
+        "samples trained on",
+        "train wall (s)",
+        "train peak RSS (MiB)",
+    ]
+    lines = [
+        "# Ablation: sft, best-of-N, PPO, PPO-ptx, critic-free RL and DPO from one run's sft and reward",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in summary["rows"]:
+        kl = _fmt(row["kl"])
+        cells = [
+            row["model"],
+            _fmt(row["gold"], row["gold_ci"]),
+            _fmt(row["gold_minus_sft"], row["gold_minus_sft_ci"], signed=True),
+            _fmt(row["win_rate_vs_sft"], row["win_rate_vs_sft_ci"]),
+            _fmt(row["reward"]),
+            _fmt(row["lm_loss"]),
+            f"≤ {kl}" if row.get("kl_is_bound") and kl != DASH else kl,
+            *_cost_cells(row),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + _notes(summary)) + "\n"
+
+
+def _notes(summary: Mapping[str, Any]) -> list[str]:
+    judge = {"gold": "the gold judge", "reward_model": "the reward model (no gold judge)"}.get(
+        summary["win_rate_judge"], DASH
+    )
+    methods = summary["methods"]
+    notes = [
+        f"- {summary['prompts']} held-out prompts, the same for every row; win rates judged by {judge}; intervals "
+        "are bootstrap over prompts, paired where a model is compared with sft.",
+        "- Every method starts from the run's sft adapter and learns from the same labels, the rankings "
+        f"{summary['rankings']} that trained the run's reward model: the PPO family through that RM, DPO directly.",
+        "- Equal budget: the same number of policy optimizer steps for every trained method (PPO: iterations × "
+        "epochs × rollout samples / mini-batch; DPO: its batch of ranked prompts chosen to give that many steps); "
+        "samples trained on: PPO-family on-policy rollouts (prompts × samples per prompt), DPO the ranked sft "
+        "responses it saw (prompts × K).",
+    ]
+    if "ppo_ptx" in methods:
+        ptx = methods["ppo_ptx"]
+        notes.append(f"- PPO-ptx: ppo.ptx.coef {ptx['ptx_coef']:g} on {ptx['ptx_path']}; PPO and RL rows: coef 0.")
+    for name in ("dpo_pairs", "dpo_pl"):
+        if name in methods:
+            notes.append(
+                f"- {METHODS[name].label}: dpo.loss_type {methods[name]['loss_type']}, β {methods[name]['beta']:g}."
+            )
+    notes += [
+        "- best-of-N samples N answers from sft and keeps the RM's favourite: its weights are sft's (same LM loss), "
+        "its KL is the bound log N − (N−1)/N; it trains nothing (its cost is N samples per prompt at inference).",
+        f"- LM loss: mean token NLL on {summary['lm_text'] or 'no held-out text (set eval.lm_text.path)'}; "
+        "KL: mean over prompts of the summed per-token KL(model ‖ sft) on the model's own answers.",
+        "- Train wall and peak RSS: the training phase alone, in the one ablation process (the base loaded once "
+        "before; peak = the kernel's RSS high-water mark reset before each phase, so it includes the shared base "
+        "and what the process already held). Compare them as ratios within one ablation run.",
+        "- " + DASH + ": not measurable in this run (e.g. no gold judge off the demo task), or nothing trained.",
+    ]
+    return notes
