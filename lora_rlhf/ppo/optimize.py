@@ -13,7 +13,6 @@ role's gradients are averaged across them before clipping, so every process take
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -43,6 +42,7 @@ from lora_rlhf.ppo.rollout import Rollout
 from lora_rlhf.ppo.stats import masked_mean
 from lora_rlhf.sft.loss import target_mask
 from lora_rlhf.train import distributed
+from lora_rlhf.train.optim import adamw, clip_and_step
 
 
 @dataclasses.dataclass
@@ -77,16 +77,16 @@ def build_optimizers(
     stack: RoleStack, optim: PPOOptimConfig, steps: int, accelerator, *, critic: bool = True
 ) -> Optimizers:
     """An AdamW and a schedule over `steps` PPO iterations for policy and (with `critic`) value, each at its rate."""
-    from transformers import get_scheduler
 
     def make(role: str, lr: float):
-        optimizer = torch.optim.AdamW(
-            stack.role_parameters(role), lr=lr, betas=tuple(optim.adam_betas), weight_decay=optim.weight_decay
+        return adamw(
+            stack.role_parameters(role),
+            lr,
+            optim,
+            scheduler=optim.scheduler,
+            warmup_steps=optim.warmup_steps,
+            total_steps=steps,
         )
-        scheduler = get_scheduler(
-            optim.scheduler, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=steps
-        )
-        return optimizer, scheduler
 
     policy, policy_scheduler = make("policy", optim.policy_learning_rate)
     value, value_scheduler = make("value", optim.value_learning_rate) if critic else (None, None)
@@ -228,9 +228,9 @@ def _minibatch(
     sent = 0
     for role, optimizer in opt.roles().items():
         sent += distributed.all_reduce_gradients(stack.role_parameters(role), average=True)
-        norm = _step(stack.role_parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
-        if norm is not None:
-            figures[f"{role}_grad_norm"] = norm
+        done = clip_and_step(stack.role_parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
+        if done.grad_norm is not None:
+            figures[f"{role}_grad_norm"] = done.grad_norm
     if distributed.world().size > 1:  # what this optimizer step sent through the all-reduce (issue 13)
         figures["allreduce_bytes"] = float(sent)
     return figures
@@ -289,17 +289,6 @@ def _value_backward(
         out = value_loss(values.float(), part.values, part.returns, part.response_mask, config.optim.clip_range_value)
         opt.accelerator.backward(out.loss / n_micro)
     return {"value_loss": out.loss.item(), "value_clipfrac": out.clipfrac.item()}
-
-
-def _step(params: list[torch.nn.Parameter], optimizer, accelerator, max_grad_norm: float) -> float | None:
-    """Clip and step; a non-finite gradient norm skips the update (the NaN guard then stops the run)."""
-    norm = None
-    if max_grad_norm > 0:
-        norm = float(accelerator.clip_grad_norm_(params, max_grad_norm))
-    if norm is None or math.isfinite(norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm
 
 
 def step_schedulers(optimizers: Optimizers) -> None:

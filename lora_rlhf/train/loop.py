@@ -31,6 +31,7 @@ from lora_rlhf.paths import RunLayout
 from lora_rlhf.train import distributed
 from lora_rlhf.train.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from lora_rlhf.train.config import OptimConfig
+from lora_rlhf.train.optim import adamw, clip_and_step
 from lora_rlhf.train.records import open_metrics
 
 logger = logging.getLogger(__name__)
@@ -93,8 +94,6 @@ def fit(
     """Train `task.role` with AdamW + schedule; log (also to the `report_to` trackers), evaluate, checkpoint;
     return the last figures.
     """
-    from transformers import get_scheduler
-
     if not task.examples:
         raise LoraRlhfError(f"{task.stage}: no training examples left after validation")
     accelerator = make_accelerator(config.mixed_precision, stack.device)
@@ -102,17 +101,16 @@ def fit(
     torch.manual_seed(config.seed + here.rank)  # rank 0 draws as one process does; the others their own dropout
     stack.set_trainable(task.role)
     distributed.broadcast_parameters(stack.role_parameters(task.role))  # every process starts from the same role
-    optimizer = torch.optim.AdamW(
-        _param_groups(stack, task),
-        lr=config.learning_rate,
-        betas=tuple(config.adam_betas),
-        weight_decay=config.weight_decay,
-    )
     micro_per_epoch = math.ceil(len(task.examples) / config.batch_size)
     steps_per_epoch = max(1, micro_per_epoch // config.gradient_accumulation)
     total = config.max_steps or steps_per_epoch * config.epochs
-    scheduler = get_scheduler(
-        config.scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total), num_training_steps=total
+    optimizer, scheduler = adamw(
+        _param_groups(stack, task),
+        config.learning_rate,
+        config,
+        scheduler=config.scheduler,
+        warmup_steps=math.ceil(config.warmup_ratio * total),
+        total_steps=total,
     )
     stateful = {"optimizer": optimizer, "scheduler": scheduler}
     ckpt_dir = RunLayout(output_dir).checkpoints(task.stage)
@@ -202,18 +200,13 @@ def _optimizer_step(
             rows.append(_micro_backward(stack, task, distributed.shard(indices), accelerator, len(group), step))
     distributed.all_reduce_gradients(stack.role_parameters(task.role))
     stats = distributed.weighted_stats(rows, task.summed)
-    if config.max_grad_norm > 0:
-        norm = accelerator.clip_grad_norm_(stack.role_parameters(task.role), config.max_grad_norm)
-        stats[-1]["grad_norm"] = float(norm)
-        _check_finite(task.stage, step, "grad_norm", stats[-1]["grad_norm"])
-    try:
-        optimizer.step()
-    except RuntimeError as exc:  # an update too large for the dtype ("cannot be converted ... without overflow")
-        if "overflow" not in str(exc):
-            raise
+    done = clip_and_step(stack.role_parameters(task.role), optimizer, accelerator, config.max_grad_norm)
+    if done.grad_norm is not None:
+        stats[-1]["grad_norm"] = done.grad_norm
+        _check_finite(task.stage, step, "grad_norm", done.grad_norm)
+    if not done.updated:
         _check_finite(task.stage, step, "the update", math.inf)
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     return _average(stats)
 
 
