@@ -13,6 +13,13 @@ Measured = weights, adapters, gradients (counted tensor by tensor) + the block's
 Markdown table; run it with nothing else on the machine.
 
     python scripts/validate_plan.py [--device cpu] [--models demo,llama,gpt_neox]
+    python scripts/validate_plan.py --device cuda --models 8b --model-config scripts/model_configs/llama-3.1-8b.json
+
+`8b` is the `--model-config` architecture with random NF4 weights (lora_rlhf/testing/random_quantized.py,
+bf16 compute, as the 8B recipes load it) at the 8B recipe's sizes: sft's 4 x 1024 with gradient checkpointing,
+PPO's scoring micro-batch 4 x 768 and the rollout's 64 x 768 (checkpointing off would keep ~70 GiB). On CUDA the
+table adds torch.cuda.max_memory_reserved (the caching allocator's high-water mark, which the plan's runtime
+allowance is meant to cover).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from lora_rlhf.testing import make_tiny_model
 
 R = 16
 SIZES = {"demo": [(2, 64), (4, 128), (8, 192)], "tiny": [(4, 64), (8, 128), (16, 256)]}
+OPS = {"8b": {"train-gc": [(4, 1024)], "score": [(4, 768)], "generate": [(64, 768)]}}
 NEW_TOKENS = 8  # generated per row: the KV cache covers prompt + new tokens; fewer steps keep profiling short
 
 
@@ -42,30 +50,30 @@ def _folder(name: str, root: Path) -> str:
     return str(make_tiny_model(root / name, name, hidden=256, layers=4, vocab_size=2048))
 
 
-def _predict(shape, op: str, rows: int, tokens: int, quant: str, dropout: bool) -> int:
-    static = estimate.base_weight_bytes(shape, quant, "float32") + estimate.adapter_bytes(shape, R, 1, 0)
+def _predict(shape, op: str, rows: int, tokens: int, quant: str, dropout: bool, dtype: str = "float32") -> int:
+    held = estimate.held_dtype(quant, dtype)  # a k-bit base computes in fp32 but for its matmuls (estimate.py)
+    static = estimate.base_weight_bytes(shape, quant, dtype) + estimate.adapter_bytes(shape, R, 1, 0)
     if op.startswith("train"):
         static += shape.lora_params(R) * 4  # gradients (no optimizer step here)
         act = estimate.activation_bytes(
-            shape, rows, tokens, "float32", grad=True, checkpointing=op == "train-gc", lora_dropout=dropout
+            shape, rows, tokens, held, grad=True, checkpointing=op == "train-gc", lora_dropout=dropout
         )
         return static + act + estimate.logit_bytes(shape, rows, min(tokens, 256), grad=True)
     if op == "score":
-        act = estimate.activation_bytes(
-            shape, rows, tokens, "float32", grad=False, checkpointing=False, lora_dropout=False
-        )
+        act = estimate.activation_bytes(shape, rows, tokens, held, grad=False, checkpointing=False, lora_dropout=False)
         return static + act + estimate.logit_bytes(shape, rows, min(tokens, 256), grad=False)
     prompt = tokens - NEW_TOKENS
-    act = estimate.activation_bytes(shape, rows, prompt, "float32", grad=False, checkpointing=False, lora_dropout=False)
+    act = estimate.activation_bytes(shape, rows, prompt, held, grad=False, checkpointing=False, lora_dropout=False)
     return (
         static
         + act
-        + estimate.kv_cache_bytes(shape, rows, tokens, "float32")
+        + estimate.kv_cache_bytes(shape, rows, tokens, held)
         + estimate.logit_bytes(shape, rows, 1, grad=False)
     )
 
 
-def _measure(stack: RoleStack, op: str, rows: int, tokens: int) -> int:
+def _measure(stack: RoleStack, op: str, rows: int, tokens: int) -> tuple[int, int]:
+    """(measured bytes, the CUDA caching allocator's reserved high-water mark or 0 on the CPU)."""
     vocab = stack.base_model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(3, min(1000, vocab), (rows, tokens))
     mask = torch.ones_like(ids)
@@ -95,37 +103,66 @@ def _measure(stack: RoleStack, op: str, rows: int, tokens: int) -> int:
                 top_k=0,
             )
     measured = resident_bytes(stack.base_model) + peak.bytes
+    reserved = torch.cuda.max_memory_reserved(stack.device) if stack.device.type == "cuda" else 0
     stack.model.zero_grad(set_to_none=True)
-    return measured
+    return measured, reserved
+
+
+def _load(name: str, folder: str | None, device: str, model_config: Path | None) -> tuple[RoleStack, object, str]:
+    """The stack of `name` with an `sft` role, its ModelShape and its quantization."""
+    if name == "8b":
+        from transformers import AutoConfig
+
+        from lora_rlhf.models.base import prepare_for_training
+        from lora_rlhf.testing.random_quantized import random_nf4_model
+        from lora_rlhf.testing.tiny import _tokenizer
+
+        if model_config is None:
+            raise SystemExit("validate_plan: --models 8b needs --model-config (a config.json)")
+        model = random_nf4_model(AutoConfig.from_pretrained(str(model_config)), compute_dtype=torch.bfloat16)
+        model = prepare_for_training(model.to(device), quantized=True, gradient_checkpointing=False)
+        stack = RoleStack(model, _tokenizer(384), base_name=model_config.stem)
+        shape = model_shape(str(model_config))
+        quant = "nf4"
+    else:
+        quant = "nf4" if name == "demo" else "none"
+        stack = RoleStack.load(BaseModelConfig(folder, quantization=quant, device=device, gradient_checkpointing=False))
+        shape = model_shape(folder)
+    stack.add_role("sft", LoraSettings(r=R, dropout=0.05))
+    return stack, shape, quant
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", default="demo,llama,gpt_neox")
+    parser.add_argument("--models", default="demo,llama,gpt_neox", help="demo, llama, gpt_neox (tiny), 8b")
+    parser.add_argument("--model-config", type=Path, help="the config.json of --models 8b")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print("| model | quantization | op | rows x tokens | predicted MB | measured MB | predicted / measured |")
-    print("|---|---|---|---|---:|---:|---:|")
+    cuda = args.device.startswith("cuda")
+    extra = " reserved MB |" if cuda else ""
+    print(f"| model | quantization | op | rows x tokens | predicted MB | measured MB | predicted / measured |{extra}")
+    print("|---|---|---|---|---:|---:|---:|" + ("---:|" if cuda else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            folder = _folder(name, Path(tmp))
-            quant = "nf4" if name == "demo" else "none"
-            stack = RoleStack.load(
-                BaseModelConfig(folder, quantization=quant, device=args.device, gradient_checkpointing=False)
-            )
-            stack.add_role("sft", LoraSettings(r=R, dropout=0.05))
-            shape = model_shape(folder)
-            for op in ("train", "train-gc", "score", "generate"):
-                for rows, tokens in SIZES["demo" if name == "demo" else "tiny"]:
-                    predicted = _predict(shape, op, rows, tokens, quant, dropout=True)
-                    measured = _measure(stack, op, rows, tokens)
+            folder = None if name == "8b" else _folder(name, Path(tmp))
+            stack, shape, quant = _load(name, folder, args.device, args.model_config)
+            dtype = "bfloat16" if name == "8b" else "float32"
+            default = {
+                op: SIZES["demo" if name == "demo" else "tiny"] for op in ("train", "train-gc", "score", "generate")
+            }
+            for op, sizes in OPS.get(name, default).items():
+                for rows, tokens in sizes:
+                    predicted = _predict(shape, op, rows, tokens, quant, dropout=True, dtype=dtype)
+                    measured, reserved = _measure(stack, op, rows, tokens)
+                    cell = f" {reserved / 1e6:,.0f} |" if cuda else ""
                     print(
                         f"| {name} | {quant} | {op} | {rows} x {tokens} "
                         f"| {predicted / 1e6:,.0f} | {measured / 1e6:,.0f} "
-                        f"| {predicted / measured:.2f} |",
+                        f"| {predicted / measured:.2f} |{cell}",
                         flush=True,
                     )
+            del stack
 
 
 if __name__ == "__main__":
