@@ -123,6 +123,7 @@ def test_a_rerun_reuses_the_trained_methods(ablated, capsys):
     after = (ablated / "ablation" / "dpo_pl" / "adapters" / "dpo" / "adapter_model.safetensors").stat().st_mtime_ns
     assert before == after
     rows = _summary(ablated)["rows"]
+    assert [row["model"] for row in rows] == ROWS  # the earlier methods' rows stay in the table
     assert rows[-1]["method"] == "dpo_pl" and rows[-1]["cost"]["wall_s"] > 0  # the cost read back
 
 

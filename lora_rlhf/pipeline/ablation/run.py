@@ -106,12 +106,29 @@ def write_outputs(
     costs: Mapping[str, Mapping[str, Any] | None],
     recipes: Mapping[str, RecipeConfig],
 ) -> str:
-    summary = ablation_summary(evals, costs, recipes, out)
+    summary = keep_earlier_methods(ablation_summary(evals, costs, recipes, out), out / "ablation.json")
     table = render_table(summary)
     write_json(out / "ablation.json", summary)
     with atomic_file(out / "ablation.md") as handle:
         handle.write(table)
     return table
+
+
+def keep_earlier_methods(summary: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`summary` plus the rows of methods an earlier call measured and this one did not (a call with a few
+    --methods adds to the table instead of replacing it), in METHODS' order."""
+    if not path.is_file():
+        return summary
+    earlier = json.loads(path.read_text())
+    kept = {row["method"]: row for row in earlier.get("rows", []) if row.get("method") in METHODS}
+    for row in summary["rows"]:
+        kept.pop(row["method"], None)
+    if not kept:
+        return summary
+    trained = {row["method"]: row for row in summary["rows"] if row["method"] in METHODS} | kept
+    summary["rows"] = summary["rows"][:2] + [trained[name] for name in METHODS if name in trained]
+    summary["methods"] = {name: earlier["methods"][name] for name in kept} | summary["methods"]
+    return summary
 
 
 def check_run(run: RunDir) -> dict[str, Any]:
@@ -250,10 +267,12 @@ def _method_record(recipe: RecipeConfig, name: str, out: Path) -> dict[str, Any]
         dpo = recipe.dpo
         record |= {"loss_type": dpo.loss_type, "beta": dpo.beta, "data": dpo.data.path}
         record |= {"batch_size": dpo.train.batch_size, "epochs": dpo.train.epochs, "max_steps": dpo.train.max_steps}
+        record["learning_rate"] = dpo.train.learning_rate
     else:
         ppo = recipe.ppo
         record |= {"advantage": ppo.advantage, "ptx_coef": ppo.ptx.coef, "ptx_path": ppo.ptx.data.path}
         record |= {"steps": ppo.steps, "samples_per_prompt": ppo.samples_per_prompt}
+        record["learning_rate"] = ppo.optim.policy_learning_rate
     return record
 
 

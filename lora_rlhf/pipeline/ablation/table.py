@@ -157,15 +157,17 @@ def _notes(summary: Mapping[str, Any]) -> list[str]:
         "- Equal budget: the same number of policy optimizer steps for every trained method (PPO: iterations × "
         "epochs × rollout samples / mini-batch; DPO: its batch of ranked prompts chosen to give that many steps); "
         "samples trained on: PPO-family on-policy rollouts (prompts × samples per prompt), DPO the ranked sft "
-        "responses it saw (prompts × K).",
+        "responses it saw (prompts × K). DPO runs at PPO's policy learning rate unless dpo.train.learning_rate is set.",
     ]
     if "ppo_ptx" in methods:
         ptx = methods["ppo_ptx"]
         notes.append(f"- PPO-ptx: ppo.ptx.coef {ptx['ptx_coef']:g} on {ptx['ptx_path']}; PPO and RL rows: coef 0.")
     for name in ("dpo_pairs", "dpo_pl"):
         if name in methods:
+            m = methods[name]
             notes.append(
-                f"- {METHODS[name].label}: dpo.loss_type {methods[name]['loss_type']}, β {methods[name]['beta']:g}."
+                f"- {METHODS[name].label}: dpo.loss_type {m['loss_type']}, β {m['beta']:g}, learning rate "
+                f"{m['learning_rate']:g}, {m['batch_size']} ranked prompts per step."
             )
     notes += [
         "- best-of-N samples N answers from sft and keeps the RM's favourite: its weights are sft's (same LM loss), "

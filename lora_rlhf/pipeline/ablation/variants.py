@@ -83,7 +83,11 @@ def method_recipe(
         # twice as large, so that it takes as many optimizer steps as PPO.
         update = merge(update, {"ppo": {"samples_per_prompt": 2, "mini_batch_size": 2 * ppo.mini_batch_size}})
     if METHODS[name].stage == "dpo":
-        update = merge(update, {"dpo": dpo_budget(plain, ppo_optimizer_steps(plain))})
+        dpo = dpo_budget(plain, ppo_optimizer_steps(plain))
+        if "learning_rate" not in ((overrides.get("dpo") or {}).get("train") or {}):
+            # The same step size as PPO's policy: equal steps of the same size on the same LoRA adapter.
+            dpo.setdefault("train", {})["learning_rate"] = plain.ppo.optim.policy_learning_rate
+        update = merge(update, {"dpo": dpo})
     return _build(saved, overrides, update, source)
 
 
