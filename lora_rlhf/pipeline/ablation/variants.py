@@ -112,8 +112,8 @@ def ppo_optimizer_steps(recipe: RecipeConfig) -> int:
 
 def dpo_budget(recipe: RecipeConfig, target_steps: int) -> dict[str, Any]:
     """The dpo section that trains on RUN_DIR's rankings (the RM's file, named explicitly) for `target_steps`
-    optimizer steps: the largest batch of prompts that still gives that many steps per pass, as many passes as
-    it takes (one where the training prompts divide evenly), capped by max_steps."""
+    optimizer steps: the smallest batch of prompts that covers the training rankings in at most that many steps,
+    as many passes as it takes (one where the prompts divide evenly), capped by max_steps."""
     rankings = recipe.rm.data.path
     section: dict[str, Any] = {"data": {"path": rankings}}
     rows = count_rows(rankings)
@@ -121,7 +121,7 @@ def dpo_budget(recipe: RecipeConfig, target_steps: int) -> dict[str, Any]:
         return section
     fraction = recipe.dpo.eval_fraction if recipe.dpo.eval_fraction is not None else recipe.rm.eval_fraction
     train_rows = max(1, rows - round(rows * fraction))
-    batch = max(1, train_rows // target_steps)
+    batch = math.ceil(train_rows / target_steps)  # every ranking seen once before any is seen twice
     per_epoch = math.ceil(train_rows / batch)
     section["train"] = {"batch_size": batch, "epochs": math.ceil(target_steps / per_epoch), "max_steps": target_steps}
     return section
