@@ -16,7 +16,8 @@ adapter in two ways:
 
 Both: the recipe's rm settings (learning rate, schedule, one epoch, max_length, prompts encoded once), no bias
 centring (accuracy does not depend on it), a checkpoint only at the end. Each variant trains in a fresh process
-(spawned), so its peak resident set (getrusage ru_maxrss) is its own; wall time is that of training alone. Both
+(spawned), so its memory is its own: the resident set sampled every 5 ms while it trains (peak, and what training
+added to the loaded model), and the process's getrusage high-water; wall time is that of training alone. Both
 are judged on RUN_DIR/data/eval_rankings.jsonl (held-out prompts, all their responses): pairwise accuracy against
 the gold judge's order (pairs of equal gold score left out) and against the labeler's ranks, with bootstrap 95%
 intervals over prompts, and the paired kway - pairs difference. Writes OUT/results.json and OUT/table.md
@@ -31,6 +32,7 @@ import logging
 import multiprocessing
 import random
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -176,6 +178,36 @@ def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+class RssPeak:
+    """The resident set sampled every 5 ms in a thread while the block runs: before it, and its peak."""
+
+    def __init__(self) -> None:
+        self.before = self.peak = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def now_mib() -> float:
+        import os
+
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.now_mib())
+
+    def __enter__(self) -> RssPeak:
+        self.before = self.peak = self.now_mib()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now_mib())
+
+
 def train_variant(job: Mapping[str, Any]) -> dict[str, Any]:
     """In a fresh process: the sft adapter -> reward role on the variant's data; time, peak RSS, held-out outcomes."""
     import resource
@@ -197,11 +229,11 @@ def train_variant(job: Mapping[str, Any]) -> dict[str, Any]:
     stack = load_stack(recipe)
     stack.load_role("sft", run.adapter("sft"))
     examples, _ = load_ranking_examples(rm.data, stack.tokenizer, rm.max_length, ties=rm.ties, on_bad_row=rm.on_bad_row)
-    loaded = peak_mib()
-    start = time.perf_counter()
-    summary = train_reward_model(stack, rm, Path(job["out"]))
-    seconds = time.perf_counter() - start
-    peak = peak_mib()
+    with RssPeak() as rss:
+        start = time.perf_counter()
+        summary = train_reward_model(stack, rm, Path(job["out"]))
+        seconds = time.perf_counter() - start
+    process_peak = peak_mib()
     held, _ = load_eval_rankings(recipe.eval, stack.tokenizer)
     scored = score_rankings(stack, held, recipe.eval.batch_size)
     gold = gold_orders(scored, demo_data.gold_fn(recipe, run))
@@ -214,8 +246,9 @@ def train_variant(job: Mapping[str, Any]) -> dict[str, Any]:
         "tokens_encoded": sum(_tokens(e, rm.share_prompts) for e in examples) * rm.train.epochs,
         "train_seconds": seconds,
         "train_loss": summary["train_loss"],
-        "peak_rss_mib": peak,
-        "loaded_rss_mib": loaded,
+        "rss_before_mib": rss.before,  # the model and the sft adapter loaded
+        "peak_rss_mib": rss.peak,  # sampled every 5 ms while training
+        "process_maxrss_mib": process_peak,  # getrusage high-water of the whole process (the load included)
         "labels": [pair_outcomes(s.ranking.ranks, s.scores, higher_is_better=False) for s in scored],
         "gold": [pair_outcomes(g, s.scores, higher_is_better=True) for g, s in zip(gold, scored)],
     }
@@ -291,15 +324,15 @@ def render_table(summary: Mapping[str, Any]) -> str:
 
     lines = [
         "| K | loss view | batch | optimizer steps | responses encoded | tokens encoded | train time (s) | "
-        "peak RSS (MiB) | held-out acc. vs gold [95% CI] | vs labeler [95% CI] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS (MiB) | RSS added (MiB) | held-out acc. vs gold [95% CI] | vs labeler [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["variants"]:
         unit = "rankings" if row["view"] == "kway" else "pairs"
         lines.append(
             f"| {row['k']} | {row['view']} | {row['batch_size']} {unit} | {row['steps']} | "
             f"{row['responses_encoded']} | {row['tokens_encoded']} | {row['train_seconds']:.0f} | "
-            f"{row['peak_rss_mib']:.0f} | "
+            f"{row['peak_rss_mib']:.0f} | {row['peak_rss_mib'] - row['rss_before_mib']:.0f} | "
             f"{acc(row, 'gold')} | {acc(row, 'labels')} |"
         )
     lines += ["", "| K | kway − pairs, gold acc. [95% CI] | kway − pairs, labeler acc. [95% CI] | time pairs / kway |"]
