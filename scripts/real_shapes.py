@@ -185,7 +185,8 @@ def run_stages(stack: RoleStack, recipe: RecipeConfig, predicted: dict[str, int]
     labels[:, : ids.shape[1] // 2] = IGNORE_INDEX
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     batch = {k: v.to(stack.device) for k, v in batch.items()}
-    with stack.training(), measured(rows, "sft step", predicted["sft step"], stack, [opt], rss):
+    # backward inside `use`: under checkpointing the recomputed forward runs under the active adapter (roles.py)
+    with stack.training(), stack.use("sft"), measured(rows, "sft step", predicted["sft step"], stack, [opt], rss):
         sft_loss(stack, batch).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -199,7 +200,7 @@ def run_stages(stack: RoleStack, recipe: RecipeConfig, predicted: dict[str, int]
     pair = RankingExample(_ids(1, RM_PROMPT, vocab)[0].tolist(), _ids(2, response, vocab).tolist(), [0, 1])
     batch = ranking_collator(stack, recipe.rm.share_prompts)([pair] * recipe.rm.train.batch_size)
     batch = {k: v.to(stack.device) for k, v in batch.items()}
-    with stack.training(), measured(rows, "rm step", predicted["rm step"], stack, [opt], rss):
+    with stack.training(), stack.use("reward"), measured(rows, "rm step", predicted["rm step"], stack, [opt], rss):
         rm_step(stack, batch).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -351,7 +352,7 @@ def rm_demo(overrides: list[str]) -> tuple[str, list[Row], str]:
         rss = RssSampler()
         predicted = predictions(recipe, shape)["rm step"]
         name = f"rm step, checkpointing {'on' if checkpointing else 'off'}"
-        with stack.training(), measured(rows, name, predicted, stack, [opt], rss):
+        with stack.training(), stack.use("reward"), measured(rows, name, predicted, stack, [opt], rss):
             rm_step(stack, batch).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -359,7 +360,9 @@ def rm_demo(overrides: list[str]) -> tuple[str, list[Row], str]:
         if not checkpointing:
             budget = int(rows[-1].predicted * 0.6)
             plan = plan_recipe(recipe, shape, device="cpu", budget=budget, responses_per_prompt=2)
-            advice = format_plan(plan)
+            advice = "\n".join(
+                line for line in format_plan(plan).splitlines() if line.startswith(("Does NOT", "- rm step"))
+            )
         del stack, opt, batch
     title = (
         f"demo model ({m.quantization} on the CPU -> fp32), 8 pairs of a {prompt}-token prompt and "
