@@ -12,6 +12,7 @@ import yaml
 from lora_rlhf.cli.main import main as cli
 from lora_rlhf.config.recipe import RECIPES
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.pipeline.ablation.measure import MIB, measured
 from lora_rlhf.pipeline.ablation.run import user_overrides
 
 TINY = str(RECIPES / "tiny-test.yaml")
@@ -166,3 +167,14 @@ def test_overrides_of_what_a_flag_sets_are_refused(override, message):
     with pytest.raises(LoraRlhfError, match=f"^{message}, not by an override$"):
         user_overrides([override])
     assert user_overrides(["ppo.ptx.batch_size=2"]) == {"ppo": {"ptx": {"batch_size": 2}}}
+
+
+def test_each_phase_has_its_own_peak_memory():
+    with measured() as cost:
+        block = b"\x01" * (64 * MIB)  # written, so resident
+        del block
+    with measured() as after:  # the block is gone: with the high-water mark reset, this phase's peak is lower
+        pass
+    assert cost["wall_s"] >= 0 and cost["peak_rss_mib"] - cost["start_rss_mib"] >= 60
+    if after["rss_reset"]:
+        assert after["peak_rss_mib"] < cost["peak_rss_mib"] - 30
