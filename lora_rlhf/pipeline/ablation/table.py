@@ -97,12 +97,13 @@ def _fmt(value: float | None, interval: Sequence[float] | None = None, *, signed
 def _cost_cells(row: Mapping[str, Any]) -> list[str]:
     cost, budget = row.get("cost") or {}, row.get("budget") or {}
     steps, samples = budget.get("optimizer_steps"), budget.get("samples")
-    wall, peak = cost.get("wall_s"), cost.get("peak_rss_mib")
+    wall, peak, start = cost.get("wall_s"), cost.get("peak_rss_mib"), cost.get("start_rss_mib")
+    growth = f" (+{peak - start:.0f})" if peak is not None and start is not None else ""
     return [
         DASH if steps is None else str(steps),
         DASH if samples is None else str(samples),
         DASH if wall is None else f"{wall:.0f}",
-        DASH if peak is None else f"{peak:.0f}",
+        DASH if peak is None else f"{peak:.0f}{growth}",
     ]
 
 
@@ -120,7 +121,7 @@ def render_table(summary: Mapping[str, Any]) -> str:
         "optimizer steps",
         "samples trained on",
         "train wall (s)",
-        "train peak RSS (MiB)",
+        "train peak RSS, MiB (+ over its start)",
     ]
     lines = [
         "# Ablation: sft, best-of-N, PPO, PPO-ptx, critic-free RL and DPO from one run's sft and reward",
