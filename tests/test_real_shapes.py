@@ -75,3 +75,24 @@ def test_a_role_stack_trains_lora_on_it():
     grads = [p.grad for p in stack.role_parameters("sft") if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def test_the_plan_holds_a_kbit_base_in_fp32_but_for_its_linears(tmp_path):
+    """PEFT's k-bit preparation upcasts a bf16 NF4 base's embeddings, norms and head (measured: the same bytes as
+    fp32 compute, docs/benchmarks.md "at the real shapes"); an unquantized bf16 base stays bf16."""
+    from lora_rlhf.plan import estimate
+    from lora_rlhf.plan.shapes import model_shape
+
+    config = _config()
+    model = prepare_for_training(
+        random_nf4_model(config, compute_dtype=torch.bfloat16), quantized=True, gradient_checkpointing=False
+    )
+    kept = [p for p in model.parameters() if p.dtype != torch.uint8]
+    assert {p.dtype for p in kept} == {torch.float32}
+    config.save_pretrained(tmp_path)
+    shape = model_shape(str(tmp_path))
+    assert sum(p.numel() for p in kept) == shape.other_params
+    assert estimate.held_dtype("nf4", "bfloat16") == "float32" and estimate.held_dtype("none", "bfloat16") == "bfloat16"
+    nf4 = int(shape.linear_params * estimate.QUANT_BYTES["nf4"])
+    assert estimate.base_weight_bytes(shape, "nf4", "bfloat16") == nf4 + shape.other_params * 4
+    assert estimate.base_weight_bytes(shape, "none", "bfloat16") == shape.params * 2
