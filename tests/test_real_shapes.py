@@ -62,9 +62,10 @@ def test_construction_never_holds_the_unquantized_linears():
     assert final < shape.linear_params * 4 / 2  # the fp32 linears alone would be > 2x the whole 4-bit model
 
 
-def test_a_role_stack_trains_lora_on_it():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_role_stack_trains_lora_on_it(dtype):
     model = prepare_for_training(
-        random_nf4_model(_config(), compute_dtype=torch.float32), quantized=True, gradient_checkpointing=False
+        random_nf4_model(_config(), compute_dtype=dtype), quantized=True, gradient_checkpointing=True
     )
     stack = RoleStack(model)
     stack.add_role("sft", LoraSettings(r=4, dropout=0.0))
@@ -74,25 +75,30 @@ def test_a_role_stack_trains_lora_on_it():
         stack.logprobs("sft", ids, torch.ones_like(ids)).logprobs.mean().backward()
     grads = [p.grad for p in stack.role_parameters("sft") if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 
-def test_the_plan_holds_a_kbit_base_in_fp32_but_for_its_linears(tmp_path):
-    """PEFT's k-bit preparation upcasts a bf16 NF4 base's embeddings, norms and head (measured: the same bytes as
-    fp32 compute, docs/benchmarks.md "at the real shapes"); an unquantized bf16 base stays bf16."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_kbit_base_stays_bf16_and_an_fp16_one_is_held_in_fp32_as_the_plan_counts(tmp_path, dtype):
+    """PEFT's k-bit preparation upcasts an fp16 NF4 base's embeddings, norms and head to fp32 (fp16's range
+    overflows); a bf16 one is left bf16 (models/base.py prepare_for_training). The plan counts what is held."""
     from lora_rlhf.plan import estimate
     from lora_rlhf.plan.shapes import model_shape
 
     config = _config()
     model = prepare_for_training(
-        random_nf4_model(config, compute_dtype=torch.bfloat16), quantized=True, gradient_checkpointing=False
+        random_nf4_model(config, compute_dtype=dtype), quantized=True, gradient_checkpointing=False
     )
     kept = [p for p in model.parameters() if p.dtype != torch.uint8]
-    assert {p.dtype for p in kept} == {torch.float32}
+    held = torch.float32 if dtype == torch.float16 else torch.bfloat16
+    assert {p.dtype for p in kept} == {held}
+    assert not any(p.requires_grad for p in model.parameters())
     config.save_pretrained(tmp_path)
     shape = model_shape(str(tmp_path))
     assert sum(p.numel() for p in kept) == shape.other_params
-    assert estimate.held_dtype("nf4", "bfloat16") == "float32" and estimate.held_dtype("none", "bfloat16") == "bfloat16"
+    name = str(dtype).removeprefix("torch.")
+    assert estimate.held_dtype("nf4", name) == str(held).removeprefix("torch.")
     nf4 = int(shape.linear_params * estimate.QUANT_BYTES["nf4"])
-    assert estimate.base_weight_bytes(shape, "nf4", "bfloat16") == nf4 + shape.other_params * 4
+    assert estimate.base_weight_bytes(shape, "nf4", name) == nf4 + shape.other_params * held.itemsize
     assert estimate.base_weight_bytes(shape, "none", "bfloat16") == shape.params * 2

@@ -201,9 +201,17 @@ def keep_nf4_differentiable(model: nn.Module) -> int:
 
 
 def prepare_for_training(model, *, quantized: bool, gradient_checkpointing: bool):
-    """Freeze the base and, if asked, turn on gradient checkpointing (with PEFT's k-bit preparation when quantized)."""
+    """Freeze the base and, if asked, turn on gradient checkpointing (with PEFT's k-bit preparation when quantized).
+
+    PEFT's `prepare_model_for_kbit_training` also upcasts every fp16/bf16 parameter that is not quantized
+    (embeddings, norms, LM head) to fp32, which makes the residual stream, the KV cache and the logits fp32 too
+    (bitsandbytes casts each 4-bit linear's output back to its input's dtype): +12 GiB of KV cache for the
+    Llama-3.1-8B recipe's rollouts (docs/benchmarks.md, "at the real shapes"). The upcast guards fp16, whose
+    range overflows; bf16 has fp32's range, so a bf16 base is prepared as an unquantized one is (frozen, inputs
+    requiring grad under checkpointing) and stays bf16, as QLoRA's bf16 recipes keep their embeddings and head.
+    """
     keep_nf4_differentiable(model)
-    if quantized:
+    if quantized and held_in_fp32(model):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -220,6 +228,12 @@ def prepare_for_training(model, *, quantized: bool, gradient_checkpointing: bool
             model.enable_input_require_grads()
     model.config.use_cache = not gradient_checkpointing
     return model
+
+
+def held_in_fp32(model: nn.Module) -> bool:
+    """Whether PEFT's k-bit preparation would upcast `model`'s unquantized weights: yes unless they are bf16."""
+    dtypes = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+    return dtypes != {torch.bfloat16}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -65,13 +65,13 @@ class PhaseMemory:
 def held_dtype(quantization: str, compute_dtype: str) -> str:
     """The dtype of a base's unquantized weights and of its activations, KV cache and logits.
 
-    For a 4-/8-bit base, float32 whatever the compute dtype: PEFT's `prepare_model_for_kbit_training` (the
-    loader's, models/base.py) upcasts every fp16/bf16 parameter that is not quantized (embeddings, norms, LM head)
-    to fp32, so the residual stream is fp32 and bitsandbytes casts each linear's output back to its input's dtype;
-    only the matmuls run in the compute dtype. Measured on the CPU (docs/benchmarks.md, "at the real shapes"): a
-    bf16 NF4 model's phases peak at the same bytes as the fp32 one's.
+    The compute dtype, except for a 4-/8-bit base computing in fp16: PEFT's `prepare_model_for_kbit_training`
+    (models/base.py `prepare_for_training`) upcasts its unquantized weights (embeddings, norms, LM head) to fp32,
+    so its residual stream is fp32 and bitsandbytes casts each linear's output back to its input's dtype; only
+    the matmuls run in fp16. A bf16 base is not upcast (measured on the CPU: docs/benchmarks.md, "at the real
+    shapes", where an upcast bf16 NF4 model peaked at the fp32 one's bytes).
     """
-    return "float32" if quantization in QUANT_BYTES else compute_dtype
+    return "float32" if quantization in QUANT_BYTES and compute_dtype == "float16" else compute_dtype
 
 
 def base_weight_bytes(shape: ModelShape, quantization: str, compute_dtype: str) -> int:
