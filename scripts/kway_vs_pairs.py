@@ -1,6 +1,6 @@
 """The K-way reward loss against the same rankings flattened into independent pairs (issue 28).
 
-    python scripts/kway_vs_pairs.py RUN_DIR [--prompts 48] [--ks 8,4] [--out DIR] [--seed 0]
+    python scripts/kway_vs_pairs.py RUN_DIR [--prompts 48] [--ks 8,4] [--views kway,pairs] [--out DIR] [--seed 0]
 
 RUN_DIR is a demo run whose sft adapter and rankings exist (`lora-rlhf sft` then `lora-rlhf rm`, which writes
 RUN_DIR/data/rankings.jsonl and eval_rankings.jsonl before it trains). For each K in --ks, the first --prompts
@@ -12,7 +12,9 @@ adapter in two ways:
 - pairs: the same rankings written as C(K,2) {prompt, chosen, rejected} rows (ties skipped as the rm's tie policy
   does, `flatten_ranking`), shuffled: every pair an independent example, as TRL's RewardTrainer sees them. Batch:
   batch_size x K/2 pairs, so a step encodes as many responses as a kway step (like-for-like memory per step);
-  it then takes K - 1 times the steps to see every pair once.
+  it then takes K - 1 times the steps to see every pair once;
+- pairs_same_steps (optional, --views): the same pairs and micro-batches, gradients accumulated so the run takes as
+  many optimizer steps as kway (each step then holds about as many pairs as batch_size rankings do).
 
 Both: the recipe's rm settings (learning rate, schedule, one epoch, max_length, prompts encoded once), no bias
 centring (accuracy does not depend on it), a checkpoint only at the end. Each variant trains in a fresh process
@@ -42,7 +44,7 @@ from typing import Any
 from lora_rlhf.data.rankings import Ranking, Ties, flatten_ranking, parse_ranking
 
 logger = logging.getLogger("kway_vs_pairs")
-VIEWS = ("kway", "pairs")
+VIEWS = ("kway", "pairs", "pairs_same_steps")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -57,6 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="demo run with adapters/sft and data/rankings.jsonl")
     parser.add_argument("--prompts", type=int, default=48, help="ranked training prompts used (the first N; 0: all)")
     parser.add_argument("--ks", default="8,4", help="comma-separated K values (responses kept per ranking)")
+    parser.add_argument("--views", default="kway,pairs", help=f"comma-separated, kway first, of {', '.join(VIEWS)}")
     parser.add_argument("--out", help="output directory (default: RUN_DIR/kway_vs_pairs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the flattened pairs' shuffle")
     args = parser.parse_args(argv)
@@ -66,6 +69,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--ks: {args.ks!r} must be comma-separated integers, e.g. 8,4")
     if any(k < 2 for k in args.ks) or len(set(args.ks)) != len(args.ks):
         parser.error(f"--ks: {args.ks} must be distinct integers >= 2 (K responses to rank)")
+    args.views = args.views.split(",")
+    if args.views[0] != "kway" or not set(args.views) <= set(VIEWS) or len(set(args.views)) != len(args.views):
+        parser.error(f"--views: {','.join(args.views)!r} must start with kway and name distinct views of {VIEWS}")
     if args.prompts < 0:
         parser.error(f"--prompts: {args.prompts} must be >= 0 (0: all)")
     return args
@@ -155,22 +161,33 @@ def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     for k in args.ks:
         data = variant_rows(rows, k, recipe.rm.ties, args.seed)
-        for view in VIEWS:  # alternated: kway, pairs, kway, pairs
-            batch = recipe.rm.train.batch_size * (1 if view == "kway" else max(1, k // 2))
+        for view in args.views:  # alternated: kway, pairs, kway, pairs
+            rows_of_view = data["kway" if view == "kway" else "pairs"]
+            batch, accumulation = batching(view, k, recipe.rm.train.batch_size, len(rows_of_view), len(data["kway"]))
+            train = dataclasses.replace(
+                recipe.rm.train,
+                batch_size=batch,
+                gradient_accumulation=accumulation,
+                save_steps=10**9,
+                eval_steps=10**9,
+            )
             rm = dataclasses.replace(
                 recipe.rm,
-                data=DatasetSpec(str(write_jsonl(out / "data" / f"k{k}_{view}.jsonl", data[view]).resolve())),
+                data=DatasetSpec(str(write_jsonl(out / "data" / f"k{k}_{view}.jsonl", rows_of_view).resolve())),
                 eval_data=None,
                 eval_fraction=0.0,
                 demonstrations=DatasetSpec(),  # no bias centring: accuracy is shift-invariant
-                train=dataclasses.replace(recipe.rm.train, batch_size=batch, save_steps=10**9, eval_steps=10**9),
+                train=train,
             )
             variant = dataclasses.replace(recipe, rm=rm)
             job = {"recipe": variant, "run_dir": str(run.path), "out": str(out / f"k{k}_{view}")}
-            logger.info("K = %d, %s: %d rows, batch %d", k, view, len(data[view]), batch)
+            logger.info("K = %d, %s: %d rows, batch %d x %d", k, view, len(rows_of_view), batch, accumulation)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 result = pool.submit(train_variant, job).result()
-            results.append({"k": k, "view": view, "batch_size": batch, "rows": len(data[view]), **result})
+            results.append(
+                {"k": k, "view": view, "batch_size": batch, "accumulation": accumulation, "rows": len(rows_of_view)}
+                | result
+            )
             logger.info("K = %d, %s: %s", k, view, _brief(results[-1]))
     summary = summarize(results, recipe, args, k_data, len(rows))
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -208,6 +225,18 @@ class RssPeak:
         self.peak = max(self.peak, self.now_mib())
 
 
+def batching(view: str, k: int, batch_size: int, rows: int, rankings: int) -> tuple[int, int]:
+    """(micro-batch, gradient accumulation) of a view: kway takes the recipe's batch of rankings; the pair views
+    batch_size x K/2 pairs, as many responses per forward as a kway batch; pairs_same_steps accumulates them so
+    its optimizer steps match kway's."""
+    if view == "kway":
+        return batch_size, 1
+    pairs = batch_size * max(1, k // 2)
+    if view == "pairs":
+        return pairs, 1
+    return pairs, max(1, round(-(-rows // pairs) / -(-rankings // batch_size)))
+
+
 def train_variant(job: Mapping[str, Any]) -> dict[str, Any]:
     """In a fresh process: the sft adapter -> reward role on the variant's data; time, peak RSS, held-out outcomes."""
     import resource
@@ -230,14 +259,15 @@ def train_variant(job: Mapping[str, Any]) -> dict[str, Any]:
     stack.load_role("sft", run.adapter("sft"))
     examples, _ = load_ranking_examples(rm.data, stack.tokenizer, rm.max_length, ties=rm.ties, on_bad_row=rm.on_bad_row)
     with RssPeak() as rss:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         summary = train_reward_model(stack, rm, Path(job["out"]))
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     process_peak = peak_mib()
     held, _ = load_eval_rankings(recipe.eval, stack.tokenizer)
     scored = score_rankings(stack, held, recipe.eval.batch_size)
     gold = gold_orders(scored, demo_data.gold_fn(recipe, run))
-    steps = -(-len(examples) // rm.train.batch_size) * rm.train.epochs
+    micro = -(-len(examples) // rm.train.batch_size)
+    steps = max(1, micro // rm.train.gradient_accumulation) * rm.train.epochs  # fit's count
     return {
         "examples": len(examples),
         "pairs": sum(_untied_pairs(e.ranks) for e in examples),
@@ -245,6 +275,7 @@ def train_variant(job: Mapping[str, Any]) -> dict[str, Any]:
         "responses_encoded": sum(len(e.response_ids) for e in examples) * rm.train.epochs,
         "tokens_encoded": sum(_tokens(e, rm.share_prompts) for e in examples) * rm.train.epochs,
         "train_seconds": seconds,
+        "train_cpu_seconds": cpu_seconds,  # user + system of this process: less moved by a shared machine's load
         "train_loss": summary["train_loss"],
         "rss_before_mib": rss.before,  # the model and the sft adapter loaded
         "peak_rss_mib": rss.peak,  # sampled every 5 ms while training
@@ -287,16 +318,19 @@ def summarize(
             row[f"accuracy_{against}"], row[f"accuracy_{against}_ci"] = accuracy, list(interval)
             row[f"eval_pairs_{against}"] = sum(len(o) for o in r[against])
         rows.append(row)
-    differences = {}
+    differences: list[dict[str, Any]] = []
     for k in args.ks:
-        a, b = (next(r for r in results if r["k"] == k and r["view"] == v) for v in VIEWS)
-        differences[str(k)] = {}
-        for against in ("gold", "labels"):
-            # Same held-out pairs in the same order: per-pair differences, resampled by prompt.
-            diffs = [[x - y for x, y in zip(pa, pb)] for pa, pb in zip(a[against], b[against])]
-            value, interval = stats.cluster_accuracy_ci(diffs, **boot)
-            differences[str(k)][against] = {"kway_minus_pairs": value, "ci": list(interval)}
-        differences[str(k)]["time_ratio_pairs_over_kway"] = b["train_seconds"] / a["train_seconds"]
+        a = next(r for r in results if r["k"] == k and r["view"] == "kway")
+        for b in (r for r in results if r["k"] == k and r["view"] != "kway"):
+            difference: dict[str, Any] = {"k": k, "view": b["view"]}
+            for against in ("gold", "labels"):
+                # Same held-out pairs in the same order: per-pair differences, resampled by prompt.
+                diffs = [[x - y for x, y in zip(pa, pb)] for pa, pb in zip(a[against], b[against])]
+                value, interval = stats.cluster_accuracy_ci(diffs, **boot)
+                difference[against] = {"kway_minus_view": value, "ci": list(interval)}
+            difference["time_ratio_view_over_kway"] = b["train_seconds"] / a["train_seconds"]
+            difference["cpu_ratio_view_over_kway"] = b["train_cpu_seconds"] / a["train_cpu_seconds"]
+            differences.append(difference)
     return {
         "run_dir": str(Path(args.run_dir).resolve()),
         "training_prompts": prompts,
@@ -312,6 +346,7 @@ def summarize(
         },
         "eval_rankings": recipe.eval.rankings.path,
         "seed": args.seed,
+        "views": args.views,
         "variants": rows,
         "differences": differences,
     }
@@ -324,24 +359,32 @@ def render_table(summary: Mapping[str, Any]) -> str:
 
     lines = [
         "| K | loss view | batch | optimizer steps | responses encoded | tokens encoded | train time (s) | "
-        "peak RSS (MiB) | RSS added (MiB) | held-out acc. vs gold [95% CI] | vs labeler [95% CI] |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "CPU time (s) | peak RSS (MiB) | RSS added (MiB) | held-out acc. vs gold [95% CI] | vs labeler [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["variants"]:
         unit = "rankings" if row["view"] == "kway" else "pairs"
+        unit += f" x {row['accumulation']}" if row["accumulation"] > 1 else ""
         lines.append(
             f"| {row['k']} | {row['view']} | {row['batch_size']} {unit} | {row['steps']} | "
             f"{row['responses_encoded']} | {row['tokens_encoded']} | {row['train_seconds']:.0f} | "
+            f"{row.get('train_cpu_seconds', float('nan')):.0f} | "
             f"{row['peak_rss_mib']:.0f} | {row['peak_rss_mib'] - row['rss_before_mib']:.0f} | "
             f"{acc(row, 'gold')} | {acc(row, 'labels')} |"
         )
-    lines += ["", "| K | kway − pairs, gold acc. [95% CI] | kway − pairs, labeler acc. [95% CI] | time pairs / kway |"]
-    lines.append("|---|---|---|---|")
-    for k, d in summary["differences"].items():
+    lines += [
+        "",
+        "| K | kway − view | gold acc. [95% CI] | labeler acc. [95% CI] | time view / kway | CPU view / kway |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    for d in summary["differences"]:
         cell = [
-            f"{d[a]['kway_minus_pairs']:+.3f} [{d[a]['ci'][0]:+.3f}, {d[a]['ci'][1]:+.3f}]" for a in ("gold", "labels")
+            f"{d[a]['kway_minus_view']:+.3f} [{d[a]['ci'][0]:+.3f}, {d[a]['ci'][1]:+.3f}]" for a in ("gold", "labels")
         ]
-        lines.append(f"| {k} | {cell[0]} | {cell[1]} | {d['time_ratio_pairs_over_kway']:.2f} |")
+        lines.append(
+            f"| {d['k']} | {d['view']} | {cell[0]} | {cell[1]} | {d['time_ratio_view_over_kway']:.2f} | "
+            f"{d['cpu_ratio_view_over_kway']:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -65,6 +65,12 @@ def test_variant_rows_hold_the_same_pairs(script):
     assert data["pairs"] != sorted(data["pairs"], key=lambda r: r["prompt"])  # shuffled across prompts
 
 
+def test_batching_matches_responses_per_forward_and_optionally_steps(script):
+    assert script.batching("kway", 8, 4, 48, 48) == (4, 1)
+    assert script.batching("pairs", 8, 4, 777, 48) == (16, 1)  # 16 pairs = 32 responses, as 4 rankings of 8
+    assert script.batching("pairs_same_steps", 8, 4, 777, 48) == (16, 4)  # 49 micro-batches // 12 kway steps
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
@@ -73,6 +79,8 @@ def test_variant_rows_hold_the_same_pairs(script):
         (["run", "--ks", "1"], ">= 2"),
         (["run", "--prompts", "-1"], "--prompts"),
         (["run", "--prompts", "many"], "--prompts"),
+        (["run", "--views", "pairs"], "--views"),
+        (["run", "--views", "kway,triples"], "--views"),
     ],
 )
 def test_argument_errors_are_one_line(script, capsys, argv, needle):
