@@ -141,14 +141,15 @@ def planned_budget(recipe: RecipeConfig, name: str) -> dict[str, Any]:
     if METHODS[name].stage == "dpo":
         train = recipe.dpo.train
         rows = count_rows(recipe.dpo.data.path)
-        k = _responses_per_row(recipe.dpo.data.path)
+        responses = _responses(recipe.dpo.data.path)
         steps = train.max_steps
         prompts = min(rows, steps * train.batch_size) if rows is not None and steps else None
         return {
             "data": recipe.dpo.data.path,
             "optimizer_steps": steps,
             "prompts": prompts,
-            "samples": prompts * k if prompts is not None and k else None,
+            # K varies by prompt (the demo merges duplicate samples): all responses, pro rata where not all seen
+            "samples": round(responses * prompts / rows) if prompts is not None and responses else None,
             "sampled_by": "sft (the rankings, off-policy)",
         }
     ppo = recipe.ppo
@@ -162,13 +163,10 @@ def planned_budget(recipe: RecipeConfig, name: str) -> dict[str, Any]:
     }
 
 
-def _responses_per_row(path: str) -> int | None:
-    """K of the first ranking row ({"responses": [...]}: K; {"chosen", "rejected"}: 2)."""
+def _responses(path: str) -> int | None:
+    """Responses in a local JSONL rankings file ({"responses": [...]}: K each; {"chosen", "rejected"}: 2)."""
     if count_rows(path) is None:
         return None
     with Path(path).open() as handle:
-        for line in handle:
-            if line.strip():
-                row = json.loads(line)
-                return len(row["responses"]) if "responses" in row else 2
-    return None
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return sum(len(row["responses"]) if "responses" in row else 2 for row in rows)
