@@ -17,6 +17,7 @@ from typing import Any, Literal
 from lora_rlhf.data.chat import Prompt, hh_messages, render_prompt
 from lora_rlhf.data.rows import BadRow, OnBadRow, RowReport, parse_rows, prompt_field, text_field
 from lora_rlhf.data.sources import DatasetSpec, load_rows
+from lora_rlhf.data.split import hold_out
 
 Ties = Literal["error", "skip_pairs"]
 
@@ -229,3 +230,29 @@ def load_ranking_examples(
     report.truncated = sum(e.truncated for e in examples)
     report.no_signal_pairs = sum(e.no_signal_pairs for e in examples)
     return examples, report
+
+
+def load_ranking_splits(
+    data: DatasetSpec,
+    eval_data: DatasetSpec | None,
+    tokenizer,
+    max_length: int,
+    *,
+    ties: Ties,
+    on_bad_row: OnBadRow,
+    eval_fraction: float,
+    seed: int,
+) -> tuple[list[RankingExample], list[RankingExample], RowReport]:
+    """(train, held-out, the training file's report) as the RM and DPO stages read a rankings file: `eval_data`
+    when given, else `eval_fraction` of `data` held out by `seed`; each file's report is logged."""
+
+    def load(spec: DatasetSpec) -> tuple[list[RankingExample], RowReport]:
+        examples, report = load_ranking_examples(spec, tokenizer, max_length, ties=ties, on_bad_row=on_bad_row)
+        report.log()
+        return examples, report
+
+    examples, report = load(data)
+    if eval_data is not None:
+        return examples, load(eval_data)[0], report
+    train, held = hold_out(examples, eval_fraction, seed)
+    return train, held, report

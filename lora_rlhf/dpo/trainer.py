@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from lora_rlhf.data.rankings import load_ranking_examples
+from lora_rlhf.data.rankings import load_ranking_splits
 from lora_rlhf.data.rows import RowReport
-from lora_rlhf.data.split import hold_out
 from lora_rlhf.dpo.batching import DPOExample, collate_dpo, sequence_logprobs
 from lora_rlhf.dpo.config import DPOConfig
 from lora_rlhf.dpo.loss import ranking_dpo_loss
@@ -130,19 +129,17 @@ def train_dpo(
 
 
 def _load_rankings(stack: RoleStack, config: DPOConfig) -> tuple[list[DPOExample], list[DPOExample], RowReport]:
-    def load(spec):
-        return load_ranking_examples(
-            spec, stack.tokenizer, config.max_length, ties=config.ties, on_bad_row=config.on_bad_row
-        )
-
-    examples, report = load(config.data)
-    report.log()
-    if config.eval_data is not None:
-        held, held_report = load(config.eval_data)
-        held_report.log()
-    else:
-        examples, held = hold_out(examples, config.eval_fraction, config.train.seed)
-    return [DPOExample(e) for e in examples], [DPOExample(e) for e in held], report
+    train, held, report = load_ranking_splits(
+        config.data,
+        config.eval_data,
+        stack.tokenizer,
+        config.max_length,
+        ties=config.ties,
+        on_bad_row=config.on_bad_row,
+        eval_fraction=config.eval_fraction,
+        seed=config.train.seed,
+    )
+    return [DPOExample(e) for e in train], [DPOExample(e) for e in held], report
 
 
 def _create_dpo_role(stack: RoleStack) -> None:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from lora_rlhf.data.rankings import RankingExample, load_ranking_examples
+from lora_rlhf.data.rankings import RankingExample, load_ranking_splits
 from lora_rlhf.data.rows import RowReport
-from lora_rlhf.data.split import hold_out
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models.base import gradient_checkpointing_on
 from lora_rlhf.models.positions import check_lengths
@@ -141,19 +140,16 @@ def train_reward_model(
 
 
 def _load_rankings(stack: RoleStack, config: RMConfig) -> tuple[list[RankingExample], list[RankingExample], RowReport]:
-    def load(spec):
-        return load_ranking_examples(
-            spec, stack.tokenizer, config.max_length, ties=config.ties, on_bad_row=config.on_bad_row
-        )
-
-    examples, report = load(config.data)
-    report.log()
-    if config.eval_data is not None:
-        held, held_report = load(config.eval_data)
-        held_report.log()
-        return examples, held, report
-    train, held = hold_out(examples, config.eval_fraction, config.train.seed)
-    return train, held, report
+    return load_ranking_splits(
+        config.data,
+        config.eval_data,
+        stack.tokenizer,
+        config.max_length,
+        ties=config.ties,
+        on_bad_row=config.on_bad_row,
+        eval_fraction=config.eval_fraction,
+        seed=config.train.seed,
+    )
 
 
 def _create_reward_role(stack: RoleStack, config: RMConfig) -> None:
