@@ -36,11 +36,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out, stack.evaluating():
         options = {"bootstrap_samples": 1000, "confidence": 0.95, "seed": 0}
         section = run_ifeval(stack, {"base": "base"}, config, Path(out), **options)
-    after = section["accuracy"]["base"]
+    after = section.accuracy["base"]
     for label, scores in (("saved answers", before), (f"{args.max_new_tokens} tokens", after)):
         table = {k: round(100 * v, 1) for k, v in scores.items()}
         print(f"{label}: {table}, average prompt/inst strict {100 * benchmark.headline(scores):.1f}")
-    print(f"answers that hit {args.max_new_tokens} tokens: {section['hit_max_new_tokens']['base']} of {len(prompts)}")
+    print(f"answers that hit {args.max_new_tokens} tokens: {section.hit_max_new_tokens['base']} of {len(prompts)}")
 
 
 if __name__ == "__main__":

@@ -62,10 +62,11 @@ def test_eval_of_a_run_with_sft_rm_and_dpo_but_no_ppo(run, tmp_path):
 
 
 def test_the_dpo_adapter_card_says_what_it_is():
+    from lora_rlhf.eval.result import EvalResult
     from lora_rlhf.hub.card import model_card
 
-    figures = {"gold": {"sft": 0.4, "dpo": 0.6, "ppo": 0.5}, "kl": 1.0}
-    text = model_card("dpo", base_model="org/base", repo_id="me/run", subfolder="dpo", eval_figures=figures)
+    figures = EvalResult(prompts=3, gold={"sft": 0.4, "dpo": 0.6, "ppo": 0.5}, kl_to_sft={"ppo": 1.0})
+    text = model_card("dpo", base_model="org/base", repo_id="me/run", subfolder="dpo", eval_result=figures)
     front = text.split("---")[1]
     assert "- dpo" in front and "- ppo" not in front
     assert "Direct Preference Optimization" in text

@@ -12,6 +12,7 @@ from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.eval import EvalConfig, evaluate, pairwise_win_rates, win_rate
 from lora_rlhf.eval.kl import sequence_kl
+from lora_rlhf.eval.result import read_eval_result
 
 
 def test_win_rate_counts_ties_as_half():
@@ -68,7 +69,7 @@ def test_evaluate_writes_eval_json_report_and_plots(tiny_llama, tmp_path):
         stack, prompts, EvalConfig(max_new_tokens=6, batch_size=2, examples=2), tmp_path, gold_fn=lengths
     )
     saved = json.loads((tmp_path / "eval.json").read_text())
-    assert saved == json.loads(json.dumps(results))
+    assert saved == results.to_json() and read_eval_result(tmp_path / "eval.json") == results
     assert set(saved["gold"]) == {"base", "sft", "ppo"} and set(saved["reward"]) == {"base", "sft", "ppo"}
     assert saved["rm_accuracy"] == 0.8 and saved["rm_accuracy_source"] == "metrics" and "rm_accuracy_ci" not in saved
     assert saved["kl"] >= 0
@@ -91,7 +92,7 @@ def test_evaluation_scores_without_dropout_whatever_mode_the_model_was_left_in(t
     expected = evaluate(stack, prompts, config, tmp_path / "a")
     stack.model.train()  # as a training stage leaves it: LoRA dropout (p = 0.05 by default) would be active
     got = evaluate(stack, prompts, config, tmp_path / "b")
-    assert got["reward"] == expected["reward"] and got["kl"] == pytest.approx(expected["kl"], abs=1e-6)
+    assert got.reward == expected.reward and got.kl == pytest.approx(expected.kl, abs=1e-6)
     assert stack.model.training
 
 
@@ -135,17 +136,17 @@ def test_evaluate_writes_intervals_rm_accuracy_best_of_n_and_lm_loss(tiny_llama,
         stack, ["sort the numbers 3 1 2", "hello world", "reverse the words"], config, tmp_path, gold_fn=lengths
     )
     saved = json.loads((tmp_path / "eval.json").read_text())
-    assert saved == json.loads(json.dumps(results))
+    assert saved == results.to_json() and read_eval_result(tmp_path / "eval.json") == results
     pairs = ["sft_minus_base", "ppo_minus_base", "ppo_minus_sft"]
     assert list(saved["gold_ci"]) == pairs and list(saved["win_rate_ci"]) == [
         p.replace("_minus_", "_vs_") for p in pairs
     ]
     assert set(saved["gold_mean_ci"]) == set(saved["reward_mean_ci"]) == {"base", "sft", "ppo"}
     assert saved["rm_accuracy_source"] == "rankings" and saved["rm_accuracy_pairs"] == 4
-    assert set(saved["best_of_n"]) >= {"n", "reward", "gold", "gold_sft_sample"} and saved["best_of_n"]["n"] == 2
+    assert set(saved["best_of_n"]) >= {"n", "reward", "gold", "gold_random_sample"} and saved["best_of_n"]["n"] == 2
     # best-of-N on the first 2 of 3 prompts, its baseline sft's greedy gold on those same 2
     assert saved["best_of_n"]["prompts"] == 2
-    assert saved["best_of_n"]["gold_sft_greedy"] == pytest.approx(
+    assert saved["best_of_n"]["gold_sft"] == pytest.approx(
         sum(lengths(None, [r["sft"] for r in _samples(tmp_path)[:2]])) / 2
     )
     assert set(saved["lm_loss"]) == {"base", "sft", "ppo"} and saved["lm_loss"]["sft"] == saved["lm_loss"]["base"]
@@ -186,9 +187,12 @@ def test_evaluate_without_gold_gives_reward_judged_win_rates_intervals(tiny_llam
     results = evaluate(
         stack, ["hello", "sort the numbers 3 1 2"], EvalConfig(max_new_tokens=3, batch_size=2, best_of_n=0), tmp_path
     )
-    assert results["win_rate_judge"] == "reward_model" and "gold" not in results and "best_of_n" not in results
-    assert set(results["win_rate_ci"]) == {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"}
-    assert results["rm_accuracy"] is None and "lm_loss" not in results
+    assert results.win_rate_judge == "reward_model" and results.gold is None and results.best_of_n is None
+    assert set(results.win_rate_ci) == {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"}
+    assert results.rm_accuracy.labels.accuracy is None and results.lm_loss is None
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert "gold" not in saved and "best_of_n" not in saved and "lm_loss" not in saved
+    assert saved["rm_accuracy"] is None and saved["rm_accuracy_source"] == "metrics"
 
 
 def test_per_prompt_means_average_consecutive_samples():
@@ -225,16 +229,18 @@ def test_sampled_eval_scores_each_prompt_by_its_samples_mean_and_reuses_them_for
     assert [len(r["ppo"]) for r in rows] == [3, 3, 3] and [r["prompt"] for r in rows] == prompts
     for model in ("base", "sft", "ppo"):
         expected = sum(sum(lengths(None, r[model])) / 3 for r in rows) / 3
-        assert results["gold"][model] == pytest.approx(expected)
+        assert results.gold[model] == pytest.approx(expected)
     # wins are judged on each prompt's mean gold over its samples
     means = {m: [sum(lengths(None, r[m])) / 3 for r in rows] for m in ("sft", "ppo")}
-    assert results["win_rate"]["ppo_vs_sft"] == pytest.approx(win_rate(means["ppo"], means["sft"]))
-    assert results["samples_per_prompt"] == 3 and results["temperature"] == 1.0
-    bon = results["best_of_n"]
-    assert bon["candidates_from_eval_samples"] and bon["n"] == 2
+    assert results.win_rate["ppo_vs_sft"] == pytest.approx(win_rate(means["ppo"], means["sft"]))
+    assert results.samples_per_prompt == 3 and results.temperature == 1.0
+    bon = results.best_of_n
+    assert bon.candidates_from_eval_samples and bon.n == 2
     # the candidates are each prompt's first two sft samples, and each pick is one of them
     first_two = [lengths(None, r["sft"][:2]) for r in rows]
-    assert sum(min(g) for g in first_two) / 3 - 1e-9 <= bon["gold"] <= sum(max(g) for g in first_two) / 3 + 1e-9
-    assert bon["gold_sft_sample"] == pytest.approx(sum(sum(g) for g in first_two) / 6)
-    assert bon["gold_sft_samples"] == pytest.approx(results["gold"]["sft"])
+    assert sum(min(g) for g in first_two) / 3 - 1e-9 <= bon.gold <= sum(max(g) for g in first_two) / 3 + 1e-9
+    # two different figures: the mean of the N candidates (one random sample), and sft's own eval score (here
+    # the mean of all 3 samples per prompt) on the same prompts
+    assert bon.gold_random_sample == pytest.approx(sum(sum(g) for g in first_two) / 6)
+    assert bon.gold_sft == pytest.approx(results.gold["sft"])
     assert "3 samples per prompt at temperature 1" in (tmp_path / "report.md").read_text()

@@ -79,17 +79,13 @@ def test_rm_accuracy_against_labels_and_gold_on_hand_built_rankings(stack, tmp_p
     monkeypatch.setattr(stack, "prefix_rewards", _stub_prefix_rewards(stack))  # a ranking's K share their prompt
     gold_by_length = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731 - a stand-in gold judge
     got = rm_accuracy(stack, config, gold_by_length)
-    assert (
-        got["rm_accuracy_source"] == "rankings"
-        and got["rm_accuracy_rows"] == 3
-        and got["rm_accuracy_skipped_rows"] == 3
-    )
-    assert got["rm_accuracy"] == pytest.approx(3 / 6) and got["rm_accuracy_pairs"] == 6
-    lo, hi = got["rm_accuracy_ci"]
-    assert 0 <= lo <= got["rm_accuracy"] <= hi <= 1
+    assert got.source == "rankings" and got.rows == 3 and got.skipped_rows == 3
+    assert got.labels.accuracy == pytest.approx(3 / 6) and got.labels.pairs == 6
+    lo, hi = got.labels.ci
+    assert 0 <= lo <= got.labels.accuracy <= hi <= 1
     # gold = length: great 5 > good 4 > bad 3, terrible 8; row 2 is the RM's only disagreement
-    assert got["rm_accuracy_gold"] == pytest.approx(6 / 7) and got["rm_accuracy_gold_pairs"] == 7
-    assert got["rm_accuracy_gold_ci"][0] <= 6 / 7 <= got["rm_accuracy_gold_ci"][1]
+    assert got.gold.accuracy == pytest.approx(6 / 7) and got.gold.pairs == 7
+    assert got.gold.ci[0] <= 6 / 7 <= got.gold.ci[1]
 
 
 def test_lm_loss_matches_a_direct_computation_from_the_logits(stack, tmp_path):
@@ -132,12 +128,11 @@ def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch
     config = EvalConfig(best_of_n=3, max_new_tokens=3, batch_size=2, bootstrap_samples=100)
     prompts = ["hello", "sort the numbers"]
     got = best_of_n(stack, prompts, prompts, config, gold_fn=gold, sft_gold=[0.0, 0.0])
-    summary = got["best_of_n"]
-    assert summary["n"] == 3 and summary["reward"] == pytest.approx((5.0 + 2.0) / 2)
-    assert summary["gold"] == pytest.approx((1 + 3) / 2)  # picks: sample 1 of prompt 0, sample 0 of prompt 1
-    assert summary["gold_sft_sample"] == pytest.approx(2.5)  # mean of 0..5
+    assert got.n == 3 and got.reward == pytest.approx((5.0 + 2.0) / 2)
+    assert got.gold == pytest.approx((1 + 3) / 2)  # picks: sample 1 of prompt 0, sample 0 of prompt 1
+    assert got.gold_random_sample == pytest.approx(2.5)  # mean of 0..5
     assert gold_calls == [["hello"] * 3 + ["sort the numbers"] * 3]
     assert batches == [("sft", 6)]  # one batched decode for the eval batch of 2 prompts x 3 samples
-    assert got["best_of_n_ci"]["bon_minus_sft"][0] <= 2.0 <= got["best_of_n_ci"]["bon_minus_sft"][1]
+    assert got.gold_minus_sft_ci[0] <= 2.0 <= got.gold_minus_sft_ci[1]
     # picks minus each prompt's mean sample: prompt 0: 1 - 1, prompt 1: 3 - 4
-    assert got["best_of_n_ci"]["bon_minus_sample"] == [pytest.approx(-1.0, abs=1e-9), pytest.approx(0.0, abs=1e-9)]
+    assert got.gold_minus_sample_ci == (pytest.approx(-1.0, abs=1e-9), pytest.approx(0.0, abs=1e-9))

@@ -13,7 +13,8 @@ from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.eval import EvalConfig, win_rate
 from lora_rlhf.eval.best_of_n import select_best
 from lora_rlhf.eval.lm_loss import token_weighted_mean
-from lora_rlhf.eval.rm_accuracy import accuracy_fields, pair_outcomes
+from lora_rlhf.eval.result import PairAccuracy
+from lora_rlhf.eval.rm_accuracy import pair_accuracy, pair_outcomes
 from lora_rlhf.eval.stats import bootstrap_ci, cluster_accuracy_ci, paired_diff_ci, win_rate_ci
 
 
@@ -116,11 +117,7 @@ def test_pair_outcomes_by_ranks_and_by_gold():
     # gold: higher is better, equal gold skipped
     assert pair_outcomes([5.0, 3.0, 5.0], [0.0, 1.0, 2.0], higher_is_better=True) == [0.0, 1.0]
 
-    assert accuracy_fields("rm_accuracy_gold", [[], []], EvalConfig()) == {
-        "rm_accuracy_gold": None,
-        "rm_accuracy_gold_ci": None,
-        "rm_accuracy_gold_pairs": 0,
-    }
+    assert pair_accuracy([[], []], EvalConfig()) == PairAccuracy(None, None, 0)
 
 
 @pytest.mark.parametrize(

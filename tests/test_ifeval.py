@@ -194,9 +194,9 @@ def test_summarize_gives_differences_and_tables():
     section = summarize(
         prompts, {"base": [miss] * 4, "sft": [follow, miss, miss, miss]}, bootstrap_samples=100, confidence=0.95, seed=0
     )
-    assert section["accuracy"]["sft"]["prompt_loose"] == 0.25
-    assert section["diff"]["sft_minus_base_loose"] == 0.25
-    assert set(section["diff_ci"]) == {"sft_minus_base_strict", "sft_minus_base_loose"}
+    assert section.accuracy["sft"]["prompt_loose"] == 0.25
+    assert section.diff["sft_minus_base_loose"] == 0.25
+    assert set(section.diff_ci) == {"sft_minus_base_strict", "sft_minus_base_loose"}
 
 
 def test_shipped_prompts_are_the_published_541():

@@ -17,7 +17,13 @@ from lora_rlhf.cli.main import main
 from lora_rlhf.testing.adapters import make_run_dir
 
 TOKEN = "hf_testtoken_d0n0tl3ak_1234567890"
-EVAL = {"gold": {"base": 0.2, "sft": 0.5, "ppo": 0.7}, "win_rate": {"ppo_vs_sft": 0.6}, "kl": 1.5, "rm_accuracy": 0.8}
+EVAL = {
+    "prompts": 3,
+    "gold": {"base": 0.2, "sft": 0.5, "ppo": 0.7},
+    "win_rate": {"ppo_vs_sft": 0.6},
+    "kl": 1.5,
+    "rm_accuracy": 0.8,
+}
 
 
 class FakeHub(BaseHTTPRequestHandler):

@@ -8,7 +8,6 @@ not beat one random sample on the gold judge, PPO optimising the same RM cannot 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from lora_rlhf.eval import stats
 from lora_rlhf.eval.compare import mean
 from lora_rlhf.eval.config import EvalConfig
 from lora_rlhf.eval.responses import Responses, generate_responses
+from lora_rlhf.eval.result import BestOfN
 from lora_rlhf.eval.scoring import GoldFn, bootstrap_kwargs, reward_scores
 from lora_rlhf.models.roles import RoleStack
 
@@ -63,14 +63,13 @@ def best_of_n(
     sft_gold: Sequence[float] | None = None,
     candidates: Responses | None = None,
     candidate_scores: Sequence[float] | None = None,
-) -> dict[str, Any]:
-    """eval.json's best_of_n (and best_of_n_ci, paired against `sft_gold`, sft's own per-prompt gold).
+) -> BestOfN:
+    """Best-of-N on `prompts`, with its gold intervals paired against `sft_gold` (sft's own per-prompt gold).
 
-    Returns {"best_of_n": {"n", "temperature", "reward", "gold", "gold_ci", "gold_sft_sample"},
-    "best_of_n_ci": {"bon_minus_sample": [lo, hi], "bon_minus_sft": [lo, hi]}}, the gold fields only with
-    `gold_fn`; "gold_ci" is the interval of the picks' mean gold, "gold_sft_sample" the mean gold of all N*P
-    samples; "bon_minus_sample" pairs each pick with its prompt's mean sample, "bon_minus_sft" with sft's
-    own per-prompt gold in eval (its greedy answer, or its eval samples' mean; only with `sft_gold`).
+    The gold fields only with `gold_fn`: `gold_ci` is the interval of the picks' mean gold, `gold_random_sample`
+    the mean gold of all N*P samples; `gold_minus_sample_ci` pairs each pick with its prompt's mean sample,
+    `gold_minus_sft_ci` with sft's own per-prompt gold in eval (its greedy answer, or its eval samples' mean;
+    only with `sft_gold`). The caller fills `prompts`, `candidates_from_eval_samples` and `gold_sft`.
     `candidates` (N per prompt, prompt p's at rows p*N .. p*N + N-1) are used instead of sampling new ones,
     and `candidate_scores` (their RM scores, in the same order) instead of scoring them again.
     """
@@ -84,25 +83,17 @@ def best_of_n(
         candidate_scores = reward_scores(stack, candidates.input_ids, config.batch_size, candidates.response_start)
     scores = np.asarray(candidate_scores, dtype=np.float64).reshape(len(prompts), n)
     picks = select_best(scores)
-    summary: dict[str, Any] = {
-        "n": n,
-        "temperature": config.best_of_n_temperature,
-        "reward": float(scores[np.arange(len(prompts)), picks].mean()),
-    }
-    results: dict[str, Any] = {"best_of_n": summary}
+    result = BestOfN(n, config.best_of_n_temperature, float(scores[np.arange(len(prompts)), picks].mean()))
     if gold_fn is not None:
         raw = [prompt_text(p) for p in prompts for _ in range(n)]
         gold = np.asarray([float(g) for g in gold_fn(raw, candidates.texts)]).reshape(len(prompts), n)
         picked_gold = gold[np.arange(len(prompts)), picks]
-        summary["gold"] = mean(picked_gold.tolist())
-        summary["gold_ci"] = list(stats.bootstrap_ci(picked_gold, **bootstrap_kwargs(config)))
-        summary["gold_sft_sample"] = float(gold.mean())  # what one random sample scores, on average
+        result.gold = mean(picked_gold.tolist())
+        result.gold_ci = stats.bootstrap_ci(picked_gold, **bootstrap_kwargs(config))
+        result.gold_random_sample = float(gold.mean())  # what one random sample scores, on average
         # The RM's pick against the average of the same prompt's N samples: > 0 means the RM ranks by something
         # the gold judge rewards, i.e. there is a gradient for PPO to follow.
-        intervals = {
-            "bon_minus_sample": list(stats.paired_diff_ci(picked_gold, gold.mean(axis=1), **bootstrap_kwargs(config)))
-        }
+        result.gold_minus_sample_ci = stats.paired_diff_ci(picked_gold, gold.mean(axis=1), **bootstrap_kwargs(config))
         if sft_gold is not None:
-            intervals["bon_minus_sft"] = list(stats.paired_diff_ci(picked_gold, sft_gold, **bootstrap_kwargs(config)))
-        results["best_of_n_ci"] = intervals
-    return results
+            result.gold_minus_sft_ci = stats.paired_diff_ci(picked_gold, sft_gold, **bootstrap_kwargs(config))
+    return result

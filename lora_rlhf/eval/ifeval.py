@@ -12,13 +12,13 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.eval.config import IFEvalConfig
 from lora_rlhf.eval.distributed import generate_across_processes
+from lora_rlhf.eval.result import IFEvalSection
 from lora_rlhf.eval.stats import bootstrap_ci, paired_diff_ci
 from lora_rlhf.ifeval import benchmark
 from lora_rlhf.ifeval.checkers import Verdicts
@@ -42,8 +42,8 @@ def run_ifeval(
     bootstrap_samples: int,
     confidence: float,
     seed: int,
-) -> dict[str, Any]:
-    """`models` (report name -> role) answer IFEval; the `ifeval` section of eval.json ({} off the main process)."""
+) -> IFEvalSection | None:
+    """`models` (report name -> role) answer IFEval; the `ifeval` section of eval.json (None off the main process)."""
     prompts = benchmark.load_prompts(config.path or None)[: config.max_prompts]
     rendered = [render_prompt(stack.tokenizer, _messages(p.prompt, config.system_prompt)) for p in prompts]
     answers: dict[str, list[str]] = {}
@@ -52,23 +52,20 @@ def run_ifeval(
             stack, models[name], rendered, 1, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
         ).texts
     if not distributed.is_main():
-        return {}
+        return None
     for name, texts in answers.items():
         _write_responses(RunLayout(run_dir).ifeval_responses(name), prompts, texts)
     verdicts = {name: benchmark.score(prompts, texts) for name, texts in answers.items()}
     section = summarize(prompts, verdicts, bootstrap_samples=bootstrap_samples, confidence=confidence, seed=seed)
-    section.update(
-        {
-            "max_new_tokens": config.max_new_tokens,
-            "decoding": "greedy",
-            "chat_template": "the tokenizer's, one user turn"
-            + ("" if config.system_prompt is None else " after the configured system turn"),
-            "responses": {name: RunLayout.ifeval_responses_name(name) for name in answers},
-            "hit_max_new_tokens": {
-                name: _hit_budget(stack, texts, config.max_new_tokens) for name, texts in answers.items()
-            },
-        }
+    section.max_new_tokens = config.max_new_tokens
+    section.decoding = "greedy"
+    section.chat_template = "the tokenizer's, one user turn" + (
+        "" if config.system_prompt is None else " after the configured system turn"
     )
+    section.responses = {name: RunLayout.ifeval_responses_name(name) for name in answers}
+    section.hit_max_new_tokens = {
+        name: _hit_budget(stack, texts, config.max_new_tokens) for name, texts in answers.items()
+    }
     logger.info("ifeval: %s", summary_line(section))
     return section
 
@@ -80,24 +77,24 @@ def summarize(
     bootstrap_samples: int,
     confidence: float,
     seed: int,
-) -> dict[str, Any]:
+) -> IFEvalSection:
     """Accuracies, per-instruction rates and intervals of each model's verdicts on `prompts`."""
     scores = {name: benchmark.accuracies(v) for name, v in verdicts.items()}
     ci = intervals(verdicts, PAIRS, samples=bootstrap_samples, confidence=confidence, seed=seed)
-    return {
-        "prompts": len(prompts),
-        "accuracy": scores,
-        "headline": {name: benchmark.headline(s) for name, s in scores.items()},
-        "accuracy_ci": ci["mean"],
-        "diff": {
+    return IFEvalSection(
+        prompts=len(prompts),
+        accuracy=scores,
+        headline={name: benchmark.headline(s) for name, s in scores.items()},
+        accuracy_ci=ci["mean"],
+        diff={
             f"{a}_minus_{b}_{mode}": scores[a][f"prompt_{mode}"] - scores[b][f"prompt_{mode}"]
             for a, b in PAIRS
             if a in scores and b in scores
             for mode in ("strict", "loose")
         },
-        "diff_ci": ci["diff"],
-        "per_instruction": {name: benchmark.per_instruction(prompts, v) for name, v in verdicts.items()},
-    }
+        diff_ci=ci["diff"],
+        per_instruction={name: benchmark.per_instruction(prompts, v) for name, v in verdicts.items()},
+    )
 
 
 def intervals(
@@ -125,8 +122,8 @@ def intervals(
     return {"mean": mean, "diff": diff}
 
 
-def summary_line(section: Mapping[str, Any]) -> str:
-    return " / ".join(f"{name} {s['prompt_loose']:.3f}" for name, s in section["accuracy"].items()) + (
+def summary_line(section: IFEvalSection) -> str:
+    return " / ".join(f"{name} {s['prompt_loose']:.3f}" for name, s in section.accuracy.items()) + (
         " prompt-level loose"
     )
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from lora_rlhf.eval.plots import _COLORS, _pyplot, _save
+from lora_rlhf.eval.result import IFEvalSection
 
 # SmolLM2-135M-Instruct's model card: "IFEval (average prompt/inst)" 29.9 (HuggingFaceTB/SmolLM2-135M-Instruct).
 MODEL_CARD = {"name": "SmolLM2-135M-Instruct", "ifeval": 29.9}
@@ -26,37 +26,37 @@ def _ci(interval: Sequence[float] | None) -> str:
     return "" if interval is None else f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
-def accuracy_table(section: Mapping[str, Any]) -> list[str]:
+def accuracy_table(section: IFEvalSection) -> list[str]:
     """One row per model: the four accuracies (%, prompt-level with their interval) and the cards' average."""
     lines = [
         "| model | " + " | ".join(_LABELS.values()) + " | average (prompt/inst, strict) |",
         "|---" * 6 + "|",
     ]
-    for name, scores in section["accuracy"].items():
+    for name, scores in section.accuracy.items():
         cells = []
         for key in _LABELS:
             mode = key.split("_")[1]
-            interval = section["accuracy_ci"].get(f"{name}_{mode}") if key.startswith("prompt") else None
+            interval = section.accuracy_ci.get(f"{name}_{mode}") if key.startswith("prompt") else None
             cells.append(_pct(scores[key]) + _ci(interval))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(section['headline'][name])} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(section.headline[name])} |")
     return lines
 
 
-def difference_table(section: Mapping[str, Any]) -> list[str]:
+def difference_table(section: IFEvalSection) -> list[str]:
     lines = ["| comparison (prompt level) | difference (points) | paired interval | |", "|---|---|---|---|"]
-    for key, interval in section["diff_ci"].items():
+    for key, interval in section.diff_ci.items():
         pair, mode = key.rsplit("_", 1)
         verdict = "excludes 0" if interval[0] > 0 or interval[1] < 0 else "includes 0"
         lines.append(
-            f"| {pair.replace('_minus_', ' − ')} ({mode}) | {100 * section['diff'][key]:+.1f} |{_ci(interval)} "
+            f"| {pair.replace('_minus_', ' − ')} ({mode}) | {100 * section.diff[key]:+.1f} |{_ci(interval)} "
             f"| {verdict} |"
         )
     return lines
 
 
-def instruction_table(section: Mapping[str, Any]) -> list[str]:
+def instruction_table(section: IFEvalSection) -> list[str]:
     """Per instruction id: how often each model follows it (loose, %), and what the last model changed."""
-    per = section["per_instruction"]
+    per = section.per_instruction
     names = list(per)
     ids = sorted({i for table in per.values() for i in table})
     lines = [
@@ -72,13 +72,14 @@ def instruction_table(section: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def report_lines(section: Mapping[str, Any], figure: Path | None) -> list[str]:
+def report_lines(section: IFEvalSection, figure: Path | None) -> list[str]:
     """The "IFEval" section of report.md."""
+    budget = "?" if section.max_new_tokens is None else section.max_new_tokens
     lines = [
         "## IFEval (Zhou et al. 2023)",
         "",
-        f"{section['prompts']} prompts, {section.get('decoding', 'greedy')} answers of at most "
-        f"{section.get('max_new_tokens', '?')} new tokens through {section.get('chat_template', 'the chat template')}, "
+        f"{section.prompts} prompts, {section.decoding or 'greedy'} answers of at most "
+        f"{budget} new tokens through {section.chat_template or 'the chat template'}, "
         "judged by Google's checkers (strict: the answer as written; loose: also with its first/last line or "
         "markdown asterisks removed). Accuracies in %; brackets are 95% bootstrap intervals over prompts. "
         f"For reference, {MODEL_CARD['name']}'s model card reports {MODEL_CARD['ifeval']} "
@@ -89,28 +90,28 @@ def report_lines(section: Mapping[str, Any], figure: Path | None) -> list[str]:
         *difference_table(section),
         "",
     ]
-    if section.get("hit_max_new_tokens"):
-        cut = ", ".join(f"{name} {n}" for name, n in section["hit_max_new_tokens"].items())
+    if section.hit_max_new_tokens:
+        cut = ", ".join(f"{name} {n}" for name, n in section.hit_max_new_tokens.items())
         lines += [f"Answers that used the whole token budget (likely cut off): {cut}.", ""]
     lines += ["Per instruction (how often it is followed where a prompt asks for it):", ""]
     lines += instruction_table(section) + [""]
     if figure is not None:
         lines += [f"![IFEval accuracy by model](plots/{figure.name})", ""]
-    lines += [f"Responses: {', '.join(f'`{p}`' for p in section.get('responses', {}).values())}.", ""]
+    lines += [f"Responses: {', '.join(f'`{p}`' for p in (section.responses or {}).values())}.", ""]
     return lines
 
 
-def plot_accuracies(section: Mapping[str, Any], path: Path) -> Path:
+def plot_accuracies(section: IFEvalSection, path: Path) -> Path:
     """Grouped bars: the four accuracies, one bar per model, prompt-level bars with their intervals."""
     plt = _pyplot()
-    names = list(section["accuracy"])
+    names = list(section.accuracy)
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        heights = [100 * section["accuracy"][name][key] for key in _LABELS]
+        heights = [100 * section.accuracy[name][key] for key in _LABELS]
         errors = [[0.0] * 4, [0.0] * 4]
         for j, key in enumerate(_LABELS):
-            interval = section["accuracy_ci"].get(f"{name}_{key.split('_')[1]}") if key.startswith("prompt") else None
+            interval = section.accuracy_ci.get(f"{name}_{key.split('_')[1]}") if key.startswith("prompt") else None
             if interval is not None:
                 errors[0][j] = max(heights[j] - 100 * interval[0], 0.0)
                 errors[1][j] = max(100 * interval[1] - heights[j], 0.0)
@@ -118,7 +119,7 @@ def plot_accuracies(section: Mapping[str, Any], path: Path) -> Path:
         ax.bar(xs, heights, width, yerr=errors, capsize=3, label=name, color=_COLORS.get(name, "#8064a2"))
     ax.set_xticks(range(4), list(_LABELS.values()))
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"IFEval ({section['prompts']} prompts)")
+    ax.set_title(f"IFEval ({section.prompts} prompts)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

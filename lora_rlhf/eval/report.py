@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_rlhf.eval import ifeval_report, plots
+from lora_rlhf.eval.result import EvalResult
 from lora_rlhf.io import atomic_file
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.paths import RunLayout
@@ -20,29 +21,28 @@ def _interval(iv: Sequence[float] | None, digits: int = 3) -> str:
     return "" if iv is None else f" [{iv[0]:.{digits}f}, {iv[1]:.{digits}f}]"
 
 
-def _level(results: Mapping[str, Any]) -> str:
-    return f"{round(100 * results.get('confidence', 0.95))}%"
+def _level(results: EvalResult) -> str:
+    return f"{round(100 * (results.confidence or 0.95))}%"
 
 
-def results_table(results: Mapping[str, Any]) -> str:
+def results_table(results: EvalResult) -> str:
     """Markdown table: one row per model with its gold score (and CI of the mean), RM score and win rate vs base."""
-    names = list(results.get("gold") or results.get("reward") or {})
+    names = list(results.gold or results.reward or {})
     level = _level(results)
     columns = [
-        (key, label, ci)
-        for key, label, ci in (
-            ("gold", f"gold score [{level} CI]", "gold_mean_ci"),
-            ("reward", f"RM score [{level} CI]", "reward_mean_ci"),
+        (scores, label, intervals or {})
+        for scores, label, intervals in (
+            (results.gold, f"gold score [{level} CI]", results.gold_mean_ci),
+            (results.reward, f"RM score [{level} CI]", results.reward_mean_ci),
         )
-        if key in results
+        if scores is not None
     ]
     header = "| model | " + " | ".join(label for _, label, _ in columns) + " | win rate vs base |"
     lines = [header, "|---" * (len(columns) + 2) + "|"]
-    wins = results.get("win_rate", {})
+    wins, win_cis = results.win_rate or {}, results.win_rate_ci or {}
     for name in names:
-        cells = [f"{results[key][name]:.3f}{_interval(results.get(ci, {}).get(name))}" for key, _, ci in columns]
-        win = wins.get(f"{name}_vs_base")
-        win_ci = results.get("win_rate_ci", {}).get(f"{name}_vs_base")
+        cells = [f"{scores[name]:.3f}{_interval(intervals.get(name))}" for scores, _, intervals in columns]
+        win, win_ci = wins.get(f"{name}_vs_base"), win_cis.get(f"{name}_vs_base")
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {'—' if win is None else f'{win:.2f}{_interval(win_ci, 2)}'} |"
         )
@@ -55,36 +55,32 @@ def _verdict(interval: Sequence[float], null: float) -> str:
     return f"includes {null:g}: not distinguishable from noise"
 
 
-def _difference_rows(results: Mapping[str, Any]) -> list[tuple[str, str, Sequence[float], float, int]]:
+def _difference_rows(results: EvalResult) -> list[tuple[str, str, Sequence[float], float, int]]:
     """(label, estimate, interval, value meaning "no difference", digits) for every paired comparison."""
     rows = []
-    for key, interval in results.get("gold_ci", {}).items():
+    gold = results.gold or {}
+    for key, interval in (results.gold_ci or {}).items():
         later, earlier = key.split("_minus_")
-        estimate = results["gold"][later] - results["gold"][earlier]
-        rows.append((f"gold: {later} − {earlier}", f"{estimate:+.3f}", interval, 0.0, 3))
-    judge = "gold" if results.get("win_rate_judge") == "gold" else "RM"
-    for key, interval in results.get("win_rate_ci", {}).items():
-        rows.append(
-            (f"win rate ({judge}): {key.replace('_vs_', ' vs ')}", f"{results['win_rate'][key]:.2f}", interval, 0.5, 2)
-        )
-    bon, bon_ci = results.get("best_of_n", {}), results.get("best_of_n_ci", {})
-    if "bon_minus_sample" in bon_ci:
-        estimate = bon["gold"] - bon["gold_sft_sample"]
-        rows.append(
-            (f"gold: best-of-{bon['n']} − one sft sample", f"{estimate:+.3f}", bon_ci["bon_minus_sample"], 0.0, 3)
-        )
-    if "bon_minus_sft" in bon_ci:
-        estimate = bon["gold"] - bon.get("gold_sft_greedy", bon.get("gold_sft_samples", results["gold"]["sft"]))
-        baseline = "greedy" if "gold_sft_greedy" in bon else "its samples"
-        rows.append(
-            (f"gold: best-of-{bon['n']} − sft ({baseline})", f"{estimate:+.3f}", bon_ci["bon_minus_sft"], 0.0, 3)
-        )
+        rows.append((f"gold: {later} − {earlier}", f"{gold[later] - gold[earlier]:+.3f}", interval, 0.0, 3))
+    judge = "gold" if results.win_rate_judge == "gold" else "RM"
+    for key, interval in (results.win_rate_ci or {}).items():
+        label = f"win rate ({judge}): {key.replace('_vs_', ' vs ')}"
+        rows.append((label, f"{(results.win_rate or {})[key]:.2f}", interval, 0.5, 2))
+    bon = results.best_of_n
+    if bon is not None and bon.gold is not None and bon.gold_minus_sample_ci is not None:
+        estimate = bon.gold - bon.gold_random_sample
+        rows.append((f"gold: best-of-{bon.n} − one sft sample", f"{estimate:+.3f}", bon.gold_minus_sample_ci, 0.0, 3))
+    if bon is not None and bon.gold is not None and bon.gold_minus_sft_ci is not None:
+        # Files from before the baseline was recorded: sft's gold over all the eval prompts.
+        estimate = bon.gold - (bon.gold_sft if bon.gold_sft is not None else gold["sft"])
+        baseline = "greedy" if not results.temperature else "its samples"
+        rows.append((f"gold: best-of-{bon.n} − sft ({baseline})", f"{estimate:+.3f}", bon.gold_minus_sft_ci, 0.0, 3))
     return rows
 
 
-def decoding_phrase(results: Mapping[str, Any]) -> str:
+def decoding_phrase(results: EvalResult) -> str:
     """How the answers were drawn, e.g. "greedy answers" or "4 samples per prompt at temperature 1 (...)"."""
-    temperature, n = results.get("temperature", 0.0), results.get("samples_per_prompt", 1)
+    temperature, n = results.temperature or 0.0, results.samples_per_prompt or 1
     if not temperature:
         return "greedy answers"
     if n == 1:
@@ -95,25 +91,26 @@ def decoding_phrase(results: Mapping[str, Any]) -> str:
     )
 
 
-def difference_section(results: Mapping[str, Any]) -> list[str]:
+def difference_section(results: EvalResult) -> list[str]:
     """ "Is the difference real?": every paired interval (gold differences, win rates, best-of-N)."""
     rows = _difference_rows(results)
     if not rows:
         return []
     level = _level(results)
+    resamples = "?" if results.bootstrap_samples is None else results.bootstrap_samples
     lines = [
         "## Is the difference real?",
         "",
-        f"{level} paired bootstrap intervals over the {results['prompts']} prompts "
-        f"({results.get('bootstrap_samples', '?')} resamples of the prompts, "
+        f"{level} paired bootstrap intervals over the {results.prompts} prompts "
+        f"({resamples} resamples of the prompts, "
         "both models' answers to a prompt kept together). "
         "A difference whose interval excludes 0, or a win rate whose interval excludes 0.5, is unlikely to be "
         "an accident of which prompts were drawn.",
         "",
     ]
-    if results["prompts"] < _FEW_PROMPTS:
+    if results.prompts < _FEW_PROMPTS:
         lines += [
-            f"**Only {results['prompts']} prompts:** with fewer than {_FEW_PROMPTS} the bootstrap sees too little "
+            f"**Only {results.prompts} prompts:** with fewer than {_FEW_PROMPTS} the bootstrap sees too little "
             "variation and these intervals come out too narrow; read them as optimistic.",
             "",
         ]
@@ -125,61 +122,54 @@ def difference_section(results: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def rm_accuracy_lines(results: Mapping[str, Any]) -> list[str]:
-    if results.get("rm_accuracy_source") != "rankings":
-        if results.get("rm_accuracy") is None:
+def rm_accuracy_lines(results: EvalResult) -> list[str]:
+    rm = results.rm_accuracy
+    if rm is None or rm.source != "rankings":
+        if rm is None or rm.labels.accuracy is None:
             return []
         return [
             "Reward model held-out pairwise accuracy (last value the rm stage logged; no interval): "
-            f"**{results['rm_accuracy']:.3f}**.",
+            f"**{rm.labels.accuracy:.3f}**.",
             "",
         ]
     lines = [
-        f"Reward model pairwise accuracy on {results.get('rm_accuracy_rows', 0)} held-out rankings "
-        f"({results.get('rm_accuracy_skipped_rows', 0)} unusable rows skipped; "
+        f"Reward model pairwise accuracy on {rm.rows or 0} held-out rankings "
+        f"({rm.skipped_rows or 0} unusable rows skipped; "
         f"{_level(results)} intervals resample prompts):",
         "",
     ]
-    for prefix, against in (("rm_accuracy", "the labels"), ("rm_accuracy_gold", "the gold judge")):
-        if results.get(prefix) is not None:
-            lines.append(
-                f"- against {against}: **{results[prefix]:.3f}**{_interval(results[prefix + '_ci'])} "
-                f"over {results[prefix + '_pairs']} pairs"
-            )
-        elif f"{prefix}_pairs" in results:
+    for pair, against in ((rm.labels, "the labels"), (rm.gold, "the gold judge")):
+        if pair is not None and pair.accuracy is not None:
+            lines.append(f"- against {against}: **{pair.accuracy:.3f}**{_interval(pair.ci)} over {pair.pairs} pairs")
+        elif pair is not None:
             lines.append(f"- against {against}: no untied pair")
     return lines + [""]
 
 
-def extra_lines(results: Mapping[str, Any]) -> list[str]:
+def extra_lines(results: EvalResult) -> list[str]:
     """KL, best-of-N and LM loss (alignment tax) lines."""
     lines = []
-    kls = results.get("kl_to_sft") or ({"ppo": results["kl"]} if results.get("kl") is not None else {})
-    for name, kl in kls.items():
+    for name, kl in (results.kl_to_sft or {}).items():
         lines += [
             f"KL({name} ‖ sft), summed over {name}'s response tokens, mean over prompts: **{kl:.3f}** nats.",
             "",
         ]
-    bon = results.get("best_of_n")
-    if bon:
-        scope = (
-            f" on the first {bon['prompts']} prompts"
-            if bon.get("prompts") not in (None, results.get("prompts"))
-            else ""
-        )
+    bon = results.best_of_n
+    if bon is not None:
+        scope = f" on the first {bon.prompts} prompts" if bon.prompts not in (None, results.prompts) else ""
         text = (
-            f"Best-of-{bon['n']}{scope} (sft samples at temperature {bon['temperature']:g}, "
+            f"Best-of-{bon.n}{scope} (sft samples at temperature {bon.temperature:g}, "
             "the RM picks one; Gao et al. 2022): "
-            f"RM score of the picks **{bon['reward']:.3f}**"
+            f"RM score of the picks **{bon.reward:.3f}**"
         )
-        if "gold" in bon:
+        if bon.gold is not None:
             text += (
-                f", gold **{bon['gold']:.3f}**{_interval(bon.get('gold_ci'))} against {bon['gold_sft_sample']:.3f} "
+                f", gold **{bon.gold:.3f}**{_interval(bon.gold_ci)} against {bon.gold_random_sample:.3f} "
                 "for one random sft sample — if the pick does not beat a random sample, "
                 "the RM gives PPO nothing to climb"
             )
         lines += [text + ".", ""]
-    if results.get("lm_loss"):
+    if results.lm_loss:
         lines += [
             "LM loss on held-out text (mean NLL per token, nats; "
             "higher after RLHF = the alignment tax, InstructGPT §4.2):",
@@ -187,23 +177,23 @@ def extra_lines(results: Mapping[str, Any]) -> list[str]:
             "| model | LM loss |",
             "|---|---|",
         ]
-        lines += [f"| {name} | {value:.4f} |" for name, value in results["lm_loss"].items()] + [""]
+        lines += [f"| {name} | {value:.4f} |" for name, value in results.lm_loss.items()] + [""]
     return lines
 
 
-def _make_plots(run_dir: Path, results: Mapping[str, Any]) -> list[tuple[str, Path]]:
+def _make_plots(run_dir: Path, results: EvalResult) -> list[tuple[str, Path]]:
     run = RunLayout(run_dir)
     out = run.plots
     made: list[tuple[str, Path | None]] = []
-    if "gold" in results:
-        gold, intervals = dict(results["gold"]), dict(results.get("gold_mean_ci", {}))
-        bon = results.get("best_of_n", {})
-        if "gold" in bon:
-            label = f"sft best-of-{bon['n']}"
-            if bon.get("prompts") not in (None, results.get("prompts")):
-                label += f"\n(first {bon['prompts']} prompts)"
-            gold[label] = bon["gold"]
-            intervals[label] = bon["gold_ci"]
+    if results.gold is not None:
+        gold, intervals = dict(results.gold), dict(results.gold_mean_ci or {})
+        bon = results.best_of_n
+        if bon is not None and bon.gold is not None:
+            label = f"sft best-of-{bon.n}"
+            if bon.prompts not in (None, results.prompts):
+                label += f"\n(first {bon.prompts} prompts)"
+            gold[label] = bon.gold
+            intervals[label] = bon.gold_ci
         made.append(
             (
                 "Gold score by model",
@@ -216,21 +206,21 @@ def _make_plots(run_dir: Path, results: Mapping[str, Any]) -> list[tuple[str, Pa
                 ),
             )
         )
-    if "reward" in results:
+    if results.reward is not None:
         made.append(
             (
                 "RM score by model",
                 plots.plot_scores(
-                    results["reward"],
+                    results.reward,
                     out / "reward.png",
                     title="Reward-model score on held-out prompts",
                     ylabel="mean RM score",
-                    intervals=results.get("reward_mean_ci"),
+                    intervals=results.reward_mean_ci,
                 ),
             )
         )
-    if results.get("win_rate"):
-        made.append(("Win rates", plots.plot_win_rates(results["win_rate"], out / "win_rate.png")))
+    if results.win_rate:
+        made.append(("Win rates", plots.plot_win_rates(results.win_rate, out / "win_rate.png")))
     ppo_rows = read_metrics(run.metrics("ppo"))
     made.append(("PPO training", plots.plot_ppo_curves(ppo_rows, out / "ppo.png")))
     dpo_rows = read_metrics(run.metrics("dpo"))
@@ -262,15 +252,15 @@ def _cell(text: str) -> str:
 
 
 def write_report(
-    run_dir: Path, results: Mapping[str, Any], prompts: Sequence[Any], texts: Mapping[str, Sequence[str]], examples: int
+    run_dir: Path, results: EvalResult, prompts: Sequence[Any], texts: Mapping[str, Sequence[str]], examples: int
 ) -> Path:
     """Write plots/*.png and report.md into `run_dir`."""
     lines = ["# lora_rlhf evaluation", ""]
-    if "prompts" in results:  # absent where only a benchmark was run (eval --benchmark on a fresh run)
+    if results.prompts is not None:  # None where only a benchmark was run (eval --benchmark on a fresh run)
         figures = _make_plots(run_dir, results)
-        judge = results.get("win_rate_judge")
+        judge = results.win_rate_judge
         lines += [
-            f"{results['prompts']} held-out prompts, {decoding_phrase(results)}. Win rates are judged by the "
+            f"{results.prompts} held-out prompts, {decoding_phrase(results)}. Win rates are judged by the "
             f"{'gold labeler' if judge == 'gold' else 'reward model'} (a tie counts one half); "
             f"brackets are {_level(results)} bootstrap intervals.",
             "",
@@ -280,9 +270,9 @@ def write_report(
         lines += difference_section(results) + rm_accuracy_lines(results) + extra_lines(results)
     else:
         figures = []
-    if results.get("ifeval"):
+    if results.ifeval is not None:
         lines += ifeval_report.report_lines(
-            results["ifeval"], ifeval_report.plot_accuracies(results["ifeval"], RunLayout(run_dir).plot("ifeval"))
+            results.ifeval, ifeval_report.plot_accuracies(results.ifeval, RunLayout(run_dir).plot("ifeval"))
         )
     lines += ["## Plots", ""]
     lines += [f"![{title}](plots/{path.name})\n" for title, path in figures]

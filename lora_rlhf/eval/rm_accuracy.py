@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from lora_rlhf.data.prompts import prompt_text
 from lora_rlhf.data.rankings import Ranking, RankingExample, encode_ranking, parse_ranking
@@ -20,6 +19,7 @@ from lora_rlhf.data.rows import RowReport, parse_rows
 from lora_rlhf.data.sources import load_rows
 from lora_rlhf.eval import stats
 from lora_rlhf.eval.config import EvalConfig
+from lora_rlhf.eval.result import PairAccuracy, RMAccuracy
 from lora_rlhf.eval.scoring import GoldFn, bootstrap_kwargs, reward_scores
 from lora_rlhf.models.roles import RoleStack
 
@@ -87,31 +87,24 @@ def gold_orders(scored: Sequence[ScoredRanking], gold_fn: GoldFn) -> list[list[f
     return [[next(gold) for _ in s.ranking.responses] for s in scored]
 
 
-def accuracy_fields(prefix: str, outcomes: Sequence[Sequence[float]], config: EvalConfig) -> dict[str, Any]:
-    """{prefix: accuracy, prefix_ci: [lo, hi], prefix_pairs: n}; accuracy and interval None without pairs."""
+def pair_accuracy(outcomes: Sequence[Sequence[float]], config: EvalConfig) -> PairAccuracy:
+    """Accuracy over every prompt's pair outcomes, with its interval clustered by prompt (None without pairs)."""
     pairs = sum(len(o) for o in outcomes)
     if not pairs:
-        return {prefix: None, f"{prefix}_ci": None, f"{prefix}_pairs": 0}
+        return PairAccuracy(None, None, 0)
     accuracy, interval = stats.cluster_accuracy_ci(outcomes, **bootstrap_kwargs(config))
-    return {prefix: accuracy, f"{prefix}_ci": list(interval), f"{prefix}_pairs": pairs}
+    return PairAccuracy(accuracy, interval, pairs)
 
 
-def rm_accuracy(stack: RoleStack, config: EvalConfig, gold_fn: GoldFn | None) -> dict[str, Any]:
-    """eval.json's rm_accuracy* fields measured on `config.rankings` with the "reward" role."""
+def rm_accuracy(stack: RoleStack, config: EvalConfig, gold_fn: GoldFn | None) -> RMAccuracy:
+    """The RM's accuracy measured on `config.rankings` with the "reward" role (against the gold judge too)."""
     rows, report = load_eval_rankings(config, stack.tokenizer)
     scored = score_rankings(stack, rows, config.batch_size)
-    results: dict[str, Any] = {
-        "rm_accuracy_source": "rankings",
-        "rm_accuracy_rows": len(rows),
-        "rm_accuracy_skipped_rows": report.dropped,
-    }
-    results.update(
-        accuracy_fields(
-            "rm_accuracy", [pair_outcomes(s.ranking.ranks, s.scores, higher_is_better=False) for s in scored], config
-        )
-    )
+    labels = [pair_outcomes(s.ranking.ranks, s.scores, higher_is_better=False) for s in scored]
+    gold = None
     if gold_fn is not None and scored:
-        gold = gold_orders(scored, gold_fn)
-        outcomes = [pair_outcomes(g, s.scores, higher_is_better=True) for g, s in zip(gold, scored)]
-        results.update(accuracy_fields("rm_accuracy_gold", outcomes, config))
-    return results
+        orders = gold_orders(scored, gold_fn)
+        gold = pair_accuracy(
+            [pair_outcomes(g, s.scores, higher_is_better=True) for g, s in zip(orders, scored)], config
+        )
+    return RMAccuracy("rankings", pair_accuracy(labels, config), gold, rows=len(rows), skipped_rows=report.dropped)

@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -25,9 +24,17 @@ from lora_rlhf.eval.kl import response_kl
 from lora_rlhf.eval.lm_loss import lm_losses
 from lora_rlhf.eval.report import write_report
 from lora_rlhf.eval.responses import Responses
+from lora_rlhf.eval.result import (
+    EvalResult,
+    IFEvalSection,
+    PairAccuracy,
+    RMAccuracy,
+    read_eval_result,
+    write_eval_result,
+)
 from lora_rlhf.eval.rm_accuracy import rm_accuracy
 from lora_rlhf.eval.scoring import GoldFn, compare_models, reward_scores
-from lora_rlhf.io import atomic_file, write_json
+from lora_rlhf.io import atomic_file
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
@@ -50,10 +57,11 @@ def evaluate(
     run_dir: str | Path,
     *,
     gold_fn: GoldFn | None = None,
-) -> dict[str, Any]:
+) -> EvalResult | None:
     """Score every available model on `prompts`, write eval.json, report.md and plots/ into `run_dir`.
 
-    Runs in eval mode (no LoRA dropout in the RM scores and the KL), whatever mode a stage left the model in.
+    Returns what eval.json holds (None off the main process). Runs in eval mode (no LoRA dropout in the RM
+    scores and the KL), whatever mode a stage left the model in.
     """
     check_lengths(stack.base_model, config.lengths())
     with stack.evaluating():
@@ -62,7 +70,7 @@ def evaluate(
 
 def _evaluate(
     stack: RoleStack, prompts: Sequence[Prompt], config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None
-) -> dict[str, Any]:
+) -> EvalResult | None:
     prompts = list(prompts)[: config.max_prompts]
     models = {name: role for name, role in MODELS.items() if role == "base" or stack.has_role(role)}
     rendered = [render_prompt(stack.tokenizer, p) for p in prompts]
@@ -83,57 +91,50 @@ def _evaluate(
         )
     benchmark = _ifeval(stack, models, config, run_dir)
     if not distributed.is_main():  # scoring and writing run on the main process alone (issue 13)
-        return {}
+        return None
     gold = _gold_scores([p for p in prompts for _ in range(n)], responses, gold_fn)
-    results: dict[str, Any] = {
-        "prompts": len(prompts),
-        "temperature": config.temperature,
-        "samples_per_prompt": n,
-        "confidence": config.confidence,
-        "bootstrap_samples": config.bootstrap_samples,
-    }
     prompt_gold = {name: per_prompt_means(g, n) for name, g in gold.items()} if gold is not None else None
     # RM score of every response row, kept so best-of-N does not score re-used sft samples a second time.
     row_rewards = _reward_scores(stack, responses, config)
     prompt_rewards = {k: per_prompt_means(v, n) for k, v in row_rewards.items()} if row_rewards is not None else None
-    results.update(compare_models(prompt_gold, prompt_rewards, config))
-    results.update(_rm_accuracy(stack, config, run_dir, gold_fn))
-    kls = {
+    kls = {  # every tuned model's KL(model ‖ sft)
         name: _policy_kl(stack, responses[name], role, config.batch_size)
         for name, role in TUNED.items()
         if name in responses
     }
-    if kls:
-        results["kl_to_sft"] = kls  # every tuned model's KL(model ‖ sft)
-    if "ppo" in kls:
-        results["kl"] = kls["ppo"]  # the contract's figure (docs/design.md)
+    results = EvalResult(
+        prompts=len(prompts),
+        temperature=config.temperature,
+        samples_per_prompt=n,
+        confidence=config.confidence,
+        bootstrap_samples=config.bootstrap_samples,
+        **compare_models(prompt_gold, prompt_rewards, config),
+        rm_accuracy=_rm_accuracy(stack, config, run_dir, gold_fn),
+        kl_to_sft=kls or None,
+        ifeval=benchmark,
+    )
     if config.best_of_n and stack.has_role("reward") and stack.has_role("sft"):
         m = config.best_of_n_prompts or len(prompts)
         sft_gold = prompt_gold["sft"][:m] if prompt_gold is not None else None
         rows = _reusable_rows(config, min(m, len(prompts)))
         candidates = responses["sft"].rows(rows) if rows is not None else None
-        results.update(
-            best_of_n(
-                stack,
-                prompts[:m],
-                rendered[:m],
-                config,
-                gold_fn=gold_fn,
-                sft_gold=sft_gold,
-                candidates=candidates,
-                candidate_scores=[row_rewards["sft"][r] for r in rows] if rows is not None else None,
-            )
+        results.best_of_n = best_of_n(
+            stack,
+            prompts[:m],
+            rendered[:m],
+            config,
+            gold_fn=gold_fn,
+            sft_gold=sft_gold,
+            candidates=candidates,
+            candidate_scores=[row_rewards["sft"][r] for r in rows] if rows is not None else None,
         )
-        results["best_of_n"]["prompts"] = len(prompts[:m])
-        results["best_of_n"]["candidates_from_eval_samples"] = candidates is not None
+        results.best_of_n.prompts = len(prompts[:m])
+        results.best_of_n.candidates_from_eval_samples = candidates is not None
         if sft_gold is not None:  # sft's own gold on the same prompts (greedy, or its samples' mean): the baseline
-            key = "gold_sft_greedy" if config.temperature == 0 else "gold_sft_samples"
-            results["best_of_n"][key] = mean(sft_gold)
+            results.best_of_n.gold_sft = mean(sft_gold)
     if config.lm_text.path:
-        results["lm_loss"] = lm_losses(stack, models, config.lm_text, config.lm_max_length, config.batch_size)
-    if benchmark:
-        results["ifeval"] = benchmark
-    write_json(RunLayout(run_dir).eval_path, results)
+        results.lm_loss = lm_losses(stack, models, config.lm_text, config.lm_max_length, config.batch_size)
+    write_eval_result(RunLayout(run_dir).eval_path, results)
     _write_samples(RunLayout(run_dir).eval_samples, prompts, responses, n)
     # The report shows each prompt's first sample side by side.
     write_report(run_dir, results, prompts, {k: v.texts[::n] for k, v in responses.items()}, config.examples)
@@ -141,11 +142,11 @@ def _evaluate(
     return results
 
 
-def evaluate_benchmarks(stack: RoleStack, config: EvalConfig, run_dir: str | Path) -> dict[str, Any]:
+def evaluate_benchmarks(stack: RoleStack, config: EvalConfig, run_dir: str | Path) -> EvalResult | None:
     """Only the benchmarks of `config` (IFEval), merged into the run's eval.json and report.md.
 
     `lora-rlhf eval --run DIR --benchmark ifeval`: what eval measured before stays; the `ifeval` section is
-    replaced. Returns the merged results ({} off the main process).
+    replaced. Returns the merged results (None off the main process).
     """
     run_dir = Path(run_dir)
     check_lengths(stack.base_model, config.lengths())
@@ -153,20 +154,20 @@ def evaluate_benchmarks(stack: RoleStack, config: EvalConfig, run_dir: str | Pat
         models = {name: role for name, role in MODELS.items() if role == "base" or stack.has_role(role)}
         section = _ifeval(stack, models, config, run_dir)
     if not distributed.is_main():
-        return {}
+        return None
     path = RunLayout(run_dir).eval_path
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results["ifeval"] = section
-    write_json(path, results)
-    prompts, texts = _saved_examples(RunLayout(run_dir).eval_samples, results.get("samples_per_prompt", 1))
+    results = read_eval_result(path) if path.is_file() else EvalResult()
+    results.ifeval = section
+    write_eval_result(path, results)
+    prompts, texts = _saved_examples(RunLayout(run_dir).eval_samples, results.samples_per_prompt or 1)
     write_report(run_dir, results, prompts, texts, config.examples if prompts else 0)
     logger.info("eval: %s", _summary_line(results))
     return results
 
 
-def _ifeval(stack: RoleStack, models: dict[str, str], config: EvalConfig, run_dir: Path) -> dict[str, Any]:
+def _ifeval(stack: RoleStack, models: dict[str, str], config: EvalConfig, run_dir: Path) -> IFEvalSection | None:
     if not config.ifeval.enabled:
-        return {}
+        return None
     return run_ifeval(
         stack,
         models,
@@ -229,7 +230,7 @@ def _reusable_rows(config: EvalConfig, prompts: int) -> list[int] | None:
     return [p * n + j for p in range(prompts) for j in range(k)]
 
 
-def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None) -> dict[str, Any]:
+def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: GoldFn | None) -> RMAccuracy:
     """Measured on eval.rankings when given (with intervals); else the RM stage's last logged held-out figure."""
     if config.rankings.path and stack.has_role("reward"):
         return rm_accuracy(stack, config, gold_fn)
@@ -238,7 +239,7 @@ def _rm_accuracy(stack: RoleStack, config: EvalConfig, run_dir: Path, gold_fn: G
             "eval: rankings given but there is no reward role to score them; RM accuracy from metrics/rm.jsonl"
         )
     rows = [r for r in read_metrics(RunLayout(run_dir).metrics("rm")) if r.get("split") == "eval" and "accuracy" in r]
-    return {"rm_accuracy": float(rows[-1]["accuracy"]) if rows else None, "rm_accuracy_source": "metrics"}
+    return RMAccuracy("metrics", PairAccuracy(float(rows[-1]["accuracy"]) if rows else None))
 
 
 @torch.no_grad()
@@ -272,17 +273,17 @@ def _write_samples(path: Path, prompts, responses: dict[str, Responses], n: int)
             handle.write(json.dumps(row) + "\n")
 
 
-def _summary_line(results: dict[str, Any]) -> str:
+def _summary_line(results: EvalResult) -> str:
     parts = []
-    for key in ("gold", "reward"):
-        if key in results:
-            parts.append(f"{key} " + " / ".join(f"{k} {v:.3f}" for k, v in results[key].items()))
-    for name, kl in results.get("kl_to_sft", {}).items():
+    for key, scores in (("gold", results.gold), ("reward", results.reward)):
+        if scores is not None:
+            parts.append(f"{key} " + " / ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    for name, kl in (results.kl_to_sft or {}).items():
         parts.append(f"KL({name} ‖ sft) {kl:.3f}")
-    if results.get("rm_accuracy") is not None:
-        parts.append(f"RM accuracy {results['rm_accuracy']:.3f}")
-    if "gold" in results.get("best_of_n", {}):
-        parts.append(f"best-of-{results['best_of_n']['n']} gold {results['best_of_n']['gold']:.3f}")
-    if results.get("ifeval"):
-        parts.append("IFEval " + ifeval_summary(results["ifeval"]))
+    if results.rm_accuracy is not None and results.rm_accuracy.labels.accuracy is not None:
+        parts.append(f"RM accuracy {results.rm_accuracy.labels.accuracy:.3f}")
+    if results.best_of_n is not None and results.best_of_n.gold is not None:
+        parts.append(f"best-of-{results.best_of_n.n} gold {results.best_of_n.gold:.3f}")
+    if results.ifeval is not None:
+        parts.append("IFEval " + ifeval_summary(results.ifeval))
     return "; ".join(parts)

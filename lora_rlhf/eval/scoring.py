@@ -12,6 +12,7 @@ from lora_rlhf.data.batching import length_grouped_order, pad_left, pad_right
 from lora_rlhf.eval import stats
 from lora_rlhf.eval.compare import mean, pairwise_win_rates
 from lora_rlhf.eval.config import EvalConfig
+from lora_rlhf.eval.stats import Interval
 from lora_rlhf.models.roles import RoleStack
 
 # (prompts' user text, responses) -> one gold score per response.
@@ -73,26 +74,24 @@ def bootstrap_kwargs(config: EvalConfig) -> dict[str, Any]:
     return {"samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
 
 
-def mean_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) -> dict[str, list[float]]:
-    """{"base": [...], ...} -> {"base": [lo, hi], ...}: bootstrap interval of each model's mean score."""
-    return {name: list(stats.bootstrap_ci(s, **bootstrap_kwargs(config))) for name, s in scores.items()}
+def mean_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) -> dict[str, Interval]:
+    """{"base": [...], ...} -> {"base": (lo, hi), ...}: bootstrap interval of each model's mean score."""
+    return {name: stats.bootstrap_ci(s, **bootstrap_kwargs(config)) for name, s in scores.items()}
 
 
-def paired_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) -> dict[str, list[float]]:
-    """{"base", "sft", "ppo"} scores -> {"sft_minus_base": [lo, hi], ...}: every later model minus every
+def paired_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) -> dict[str, Interval]:
+    """{"base", "sft", "ppo"} scores -> {"sft_minus_base": (lo, hi), ...}: every later model minus every
     earlier one, paired over prompts (the pairs and their order of compare.pairwise_win_rates)."""
     return {
-        f"{later}_minus_{earlier}": list(
-            stats.paired_diff_ci(scores[later], scores[earlier], **bootstrap_kwargs(config))
-        )
+        f"{later}_minus_{earlier}": stats.paired_diff_ci(scores[later], scores[earlier], **bootstrap_kwargs(config))
         for earlier, later in combinations(list(scores), 2)
     }
 
 
-def win_rate_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) -> dict[str, list[float]]:
-    """{"ppo_vs_sft": [lo, hi], ...}: paired bootstrap interval of each win rate of compare.pairwise_win_rates."""
+def win_rate_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig) -> dict[str, Interval]:
+    """{"ppo_vs_sft": (lo, hi), ...}: paired bootstrap interval of each win rate of compare.pairwise_win_rates."""
     return {
-        f"{later}_vs_{earlier}": list(stats.win_rate_ci(scores[later], scores[earlier], **bootstrap_kwargs(config)))
+        f"{later}_vs_{earlier}": stats.win_rate_ci(scores[later], scores[earlier], **bootstrap_kwargs(config))
         for earlier, later in combinations(list(scores), 2)
     }
 
@@ -100,7 +99,8 @@ def win_rate_intervals(scores: Mapping[str, Sequence[float]], config: EvalConfig
 def compare_models(
     gold: Mapping[str, list[float]] | None, reward: Mapping[str, list[float]] | None, config: EvalConfig
 ) -> dict[str, Any]:
-    """Means, win rates and their intervals from per-prompt scores ({model: (P,) scores}).
+    """Means, win rates and their intervals from per-prompt scores ({model: (P,) scores}): the gold*, reward*
+    and win_rate* fields of EvalResult, by name.
 
     Win rates are judged by the gold scores where they exist, else by the reward model.
     """

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from lora_rlhf.data.sources import is_local
+from lora_rlhf.eval.result import EvalResult
 from lora_rlhf.models.head_usage import head_usage, hub_adapter
 
 # Built-in model names and the Hub repository each one was converted from.
@@ -80,15 +81,17 @@ def model_card(
     repo_id: str,
     subfolder: str | None = None,
     datasets: Sequence[str] = (),
-    eval_figures: Mapping[str, Any] | None = None,
+    eval_result: EvalResult | None = None,
     head_kind: str | None = None,
 ) -> str:
     """The README.md of one published adapter (or of a whole run's repo when role is "run").
 
+    `eval_result` (the run's eval.json) gives the figures, named by their eval.json keys ("gold.ppo").
     `head_kind` ("reward" or "value", from head.safetensors) adds the code that scores with the head.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    eval_figures = eval_result.to_json() if eval_result is not None else None
     tags = ["lora", "peft", "rlhf", "instructgpt", "lora_rlhf", *ROLE_TAGS.get(role, [])]
     data = ModelCardData(
         base_model=base_model,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.eval.result import EvalResult, read_eval_result
 from lora_rlhf.hub import card
 from lora_rlhf.inference.sources import is_adapter_folder, run_roles
 from lora_rlhf.models.adapter_io import saved_head_kind
@@ -80,24 +81,30 @@ def _plan_run(run: Path, repo_id: str, roles: Sequence[str] | None, base_model: 
         raise LoraRlhfError(f"run {run} has no {missing[0]!r} adapter (it holds: {', '.join(found)})")
     layout = RunLayout(run)
     recipe = yaml.safe_load(layout.recipe_path.read_text()) if layout.recipe_path.is_file() else {}
-    figures = json.loads(layout.eval_path.read_text()) if layout.eval_path.is_file() else None
+    results = read_eval_result(layout.eval_path) if layout.eval_path.is_file() else None
     model_name = ((recipe or {}).get("model") or {}).get("name_or_path") or _adapter_base(found[chosen[0]])
     base = base_model or card.hub_base_model(model_name)
     datasets = card.recipe_datasets(recipe)
     files: list[Upload] = []
     for role in chosen:
-        files += _adapter_uploads(found[role], role, repo_id, role, base, datasets, figures)
+        files += _adapter_uploads(found[role], role, repo_id, role, base, datasets, results)
     files += [Upload(name, local=run / name) for name in PUBLISHED_FILES if (run / name).is_file()]
     plots = layout.plots
     files += [Upload(f"{PLOTS_DIR}/{p.name}", local=p) for p in sorted(plots.glob("*.png"))] if plots.is_dir() else []
-    readme = card.model_card("run", base_model=base, repo_id=repo_id, datasets=datasets, eval_figures=figures)
+    readme = card.model_card("run", base_model=base, repo_id=repo_id, datasets=datasets, eval_result=results)
     readme += "\n## Roles in this repository\n\n" + "".join(f"- `{r}/`: {card._ROLE_TEXT.get(r, r)}\n" for r in chosen)
     files.append(Upload("README.md", content=readme.encode()))
     return PushPlan(repo_id, files)
 
 
 def _adapter_uploads(
-    folder: Path, role: str, repo_id: str, subfolder: str | None, base: str | None, datasets, figures
+    folder: Path,
+    role: str,
+    repo_id: str,
+    subfolder: str | None,
+    base: str | None,
+    datasets,
+    results: EvalResult | None,
 ) -> list[Upload]:
     prefix = f"{subfolder}/" if subfolder else ""
     uploads = [Upload(prefix + name, local=folder / name) for name in ADAPTER_FILES if (folder / name).is_file()]
@@ -112,7 +119,7 @@ def _adapter_uploads(
         repo_id=repo_id,
         subfolder=subfolder,
         datasets=datasets or (),
-        eval_figures=figures,
+        eval_result=results,
         head_kind=saved_head_kind(folder),
     )
     return [*uploads, Upload(prefix + "README.md", content=text.encode())]

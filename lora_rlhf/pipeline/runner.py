@@ -21,6 +21,7 @@ from lora_rlhf.config.recipe import RecipeConfig, load_recipe
 from lora_rlhf.data.prompts import load_prompts
 from lora_rlhf.dpo.trainer import train_dpo
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.eval.result import EvalResult
 from lora_rlhf.eval.run import evaluate, evaluate_benchmarks
 from lora_rlhf.inference.loading import untrusted_model_section
 from lora_rlhf.models.names import resolve_model_name
@@ -147,9 +148,9 @@ def run_benchmarks(recipe: RecipeConfig, run: RunDir) -> StageResult:
     return StageResult("eval", "evaluated", time.perf_counter() - start, _ifeval_summary(results))
 
 
-def _ifeval_summary(results: dict[str, Any]) -> dict[str, float]:
+def _ifeval_summary(results: EvalResult | None) -> dict[str, float]:
     """Each model's IFEval prompt-level loose accuracy, for the stage's summary line."""
-    scores = results.get("ifeval", {}).get("accuracy", {})
+    scores = results.ifeval.accuracy if results is not None and results.ifeval is not None else {}
     return {f"ifeval_{name}_prompt_loose": s["prompt_loose"] for name, s in scores.items()}
 
 
@@ -202,18 +203,24 @@ def _eval(stack: RoleStack, recipe: RecipeConfig, run: RunDir, resume: bool) -> 
     prompts, _ = load_prompts(recipe.eval.prompts)
     gold_fn = demo_data.gold_fn(recipe, run) if recipe.demo.enabled else None
     results = evaluate(stack, prompts, recipe.eval, run.path, gold_fn=gold_fn)
-    summary = {f"gold_{k}": v for k, v in results.get("gold", {}).items()}
+    return "evaluated", _eval_summary(results) if results is not None else {}
+
+
+def _eval_summary(results: EvalResult) -> dict[str, Any]:
+    """The figures of the eval stage's summary line."""
+    summary: dict[str, Any] = {f"gold_{k}": v for k, v in (results.gold or {}).items()}
+    rm, wins = results.rm_accuracy, results.win_rate or {}
     picked = {
-        "kl": results.get("kl"),
-        "rm_accuracy": results.get("rm_accuracy"),
-        "rm_accuracy_gold": results.get("rm_accuracy_gold"),
-        "win_ppo_vs_sft": results.get("win_rate", {}).get("ppo_vs_sft"),
-        "win_dpo_vs_sft": results.get("win_rate", {}).get("dpo_vs_sft"),
-        "best_of_n_gold": results.get("best_of_n", {}).get("gold"),
+        "kl": results.kl,
+        "rm_accuracy": rm.labels.accuracy if rm is not None else None,
+        "rm_accuracy_gold": rm.gold.accuracy if rm is not None and rm.gold is not None else None,
+        "win_ppo_vs_sft": wins.get("ppo_vs_sft"),
+        "win_dpo_vs_sft": wins.get("dpo_vs_sft"),
+        "best_of_n_gold": results.best_of_n.gold if results.best_of_n is not None else None,
         **_ifeval_summary(results),
     }
     summary.update({k: v for k, v in picked.items() if v is not None})
-    return "evaluated", summary
+    return summary
 
 
 def _write_demo_data(

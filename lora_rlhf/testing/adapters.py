@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from lora_rlhf.io import write_json
+from lora_rlhf.eval.result import EvalResult, write_eval_result
 from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack
 from lora_rlhf.paths import RunLayout
 
@@ -43,11 +43,12 @@ def make_run_dir(
     *,
     eval_figures: Mapping[str, Any] | None = None,
 ) -> Path:
-    """A run directory as the pipeline writes it: recipe.yaml (model section), adapters/<role>/, eval.json."""
+    """A run directory as the pipeline writes it: recipe.yaml (model section), adapters/<role>/, eval.json (from
+    `eval_figures`, eval.json's keys)."""
     run = RunLayout(run_dir)
     make_adapters(model_dir, run.adapters, roles)
     recipe = {"model": {"name_or_path": str(model_dir), "quantization": "none", "device": "cpu"}}
     run.recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     if eval_figures is not None:
-        write_json(run.eval_path, dict(eval_figures))
+        write_eval_result(run.eval_path, EvalResult.from_json(eval_figures, "eval_figures"))
     return run.path

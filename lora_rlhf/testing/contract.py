@@ -4,10 +4,10 @@ tests of a run made stage by stage (tests/test_cli.py) and of a multi-process ru
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lora_rlhf.config.recipe import load_recipe
+from lora_rlhf.eval.result import read_eval_result
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.paths import RunLayout
 
@@ -41,12 +41,12 @@ def check_run_directory(path: Path) -> None:
         assert any((run.checkpoints(stage)).iterdir())
     for stage in ("sft", "rm"):
         assert any(r.get("split") == "eval" for r in read_metrics(run.metrics(stage)))
-    results = json.loads(run.eval_path.read_text())
+    results = read_eval_result(run.eval_path)
     models = {"base", "sft", "ppo"} | ({"dpo"} if (run.adapter("dpo")).exists() else set())  # eval scores dpo too
-    assert set(results["gold"]) == models
-    assert {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"} <= set(results["win_rate"])
-    assert set(results["reward"]) == models
-    assert results["kl"] >= -1e-6 and 0 <= results["rm_accuracy"] <= 1
+    assert set(results.gold) == models
+    assert {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"} <= set(results.win_rate)
+    assert set(results.reward) == models
+    assert results.kl >= -1e-6 and 0 <= results.rm_accuracy.labels.accuracy <= 1
     report = run.report.read_text()
     assert "win" in report.lower() and "](plots/" in report
     assert {p.name for p in run.plots.glob("*.png")} >= {"ppo.png", "win_rate.png", "gold.png", "stages.png"}

@@ -23,6 +23,7 @@ from lora_rlhf.config.loader import parse_overrides
 from lora_rlhf.config.recipe import RecipeConfig
 from lora_rlhf.data.sources import is_local
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.eval.result import EvalResult, read_eval_result
 from lora_rlhf.io import atomic_file, write_json
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline.ablation.measure import measured
@@ -90,7 +91,7 @@ def run_ablation(options: AblationOptions) -> str:
     stack = load_stack(recipes[options.methods[0]])  # the base, once: every method and every eval share it
     for role in REUSED:
         stack.load_role(role, source.adapter(role))
-    evals: dict[str, dict[str, Any]] = {}
+    evals: dict[str, EvalResult] = {}
     costs: dict[str, dict[str, Any] | None] = {}
     for i, (name, run) in enumerate(runs.items(), 1):
         logger.info("ablation [%d/%d] %s -> %s", i, len(runs), METHODS[name].label, run.path)
@@ -102,7 +103,7 @@ def run_ablation(options: AblationOptions) -> str:
 
 def write_outputs(
     out: Path,
-    evals: Mapping[str, Mapping[str, Any]],
+    evals: Mapping[str, EvalResult],
     costs: Mapping[str, Mapping[str, Any] | None],
     recipes: Mapping[str, RecipeConfig],
 ) -> str:
@@ -191,7 +192,7 @@ def _is_set(data: Mapping[str, Any], dotted: str) -> bool:
 
 def run_method(
     stack: RoleStack, recipe: RecipeConfig, name: str, run: RunDir, *, resume: bool
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+) -> tuple[EvalResult, dict[str, Any] | None]:
     """Train (or reuse) one method's adapter in `run`, measuring the training phase; evaluate it.
 
     Returns its eval.json and its training cost (None where it was trained by an earlier call that left none).
@@ -208,7 +209,7 @@ def run_method(
             run_stages(recipe, run, (stage,), resume=resume, stack=stack)
         write_json(cost_path, cost)
     run_stages(recipe, run, ("eval",), stack=stack)
-    return json.loads(run.eval_path.read_text()), cost
+    return read_eval_result(run.eval_path), cost
 
 
 def reuse_finished_stages(source: RunDir, run: RunDir) -> None:
@@ -237,7 +238,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def ablation_summary(
-    evals: Mapping[str, Mapping[str, Any]],
+    evals: Mapping[str, EvalResult],
     costs: Mapping[str, Mapping[str, Any] | None],
     recipes: Mapping[str, RecipeConfig],
     out: Path,
@@ -251,9 +252,9 @@ def ablation_summary(
         row["budget"] = planned_budget(recipes[name], name) | _logged_steps(out / name, METHODS[name].stage)
         rows.append(row)
     return {
-        "prompts": first.get("prompts"),
-        "confidence": first.get("confidence", 0.95),
-        "win_rate_judge": first.get("win_rate_judge"),
+        "prompts": first.prompts,
+        "confidence": 0.95 if first.confidence is None else first.confidence,
+        "win_rate_judge": first.win_rate_judge,
         "lm_text": recipes[first_name].eval.lm_text.path or None,
         "rankings": recipes[first_name].rm.data.path,
         "rows": rows,

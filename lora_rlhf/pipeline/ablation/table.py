@@ -4,87 +4,90 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from lora_rlhf.eval.result import EvalResult, Interval
 from lora_rlhf.pipeline.ablation.variants import EVAL_NAME, METHODS
+
+T = TypeVar("T")
 
 DASH = "—"
 
 
-def _get(results: Mapping[str, Any], *keys: str) -> Any:
-    """results[k1][k2]..., or None where any level is missing."""
-    for key in keys:
-        if not isinstance(results, Mapping) or results.get(key) is None:
-            return None
-        results = results[key]
-    return results
+def _of(table: Mapping[str, T] | None, key: str) -> T | None:
+    """table[key], or None where the table or the key is missing."""
+    return None if table is None else table.get(key)
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def sft_row(results: Mapping[str, Any]) -> dict[str, Any]:
+def sft_row(results: EvalResult) -> dict[str, Any]:
     # KL of sft to itself is 0 by definition: it is the reference (docs/design.md, "Roles on one base").
     return {
         "model": "sft",
         "method": "sft",
-        "gold": _get(results, "gold", "sft"),
-        "gold_ci": _get(results, "gold_mean_ci", "sft"),
+        "gold": _of(results.gold, "sft"),
+        "gold_ci": _of(results.gold_mean_ci, "sft"),
         "gold_minus_sft": None,
         "gold_minus_sft_ci": None,
         "win_rate_vs_sft": None,
         "win_rate_vs_sft_ci": None,
-        "reward": _get(results, "reward", "sft"),
-        "lm_loss": _get(results, "lm_loss", "sft"),
+        "reward": _of(results.reward, "sft"),
+        "lm_loss": _of(results.lm_loss, "sft"),
         "kl": 0.0,
     }
 
 
-def best_of_n_row(results: Mapping[str, Any]) -> dict[str, Any]:
+def best_of_n_row(results: EvalResult) -> dict[str, Any]:
     """Best-of-N: its weights are sft's (same LM loss); its KL to sft is at most log N - (N-1)/N nats
     (the analytic bound of Stiennon et al. 2020 and Gao et al. 2022). No per-prompt picks are kept, so no win rate."""
-    n, prompts = _get(results, "best_of_n", "n"), _get(results, "best_of_n", "prompts")
-    # Best-of-N may run on the first eval prompts only: compare with sft's gold on those same prompts.
-    baseline = _get(results, "best_of_n", "gold_sft_greedy")
-    if baseline is None:  # a sampled eval: sft's mean over its samples on the same prompts
-        baseline = _get(results, "best_of_n", "gold_sft_samples")
-    scope = f", first {prompts} prompts" if prompts not in (None, results.get("prompts")) else ""
-    return {
-        "model": f"best-of-{n or 'N'} (sft + RM{scope})",
-        "method": "best_of_n",
-        "gold": _get(results, "best_of_n", "gold"),
-        "gold_ci": _get(results, "best_of_n", "gold_ci"),
-        "gold_minus_sft": _minus(
-            _get(results, "best_of_n", "gold"), baseline if baseline is not None else _get(results, "gold", "sft")
-        ),
-        "gold_minus_sft_ci": _get(results, "best_of_n_ci", "bon_minus_sft"),
-        "win_rate_vs_sft": None,
-        "win_rate_vs_sft_ci": None,
-        "reward": _get(results, "best_of_n", "reward"),
-        "lm_loss": _get(results, "lm_loss", "sft") if n else None,
-        "kl": math.log(n) - (n - 1) / n if n else None,
-        "kl_is_bound": True,
+    row: dict[str, Any] = {"model": "best-of-N (sft + RM)", "method": "best_of_n"}
+    row |= dict.fromkeys(("gold", "gold_ci", "gold_minus_sft", "gold_minus_sft_ci", "win_rate_vs_sft"))
+    row |= {"win_rate_vs_sft_ci": None, "reward": None, "lm_loss": None, "kl": None, "kl_is_bound": True}
+    bon = results.best_of_n
+    if bon is None:  # eval.best_of_n: 0
+        return row
+    # Best-of-N may run on the first eval prompts only: compare with sft's gold on those same prompts (greedy,
+    # or its samples' mean), else (files from before that was recorded) with sft's gold on every prompt.
+    baseline = bon.gold_sft if bon.gold_sft is not None else _of(results.gold, "sft")
+    scope = f", first {bon.prompts} prompts" if bon.prompts not in (None, results.prompts) else ""
+    row |= {
+        "model": f"best-of-{bon.n} (sft + RM{scope})",
+        "gold": bon.gold,
+        "gold_ci": _list(bon.gold_ci),
+        "gold_minus_sft": _minus(bon.gold, baseline),
+        "gold_minus_sft_ci": _list(bon.gold_minus_sft_ci),
+        "reward": bon.reward,
+        "lm_loss": _of(results.lm_loss, "sft"),
+        "kl": math.log(bon.n) - (bon.n - 1) / bon.n,
     }
+    return row
 
 
-def method_row(name: str, results: Mapping[str, Any], cost: Mapping[str, Any] | None) -> dict[str, Any]:
+def method_row(name: str, results: EvalResult, cost: Mapping[str, Any] | None) -> dict[str, Any]:
     """A trained method's row: its eval figures against sft (same prompts, same seed) and its training cost."""
     key = EVAL_NAME[METHODS[name].role]
     return {
         "model": METHODS[name].label,
         "method": name,
-        "gold": _get(results, "gold", key),
-        "gold_ci": _get(results, "gold_mean_ci", key),
-        "gold_minus_sft": _minus(_get(results, "gold", key), _get(results, "gold", "sft")),
-        "gold_minus_sft_ci": _get(results, "gold_ci", f"{key}_minus_sft"),
-        "win_rate_vs_sft": _get(results, "win_rate", f"{key}_vs_sft"),
-        "win_rate_vs_sft_ci": _get(results, "win_rate_ci", f"{key}_vs_sft"),
-        "reward": _get(results, "reward", key),
-        "lm_loss": _get(results, "lm_loss", key),
-        "kl": _get(results, "kl_to_sft", key),
+        "gold": _of(results.gold, key),
+        "gold_ci": _list(_of(results.gold_mean_ci, key)),
+        "gold_minus_sft": _minus(_of(results.gold, key), _of(results.gold, "sft")),
+        "gold_minus_sft_ci": _list(_of(results.gold_ci, f"{key}_minus_sft")),
+        "win_rate_vs_sft": _of(results.win_rate, f"{key}_vs_sft"),
+        "win_rate_vs_sft_ci": _list(_of(results.win_rate_ci, f"{key}_vs_sft")),
+        "reward": _of(results.reward, key),
+        "lm_loss": _of(results.lm_loss, key),
+        "kl": _of(results.kl_to_sft, key),
         "cost": dict(cost) if cost else None,
     }
+
+
+def _list(interval: Interval | None) -> list[float] | None:
+    """An interval as ablation.json writes it (a list, as eval.json does)."""
+    return None if interval is None else list(interval)
 
 
 def _fmt(value: float | None, interval: Sequence[float] | None = None, *, signed: bool = False) -> str:
