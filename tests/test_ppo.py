@@ -20,6 +20,7 @@ from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampled_logprobs import SampledLogProbs
 from lora_rlhf.models.sequences import stop_mask
 from lora_rlhf.ppo.config import MOVED_KEYS, PPOConfig, RewardsConfig, SamplingConfig
+from lora_rlhf.ppo.hooks import PHASES, PhaseEvent, PhaseHook, phase
 from lora_rlhf.ppo.rollout import EncodedPrompt, Rollout, padding_free_columns, sample, score
 from lora_rlhf.ppo.trainer import train_ppo
 
@@ -548,3 +549,63 @@ def test_lengths_past_the_position_limit_stop_before_anything_runs(tiny_llama, t
     with pytest.raises(LoraRlhfError, match=message):
         train_ppo(stack, config(tmp_path, **overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+class Recorder(PhaseHook):
+    """Every phase event, in order, as ("begin" | "end", phase, micro)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, int | None]] = []
+
+    def on_phase_begin(self, event: PhaseEvent) -> None:
+        self.events.append(("begin", event.phase, event.micro))
+
+    def on_phase_end(self, event: PhaseEvent) -> None:
+        self.events.append(("end", event.phase, event.micro))
+
+
+def test_phase_hooks_fire_once_per_phase_in_order_and_change_nothing(tiny_llama, tmp_path):
+    cfg = config(tmp_path, steps=1, rollout_batch_size=4, mini_batch_size=4, micro_batch_size=4, ppo_epochs=1)
+    first, second = Recorder(), Recorder()
+    train_ppo(make_stack(tiny_llama), cfg, tmp_path / "hooked", reward_fn=digit_fraction, hooks=[first, second])
+    train_ppo(make_stack(tiny_llama), cfg, tmp_path / "plain", reward_fn=digit_fraction)
+
+    micro = {"policy_backward": 0, "value_backward": 0}
+    expected = [(edge, name, micro.get(name)) for name in PHASES for edge in ("begin", "end")]
+    assert first.events == expected and second.events == expected
+    (hooked,) = read_metrics(tmp_path / "hooked" / "metrics" / "ppo.jsonl")
+    (plain,) = read_metrics(tmp_path / "plain" / "metrics" / "ppo.jsonl")
+    untimed = [k for k in plain if not k.startswith("time_")]
+    assert {k: hooked[k] for k in untimed} == {k: plain[k] for k in untimed}
+
+
+def test_phase_hooks_see_each_micro_batch_and_no_value_pass_when_critic_free(tiny_llama, tmp_path):
+    cfg = config(
+        tmp_path,
+        steps=1,
+        advantage="rloo",
+        samples_per_prompt=2,
+        rollout_batch_size=2,
+        mini_batch_size=4,
+        micro_batch_size=2,
+        ppo_epochs=1,
+    )
+    recorder = Recorder()
+    train_ppo(make_stack(tiny_llama), cfg, tmp_path / "run", reward_fn=digit_fraction, hooks=[recorder])
+    began = [(name, micro) for edge, name, micro in recorder.events if edge == "begin"]
+    assert began == [
+        ("generate", None),
+        ("score", None),
+        ("advantages", None),
+        ("policy_backward", 0),
+        ("policy_backward", 1),
+        ("optimizer_step", None),
+    ]
+
+
+def test_without_hooks_a_phase_is_one_shared_do_nothing_block_and_a_failed_phase_does_not_end():
+    assert phase((), "generate") is phase((), "optimizer_step")
+    recorder = Recorder()
+    with pytest.raises(RuntimeError), phase([recorder], "score"):
+        raise RuntimeError("scoring failed")
+    assert recorder.events == [("begin", "score", None)]

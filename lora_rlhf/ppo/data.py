@@ -87,19 +87,24 @@ def load_ptx_examples(
 
 class PtxStream:
     """PPO-ptx batches (InstructGPT eq. 2): pretraining-style text (every token) or demonstrations
-    (completion tokens).
+    (completion tokens), `batch_size` examples at a time in a reshuffled order (`cycler.position` resumes it).
     """
 
-    def __init__(
-        self, spec: DatasetSpec, tokenizer, max_length: int, batch_size: int, seed: int, on_bad_row: OnBadRow
-    ) -> None:
+    def __init__(self, examples: list[SFTExample], pad_id: int, batch_size: int, seed: int) -> None:
+        self.cycler = Cycler(examples, seed + 1)
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+
+    @classmethod
+    def load(
+        cls, spec: DatasetSpec, tokenizer, max_length: int, batch_size: int, seed: int, on_bad_row: OnBadRow
+    ) -> PtxStream:
+        """The stream of `spec`'s rows (`load_ptx_examples`)."""
         examples, report = load_ptx_examples(spec, tokenizer, max_length, on_bad_row)
         report.log()
         if not examples:
             raise LoraRlhfError(f"ppo.ptx: {spec.display()} holds no usable example")
-        self.cycler = Cycler(examples, seed + 1)
-        self.batch_size = batch_size
-        self.pad_id = tokenizer.pad_token_id
+        return cls(examples, tokenizer.pad_token_id, batch_size, seed)
 
     def next(self) -> dict[str, torch.Tensor]:
         examples: list[SFTExample] = self.cycler.next(self.batch_size)

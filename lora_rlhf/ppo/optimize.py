@@ -30,6 +30,7 @@ from lora_rlhf.ppo.advantages import (
 )
 from lora_rlhf.ppo.config import AdvantageEstimator, PPOConfig, PPOOptimConfig, RewardsConfig
 from lora_rlhf.ppo.data import PtxStream
+from lora_rlhf.ppo.hooks import Hooks, phase
 from lora_rlhf.ppo.losses import PtxLoss, explained_variance, kl_loss, policy_loss, ptx_loss, value_loss
 from lora_rlhf.ppo.rewards import (
     RunningMoments,
@@ -101,13 +102,28 @@ def add_advantages(
     moments: RunningMoments,
     samples_per_prompt: int = 1,
     estimator: AdvantageEstimator = "gae",
+    *,
+    hooks: Hooks = (),
 ) -> dict[str, float]:
     """Fill `rollout.advantages` (and, for gae, `.returns`) from InstructGPT eq. 2's rewards; return the figures.
 
     Rows come in groups of `samples_per_prompt` consecutive samples of one prompt (score_baseline, rloo and grpo
     use them). The running score moments, the whitening and `reward_std` cover every process's rollout; the
-    other figures are this process's (the trainer averages them across processes).
+    other figures are this process's (the trainer averages them across processes). `hooks` see the advantages
+    phase (lora_rlhf.ppo.hooks).
     """
+    with phase(hooks, "advantages"):
+        return _add_advantages(rollout, kl_coef, config, moments, samples_per_prompt, estimator)
+
+
+def _add_advantages(
+    rollout: Rollout,
+    kl_coef: float,
+    config: RewardsConfig,
+    moments: RunningMoments,
+    samples_per_prompt: int,
+    estimator: AdvantageEstimator,
+) -> dict[str, float]:
     mask = rollout.response_mask
     every_score = distributed.gather_tensor(rollout.scores)  # (B * world size,)
     moments.update(every_score)
@@ -187,6 +203,9 @@ def train_on_rollout(
     ptx: PtxStream | None,
     step: int,
     kl_coef: float = 0.0,
+    *,
+    hooks: Hooks = (),
+    trim_micro_batches: bool = True,
 ) -> dict[str, float]:
     """`ppo_epochs` passes over the rollout in shuffled minibatches; one optimizer step per minibatch and role.
 
@@ -194,6 +213,9 @@ def train_on_rollout(
 
     The rollout's rows come in groups of `samples_per_prompt` samples of one prompt, shuffled as groups.
     With N processes each holds 1/N of the rollout and of every minibatch (mini_batch_size / N rows).
+    Each micro-batch is cut to its own padding-free columns (`Rollout.trimmed`, issue 15); with
+    `trim_micro_batches` False it keeps the rollout's width, as before issue 15 (scripts/bench_ppo.py
+    --compare-before times both). `hooks` see the policy_backward, value_backward and optimizer_step phases.
     """
     generator = torch.Generator().manual_seed(config.seed * 100_003 + step)
     size = config.mini_batch_size // distributed.world().size
@@ -204,7 +226,8 @@ def train_on_rollout(
         prompts = torch.randperm(len(rollout) // group, generator=generator)
         order = (prompts[:, None] * group + torch.arange(group)).flatten()
         for begin in range(0, len(rollout), size):
-            rows.append(_minibatch(stack, rollout, order[begin : begin + size], optimizers, config, ptx, kl_coef))
+            part = order[begin : begin + size]
+            rows.append(_minibatch(stack, rollout, part, optimizers, config, ptx, kl_coef, hooks, trim_micro_batches))
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
@@ -216,21 +239,27 @@ def _minibatch(
     config: PPOConfig,
     ptx: PtxStream | None,
     kl_coef: float,
+    hooks: Hooks,
+    trim: bool,
 ) -> dict[str, float]:
     micros = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
     stats: list[dict[str, float]] = []
-    for micro in micros:
-        part = rollout.select(micro).trimmed()  # its own longest prompt and response, not the rollout's
-        stats.append(_policy_backward(stack, part, opt, config, ptx, len(micros), kl_coef))
+    for index, micro in enumerate(micros):
+        part = rollout.select(micro)
+        part = part.trimmed() if trim else part  # its own longest prompt and response, not the rollout's
+        with phase(hooks, "policy_backward", micro=index):
+            stats.append(_policy_backward(stack, part, opt, config, ptx, len(micros), kl_coef))
         if opt.value is not None:
-            stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
+            with phase(hooks, "value_backward", micro=index):
+                stats[-1].update(_value_backward(stack, part, opt, config, len(micros)))
     figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
     sent = 0
-    for role, optimizer in opt.roles().items():
-        sent += distributed.all_reduce_gradients(stack.role_parameters(role), average=True)
-        done = clip_and_step(stack.role_parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
-        if done.grad_norm is not None:
-            figures[f"{role}_grad_norm"] = done.grad_norm
+    with phase(hooks, "optimizer_step"):
+        for role, optimizer in opt.roles().items():
+            sent += distributed.all_reduce_gradients(stack.role_parameters(role), average=True)
+            done = clip_and_step(stack.role_parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
+            if done.grad_norm is not None:
+                figures[f"{role}_grad_norm"] = done.grad_norm
     if distributed.world().size > 1:  # what this optimizer step sent through the all-reduce (issue 13)
         figures["allreduce_bytes"] = float(sent)
     return figures

@@ -20,6 +20,7 @@ from lora_rlhf.data.batching import pad_left
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import ends_with_stop, stop_mask
 from lora_rlhf.ppo.config import SamplingConfig
+from lora_rlhf.ppo.hooks import Hooks, phase
 
 # (prompts, responses) -> one score per response: the labeler's gold judge, or a programmatic reward.
 TextScorer = Callable[[list[str], list[str]], list[float]]
@@ -201,21 +202,40 @@ def make_rollout(
     reward_fn: TextScorer | None = None,
     *,
     with_value: bool = True,
+    hooks: Hooks = (),
 ) -> tuple[Rollout, dict[str, float]]:
     """Sample and score one batch of prompts; returns the rollout and the seconds spent generating and scoring.
 
     Scores come from the reward role, or from `reward_fn` (a programmatic reward) when one is given. Without
-    `with_value` (critic-free PPO) the value role is never run and `rollout.values` is None.
+    `with_value` (critic-free PPO) the value role is never run and `rollout.values` is None. `hooks` see the
+    generate and score phases (lora_rlhf.ppo.hooks).
     """
     start = time.perf_counter()
-    sampled = sample(stack, prompts, sampling)
+    with phase(hooks, "generate"):
+        sampled = sample(stack, prompts, sampling)
+    generated = time.perf_counter()
+    with phase(hooks, "score"):
+        rollout = _scored_rollout(stack, prompts, sampled, sampling, micro_batch_size, reward_fn, with_value)
+    timing = {"time_generate": generated - start, "time_score": time.perf_counter() - generated}
+    return rollout, timing
+
+
+def _scored_rollout(
+    stack: RoleStack,
+    prompts: Sequence[EncodedPrompt],
+    sampled: Sampled,
+    sampling: SamplingConfig,
+    micro_batch_size: int,
+    reward_fn: TextScorer | None,
+    with_value: bool,
+) -> Rollout:
+    """`sampled` as a rollout: the scoring passes, the decoded responses, `reward_fn`'s scores when given."""
     input_ids, attention_mask, resp_mask, width = (
         sampled.input_ids,
         sampled.attention_mask,
         sampled.response_mask,
         sampled.prompt_width,
     )
-    generated = time.perf_counter()
     scored = score(
         stack,
         input_ids,
@@ -234,7 +254,7 @@ def make_rollout(
     if reward_fn is not None:
         values = reward_fn([p.text for p in prompts], [t.strip() for t in texts])
         scored["scores"] = torch.tensor(values, dtype=torch.float32, device=input_ids.device)
-    rollout = Rollout(
+    return Rollout(
         input_ids=input_ids,
         attention_mask=attention_mask,
         response_mask=resp_mask.float(),
@@ -245,5 +265,3 @@ def make_rollout(
         values=scored.pop("values", None),
         **scored,
     )
-    timing = {"time_generate": generated - start, "time_score": time.perf_counter() - generated}
-    return rollout, timing

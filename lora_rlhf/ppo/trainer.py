@@ -36,6 +36,7 @@ from lora_rlhf.paths import RunLayout
 from lora_rlhf.ppo import guard
 from lora_rlhf.ppo.config import PPOConfig
 from lora_rlhf.ppo.data import Cycler, PtxStream, load_ppo_prompts
+from lora_rlhf.ppo.hooks import Hooks
 from lora_rlhf.ppo.kl_control import make_kl_controller
 from lora_rlhf.ppo.optimize import Optimizers, add_advantages, build_optimizers, step_schedulers, train_on_rollout
 from lora_rlhf.ppo.rewards import RunningMoments
@@ -100,12 +101,15 @@ def train_ppo(
     gold_fn: TextScorer | None = None,
     reward_fn: TextScorer | None = None,
     report_to: Sequence[str] = (),
+    hooks: Hooks = (),
 ) -> dict[str, float]:
     """Run PPO-ptx for `config.steps` iterations; returns the first and last figures (reward, kl, gold).
 
     Figures go to metrics/ppo.jsonl and to the `report_to` trackers (lora_rlhf.tracking).
 
     `gold_fn` (a gold judge) is only logged; `reward_fn` replaces the reward role's score (a programmatic reward).
+    `hooks` see every iteration's phases (lora_rlhf.ppo.hooks: generate, score, advantages, the backward passes,
+    the optimizer steps).
     """
     output_dir = Path(output_dir)
     check_lengths(stack.base_model, _lengths(config))
@@ -132,7 +136,7 @@ def train_ppo(
     metrics = open_metrics(output_dir, "ppo", resume_step=step if step else None, report_to=report_to)
     try:
         with stack.training(dropout=False):  # PPO's ratio needs pi_old == pi at the first minibatch
-            _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn))
+            _iterate(stack, config, optimizers, state, step, metrics, ckpt_dir, (gold_fn, reward_fn), hooks)
     finally:
         metrics.close()
     stack.set_trainable()
@@ -157,12 +161,13 @@ def _iterate(
     metrics: MetricsWriter,
     ckpt_dir: Path,
     scorers: tuple[TextScorer | None, TextScorer | None],
+    hooks: Hooks,
 ) -> None:
     desc = f"ppo: {' + '.join(config.trained_roles)}" + (f" ({config.advantage})" if config.critic_free else "")
     progress = tqdm(total=config.steps, initial=step, desc=desc, unit="step", disable=not distributed.is_main())
     while step < config.steps:
         step += 1
-        figures = _one_iteration(stack, config, optimizers, state, step, ckpt_dir, scorers)
+        figures = _one_iteration(stack, config, optimizers, state, step, ckpt_dir, scorers, hooks)
         progress.update(1)
         progress.set_postfix(reward=f"{figures['reward']:.3f}", kl=f"{figures['kl']:.3f}")
         if step % config.logging_steps == 0 or step == config.steps:
@@ -188,6 +193,7 @@ def _one_iteration(
     step: int,
     ckpt_dir: Path,
     scorers: tuple[TextScorer | None, TextScorer | None],
+    hooks: Hooks,
 ) -> dict[str, float]:
     gold_fn, reward_fn = scorers
     kl_coef = state.kl_controller.value
@@ -195,10 +201,16 @@ def _one_iteration(
     # A prompt's samples are consecutive rows (generate encodes the prompt once for all of them).
     batch = [prompt for prompt in batch for _ in range(config.samples_per_prompt)]
     rollout, timing = make_rollout(
-        stack, batch, config.sampling, config.micro_batch_size, reward_fn, with_value=not config.critic_free
+        stack,
+        batch,
+        config.sampling,
+        config.micro_batch_size,
+        reward_fn,
+        with_value=not config.critic_free,
+        hooks=hooks,
     )
     figures = add_advantages(
-        rollout, kl_coef, config.rewards, state.moments, config.samples_per_prompt, config.advantage
+        rollout, kl_coef, config.rewards, state.moments, config.samples_per_prompt, config.advantage, hooks=hooks
     )
     if gold_fn is not None:
         figures["gold"] = sum(gold_fn(rollout.prompts, rollout.responses)) / len(rollout)
@@ -208,7 +220,7 @@ def _one_iteration(
     lrs = {"lr_policy": optimizers.policy_scheduler.get_last_lr()[0]}
     if optimizers.value_scheduler is not None:
         lrs["lr_value"] = optimizers.value_scheduler.get_last_lr()[0]
-    trained = train_on_rollout(stack, rollout, optimizers, config, state.ptx, step, kl_coef)
+    trained = train_on_rollout(stack, rollout, optimizers, config, state.ptx, step, kl_coef, hooks=hooks)
     figures.update(distributed.mean_figures(trained))
     step_schedulers(optimizers)
     timing["time_train"] = time.perf_counter() - start
@@ -245,7 +257,7 @@ def _ptx_stream(stack: RoleStack, config: PPOConfig) -> PtxStream | None:
                 ptx.coef,
             )
         return None
-    return PtxStream(ptx.data, stack.tokenizer, ptx.max_length, ptx.batch_size, config.seed, config.on_bad_row)
+    return PtxStream.load(ptx.data, stack.tokenizer, ptx.max_length, ptx.batch_size, config.seed, config.on_bad_row)
 
 
 def _resume(stack: RoleStack, config: PPOConfig, optimizers: Optimizers, state: _State, ckpt_dir: Path) -> int:
