@@ -16,9 +16,10 @@ recomputing them with a forward, and reports both iterations' times (train is sh
 every iteration also runs critic-free (ppo.advantage rloo or grpo, issue 27) from the same random state, in
 alternating order: its rollout without the value pass, its update without the value role, and the time ratio
 critic-free / gae within the run; the bytes the value role holds (adapter, head, gradients, AdamW state) are
-what critic-free PPO does not allocate. Peak memory as in
-bench_sft_rm.py (CUDA allocator peak, or the process's resident set on the CPU). Timings depend on what else
-runs: say how many cores were free.
+what critic-free PPO does not allocate. The train time is also split by the PPO phase hooks (lora_rlhf.ppo.hooks)
+into time_advantages, time_policy_backward, time_value_backward and time_optimizer_step. Peak memory:
+`lora_rlhf.testing.bench.PeakMemory` (CUDA allocator peak, or the process's resident set on the CPU). Timings
+depend on what else runs: say how many cores were free.
 """
 
 from __future__ import annotations
@@ -29,53 +30,35 @@ import dataclasses
 import json
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sft_rm import PeakMemory, default_model  # noqa: E402
+from lora_rlhf.data.batching import pad_left
+from lora_rlhf.data.demonstrations import Demonstration, encode_demonstration
+from lora_rlhf.demo.labeler import Labeler
+from lora_rlhf.demo.tasks import sample_tasks
+from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.models.sequences import sampling_kwargs, stop_mask
+from lora_rlhf.ppo.config import PPOConfig, PtxConfig, SamplingConfig
+from lora_rlhf.ppo.data import PtxStream
+from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout
+from lora_rlhf.ppo.rewards import RunningMoments
+from lora_rlhf.ppo.rollout import make_rollout
+from lora_rlhf.ppo.trainer import setup_roles
+from lora_rlhf.testing.bench import PeakMemory, PhaseTimes, default_model, demo_prompts
+from lora_rlhf.train.loop import make_accelerator
 
-from lora_rlhf.data.batching import pad_left  # noqa: E402
-from lora_rlhf.data.chat import render_prompt  # noqa: E402
-from lora_rlhf.demo.labeler import Labeler  # noqa: E402
-from lora_rlhf.demo.tasks import sample_tasks  # noqa: E402
-from lora_rlhf.models.base import BaseModelConfig  # noqa: E402
-from lora_rlhf.models.roles import RoleStack  # noqa: E402
-from lora_rlhf.models.sequences import sampling_kwargs, stop_mask  # noqa: E402
-from lora_rlhf.ppo.config import PPOConfig, PtxConfig, SamplingConfig  # noqa: E402
-from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout  # noqa: E402
-from lora_rlhf.ppo.rewards import RunningMoments  # noqa: E402
-from lora_rlhf.ppo.rollout import EncodedPrompt, Rollout, make_rollout  # noqa: E402
-from lora_rlhf.ppo.trainer import setup_roles  # noqa: E402
-from lora_rlhf.train.loop import make_accelerator  # noqa: E402
 
-
-class _Ptx:
-    """Demonstration batches for the PPO-ptx term, built in memory (PtxStream reads them from a file)."""
-
-    def __init__(self, stack: RoleStack, batch_size: int) -> None:
-        from lora_rlhf.data.demonstrations import Demonstration, encode_demonstration
-        from lora_rlhf.sft.loss import collate_sft
-
-        labeler = Labeler(seed=0)
-        tasks = sample_tasks(64, seed=7)
-        self.examples = [
-            encode_demonstration(Demonstration(t.prompt, labeler.demonstrate(t)), stack.tokenizer, 160) for t in tasks
-        ]
-        self.collate, self.batch_size, self.pad, self.position = (
-            collate_sft,
-            batch_size,
-            stack.tokenizer.pad_token_id,
-            0,
-        )
-
-    def next(self) -> dict[str, torch.Tensor]:
-        batch = [self.examples[(self.position + i) % len(self.examples)] for i in range(self.batch_size)]
-        self.position += self.batch_size
-        return self.collate(batch, self.pad)
+def _ptx_stream(stack: RoleStack, batch_size: int) -> PtxStream:
+    """PPO-ptx batches of the labeler's demonstrations for 64 demo tasks, built in memory."""
+    labeler = Labeler(seed=0)
+    examples = [
+        encode_demonstration(Demonstration(t.prompt, labeler.demonstrate(t)), stack.tokenizer, 160)
+        for t in sample_tasks(64, seed=7)
+    ]
+    return PtxStream(examples, stack.tokenizer.pad_token_id, batch_size, seed=0)
 
 
 def _before(stack, batch, config, rollout, optimizers, ptx, step) -> dict[str, float]:
@@ -112,13 +95,9 @@ def _before(stack, batch, config, rollout, optimizers, ptx, step) -> dict[str, f
         name: copy.deepcopy(opt.state_dict())
         for name, opt in (("policy", optimizers.policy), ("value", optimizers.value))
     }
-    trimmed, Rollout.trimmed = Rollout.trimmed, lambda self: self  # micro-batches at the rollout's width
-    try:
-        start = time.perf_counter()
-        train_on_rollout(stack, rollout, optimizers, config, ptx, step)
-        timing["before_time_train"] = time.perf_counter() - start
-    finally:
-        Rollout.trimmed = trimmed
+    start = time.perf_counter()
+    train_on_rollout(stack, rollout, optimizers, config, ptx, step, trim_micro_batches=False)
+    timing["before_time_train"] = time.perf_counter() - start
     with torch.no_grad():
         for role, tensors in saved.items():
             for param, value in zip(stack.role_parameters(role), tensors):
@@ -140,7 +119,7 @@ def _config(args: argparse.Namespace, advantage: str) -> PPOConfig:
     )
 
 
-def _iteration(stack, batch, config, optimizers, ptx, it, args, state) -> dict[str, float]:
+def _iteration(stack, batch, config, optimizers, ptx, it, args, state, phases: PhaseTimes) -> dict[str, float]:
     """One timed iteration of `config` (gae or critic-free) from the random `state`: rollout, advantages, train."""
     rollout, timing = make_rollout(
         stack, batch, config.sampling, config.micro_batch_size, with_value=not config.critic_free
@@ -152,13 +131,18 @@ def _iteration(stack, batch, config, optimizers, ptx, it, args, state) -> dict[s
         timing.update({f"recompute_{k}": v for k, v in slow.items()})
         timing["max_logprob_gap"] = float(((rollout.logprobs - again.logprobs) * rollout.response_mask).abs().max())
     kl_coef = config.rewards.kl_coef
-    add_advantages(rollout, kl_coef, config.rewards, RunningMoments(), config.samples_per_prompt, config.advantage)
+    moments = RunningMoments()
+    add_advantages(
+        rollout, kl_coef, config.rewards, moments, config.samples_per_prompt, config.advantage, hooks=[phases]
+    )
     if args.compare_before and not config.critic_free:
         torch.set_rng_state(state)
         timing.update(_before(stack, batch, config, rollout, optimizers, ptx, it))
     start = time.perf_counter()
-    train_on_rollout(stack, rollout, optimizers, config, ptx, it, kl_coef)
+    train_on_rollout(stack, rollout, optimizers, config, ptx, it, kl_coef, hooks=[phases])
     timing["time_train"] = time.perf_counter() - start
+    split = {k: v for k, v in phases.take().items() if k not in ("generate", "score")}  # make_rollout times those
+    timing.update({f"time_{k}": v for k, v in split.items()})
     timing["response_tokens"] = float(rollout.response_mask.sum())
     return timing
 
@@ -239,14 +223,9 @@ def main() -> None:
     optimizers = build_optimizers(stack, config.optim, config.steps, accelerator)
     free = _config(args, args.compare_advantage) if args.compare_advantage else None
     free_optimizers = build_optimizers(stack, config.optim, config.steps, accelerator, critic=False) if free else None
-    ptx = _Ptx(stack, config.ptx.batch_size) if args.ptx else None
-    tasks = sample_tasks(args.rollout * (args.iterations + 1), seed=3)
-    prompts = [
-        EncodedPrompt(
-            stack.tokenizer(render_prompt(stack.tokenizer, t.prompt), add_special_tokens=False).input_ids, t.prompt
-        )
-        for t in tasks
-    ]
+    ptx = _ptx_stream(stack, config.ptx.batch_size) if args.ptx else None
+    prompts = demo_prompts(stack.tokenizer, args.rollout * (args.iterations + 1))
+    phases = PhaseTimes(stack.device)
     rows = []
     with PeakMemory(stack.device) as memory, stack.training(dropout=False):
         for it in range(args.iterations + 1):
@@ -257,7 +236,7 @@ def main() -> None:
             modes = [("", config, optimizers)] + ([(f"{free.advantage}_", free, free_optimizers)] if free else [])
             for prefix, mode_config, mode_optimizers in modes if it % 2 == 0 else modes[::-1]:
                 torch.set_rng_state(state)
-                figures = _iteration(stack, batch, mode_config, mode_optimizers, ptx, it, args, state)
+                figures = _iteration(stack, batch, mode_config, mode_optimizers, ptx, it, args, state, phases)
                 timing.update({prefix + k: v for k, v in figures.items()})
             if it:
                 rows.append(timing)

@@ -17,34 +17,18 @@ Medians of `--repeats` timed repetitions after one warm-up; timings depend on wh
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sft_rm import default_model  # noqa: E402
-
-from lora_rlhf.data.chat import render_prompt  # noqa: E402
-from lora_rlhf.data.rankings import RankingExample  # noqa: E402
-from lora_rlhf.demo.tasks import sample_tasks  # noqa: E402
-from lora_rlhf.models.base import BaseModelConfig  # noqa: E402
-from lora_rlhf.models.lora import LoraSettings  # noqa: E402
-from lora_rlhf.models.roles import RoleStack  # noqa: E402
-from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts  # noqa: E402
-from lora_rlhf.rm.trainer import rm_step  # noqa: E402
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.data.rankings import RankingExample
+from lora_rlhf.demo.tasks import sample_tasks
+from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.lora import LoraSettings
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
+from lora_rlhf.rm.trainer import rm_step
+from lora_rlhf.testing.bench import default_model, timed
 
 
 def main() -> None:

@@ -2,13 +2,13 @@
 
     python scripts/bench_sft_rm.py [--model PATH] [--quantization nf4] [--batch 8] [--seq-len 128] [--k 4]
 
---model defaults to the embedded demo model (SmolLM2-135M-Instruct, `lora_rlhf.demo.model.demo_model_dir()`).
+--model defaults to the embedded demo model (SmolLM2-135M-Instruct, `lora_rlhf.testing.bench.default_model()`).
 The steps are the stages' own: `sft_loss` on a right-padded batch of B sequences, and `rm_step` on B
 prompts x K responses scored in one forward pass with the K-way ranking loss (InstructGPT §3.5).
-Tokens/s counts non-pad tokens through forward and backward (median step). Peak memory: on CUDA the
-allocator's peak (model included); on the CPU the process's peak resident set, sampled every 2 ms; both
-also as what the steps added to the memory held before the first one (activations, gradients, Adam state). \
-Timings depend on what else runs: say how many cores were free.
+Tokens/s counts non-pad tokens through forward and backward (median step). Peak memory
+(`lora_rlhf.testing.bench.PeakMemory`): on CUDA the allocator's peak (model included); on the CPU the process's
+peak resident set, sampled every 2 ms; both also as what the steps added to the memory held before the first
+one (activations, gradients, Adam state). Timings depend on what else runs: say how many cores were free.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
-import threading
 import time
 from collections.abc import Callable
 
@@ -32,50 +30,7 @@ from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings
 from lora_rlhf.rm.trainer import rm_step
 from lora_rlhf.sft.loss import collate_sft, sft_loss
-
-
-def default_model() -> str:
-    from lora_rlhf.demo.model import demo_model_dir
-
-    return str(demo_model_dir())
-
-
-class PeakMemory:
-    """Peak memory while the block runs, absolute and added to what was held before it.
-
-    CUDA: the allocator's peak (tensors, model included). CPU: the process's resident set, sampled every 2 ms.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.before, self.peak, self._stop = device, 0, 0, threading.Event()
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.before = torch.cuda.memory_allocated(self.device)
-        else:
-            self.before = self.peak = self._rss()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
+from lora_rlhf.testing.bench import PeakMemory, default_model
 
 
 def sft_batch(vocab: int, batch: int, seq_len: int, prompt_len: int) -> list[SFTExample]:

@@ -13,7 +13,7 @@ every phase the plan has, with the library's own functions, at the reduced sizes
     rm step       rm_step on one pair + backward + AdamW step (reward role + head, copied from sft)
     ppo generate  rollout.sample from the policy (policy and value copied, both optimizers primed)
     ppo score     rollout.score: reference, value and reward in one stacked pass
-    ppo train     one micro-batch: the policy's and the value's backward, then both AdamW steps
+    ppo train     one micro-batch as a minibatch (train_on_rollout): policy and value backward, both AdamW steps
     eval          rollout.sample at the eval sizes (value role and optimizers gone, as in `lora-rlhf eval`)
 
 Optimizers are primed with one zero-gradient step so AdamW's moments exist as they do from the second step on
@@ -228,12 +228,11 @@ def run_stages(stack: RoleStack, recipe: RecipeConfig, predicted: dict[str, int]
                 with_policy=not ppo.sampling.logprobs_from_generation,
             )
         rollout = _rollout(sampled, scored, ppo)
-        part = rollout.select(torch.arange(ppo.micro_batch_size)).trimmed()
+        # One micro-batch as a whole minibatch: one policy backward, one value backward, one step of each role.
+        part = rollout.select(torch.arange(ppo.micro_batch_size))
+        one = dataclasses.replace(ppo, mini_batch_size=ppo.micro_batch_size, ppo_epochs=1)
         with measured(rows, "ppo train", predicted["ppo train"], stack, optimizers, rss):
-            optimize._policy_backward(stack, part, opt, ppo, None, 1, ppo.rewards.kl_coef)
-            optimize._value_backward(stack, part, opt, ppo, 1)
-            for role, optimizer in opt.roles().items():
-                optimize._step(stack.role_parameters(role), optimizer, opt.accelerator, ppo.optim.max_grad_norm)
+            optimize.train_on_rollout(stack, part, opt, one, None, 1, ppo.rewards.kl_coef)
     del opt, optimizers, rollout, part, sampled, scored
 
     stack.remove_role("value")

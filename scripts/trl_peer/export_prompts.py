@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/trl_peer/export_prompts.py --count 48 --out runs/trl_peer/prompts.jsonl
 
-Same as bench_ppo.py: `sample_tasks(count, seed=3)`, rendered with the demo tokenizer's chat template.
+Same as bench_ppo.py (`lora_rlhf.testing.bench.demo_prompts`): `sample_tasks(count, seed=3)`, rendered with
+the demo tokenizer's chat template.
 Each line: {"text": user words, "prompt": rendered prompt, "input_ids": its token ids}; the peer feeds the
 ids as they are, so both sides encode exactly the same tokens. Also writes the model folder to
 `<out>.model` so the peer loads the same local HF copy.
@@ -12,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_sft_rm import default_model  # noqa: E402
-
-from lora_rlhf.data.chat import render_prompt  # noqa: E402
-from lora_rlhf.demo.tasks import sample_tasks  # noqa: E402
+from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.demo.tasks import sample_tasks
+from lora_rlhf.testing.bench import default_model
 
 
 def main() -> None:

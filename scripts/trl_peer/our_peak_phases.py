@@ -4,90 +4,77 @@
         [--iterations 2] [--profile] [--rollout 8 --mini 8 --max-new-tokens 48]
 
 Same stack and work as `scripts/bench_ppo.py --quantization none` (demo model fp32, sft/reward/policy/value
-roles, dropout off, train mode), but the iteration is run phase by phase with the library's own functions:
-generate (`rollout.sample`), score (`rollout.score`: reference log-probs, values, reward), advantages,
-then per micro-batch the policy backward and the value backward (`optimize._policy_backward` /
-`_value_backward`), and the two optimizer steps (`optimize._step`). For each phase it prints the resident
-set at its start, the peak sampled every 2 ms inside it, and the resident set at its end; `--profile`
-adds torch.profiler's per-op allocation totals (profile_memory=True) of the last iteration's train phase.
-No library file is changed; `--gradient-checkpointing` sets BaseModelConfig.gradient_checkpointing.
+roles, dropout off, train mode): each iteration is the stage's own `make_rollout`, `add_advantages` and
+`train_on_rollout`, watched through the PPO phase hooks (lora_rlhf.ppo.hooks): generate, score, advantages,
+then per micro-batch the policy backward and the value backward, and the optimizer steps of each minibatch.
+For each phase it prints the resident set at its start, the peak sampled every 2 ms inside it, and the
+resident set at its end; `--profile` adds torch.profiler's per-op allocation totals (profile_memory=True) of
+the last iteration's train phase. No library file is changed; `--gradient-checkpointing` sets
+BaseModelConfig.gradient_checkpointing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_sft_rm import default_model  # noqa: E402
-
-from lora_rlhf.data.chat import render_prompt  # noqa: E402
-from lora_rlhf.demo.tasks import sample_tasks  # noqa: E402
-from lora_rlhf.models.base import BaseModelConfig  # noqa: E402
-from lora_rlhf.models.roles import RoleStack  # noqa: E402
-from lora_rlhf.ppo import optimize  # noqa: E402
-from lora_rlhf.ppo.config import PPOConfig, SamplingConfig  # noqa: E402
-from lora_rlhf.ppo.rewards import RunningMoments  # noqa: E402
-from lora_rlhf.ppo.rollout import EncodedPrompt, Rollout, sample, score  # noqa: E402
-from lora_rlhf.ppo.trainer import setup_roles  # noqa: E402
-from lora_rlhf.train.loop import make_accelerator  # noqa: E402
-
-MIB = 2**20
+from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.ppo.config import PPOConfig, SamplingConfig
+from lora_rlhf.ppo.hooks import PhaseEvent, PhaseHook
+from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout
+from lora_rlhf.ppo.rewards import RunningMoments
+from lora_rlhf.ppo.rollout import make_rollout
+from lora_rlhf.ppo.trainer import setup_roles
+from lora_rlhf.testing.bench import MIB, default_model, demo_prompts, rss_bytes
+from lora_rlhf.train.loop import make_accelerator
 
 
-def rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * 4096
-
-
-class Phases:
-    """Resident-set peak per phase, sampled every 2 ms."""
+class PhaseMemory(PhaseHook):
+    """Resident set at each phase's start and end, its peak inside (sampled every 2 ms), wall and CPU seconds."""
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
+        self.iteration = 0  # set by the loop, written in each row
         self.trim = None  # libc.malloc_trim, with --malloc-trim
-        self.window = self.peak = rss()
+        self.window = self.peak = rss_bytes()
+        self._start = (0, 0.0, 0.0)
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.002):
-            now = rss()
+            now = rss_bytes()
             self.window, self.peak = max(self.window, now), max(self.peak, now)
 
-    def phase(self, it: int, name: str):
-        phases = self
+    def on_phase_begin(self, event: PhaseEvent) -> None:
+        self._start = (rss_bytes(), time.perf_counter(), sum(os.times()[:2]))
+        self.window = self._start[0]
 
-        class _Phase:
-            def __enter__(self):
-                self.start, self.t0, self.cpu0 = rss(), time.perf_counter(), sum(os.times()[:2])
-                phases.window = self.start
-
-            def __exit__(self, *exc):
-                if phases.trim is not None:
-                    phases.trim(0)
-                end = rss()
-                phases.window = max(phases.window, end)
-                phases.rows.append(
-                    {
-                        "it": it,
-                        "phase": name,
-                        "start_mib": round(self.start / MIB),
-                        "peak_mib": round(phases.window / MIB),
-                        "end_mib": round(end / MIB),
-                        "s": round(time.perf_counter() - self.t0, 2),
-                        "cpu_s": round(sum(os.times()[:2]) - self.cpu0, 2),
-                    }
-                )
-
-        return _Phase()
+    def on_phase_end(self, event: PhaseEvent) -> None:
+        if self.trim is not None:
+            self.trim(0)
+        end = rss_bytes()
+        self.window = max(self.window, end)
+        start, t0, cpu0 = self._start
+        self.rows.append(
+            {
+                "it": self.iteration,
+                "phase": event.phase if event.micro is None else f"{event.phase}[{event.micro}]",
+                "start_mib": round(start / MIB),
+                "peak_mib": round(self.window / MIB),
+                "end_mib": round(end / MIB),
+                "s": round(time.perf_counter() - t0, 2),
+                "cpu_s": round(sum(os.times()[:2]) - cpu0, 2),
+            }
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -108,13 +95,13 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    baseline = rss()
+    baseline = rss_bytes()
     stack = RoleStack.load(
         BaseModelConfig(
             name_or_path=default_model(), quantization="none", gradient_checkpointing=args.gradient_checkpointing
         )
     )
-    loaded = rss()
+    loaded = rss_bytes()
     stack.add_role("sft")
     stack.add_role("reward")
     config = PPOConfig(
@@ -126,74 +113,33 @@ def main() -> None:
     setup_roles(stack, config)
     stack.set_trainable("policy", "value")
     stack.model.train()
-    opt = optimize.build_optimizers(stack, config.optim, config.steps, make_accelerator("auto", stack.device))
-    ready = rss()
-    tasks = sample_tasks(args.rollout * args.iterations, seed=3)
-    prompts = [
-        EncodedPrompt(
-            stack.tokenizer(render_prompt(stack.tokenizer, t.prompt), add_special_tokens=False).input_ids, t.prompt
-        )
-        for t in tasks
-    ]
-    phases = Phases()
+    opt = build_optimizers(stack, config.optim, config.steps, make_accelerator("auto", stack.device))
+    ready = rss_bytes()
+    prompts = demo_prompts(stack.tokenizer, args.rollout * args.iterations)
+    phases = PhaseMemory()
     if args.malloc_trim:
         import ctypes
 
         phases.trim = ctypes.CDLL("libc.so.6").malloc_trim
     profile_table = None
+    kl_coef = config.rewards.kl_coef
     with stack.training(dropout=False):
         for it in range(args.iterations):
+            phases.iteration = it
             batch = prompts[it * args.rollout : (it + 1) * args.rollout]
-            with phases.phase(it, "generate"):
-                sampled = sample(stack, batch, config.sampling)
-            with phases.phase(it, "score"):
-                scored = score(
-                    stack,
-                    sampled.input_ids,
-                    sampled.attention_mask,
-                    sampled.prompt_width,
-                    temperature=1.0,
-                    micro_batch_size=config.micro_batch_size,
-                    with_policy=False,
-                )
-            scored["logprobs"], scored["entropy"] = sampled.logprobs, sampled.entropy
-            rollout = Rollout(
-                input_ids=sampled.input_ids,
-                attention_mask=sampled.attention_mask,
-                response_mask=sampled.response_mask.float(),
-                prompt_width=sampled.prompt_width,
-                prompts=[p.text for p in batch],
-                responses=[""] * len(batch),
-                finished=torch.ones(len(batch), dtype=torch.bool),
-                **scored,
-            )
-            optimize.add_advantages(rollout, config.rewards.kl_coef, config.rewards, RunningMoments())
+            rollout, _ = make_rollout(stack, batch, config.sampling, config.micro_batch_size, hooks=[phases])
+            add_advantages(rollout, kl_coef, config.rewards, RunningMoments(), hooks=[phases])
             profiling = args.profile and it == args.iterations - 1
             profiler = (
                 torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
                 if profiling
-                else None
+                else contextlib.nullcontext()
             )
-            if profiler:
-                profiler.__enter__()
-            order = torch.arange(len(rollout))
-            for begin in range(0, len(rollout), config.mini_batch_size):
-                rows = order[begin : begin + config.mini_batch_size]
-                micros = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
-                for m, micro in enumerate(micros):
-                    part = rollout.select(micro)
-                    with phases.phase(it, f"policy_fwd_bwd[{m}]"):
-                        optimize._policy_backward(stack, part, opt, config, None, len(micros))
-                    with phases.phase(it, f"value_fwd_bwd[{m}]"):
-                        optimize._value_backward(stack, part, opt, config, len(micros))
-                with phases.phase(it, "optimizer_steps"):
-                    for role, optimizer in (("policy", opt.policy), ("value", opt.value)):
-                        params = stack.role_parameters(role)
-                        optimize._step(params, optimizer, opt.accelerator, config.optim.max_grad_norm)
-            if profiler:
-                profiler.__exit__(None, None, None)
+            with profiler:
+                train_on_rollout(stack, rollout, opt, config, None, it, kl_coef, hooks=[phases])
+            if profiling:
                 profile_table = profiler.key_averages().table(sort_by="self_cpu_memory_usage", row_limit=15)
-            del rollout, scored, sampled
+            del rollout
     phases.close()
     print(
         f"RSS: before load {baseline / MIB:.0f} MiB, model loaded {loaded / MIB:.0f}, "

@@ -23,8 +23,8 @@ prompt contains, so the pad is set to <|endoftext|> (id 0, never in a prompt), a
 
 Reports (one JSON line at the end, prefixed `RESULT `): peak resident set of the process over its whole life
 (`ru_maxrss`, loading included), the resident-set peak sampled every 2 ms during `train()` (psutil, like
-bench_ppo.py's PeakMemory), the resident set before `train()`, and seconds per iteration (the first is a
-warm-up, as in bench_ppo.py: `s_per_iteration` is the median of the others).
+lora_rlhf.testing.bench.PeakMemory in bench_ppo.py), the resident set before `train()`, and seconds per iteration
+(the first is a warm-up, as in bench_ppo.py: `s_per_iteration` is the median of the others).
 """
 
 from __future__ import annotations
