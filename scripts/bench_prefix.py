@@ -27,7 +27,7 @@ from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
-from lora_rlhf.rm.trainer import rm_step
+from lora_rlhf.rm.trainer import rm_loss
 from lora_rlhf.testing.bench import default_model, timed
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     def step(collate):
         def run():
             with stack.use("reward"):
-                out = rm_step(stack, collate(examples, tok.pad_token_id))
+                out = rm_loss(stack, collate(examples, tok.pad_token_id))
                 out.loss.backward()
             for p in stack.role_parameters("reward"):
                 p.grad = None

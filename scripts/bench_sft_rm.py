@@ -3,7 +3,7 @@
     python scripts/bench_sft_rm.py [--model PATH] [--quantization nf4] [--batch 8] [--seq-len 128] [--k 4]
 
 --model defaults to the embedded demo model (SmolLM2-135M-Instruct, `lora_rlhf.testing.bench.default_model()`).
-The steps are the stages' own: `sft_loss` on a right-padded batch of B sequences, and `rm_step` on B
+The steps are the stages' own: `sft_loss` on a right-padded batch of B sequences, and `rm_loss` on B
 prompts x K responses scored in one forward pass with the K-way ranking loss (InstructGPT §3.5).
 Tokens/s counts non-pad tokens through forward and backward (median step). Peak memory
 (`lora_rlhf.testing.bench.PeakMemory`): on CUDA the allocator's peak (model included); on the CPU the process's
@@ -28,7 +28,7 @@ from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings
-from lora_rlhf.rm.trainer import rm_step
+from lora_rlhf.rm.trainer import rm_loss
 from lora_rlhf.sft.loss import collate_sft, sft_loss
 from lora_rlhf.testing.bench import PeakMemory, default_model
 
@@ -129,7 +129,7 @@ def main() -> None:
         },
         "rm": {
             "shape": f"{args.batch} prompts x K={args.k} x {args.prompt_len}+{args.response_len}",
-            **bench(stack, "reward", rm, lambda b: rm_step(stack, b).loss, args.steps),
+            **bench(stack, "reward", rm, lambda b: rm_loss(stack, b).loss, args.steps),
         },
     }
     if stack.device.type == "cuda":

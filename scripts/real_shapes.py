@@ -10,7 +10,7 @@ it as the loader does (`prepare_for_training`), puts the four roles on it stage 
 every phase the plan has, with the library's own functions, at the reduced sizes of `REDUCED` (+ overrides):
 
     sft step      sft_loss + backward + AdamW step (sft role, its optimizer primed)
-    rm step       rm_step on one pair + backward + AdamW step (reward role + head, copied from sft)
+    rm step       rm_loss on one pair + backward + AdamW step (reward role + head, copied from sft)
     ppo generate  rollout.sample from the policy (policy and value copied, both optimizers primed)
     ppo score     rollout.score: reference, value and reward in one stacked pass
     ppo train     one micro-batch as a minibatch (train_on_rollout): policy and value backward, both AdamW steps
@@ -169,7 +169,7 @@ def run_stages(stack: RoleStack, recipe: RecipeConfig, predicted: dict[str, int]
     from lora_rlhf.ppo import optimize
     from lora_rlhf.ppo.rollout import EncodedPrompt, sample, score
     from lora_rlhf.ppo.trainer import setup_roles
-    from lora_rlhf.rm.trainer import ranking_collator, rm_step
+    from lora_rlhf.rm.trainer import ranking_collator, rm_loss
     from lora_rlhf.sft.loss import sft_loss
     from lora_rlhf.train.loop import make_accelerator
 
@@ -201,7 +201,7 @@ def run_stages(stack: RoleStack, recipe: RecipeConfig, predicted: dict[str, int]
     batch = ranking_collator(stack, recipe.rm.share_prompts)([pair] * recipe.rm.train.batch_size)
     batch = {k: v.to(stack.device) for k, v in batch.items()}
     with stack.training(), stack.use("reward"), measured(rows, "rm step", predicted["rm step"], stack, [opt], rss):
-        rm_step(stack, batch).loss.backward()
+        rm_loss(stack, batch).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     del opt, batch
@@ -323,7 +323,7 @@ def rm_demo(overrides: list[str]) -> tuple[str, list[Row], str]:
     """The reward-model step on hh-rlhf-like rows on the demo model (see the module docstring)."""
     from lora_rlhf.models.names import resolve_model_name
     from lora_rlhf.plan.phases import format_plan
-    from lora_rlhf.rm.trainer import ranking_collator, rm_step
+    from lora_rlhf.rm.trainer import ranking_collator, rm_loss
 
     prompt, responses = 220, (96, 72)  # hh-rlhf: a multi-turn prefix, then two assistant turns
     base = ["model.device=cpu", "rm.train.batch_size=8", f"rm.max_length={prompt + max(responses)}", *overrides]
@@ -352,7 +352,7 @@ def rm_demo(overrides: list[str]) -> tuple[str, list[Row], str]:
         predicted = predictions(recipe, shape)["rm step"]
         name = f"rm step, checkpointing {'on' if checkpointing else 'off'}"
         with stack.training(), stack.use("reward"), measured(rows, name, predicted, stack, [opt], rss):
-            rm_step(stack, batch).loss.backward()
+            rm_loss(stack, batch).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         rss.close()

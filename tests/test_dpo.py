@@ -13,7 +13,7 @@ from lora_rlhf.config.loader import build
 from lora_rlhf.dpo.batching import DPOExample, collate_dpo, sequence_logprobs
 from lora_rlhf.dpo.config import DPOConfig
 from lora_rlhf.dpo.reference import CACHE_NAME
-from lora_rlhf.dpo.trainer import dpo_step, train_dpo
+from lora_rlhf.dpo.trainer import dpo_loss, train_dpo
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.rm.config import RMConfig
@@ -70,7 +70,7 @@ def test_the_policy_starts_as_sft_so_the_first_loss_is_log_2(tiny_llama, ranking
     examples = [DPOExample(e) for e in _examples(stack, rankings)[:6] if len(e.ranks) == 2]
     batch = collate_dpo(examples, stack.tokenizer.pad_token_id)
     with torch.no_grad(), stack.evaluating():
-        out = dpo_step(stack, batch, DPOConfig(beta=0.1))
+        out = dpo_loss(stack, batch, DPOConfig(beta=0.1))
     assert out.stats["loss"] == pytest.approx(0.6931472, abs=1e-5)
     assert out.stats["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
 

@@ -13,7 +13,7 @@ from lora_rlhf.data.rankings import RankingExample
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
-from lora_rlhf.rm.trainer import ranking_collator, rm_step
+from lora_rlhf.rm.trainer import ranking_collator, rm_loss
 from lora_rlhf.testing.architectures import ARCHITECTURES, tiny_causal_lm
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [19, 20]]
@@ -68,7 +68,7 @@ def test_gradients_reach_the_prompt_through_the_shared_cache(arch):
         torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-5)
 
 
-def test_rm_step_gives_the_same_loss_and_stats_in_both_layouts():
+def test_rm_loss_gives_the_same_loss_and_stats_in_both_layouts():
     stack = reward_stack("llama")
     eos = 2
     examples = [
@@ -77,8 +77,8 @@ def test_rm_step_gives_the_same_loss_and_stats_in_both_layouts():
         RankingExample([6, 7], [[18, 19, eos], [20, eos], [21, eos]], [0, 2, 1]),
     ]
     with torch.no_grad():
-        full = rm_step(stack, collate_rankings(examples, 0))
-        shared = rm_step(stack, collate_shared_prompts(examples, 0))
+        full = rm_loss(stack, collate_rankings(examples, 0))
+        shared = rm_loss(stack, collate_shared_prompts(examples, 0))
     torch.testing.assert_close(shared.loss, full.loss, rtol=1e-5, atol=1e-6)
     assert shared.stats.keys() == full.stats.keys()
     for key in full.stats:

@@ -175,11 +175,11 @@ def test_rm_config_errors_name_the_key():
         build(RMConfig, {"bias_examples": 0}, "rm.")
 
 
-def test_rm_step_scores_each_response_once_in_one_forward(tiny_llama):
+def test_rm_loss_scores_each_response_once_in_one_forward(tiny_llama):
     from lora_rlhf.data.rankings import RankingExample
     from lora_rlhf.rm.batching import collate_rankings
     from lora_rlhf.rm.loss import ranking_loss
-    from lora_rlhf.rm.trainer import rm_step
+    from lora_rlhf.rm.trainer import rm_loss
 
     stack = load_stack(tiny_llama, sft=False)
     stack.add_role("reward", LoraSettings(r=4, dropout=0.0))
@@ -200,7 +200,7 @@ def test_rm_step_scores_each_response_once_in_one_forward(tiny_llama):
 
     stack.rewards = counted
     with torch.no_grad():
-        out = rm_step(stack, collate_rankings(examples, stack.tokenizer.pad_token_id))
+        out = rm_loss(stack, collate_rankings(examples, stack.tokenizer.pad_token_id))
         assert [n for n, _ in calls] == [9]  # the 2 + 4 + 3 responses, scored in ONE call
         # Each response scored alone (no padding), then the loss of eq. 1 on the (B, K_max) grid.
         alone = [

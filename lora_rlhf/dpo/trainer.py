@@ -30,7 +30,7 @@ from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.paths import RunLayout
 from lora_rlhf.rm.batching import scatter_scores
 from lora_rlhf.train import distributed
-from lora_rlhf.train.loop import StepOutput, Task, fit
+from lora_rlhf.train.loop import BatchLoss, Task, fit
 
 logger = logging.getLogger(__name__)
 ROLE = "dpo"
@@ -38,7 +38,7 @@ ROLE = "dpo"
 PAIR_FIGURES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
-def dpo_step(stack: RoleStack, batch: dict[str, torch.Tensor], config: DPOConfig, role: str = ROLE) -> StepOutput:
+def dpo_loss(stack: RoleStack, batch: dict[str, torch.Tensor], config: DPOConfig, role: str = ROLE) -> BatchLoss:
     """The DPO loss of one batch: the policy's sequence log-probs (with grad) against the reference's."""
     shape = batch["ranks"].shape
     policy = scatter_scores(sequence_logprobs(stack, role, batch), batch["slot"], shape)  # (B, K_max)
@@ -58,7 +58,7 @@ def dpo_step(stack: RoleStack, batch: dict[str, torch.Tensor], config: DPOConfig
         "pairs": float(out.pairs),
         "prompts": float(out.prompts),
     }
-    return StepOutput(out.loss, stats, float(out.prompts))
+    return BatchLoss(out.loss, stats, float(out.prompts))
 
 
 def evaluate_dpo(stack: RoleStack, examples: list[DPOExample], config: DPOConfig, role: str = ROLE) -> dict[str, float]:
@@ -67,7 +67,7 @@ def evaluate_dpo(stack: RoleStack, examples: list[DPOExample], config: DPOConfig
     totals = dict.fromkeys(("loss", *PAIR_FIGURES, "pairs", "prompts"), 0.0)
     for start in range(0, len(examples), size):
         batch = {k: v.to(stack.device) for k, v in collate_dpo(examples[start : start + size], pad).items()}
-        s = dpo_step(stack, batch, config, role).stats
+        s = dpo_loss(stack, batch, config, role).stats
         totals["loss"] += s["loss"] * s["prompts"]
         for key in PAIR_FIGURES:
             totals[key] += s[key] * s["pairs"]
@@ -106,7 +106,7 @@ def train_dpo(
         ROLE,
         train,
         lambda items: collate_dpo(items, pad),
-        lambda batch: dpo_step(stack, batch, config),
+        lambda batch: dpo_loss(stack, batch, config),
         (lambda: evaluate_dpo(stack, held, config)) if held else None,
         summed=("pairs", "prompts"),
     )

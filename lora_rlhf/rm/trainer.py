@@ -21,13 +21,13 @@ from lora_rlhf.rm.bias import center_on_demonstrations
 from lora_rlhf.rm.config import RMConfig
 from lora_rlhf.rm.loss import ranking_loss
 from lora_rlhf.train import distributed
-from lora_rlhf.train.loop import StepOutput, Task, check_finite_role, fit
+from lora_rlhf.train.loop import BatchLoss, Task, check_finite_role, fit
 
 logger = logging.getLogger(__name__)
 ROLE = "reward"
 
 
-def rm_step(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = ROLE) -> StepOutput:
+def rm_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = ROLE) -> BatchLoss:
     """Score the batch's N responses in ONE forward pass, then apply the ranking loss per prompt (§3.5).
 
     A batch from `collate_shared_prompts` encodes each prompt once for its K responses; one from
@@ -47,7 +47,7 @@ def rm_step(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = ROLE) 
         "pairs": float(out.pairs),
         "prompts": float(len(batch["ranks"])),
     }
-    return StepOutput(out.loss, stats, float(out.prompts))
+    return BatchLoss(out.loss, stats, float(out.prompts))
 
 
 def ranking_collator(stack: RoleStack, share_prompts: bool = True) -> Callable[[list[RankingExample]], dict]:
@@ -68,7 +68,7 @@ def evaluate_rankings(
     collate = ranking_collator(stack, share_prompts)
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(stack.device) for k, v in collate(examples[start : start + batch_size]).items()}
-        s = rm_step(stack, batch, role).stats
+        s = rm_loss(stack, batch, role).stats
         totals["loss"] += s["loss"] * s["prompts"]
         totals["accuracy"] += s["accuracy"] * s["pairs"]
         totals["margin"] += s["margin"] * s["pairs"]
@@ -102,7 +102,7 @@ def train_reward_model(
         ROLE,
         train,
         ranking_collator(stack, share),
-        lambda batch: rm_step(stack, batch),
+        lambda batch: rm_loss(stack, batch),
         (lambda: evaluate_rankings(stack, held, batch_size, share_prompts=share)) if held else None,
         head_learning_rate=config.resolved_head_learning_rate,
         summed=("pairs", "prompts"),

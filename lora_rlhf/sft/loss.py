@@ -8,7 +8,7 @@ import torch
 
 from lora_rlhf.data.demonstrations import IGNORE_INDEX, SFTExample
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.train.loop import StepOutput
+from lora_rlhf.train.loop import BatchLoss
 
 
 def collate_sft(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -29,10 +29,10 @@ def target_mask(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).float()
 
 
-def sft_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = "sft") -> StepOutput:
+def sft_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = "sft") -> BatchLoss:
     """Mean negative log-likelihood of the response tokens (labels != IGNORE_INDEX), chunked over the vocabulary."""
     logprobs = stack.logprobs(role, batch["input_ids"], batch["attention_mask"]).logprobs  # (B, T-1)
     mask = target_mask(batch["labels"])
     tokens = mask.sum().clamp(min=1)
     loss = -(logprobs * mask).sum() / tokens
-    return StepOutput(loss, {"loss": loss.item(), "tokens": float(tokens)}, float(tokens))
+    return BatchLoss(loss, {"loss": loss.item(), "tokens": float(tokens)}, float(tokens))

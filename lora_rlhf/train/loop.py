@@ -37,7 +37,9 @@ from lora_rlhf.train.records import open_metrics
 logger = logging.getLogger(__name__)
 
 
-class StepOutput(NamedTuple):
+class BatchLoss(NamedTuple):
+    """A stage's loss on one batch (`Task.loss`): the tensor to backpropagate and the figures to log."""
+
     loss: torch.Tensor  # scalar, with grad
     stats: dict[str, float]  # detached figures to log (averaged over the micro-batches of a step)
     # The units `loss` is a mean over (response tokens, ranked prompts): this process's weight in the
@@ -53,7 +55,7 @@ class Task:
     role: str  # the role whose adapter (and head) is trained
     examples: Sequence[Any]
     collate: Callable[[list[Any]], dict[str, torch.Tensor]]
-    step: Callable[[dict[str, torch.Tensor]], StepOutput]
+    loss: Callable[[dict[str, torch.Tensor]], BatchLoss]  # a collated batch -> its loss and figures
     evaluate: Callable[[], dict[str, float]] | None = None
     # Learning rate of the role's scalar head, when it differs from the adapter's (None: the same).
     head_learning_rate: float | None = None
@@ -225,7 +227,7 @@ def _micro_backward(
         return 0.0, {}
     batch = {k: v.to(stack.device) for k, v in task.collate([task.examples[i] for i in indices]).items()}
     with accelerator.autocast():
-        out = task.step(batch)
+        out = task.loss(batch)
     loss = out.loss
     if distributed.world().size > 1:
         total = distributed.sum_across(out.weight)
