@@ -14,7 +14,8 @@ import yaml
 
 from lora_rlhf.cli.main import main
 from lora_rlhf.config.recipe import RECIPES, load_recipe
-from lora_rlhf.testing.contract import check_run_directory
+
+from run_contract import check_run_directory
 
 TINY = str(RECIPES / "tiny-test.yaml")
 

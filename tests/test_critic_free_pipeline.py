@@ -11,7 +11,8 @@ import pytest
 
 from lora_rlhf.cli.main import main
 from lora_rlhf.config.recipe import RECIPES
-from lora_rlhf.testing.contract import check_dpo_artifacts, check_run_directory
+
+from run_contract import check_dpo_artifacts, check_run_directory
 
 TINY = str(RECIPES / "tiny-test.yaml")
 DPO = ["dpo.enabled=true", "dpo.train.batch_size=2", "dpo.train.eval_steps=2", "dpo.train.save_steps=2"]

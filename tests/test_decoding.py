@@ -11,7 +11,8 @@ from lora_rlhf.models.decoding import decode, draw
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import sampling_kwargs
-from lora_rlhf.testing.architectures import ARCHITECTURES, tiny_causal_lm
+
+from tiny_architectures import ARCHITECTURES, tiny_causal_lm
 
 PROMPTS = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [19, 20], [19, 20], [21, 22, 23]]
 

@@ -23,8 +23,9 @@ from safetensors.torch import load_file
 from lora_rlhf.cli.main import main
 from lora_rlhf.config.recipe import RECIPES
 from lora_rlhf.metrics import read_metrics
-from lora_rlhf.testing.contract import check_run_directory
 from lora_rlhf.train import distributed
+
+from run_contract import check_run_directory
 
 TINY = str(RECIPES / "tiny-test.yaml")
 # Dropout off: with it the two runs draw different masks, equal only in distribution. A high learning rate,

@@ -10,7 +10,8 @@ import torch
 
 from lora_rlhf.cli.main import main
 from lora_rlhf.config.recipe import RECIPES, load_recipe
-from lora_rlhf.testing.contract import check_dpo_artifacts
+
+from run_contract import check_dpo_artifacts
 
 TINY = str(RECIPES / "tiny-test.yaml")
 DPO = ["dpo.train.batch_size=2", "dpo.train.logging_steps=1", "dpo.train.eval_steps=2", "dpo.train.save_steps=2"]

@@ -19,7 +19,8 @@ from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.row_adapters import RowAdapters
 from lora_rlhf.models.sequences import sampling_kwargs
 from lora_rlhf.testing.adapters import make_adapters
-from lora_rlhf.testing.architectures import ARCHITECTURES, tiny_causal_lm
+
+from tiny_architectures import ARCHITECTURES, tiny_causal_lm
 
 # (role, prompt ids, budget); admitted in three waves: before the first step, after two steps, after three.
 ROWS = [

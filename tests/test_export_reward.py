@@ -28,7 +28,8 @@ from lora_rlhf.export.tokenizer import NEW_PAD, set_reward_padding
 from lora_rlhf.hub.reward_export_card import LOCAL_MODEL
 from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack
 from lora_rlhf.testing import make_tiny_model
-from lora_rlhf.testing.architectures import tiny_causal_lm
+
+from tiny_architectures import tiny_causal_lm
 
 ARCHS = ("llama", "qwen2", "gpt2")
 BIAS = 0.7

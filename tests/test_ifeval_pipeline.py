@@ -12,7 +12,8 @@ from lora_rlhf.cli.main import main
 from lora_rlhf.config.recipe import RECIPES
 from lora_rlhf.ifeval.checkers import check
 from lora_rlhf.ifeval.judge import TaskBook
-from lora_rlhf.testing.contract import check_run_directory
+
+from run_contract import check_run_directory
 
 TINY = str(RECIPES / "tiny-test.yaml")
 IFEVAL_TASK = [

@@ -16,7 +16,8 @@ from transformers import LlamaForCausalLM
 from lora_rlhf import LoraSettings, RoleStack
 from lora_rlhf.eval.kl import sequence_kl
 from lora_rlhf.models.logits import projection_error, projection_for
-from lora_rlhf.testing.architectures import ARCHITECTURES, tiny_causal_lm, tiny_config
+
+from tiny_architectures import ARCHITECTURES, tiny_causal_lm, tiny_config
 
 
 def left_padded_batch(vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

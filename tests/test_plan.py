@@ -16,7 +16,8 @@ from lora_rlhf.plan.measure import allocated_peak, resident_bytes
 from lora_rlhf.plan.phases import parse_size, plan_recipe
 from lora_rlhf.plan.shapes import ModelShape, model_shape, shape_of
 from lora_rlhf.testing import make_tiny_model
-from lora_rlhf.testing.architectures import tiny_causal_lm
+
+from tiny_architectures import tiny_causal_lm
 
 # A hand-sized Llama-like layer: H = 8, kv = 4, I = 16 (gate and up), 2 layers, V = 10.
 SHAPE = ModelShape(

@@ -14,7 +14,8 @@ from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
 from lora_rlhf.rm.trainer import ranking_collator, rm_loss
-from lora_rlhf.testing.architectures import ARCHITECTURES, tiny_causal_lm
+
+from tiny_architectures import ARCHITECTURES, tiny_causal_lm
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [19, 20]]
 RESPONSES = [[21, 22, 2], [23, 24, 25, 26, 27, 2], [28], [29, 30, 31, 2], [32, 33, 2]]
