@@ -152,7 +152,7 @@ def build_stack(config_path: Path, recipe: RecipeConfig) -> RoleStack:
     from transformers import AutoConfig
 
     from lora_rlhf.testing.random_quantized import random_nf4_model
-    from lora_rlhf.testing.tiny import _tokenizer
+    from lora_rlhf.testing.tiny import tiny_tokenizer
 
     config = AutoConfig.from_pretrained(str(config_path))
     dtype = getattr(torch, recipe.model.compute_dtype)
@@ -160,7 +160,7 @@ def build_stack(config_path: Path, recipe: RecipeConfig) -> RoleStack:
     model = model.to(recipe.model.resolved_device())
     model = prepare_for_training(model, quantized=True, gradient_checkpointing=recipe.model.gradient_checkpointing)
     return RoleStack(
-        model, _tokenizer(384), base_name=config_path.stem, dequantized_decoding=recipe.model.dequantized_decoding
+        model, tiny_tokenizer(384), base_name=config_path.stem, dequantized_decoding=recipe.model.dequantized_decoding
     )
 
 

@@ -115,13 +115,13 @@ def _load(name: str, folder: str | None, device: str, model_config: Path | None)
 
         from lora_rlhf.models.base import prepare_for_training
         from lora_rlhf.testing.random_quantized import random_nf4_model
-        from lora_rlhf.testing.tiny import _tokenizer
+        from lora_rlhf.testing.tiny import tiny_tokenizer
 
         if model_config is None:
             raise SystemExit("validate_plan: --models 8b needs --model-config (a config.json)")
         model = random_nf4_model(AutoConfig.from_pretrained(str(model_config)), compute_dtype=torch.bfloat16)
         model = prepare_for_training(model.to(device), quantized=True, gradient_checkpointing=False)
-        stack = RoleStack(model, _tokenizer(384), base_name=model_config.stem)
+        stack = RoleStack(model, tiny_tokenizer(384), base_name=model_config.stem)
         shape = model_shape(str(model_config))
         quant = "nf4"
     else:

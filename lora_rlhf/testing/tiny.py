@@ -26,7 +26,8 @@ _CORPUS = [
 ]
 
 
-def _tokenizer(vocab_size: int):
+def tiny_tokenizer(vocab_size: int):
+    """A byte-level BPE of `vocab_size` tokens trained in memory, with the chat template and special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -74,7 +75,7 @@ def make_tiny_model(
     if arch not in TINY_ARCHITECTURES:
         raise ValueError(f"arch must be one of {TINY_ARCHITECTURES}, not {arch!r}")
     folder = Path(folder)
-    tokenizer = _tokenizer(vocab_size)
+    tokenizer = tiny_tokenizer(vocab_size)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer), hidden, layers, tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
