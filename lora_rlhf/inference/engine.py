@@ -3,10 +3,10 @@
 Serving a batch with one `generate` makes a request that arrives while the batch runs wait for all of it,
 and keeps every row in the batch until its longest row ends. Here a batch is a set of live rows over one KV
 cache: `step()` picks one token for every live row (each with its own adapter, options, penalties, seed,
-stop strings, budget and halt: inference/sampling.py), ends the rows that are done, and runs one forward for
-the rest; `admit(rows)` prefills new rows and merges their KV cache into the running one, both left-padded to
-one width, so a request waits for one step rather than one batch. This is the iteration-level scheduling of
-Orca (Yu et al., OSDI 2022) that vLLM and TGI serve with, on transformers' own `DynamicCache`.
+stop strings, budget and halt; the token drawn by models/sampling.py), ends the rows that are done, and runs
+one forward for the rest; `admit(rows)` prefills new rows and merges their KV cache into the running one, both
+left-padded to one width, so a request waits for one step rather than one batch. This is the iteration-level
+scheduling of Orca (Yu et al., OSDI 2022) that vLLM and TGI serve with, on transformers' own `DynamicCache`.
 
 `generate_rows` decodes a fixed set of rows this way; the server's worker (serve/batcher.py) admits rows as
 requests arrive. Rows of different adapters share each forward, each LoRA layer adding every row's own adapter
@@ -24,9 +24,9 @@ import torch
 
 from lora_rlhf.inference.generation import Completion, StopCheck, TokenLogprob, cut_at_stop
 from lora_rlhf.inference.options import GenerationOptions
-from lora_rlhf.inference.sampling import choose, penalized, reported_logprobs, row_generator, warped
 from lora_rlhf.models.positions import position_ids
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.models.sampling import draw_rows, penalized, reported_logprobs, seeded_generator, warped
 
 
 @dataclasses.dataclass
@@ -104,7 +104,7 @@ class DecodeEngine:
         positions = position_ids(mask, as_generate=True)  # as generate's, pads masked anyway
         logits, cache = self.stack.next_token_logits([r.role for r in rows], ids, mask, positions)
         new = [
-            Live(row, ticket, ids[i][mask[i].bool()], row_generator(row.options, device))
+            Live(row, ticket, ids[i][mask[i].bool()], _generator(row.options, device))
             for i, (row, ticket) in enumerate(zip(rows, tickets, strict=True))
         ]
         next_positions = mask.long().sum(-1, keepdim=True)
@@ -126,7 +126,7 @@ class DecodeEngine:
         options = [live.row.options for live in self.live]
         prompts, responses = [live.prompt for live in self.live], [live.ids for live in self.live]
         scores = warped(penalized(self._logits, options, prompts, responses), options)
-        tokens = choose(scores, options, [live.generator for live in self.live])
+        tokens = draw_rows(scores, options, [live.generator for live in self.live])
         wanted = [i for i, live in enumerate(self.live) if live.row.logprobs is not None]
         logp = dict(zip(wanted, reported_logprobs(scores[wanted]), strict=True)) if wanted else {}
         for i, (live, token) in enumerate(zip(self.live, tokens.tolist(), strict=True)):
@@ -207,6 +207,11 @@ class DecodeEngine:
             positions = position_ids(self._mask, as_generate=True)
             self._logits, _ = self.stack.next_token_logits(roles, self._ids, self._mask, positions)
         self._positions = self._positions + 1
+
+
+def _generator(options: GenerationOptions, device: torch.device) -> torch.Generator | None:
+    """A sampled row's own random stream when it has a seed, so its answer does not depend on its batch."""
+    return None if options.greedy else seeded_generator(options.seed, device)
 
 
 def _send(live: Live, text: str) -> None:

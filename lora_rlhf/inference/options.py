@@ -31,7 +31,7 @@ class GenerationOptions:
     stop: list[str] = dataclasses.field(default_factory=list)
     # Seed of the sampler, for reproducible sampling (ignored when greedy).
     seed: int | None = None
-    # OpenAI's additive penalties in [-2, 2] (inference/penalties.py): subtracted from a token's logit once per time
+    # OpenAI's additive penalties in [-2, 2] (models/sampling.penalize): subtracted from a token's logit once per time
     # it was generated (frequency) or once if it was (presence); 0 = off.
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0

@@ -1,16 +1,12 @@
-"""OpenAI's frequency and presence penalties as a logits processor, one value per row of a batch.
-
-As the OpenAI API defines them (platform.openai.com/docs/guides/text-generation, "frequency and presence
-penalties"): mu[j] -> mu[j] - c[j] * frequency_penalty - [c[j] > 0] * presence_penalty, where c[j] counts
-token j in the response generated so far (the prompt does not count). Unlike transformers'
-`repetition_penalty` (CTRL), these are additive and per row.
-"""
+"""OpenAI's frequency and presence penalties as a logits processor for `generate` (the penalty: models/sampling.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+
+from lora_rlhf.models.sampling import penalize
 
 
 def penalties(width: int, frequency: Sequence[float], presence: Sequence[float]):
@@ -25,13 +21,3 @@ def penalties(width: int, frequency: Sequence[float], presence: Sequence[float])
             return penalize(scores, input_ids[:, width:], frequency, presence)
 
     return LogitsProcessorList([_Penalties()])
-
-
-def penalize(
-    scores: torch.Tensor, generated: torch.Tensor, frequency: Sequence[float], presence: Sequence[float]
-) -> torch.Tensor:
-    """(B, V) scores, (B, A) response ids so far -> (B, V) scores minus each row's frequency and presence penalties."""
-    counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-    freq = torch.tensor(frequency, dtype=scores.dtype, device=scores.device)[:, None]
-    pres = torch.tensor(presence, dtype=scores.dtype, device=scores.device)[:, None]
-    return scores - counts * freq - (counts > 0).to(scores.dtype) * pres
