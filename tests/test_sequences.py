@@ -11,7 +11,7 @@ import torch
 
 from lora_rlhf import BaseModelConfig, RoleStack
 from lora_rlhf.eval.responses import generate_responses
-from lora_rlhf.inference.generation import generate_texts
+from lora_rlhf.inference.engine import generate_texts
 from lora_rlhf.inference.options import GenerationOptions
 from lora_rlhf.models.decoding import Samples
 from lora_rlhf.models.sequences import NEUTRAL_SAMPLING, ends_with_stop, sampling_kwargs, stop_mask, until_stop

@@ -8,8 +8,10 @@ one forward for the rest; `admit(rows)` prefills new rows and merges their KV ca
 left-padded to one width, so a request waits for one step rather than one batch. This is the iteration-level
 scheduling of Orca (Yu et al., OSDI 2022) that vLLM and TGI serve with, on transformers' own `DynamicCache`.
 
-`generate_rows` decodes a fixed set of rows this way; the server's worker (serve/batcher.py) admits rows as
-requests arrive. Rows of different adapters share each forward, each LoRA layer adding every row's own adapter
+This is the one decoding engine of inference: `generate_rows` decodes a fixed set of rows this way (`lora-rlhf
+generate` and `AdapterRegistry` through `generate_texts`); the server's worker (serve/batcher.py) admits rows as
+requests arrive. transformers' `generate` stays only as the reference the tests compare it with. Rows of
+different adapters share each forward, each LoRA layer adding every row's own adapter
 (`RoleStack.next_token_logits`, models/row_adapters.py). A cache whose layers are not plain `DynamicLayer`s
 (sliding windows, recurrent states) cannot be merged: new rows then wait until the batch has drained
 (`can_admit`), as one `generate` would.
@@ -22,7 +24,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-from lora_rlhf.inference.generation import Completion, StopCheck, TokenLogprob, cut_at_stop
+from lora_rlhf.inference.generation import Completion, Halted, StopCheck, TokenLogprob, cut_at_stop
 from lora_rlhf.inference.options import GenerationOptions
 from lora_rlhf.models.positions import position_ids
 from lora_rlhf.models.roles import RoleStack
@@ -52,6 +54,21 @@ def generate_rows(stack: RoleStack, rows: Sequence[Row]) -> list[Completion]:
     while not engine.idle:
         done.update(engine.step())
     return [done[i] for i in range(len(rows))]
+
+
+def generate_texts(
+    stack: RoleStack, role: str, texts: Sequence[str], options: GenerationOptions, *, halt: StopCheck | None = None
+) -> list[Completion]:
+    """Responses of `role` to already rendered prompt `texts`, decoded together (`generate_rows`); response k of
+    a seeded call draws from the stream of choice k (`GenerationOptions.for_choice`), as the server's n choices do.
+
+    `halt` is asked after every token; once it returns True the responses end there with finish_reason
+    "length" (a client that left, a time limit, a server shutting down). True before the first token, it raises
+    Halted instead.
+    """
+    if halt is not None and halt():
+        raise Halted("generation was called off before it started")
+    return generate_rows(stack, [Row(role, t, options.for_choice(k), halt) for k, t in enumerate(texts)])
 
 
 @dataclasses.dataclass(eq=False)
