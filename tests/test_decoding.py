@@ -1,4 +1,4 @@
-"""The decode loop that drops finished rows (models/decoding.py, RoleStack.decode) returns what `generate`
+"""The sampling loop that drops finished rows (models/decoding.py, RoleStack.sample) returns what `generate`
 returns, on every decoder family transformers ships, while running each row only until its stop."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from lora_rlhf.data.batching import pad_left
-from lora_rlhf.models.decoding import decode, draw
+from lora_rlhf.models.decoding import sample
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.models.sampling import draw
 from lora_rlhf.models.sequences import sampling_kwargs
 
 from tiny_architectures import ARCHITECTURES, tiny_causal_lm
@@ -33,14 +34,14 @@ def a_stop_token(stack: RoleStack, ids: torch.Tensor, mask: torch.Tensor) -> int
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_greedy_decode_equals_generate_with_rows_stopping_at_different_steps(arch):
+def test_greedy_sample_equals_generate_with_rows_stopping_at_different_steps(arch):
     stack = policy_stack(arch)
     ids, mask = pad_left(PROMPTS, 0)
     stop = a_stop_token(stack, ids, mask)
     expected = stack.generate(
         "policy", ids, mask, max_new_tokens=10, pad_token_id=0, eos_token_id=[stop], **sampling_kwargs(0.0)
     )
-    got = stack.decode("policy", ids, mask, max_new_tokens=10, temperature=0.0, stop_ids=[stop], pad_id=0)
+    got = stack.sample("policy", ids, mask, max_new_tokens=10, temperature=0.0, stop_ids=[stop], pad_id=0)
     assert torch.equal(got.sequences, expected)
     assert (got.sequences[:, ids.shape[1] :] == stop).any()  # the case is real: some row stopped
 
@@ -66,12 +67,12 @@ def test_draw_samples_the_distribution_generate_samples(options):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "qwen2"])
-def test_sampled_decode_draws_each_row_from_its_own_next_token_distribution(arch):
+def test_sample_draws_each_row_from_its_own_next_token_distribution(arch):
     # 4000 copies of two prompts, one step: the first tokens' frequencies are the model's softmax per prompt.
     stack = policy_stack(arch)
     ids, mask = pad_left([PROMPTS[0]] * 2000 + [PROMPTS[2]] * 2000, 0)
     torch.manual_seed(0)
-    first = stack.decode("policy", ids, mask, max_new_tokens=1, temperature=1.0, stop_ids=[], pad_id=0).sequences[:, -1]
+    first = stack.sample("policy", ids, mask, max_new_tokens=1, temperature=1.0, stop_ids=[], pad_id=0).sequences[:, -1]
     with stack.use("policy"):
         logits = stack.model(input_ids=ids[[0, -1]], attention_mask=mask[[0, -1]]).logits[:, -1]
     for half, probs in zip((first[:2000], first[2000:]), logits.float().softmax(-1)):
@@ -86,7 +87,7 @@ def test_recorded_logprobs_and_entropy_equal_a_recomputation(arch, temperature):
     ids, mask = pad_left(PROMPTS, 0)
     stop = a_stop_token(stack, ids, mask)
     torch.manual_seed(0)
-    got = stack.decode(
+    got = stack.sample(
         "policy", ids, mask, max_new_tokens=10, temperature=temperature, stop_ids=[stop], pad_id=0, with_logprobs=True
     )
     p = ids.shape[1]
@@ -104,7 +105,7 @@ def test_recorded_logprobs_and_entropy_equal_a_recomputation(arch, temperature):
 
 
 class CountingModel:
-    """A fake model for `decode`: fixed logits per row (row i always prefers token 3 + i), counting step rows."""
+    """A fake model for `sample`: fixed logits per row (row i always prefers token 3 + i), counting step rows."""
 
     def __init__(self, rows: int, vocab: int = 16) -> None:
         self.logits = torch.full((rows, vocab), -10.0)
@@ -128,11 +129,11 @@ class FakeCache:
         self.index = self.index[keep]
 
 
-def test_decode_drops_each_row_from_the_batch_and_cache_at_its_stop():
+def test_sample_drops_each_row_from_the_batch_and_cache_at_its_stop():
     model, cache = CountingModel(rows=3), FakeCache(3)
     ids, mask = torch.ones((3, 2), dtype=torch.long), torch.ones((3, 2), dtype=torch.long)
     # Row 0 draws 3 (a stop) at once; row 1 draws 4, a stop too; row 2 draws 5 every step until the budget.
-    out = decode(
+    out = sample(
         model.step, model.logits.clone(), cache, ids, mask,
         max_new_tokens=4, stop_ids=[3, 4], pad_id=0, temperature=0.0, with_logprobs=True,
     )  # fmt: skip
@@ -141,12 +142,12 @@ def test_decode_drops_each_row_from_the_batch_and_cache_at_its_stop():
     assert out.logprobs.shape == (3, 4) and (out.logprobs[:2, 1:] == 0).all()
 
 
-def test_decode_without_a_prunable_cache_pads_finished_rows_and_stops_when_all_have():
+def test_sample_without_a_prunable_cache_pads_finished_rows_and_stops_when_all_have():
     model = CountingModel(rows=2)
     cache = FakeCache(2)
     cache.layers = []  # not prunable: rows stay in the batch
     ones = torch.ones((2, 1), dtype=torch.long)
-    out = decode(
+    out = sample(
         model.step, model.logits.clone(), cache, ones, ones, max_new_tokens=5, stop_ids=[4], pad_id=0, temperature=0.0
     )
     assert model.rows_per_step == [2, 2, 2, 2]

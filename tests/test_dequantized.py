@@ -33,7 +33,7 @@ def encoded(stack: RoleStack):
 def sampled(stack: RoleStack, seed: int = 0):
     enc = encoded(stack)
     torch.manual_seed(seed)
-    return stack.decode(
+    return stack.sample(
         "policy", enc.input_ids, enc.attention_mask, max_new_tokens=NEW_TOKENS, temperature=0.8, with_logprobs=True
     )
 

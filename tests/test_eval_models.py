@@ -112,13 +112,13 @@ def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch
         "lora_rlhf.eval.best_of_n.reward_scores",
         lambda stack, seqs, batch_size, prompt_lengths=None: [0.0, 5.0, 1.0, 2.0, 2.0, -1.0],
     )
-    decode, batches = stack.decode, []
+    sample, batches = stack.sample, []
 
     def counted(role, ids, mask, **kw):
         batches.append((role, ids.shape[0]))
-        return decode(role, ids, mask, **kw)
+        return sample(role, ids, mask, **kw)
 
-    monkeypatch.setattr(stack, "decode", counted)
+    monkeypatch.setattr(stack, "sample", counted)
     gold_calls = []
 
     def gold(prompts, responses):

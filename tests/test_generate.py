@@ -81,50 +81,48 @@ def test_sampling_options(registry):
             GenerationOptions(**bad)
 
 
-def test_stream_reassembles_and_releases_the_lock_when_abandoned(registry):
-    text = registry.render(PROMPTS[1])
-    whole = registry.complete("sft", [text], GREEDY)[0]
-    stream = registry.stream("sft", text, GREEDY)
-    pieces = []
-    with pytest.raises(StopIteration) as done:
-        while True:
-            pieces.append(next(stream))
-    assert "".join(pieces) == whole.text and done.value.value.completion_tokens == whole.completion_tokens
-    abandoned = registry.stream("sft", text, GenerationOptions(max_new_tokens=64))
-    next(abandoned, None)
-    abandoned.close()
-    assert registry.lock.acquire(timeout=20)
-    registry.lock.release()
+def test_compare_decodes_every_adapter_in_one_batch_as_each_alone(registry, monkeypatch):
+    sample = GenerationOptions(max_new_tokens=8, temperature=1.0, seed=4)
+    alone = {n: registry.generate(n, PROMPTS, GREEDY) for n in registry.names}
+    sampled = {n: registry.generate(n, PROMPTS, sample) for n in registry.names}
+    forwards = []
+    original = registry.stack.next_token_logits
+    monkeypatch.setattr(
+        registry.stack, "next_token_logits", lambda roles, *a, **kw: forwards.append(set(roles)) or original(roles, *a)
+    )
+    assert registry.compare(registry.names, PROMPTS, GREEDY) == alone
+    assert registry.compare(registry.names, PROMPTS, sample) == sampled
+    assert set(registry.names) in forwards  # the adapters shared a forward
 
 
 def test_generations_never_run_under_another_requests_adapter(registry, monkeypatch):
-    """Slow generation down and record the active adapter before and after: every call must see only its own."""
-    seen: list[tuple[str, object, object]] = []
-    model = registry.stack.model
-    original = model.generate
-    lora_layer = next(m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "disable_adapters"))
+    """Slow every forward down and record its rows' adapters: every call must see only its own."""
+    seen: list[tuple[str, set[str]]] = []
+    expected = {n: registry.generate(n, PROMPTS[:1], GREEDY) for n in ("policy", "sft", "base")}
+    original = registry.stack.next_token_logits
 
-    def active() -> str:
-        # What the LoRA layers themselves will run: every adapter off, or the active one.
-        return "base" if lora_layer.disable_adapters else lora_layer.active_adapters[0]
-
-    def slow_generate(*args, **kwargs):
-        before = active()
-        time.sleep(0.05)
-        out = original(*args, **kwargs)
-        seen.append((threading.current_thread().name, before, active()))
+    def slow_forward(roles, *args, **kwargs):
+        time.sleep(0.01)
+        out = original(roles, *args, **kwargs)
+        seen.append((threading.current_thread().name, set(roles)))
         return out
 
-    monkeypatch.setattr(model, "generate", slow_generate)
+    monkeypatch.setattr(registry.stack, "next_token_logits", slow_forward)
     names = ["policy", "sft", "base"] * 3
-    threads = [threading.Thread(target=registry.generate, args=(n, PROMPTS[:1], GREEDY), name=n) for n in names]
+    answers: dict[int, list[str]] = {}
+
+    def ask(i: int, name: str) -> None:
+        answers[i] = registry.generate(name, PROMPTS[:1], GREEDY)
+
+    threads = [threading.Thread(target=ask, args=(i, n), name=n) for i, n in enumerate(names)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(seen) == len(names)
-    for wanted, before, after in seen:
-        assert before == after == wanted, seen
+    assert {name for name, _ in seen} == set(names)
+    for wanted, roles in seen:
+        assert roles == {wanted}, seen
+    assert all(answers[i] == expected[n] for i, n in enumerate(names))
 
 
 def test_attach_detach_and_reattach(tiny_llama, run_dir):

@@ -14,7 +14,7 @@ import torch
 
 from lora_rlhf.inference import AdapterRegistry, GenerationOptions
 from lora_rlhf.inference.engine import DecodeEngine, Row, generate_rows
-from lora_rlhf.inference.penalties import penalize
+from lora_rlhf.models.sampling import penalize
 from lora_rlhf.serve import BackgroundServer, create_app
 from lora_rlhf.serve.batcher import Batcher
 from lora_rlhf.serve.errors import APIError

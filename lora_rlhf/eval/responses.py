@@ -46,7 +46,7 @@ def generate_responses(
         batch = tokenizer(
             prompt_texts[begin : begin + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
         ).to(stack.device)
-        out = stack.decode(
+        out = stack.sample(
             role, batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
         ).sequences
         width = batch.input_ids.shape[1]

@@ -3,13 +3,15 @@
 Serving a batch with one `generate` makes a request that arrives while the batch runs wait for all of it,
 and keeps every row in the batch until its longest row ends. Here a batch is a set of live rows over one KV
 cache: `step()` picks one token for every live row (each with its own adapter, options, penalties, seed,
-stop strings, budget and halt: inference/sampling.py), ends the rows that are done, and runs one forward for
-the rest; `admit(rows)` prefills new rows and merges their KV cache into the running one, both left-padded to
-one width, so a request waits for one step rather than one batch. This is the iteration-level scheduling of
-Orca (Yu et al., OSDI 2022) that vLLM and TGI serve with, on transformers' own `DynamicCache`.
+stop strings, budget and halt; the token drawn by models/sampling.py), ends the rows that are done, and runs
+one forward for the rest; `admit(rows)` prefills new rows and merges their KV cache into the running one, both
+left-padded to one width, so a request waits for one step rather than one batch. This is the iteration-level
+scheduling of Orca (Yu et al., OSDI 2022) that vLLM and TGI serve with, on transformers' own `DynamicCache`.
 
-`generate_rows` decodes a fixed set of rows this way; the server's worker (serve/batcher.py) admits rows as
-requests arrive. Rows of different adapters share each forward, each LoRA layer adding every row's own adapter
+This is the one decoding engine of inference: `generate_rows` decodes a fixed set of rows this way (`lora-rlhf
+generate` and `AdapterRegistry` through `generate_texts`); the server's worker (serve/batcher.py) admits rows as
+requests arrive. transformers' `generate` stays only as the reference the tests compare it with. Rows of
+different adapters share each forward, each LoRA layer adding every row's own adapter
 (`RoleStack.next_token_logits`, models/row_adapters.py). A cache whose layers are not plain `DynamicLayer`s
 (sliding windows, recurrent states) cannot be merged: new rows then wait until the batch has drained
 (`can_admit`), as one `generate` would.
@@ -22,11 +24,11 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-from lora_rlhf.inference.generation import Completion, StopCheck, TokenLogprob, cut_at_stop
+from lora_rlhf.inference.generation import Completion, Halted, StopCheck, TokenLogprob, cut_at_stop
 from lora_rlhf.inference.options import GenerationOptions
-from lora_rlhf.inference.sampling import choose, penalized, reported_logprobs, row_generator, warped
 from lora_rlhf.models.positions import position_ids
 from lora_rlhf.models.roles import RoleStack
+from lora_rlhf.models.sampling import draw_rows, penalized, reported_logprobs, seeded_generator, warped
 
 
 @dataclasses.dataclass
@@ -52,6 +54,21 @@ def generate_rows(stack: RoleStack, rows: Sequence[Row]) -> list[Completion]:
     while not engine.idle:
         done.update(engine.step())
     return [done[i] for i in range(len(rows))]
+
+
+def generate_texts(
+    stack: RoleStack, role: str, texts: Sequence[str], options: GenerationOptions, *, halt: StopCheck | None = None
+) -> list[Completion]:
+    """Responses of `role` to already rendered prompt `texts`, decoded together (`generate_rows`); response k of
+    a seeded call draws from the stream of choice k (`GenerationOptions.for_choice`), as the server's n choices do.
+
+    `halt` is asked after every token; once it returns True the responses end there with finish_reason
+    "length" (a client that left, a time limit, a server shutting down). True before the first token, it raises
+    Halted instead.
+    """
+    if halt is not None and halt():
+        raise Halted("generation was called off before it started")
+    return generate_rows(stack, [Row(role, t, options.for_choice(k), halt) for k, t in enumerate(texts)])
 
 
 @dataclasses.dataclass(eq=False)
@@ -104,7 +121,7 @@ class DecodeEngine:
         positions = position_ids(mask, as_generate=True)  # as generate's, pads masked anyway
         logits, cache = self.stack.next_token_logits([r.role for r in rows], ids, mask, positions)
         new = [
-            Live(row, ticket, ids[i][mask[i].bool()], row_generator(row.options, device))
+            Live(row, ticket, ids[i][mask[i].bool()], _generator(row.options, device))
             for i, (row, ticket) in enumerate(zip(rows, tickets, strict=True))
         ]
         next_positions = mask.long().sum(-1, keepdim=True)
@@ -126,7 +143,7 @@ class DecodeEngine:
         options = [live.row.options for live in self.live]
         prompts, responses = [live.prompt for live in self.live], [live.ids for live in self.live]
         scores = warped(penalized(self._logits, options, prompts, responses), options)
-        tokens = choose(scores, options, [live.generator for live in self.live])
+        tokens = draw_rows(scores, options, [live.generator for live in self.live])
         wanted = [i for i, live in enumerate(self.live) if live.row.logprobs is not None]
         logp = dict(zip(wanted, reported_logprobs(scores[wanted]), strict=True)) if wanted else {}
         for i, (live, token) in enumerate(zip(self.live, tokens.tolist(), strict=True)):
@@ -207,6 +224,11 @@ class DecodeEngine:
             positions = position_ids(self._mask, as_generate=True)
             self._logits, _ = self.stack.next_token_logits(roles, self._ids, self._mask, positions)
         self._positions = self._positions + 1
+
+
+def _generator(options: GenerationOptions, device: torch.device) -> torch.Generator | None:
+    """A sampled row's own random stream when it has a seed, so its answer does not depend on its batch."""
+    return None if options.greedy else seeded_generator(options.seed, device)
 
 
 def _send(live: Live, text: str) -> None:

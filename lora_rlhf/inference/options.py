@@ -1,16 +1,17 @@
-"""Sampling options for inference, validated on construction (the knobs of `transformers.generate`)."""
+"""Sampling options for inference, validated on construction (the knobs of `transformers.generate`, drawn by
+models/sampling.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.models.sequences import sampling_kwargs
 from lora_rlhf.validation import check_positive_ints
 
 # The seeds `torch.Generator.manual_seed` takes; a larger one was "Overflow when unpacking long long" (issue 29).
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+# Between the seeds of one request's choices (an odd 64-bit constant, the golden ratio's: no two collide).
+_SEED_STRIDE = 0x9E3779B97F4A7C15
 
 
 @dataclasses.dataclass
@@ -31,7 +32,7 @@ class GenerationOptions:
     stop: list[str] = dataclasses.field(default_factory=list)
     # Seed of the sampler, for reproducible sampling (ignored when greedy).
     seed: int | None = None
-    # OpenAI's additive penalties in [-2, 2] (inference/penalties.py): subtracted from a token's logit once per time
+    # OpenAI's additive penalties in [-2, 2] (models/sampling.penalize): subtracted from a token's logit once per time
     # it was generated (frequency) or once if it was (presence); 0 = off.
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
@@ -58,10 +59,10 @@ class GenerationOptions:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `model.generate`: only these options act (see `models/sequences.py`), none of the
-        model's generation_config defaults (its top_k 50 or repetition penalty)."""
-        sampling = sampling_kwargs(
-            self.temperature, top_p=self.top_p, top_k=self.top_k, repetition_penalty=self.repetition_penalty
-        )
-        return {"max_new_tokens": self.max_new_tokens, **sampling}
+    def for_choice(self, index: int) -> GenerationOptions:
+        """The options of response `index` of one request (its n choices, or its list of prompts): a seeded sampled
+        request's responses draw from streams of their own (response 0 from `seed` itself), or they would repeat
+        each other, and each is the same whatever else shares its batch."""
+        if not index or self.seed is None or self.greedy:
+            return self
+        return dataclasses.replace(self, seed=(self.seed + index * _SEED_STRIDE) % 2**63)

@@ -1,11 +1,11 @@
 """Many adapters on one base, attached and detached by name at run time, one generation at a time.
 
-`RoleStack.use()` switches the single active adapter of the shared base model, so two generations
-running at once under different adapters would each run (part of) their forward passes under the
-other's adapter. Every generation, attach and detach therefore holds the registry's lock. The server
-decodes concurrent requests together instead (serve/batcher.py): each decoding step, under the lock, serves
-rows of several adapters in one forward (inference/engine.py, RoleStack.next_token_logits), and a row holds
-its adapter (`hold` / `release`) from its first step to its last, so a detach waits for it.
+Every generation goes through the decoding engine (inference/engine.py), each row with its own adapter in a
+shared forward (RoleStack.next_token_logits); `compare` decodes every adapter's rows as one batch. Every
+generation, attach and detach holds the registry's lock, so no adapter is attached or removed mid-forward. The
+server decodes concurrent requests together instead (serve/batcher.py): each decoding step, under the lock,
+serves rows of several requests in one forward, and a row holds its adapter (`hold` / `release`) from its first
+step to its last, so a detach waits for it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from lora_rlhf.data.chat import Prompt
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.inference import generation, sources
+from lora_rlhf.inference.engine import Row, generate_rows, generate_texts
 from lora_rlhf.inference.generation import Completion, StopCheck
 from lora_rlhf.inference.loading import base_config, base_config_from_run
 from lora_rlhf.inference.options import GenerationOptions
@@ -147,7 +148,7 @@ class AdapterRegistry:
         """
         with self.lock:
             self.require(name)
-            return generation.generate_texts(self.stack, name, texts, options or GenerationOptions(), halt=halt)
+            return generate_texts(self.stack, name, texts, options or GenerationOptions(), halt=halt)
 
     def generate(
         self,
@@ -165,17 +166,16 @@ class AdapterRegistry:
     def compare(
         self, names: Sequence[str], prompts: Sequence[Prompt], options: GenerationOptions | None = None, **render
     ) -> dict[str, list[str]]:
-        """{name: responses} of several adapters to the same prompts."""
-        return {name: self.generate(name, prompts, options, **render) for name in names}
-
-    def stream(
-        self, name: str, text: str, options: GenerationOptions | None = None, *, halt: StopCheck | None = None
-    ) -> Generator[str, None, Completion]:
-        """Pieces of adapter `name`'s response to one rendered prompt as they are generated (see stream_text)."""
-        self.require(name)
-        return generation.stream_text(
-            self.stack, name, text, options or GenerationOptions(), lock=self.lock, check=self.require, halt=halt
-        )
+        """{name: responses} of several adapters to the same prompts, decoded as one batch whose rows each run
+        under their own adapter; each adapter's answers are those `generate` gives it alone."""
+        texts = [self.render(p, **render) for p in prompts]
+        options = options or GenerationOptions()
+        rows = [Row(name, t, options.for_choice(k)) for name in names for k, t in enumerate(texts)]
+        with self.lock:
+            for name in names:
+                self.require(name)
+            done = generate_rows(self.stack, rows)
+        return {name: [c.text for c in done[i * len(texts) : (i + 1) * len(texts)]] for i, name in enumerate(names)}
 
     def count_tokens(self, text: str, *, beyond: int | None = None) -> int:
         """Tokens of a rendered prompt, as generation will see it.

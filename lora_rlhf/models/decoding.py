@@ -8,10 +8,10 @@ that had already stopped. This loop removes a row from the batch, and from the K
 (`Cache.batch_select_indices`), at its stop token: the continuous-batching idea of Orca / vLLM, for one
 batch that only shrinks.
 
-It draws from exactly the distribution `models/sequences.sampling_kwargs` asks of `generate`:
-softmax(logits / T), truncated by top-k then top-p when asked (transformers' own warpers, in generate's
-order), argmax at T = 0. And it records what the PPO rollout needs from the sampler: each drawn token's
-log-prob under softmax(logits / T) and that distribution's entropy (what `SampledLogProbs` records inside
+Its tokens are drawn by `models/sampling.draw`, from exactly the distribution `models/sequences.sampling_kwargs`
+asks of `generate`: softmax(logits / T), truncated by top-k then top-p when asked, argmax at T = 0. And it
+records what the PPO rollout needs from the sampler: each drawn token's log-prob under softmax(logits / T) and
+that distribution's entropy (`models/sampling.drawn_logprobs`, what `SampledLogProbs` records inside
 `generate`), so the behaviour policy's log-probs need no second forward.
 """
 
@@ -22,7 +22,8 @@ import inspect
 from collections.abc import Callable, Iterable
 
 import torch
-from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+from lora_rlhf.models.sampling import draw, drawn_logprobs
 
 # (next ids (N, 1), attention mask (N, T), position ids (N, 1), cache) -> (N, V) logits of the next token,
 # the cache extended in place.
@@ -30,42 +31,10 @@ StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tens
 
 
 @dataclasses.dataclass
-class Decoded:
+class Samples:
     sequences: torch.Tensor  # (B, P + A) the prompt as given, then each row's response padded after its stop
     logprobs: torch.Tensor | None = None  # (B, A) log softmax(logits / T) of each drawn token; 0 after the stop
     entropy: torch.Tensor | None = None  # (B, A) entropy of the distribution each token was drawn from
-
-
-def sampling_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(N, V) logits -> (N, V) float32 log softmax(logits / T): the distribution the log-probs are measured on
-    (T = 0, greedy, measures T = 1)."""
-    return (logits.float() / (temperature if temperature > 0 else 1.0)).log_softmax(-1)
-
-
-def draw(logits: torch.Tensor, temperature: float, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """(N, V) logits -> (N,) next tokens: argmax at T = 0, else a sample of softmax(logits / T) truncated to its
-    top_k tokens (0: all) and then to the smallest set holding top_p of the mass (1.0: all).
-
-    Sampled by inverting each row's cumulative distribution (in float64, so no token's mass is lost to
-    rounding), which on the CPU takes a tenth of `torch.multinomial`'s time over a 49k-token vocabulary
-    (0.05 s vs 0.48 s for 384 rows): multinomial was a third of eval's decoding. A token of probability 0
-    (cut by top-k / top-p) is never drawn: the search returns the first index whose cumulative mass exceeds u.
-    """
-    if temperature == 0:
-        return logits.argmax(-1)
-    scores = logits.float() / temperature
-    if top_k > 0:
-        scores = TopKLogitsWarper(top_k)(None, scores)
-    if top_p < 1.0:
-        scores = TopPLogitsWarper(top_p)(None, scores)
-    return inverse_cdf(scores, torch.rand((scores.shape[0], 1), dtype=torch.float64, device=scores.device))
-
-
-def inverse_cdf(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """(N, V) scores (-inf for tokens cut) and (N, 1) float64 uniforms in [0, 1) -> (N,) the token of each row
-    where its cumulative softmax(scores) first exceeds u: a sample of softmax(scores) (see `draw`)."""
-    cdf = scores.softmax(-1).double().cumsum(-1)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
 
 
 def prunable(cache) -> bool:
@@ -74,7 +43,7 @@ def prunable(cache) -> bool:
     return bool(layers) and all(callable(getattr(layer, "batch_select_indices", None)) for layer in layers)
 
 
-def decode(
+def sample(
     step: StepFn,
     first_logits: torch.Tensor,
     cache,
@@ -88,8 +57,8 @@ def decode(
     top_k: int = 0,
     top_p: float = 1.0,
     with_logprobs: bool = False,
-) -> Decoded:
-    """Decode up to `max_new_tokens` after a prefilled batch, dropping each row at its first stop token.
+) -> Samples:
+    """Sample up to `max_new_tokens` after a prefilled batch, dropping each row at its first stop token.
 
     Args:
         step: runs the model one token further for the rows still decoding (see `StepFn`).
@@ -97,7 +66,7 @@ def decode(
         cache: the prompts' KV cache, B rows; rows are dropped from it in place when it is `prunable`.
         input_ids, attention_mask: (B, P) the prompts, padded on the left.
     Returns:
-        `Decoded` with (B, P + A) sequences, A the longest response (<= max_new_tokens); with `with_logprobs`,
+        `Samples` with (B, P + A) sequences, A the longest response (<= max_new_tokens); with `with_logprobs`,
         (B, A) log-probs and entropies too.
     """
     b, device = input_ids.shape[0], input_ids.device
@@ -116,9 +85,8 @@ def decode(
         token = draw(logits, temperature, top_k=top_k, top_p=top_p).masked_fill(done, pad_id)
         tokens[rows, t] = token
         if with_logprobs:
-            logp = sampling_logprobs(logits, temperature)
-            logprobs[rows, t] = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
-            entropy[rows, t] = (-(logp.exp() * logp).sum(-1)).masked_fill(done, 0.0)
+            logp, h = drawn_logprobs(logits, token, temperature)
+            logprobs[rows, t], entropy[rows, t] = logp.masked_fill(done, 0.0), h.masked_fill(done, 0.0)
         width = t + 1
         done = done | torch.isin(token, stops)
         if t + 1 == max_new_tokens or done.all():
@@ -132,8 +100,8 @@ def decode(
         positions = positions + 1
     sequences = torch.cat([input_ids, tokens[:, :width]], dim=1)
     if not with_logprobs:
-        return Decoded(sequences)
-    return Decoded(sequences, logprobs[:, :width], entropy[:, :width])
+        return Samples(sequences)
+    return Samples(sequences, logprobs[:, :width], entropy[:, :width])
 
 
 def logits_to_keep_argument(module: torch.nn.Module) -> dict[str, int]:

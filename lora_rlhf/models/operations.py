@@ -18,7 +18,7 @@ from torch import nn
 from transformers import LogitsProcessorList
 
 from lora_rlhf.models.base import gradient_checkpointing_on
-from lora_rlhf.models.decoding import Decoded, decode, logits_to_keep_argument
+from lora_rlhf.models.decoding import Samples, logits_to_keep_argument, sample
 from lora_rlhf.models.dequantized import copy_fits, dequantized_bytes, dequantized_linears, kv_cache_bytes
 from lora_rlhf.models.heads import gather_last, last_token_index
 from lora_rlhf.models.logits import IDENTITY, LogitsProjection
@@ -321,7 +321,7 @@ class RoleOperations:
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
     @torch.no_grad()
-    def decode(
+    def sample(
         self,
         role: str,
         input_ids: torch.Tensor,
@@ -334,7 +334,7 @@ class RoleOperations:
         with_logprobs: bool = False,
         stop_ids: Iterable[int] | None = None,
         pad_id: int | None = None,
-    ) -> Decoded:
+    ) -> Samples:
         """Sample `role`'s responses (greedy at T = 0), each row leaving the batch at its stop token.
 
         What `generate(**sampling_kwargs(T, top_p=..., top_k=...))` returns, without decoding finished rows
@@ -367,13 +367,13 @@ class RoleOperations:
                 )
                 cache = _returned_cache(out)
             if cache is None:  # a model that returns no KV cache from its forward: generate's own loop
-                return self._generate_decoded(role, input_ids, attention_mask, max_new_tokens, stops, pad, options)
+                return self._generate_sampled(role, input_ids, attention_mask, max_new_tokens, stops, pad, options)
 
             def step(ids, mask, positions, cache):
                 kwargs = {cache_arg: cache, **keep}
                 return causal_lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
 
-            return decode(
+            return sample(
                 lambda *args: step(*args).logits[:, -1],
                 out.logits[:, -1],
                 cache,
@@ -444,8 +444,8 @@ class RoleOperations:
             self._row_adapters_cache = cached
         return cached[1]
 
-    def _generate_decoded(self, role, input_ids, attention_mask, max_new_tokens, stops, pad, options) -> Decoded:
-        """`decode` through `generate`, the log-probs recorded by a logits processor (`SampledLogProbs`)."""
+    def _generate_sampled(self, role, input_ids, attention_mask, max_new_tokens, stops, pad, options) -> Samples:
+        """`sample` through `generate`, the log-probs recorded by a logits processor (`SampledLogProbs`)."""
         t = options["temperature"]
         recorder = SampledLogProbs(t if t > 0 else 1.0)
         out = self.generate(
@@ -459,8 +459,8 @@ class RoleOperations:
             **sampling_kwargs(t, top_p=options["top_p"], top_k=options["top_k"]),
         )
         logprobs, entropy = recorder.result(out)
-        response = stop_mask(out[:, input_ids.shape[1] :], stops).float()  # 0 after the stop, as `decode` gives
-        return Decoded(out, logprobs.float() * response, entropy.float() * response)
+        response = stop_mask(out[:, input_ids.shape[1] :], stops).float()  # 0 after the stop, as `sample` gives
+        return Samples(out, logprobs.float() * response, entropy.float() * response)
 
     def _shared_prompt_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The KV cache of every prompt but its last token, each DISTINCT prompt encoded once; None if none repeats.

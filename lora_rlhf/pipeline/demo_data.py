@@ -178,7 +178,7 @@ def _sample(stack: RoleStack, prompts: list[Prompt], temperature: float, max_new
     rendered = [render_prompt(tokenizer, p) for p in prompts]
     enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
     stops = stack.eos_ids()
-    out = stack.decode(
+    out = stack.sample(
         "sft", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
     ).sequences
     responses = [until_stop(row, stops, tokenizer.pad_token_id)[0] for row in out[:, enc.input_ids.shape[1] :]]

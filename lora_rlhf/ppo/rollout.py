@@ -105,7 +105,7 @@ class Sampled:
     response_mask: torch.Tensor  # (B, A) long, 1 up to and including the stop token
     prompt_width: int  # P
     # (B, A) log pi(a_t | s_t) and entropy of the distribution each token was drawn from, recorded during
-    # generation (models/decoding.py); None when sampling.logprobs_from_generation is off.
+    # generation (models/decoding.py, models/sampling.py); None when sampling.logprobs_from_generation is off.
     logprobs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
 
@@ -116,7 +116,7 @@ def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: Samplin
     ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
     ids, mask = ids.to(stack.device), mask.to(stack.device)
     stops = stack.eos_ids()
-    decoded = stack.decode(
+    decoded = stack.sample(
         "policy",
         ids,
         mask,

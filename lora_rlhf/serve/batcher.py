@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 # How often a queued request checks whether it was halted (client gone, time up, shutdown), in seconds.
 _POLL_S = 0.05
-# Between the seeds of one request's choices (an odd 64-bit constant, the golden ratio's: no two collide).
-_SEED_STRIDE = 0x9E3779B97F4A7C15
 
 
 @dataclasses.dataclass(eq=False)
@@ -120,10 +118,7 @@ class Batcher:
     @staticmethod
     def _item(row: Row, index: int) -> _Item:
         # The n choices of a seeded request draw from streams of their own, or they would repeat each other.
-        if index and row.options.seed is not None and not row.options.greedy:
-            seed = (row.options.seed + index * _SEED_STRIDE) % 2**63
-            row = dataclasses.replace(row, options=dataclasses.replace(row.options, seed=seed))
-        return _Item(row)
+        return _Item(dataclasses.replace(row, options=row.options.for_choice(index)))
 
     def _wait(self, item: _Item) -> None:
         while not item.done.wait(_POLL_S):

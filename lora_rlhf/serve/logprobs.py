@@ -1,6 +1,6 @@
 """Token log-probs in OpenAI's two shapes: chat's `logprobs.content` and the legacy completions `logprobs`.
 
-The log-probs are log-softmax of the scores each token was drawn from (inference/sampling.py): the logits,
+The log-probs are log-softmax of the scores each token was drawn from (models/sampling.py): the logits,
 after any frequency/presence penalty, divided by the temperature, after top-k and top-p (a token top-p
 removed reports -9999); greedy requests (temperature 0) report the model's own distribution, log-softmax
 of the (penalized) logits.
