@@ -200,18 +200,8 @@ def drop_identical_after_truncation(
     Responses that differ only beyond max_length are identical once cut, and a pair of them trains to
     nothing (loss log 2): under ties "error" the row is bad, under "skip_pairs" the worse-ranked copy goes.
     """
-    keys = [tuple(ids) for ids in example.response_ids]
-    room = max_length - len(example.prompt_ids)
-
-    def same(i: int, j: int) -> str:
-        return (
-            f"are identical in the {len(keys[i])} tokens the model sees "
-            f"(max_length {max_length} leaves {room} after the prompt)"
-        )
-
-    remedy = f"raise {section}.max_length, or set {section}.ties: skip_pairs to train on the other pairs"
-    keep, pairs = _first_copies(keys, example.ranks, ties, same, remedy, f" (raise {section}.max_length)")
-    if len(keep) == len(keys):
+    keep, pairs = kept_once_cut(example, ties, max_length, section=section)
+    if len(keep) == len(example.response_ids):
         return example
     return dataclasses.replace(
         example,
@@ -219,6 +209,25 @@ def drop_identical_after_truncation(
         ranks=[example.ranks[i] for i in keep],
         no_signal_pairs=example.no_signal_pairs + pairs,
     )
+
+
+def kept_once_cut(
+    example: RankingExample, ties: Ties, max_length: int, *, section: str = "rm", length_key: str | None = None
+) -> tuple[list[int], int]:
+    """(indices of the responses `drop_identical_after_truncation` keeps, pairs it leaves out); `length_key` is
+    the recipe key of `max_length` a remedy names (default `{section}.max_length`)."""
+    keys = [tuple(ids) for ids in example.response_ids]
+    room = max_length - len(example.prompt_ids)
+    length_key = length_key or f"{section}.max_length"
+
+    def same(i: int, j: int) -> str:
+        return (
+            f"are identical in the {len(keys[i])} tokens the model sees "
+            f"(max_length {max_length} leaves {room} after the prompt)"
+        )
+
+    remedy = f"raise {length_key}, or set {section}.ties: skip_pairs to train on the other pairs"
+    return _first_copies(keys, example.ranks, ties, same, remedy, f" (raise {length_key})")
 
 
 def load_ranking_examples(
