@@ -76,3 +76,16 @@ def test_a_recipe_file_cannot_turn_on_remote_code_for_training(command, tmp_path
     with caplog.at_level(logging.WARNING):
         assert main([command, "--config", str(recipe), "--output-dir", str(out), "model.trust_remote_code=true"]) == 0
     assert evaluated[-1].model.trust_remote_code is False and "cannot turn on" in caplog.text
+
+
+def test_plan_tells_a_recipe_that_asks_for_remote_code(tmp_path, tiny_llama, caplog, capsys):
+    """Issue 29, one rule everywhere: plan ignored the recipe's model.trust_remote_code without a word."""
+    recipe = tmp_path / "downloaded.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"name_or_path": "tiny:llama", "trust_remote_code": True}}))
+    with caplog.at_level(logging.WARNING):
+        main(["plan", "--config", str(recipe), "--model-config", tiny_llama])
+    assert f"{recipe} sets model.trust_remote_code" in caplog.text and "--trust-remote-code" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        main(["plan", "--config", str(recipe), "--model-config", tiny_llama, "--trust-remote-code"])
+    assert "cannot turn on" not in caplog.text
