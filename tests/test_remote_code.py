@@ -1,5 +1,7 @@
 """A run directory is data, not code (issue 12): its recipe.yaml cannot switch on trust_remote_code for the
-commands that read it (generate, serve, eval --run); only the command line's --trust-remote-code can."""
+commands that read it (generate, serve, eval --run; merge --run, export-reward and ablate in tests/test_ablate.py),
+nor can a recipe file for training or plan (issue 29); only the command line's --trust-remote-code can, and a
+recipe that asks is warned about."""
 
 from __future__ import annotations
 
@@ -88,4 +90,19 @@ def test_plan_tells_a_recipe_that_asks_for_remote_code(tmp_path, tiny_llama, cap
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         main(["plan", "--config", str(recipe), "--model-config", tiny_llama, "--trust-remote-code"])
+    assert "cannot turn on" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "command", [["merge", "--run", "{run}", "-o", "{out}"], ["export-reward", "{run}", "-o", "{out}"]]
+)
+def test_merge_and_export_tell_a_run_that_asks_for_remote_code(command, remote_code_run, tmp_path, caplog):
+    """Issue 29, one rule everywhere: these read only the run's base name and ignored its ask without a word."""
+    args = [a.format(run=remote_code_run, out=tmp_path / "out") for a in command]
+    with caplog.at_level(logging.WARNING):
+        assert main(args) == 2  # the run holds no adapters: refused after the warning
+    assert "sets model.trust_remote_code" in caplog.text and "--trust-remote-code" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--trust-remote-code"]) == 2
     assert "cannot turn on" not in caplog.text
