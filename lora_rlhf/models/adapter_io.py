@@ -61,13 +61,18 @@ def load_head(folder: Path, hidden_size: int, device: torch.device) -> ScalarHea
         return None
     metadata = _head_metadata(path)
     kind = metadata.get("kind", "reward")
-    saved_size = int(metadata.get("hidden_size", hidden_size))
+    saved_size = metadata.get("hidden_size", str(hidden_size))
+    if kind not in ("reward", "value") or not saved_size.isdigit():  # safetensors metadata is any str -> str
+        raise LoraRlhfError(
+            f"{path}: its metadata (kind {kind!r}, hidden_size {saved_size!r}) is not a reward or value head's"
+        )
+    saved_size = int(saved_size)
     if saved_size != hidden_size:
         raise LoraRlhfError(
             f"{path} was made for another base: its head reads hidden size {saved_size}, this base has {hidden_size}"
         )
     head = ScalarHead(hidden_size, kind)
-    tensors = load_file(str(path))
+    tensors = load_file(str(path))  # readable: _head_metadata opened it
     _check_head_tensors(path, tensors, head)
     head.linear.load_state_dict(tensors)
     return head.to(device)
@@ -95,8 +100,11 @@ def saved_head_kind(folder: Path) -> str | None:
 
 
 def _head_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError) as exc:  # empty or truncated: a torn download or copy (issue 29)
+        raise LoraRlhfError(f"{path} is not a readable safetensors file: {exc}") from None
 
 
 def check_adapter_folder(folder: str | Path, base_model: nn.Module, base_name: str | None = None) -> Path:
