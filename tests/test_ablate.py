@@ -178,3 +178,29 @@ def test_each_phase_has_its_own_peak_memory():
     assert cost["wall_s"] >= 0 and cost["peak_rss_mib"] - cost["start_rss_mib"] >= 60
     if after["rss_reset"]:
         assert after["peak_rss_mib"] < cost["peak_rss_mib"] - 30
+
+
+def test_a_run_recipe_cannot_turn_on_remote_code_for_the_ablation(sft_rm_run, tmp_path, monkeypatch, caplog, capsys):
+    """Issue 29, one rule for remote code: RUN_DIR's recipe.yaml asking for it reached the base's loading."""
+    from lora_rlhf.pipeline.ablation import run as ablation_run
+
+    loaded = []
+
+    def no_model(recipe):
+        loaded.append(recipe.model.trust_remote_code)
+        raise LoraRlhfError("stopped before the base loads")
+
+    monkeypatch.setattr(ablation_run, "load_stack", no_model)
+    downloaded = tmp_path / "downloaded"
+    shutil.copytree(sft_rm_run / "adapters", downloaded / "adapters")
+    recipe = yaml.safe_load((sft_rm_run / "recipe.yaml").read_text())
+    recipe["model"]["trust_remote_code"] = True
+    (downloaded / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    argv = ["ablate", "--methods", "ppo", "--ptx-path", str(sft_rm_run / "data" / "demonstrations.jsonl")]
+    with caplog.at_level("WARNING"):
+        assert cli([*argv, str(downloaded)]) == 2
+    assert loaded == [False] and "sets model.trust_remote_code" in caplog.text
+    assert cli([*argv, "--trust-remote-code", str(downloaded)]) == 2
+    assert loaded == [False, True]
+    method_recipe = yaml.safe_load((downloaded / "ablation" / "ppo" / "recipe.yaml").read_text())
+    assert method_recipe["model"]["trust_remote_code"] is False  # never recorded

@@ -66,6 +66,11 @@ def _rm_rows(rows: list, *expect: str, ties: str = "error") -> Case:
     return Case("", _rm(f"rm.ties={ties}"), ["bad.jsonl", *expect], _lines(rows))
 
 
+def _generate(*args: str) -> list[str]:
+    """`generate` on the tiny base: no recipe, no run directory (see _prepare)."""
+    return ["generate", "--base", "tiny:llama", "--quantization", "none", "--device", "cpu", *args]
+
+
 def _bytes_case(tool: list[str], data: bytes, *expect: str, name: str = "bad.jsonl") -> Case:
     return Case("", tool, [name, *expect], data, name=name)
 
@@ -197,6 +202,26 @@ CASES = {
     "rm_max_length_past_positions": Case(
         "", _rm("rm.max_length=513"), ["rm.max_length", "513", "position limit (512"], _lines(GOOD_RANKS)
     ),
+    # ---------------------------------------------------------------- generate's own inputs (issue 29)
+    "generate_surrogate_prompt": Case(
+        "", _generate("--prompt", "ok", "--prompt", "hi \udcff", "--max-new-tokens", "2"), ["--prompt 2", "surrogate"]
+    ),
+    "generate_surrogate_system": Case(
+        "", _generate("--prompt", "hi", "--system", "\ud800", "--max-new-tokens", "2"), ["--system", "surrogate"]
+    ),
+    "generate_surrogate_stop": Case(
+        "", _generate("--prompt", "hi", "--stop", "x\udfff", "--max-new-tokens", "2"), ["--stop", "surrogate"]
+    ),
+    "generate_prompts_file_non_utf8": _bytes_case(
+        _generate("--prompts-file", "{bad}", "--max-new-tokens", "2"),
+        b"hi\ncaf\xe9\n",
+        "line 2",
+        "UTF-8",
+        name="bad.txt",
+    ),
+    "generate_max_new_tokens_past_positions": Case(
+        "", _generate("--prompt", "hi", "--max-new-tokens", "4096"), ["--max-new-tokens", "4096", "context of 512"]
+    ),
     # ---------------------------------------------------------------- training that diverges
     "sft_diverges": Case(
         "",
@@ -261,6 +286,8 @@ def _prepare(case: Case, tmp: Path) -> tuple[list[str], Path]:
     elif case.setup == "data_dir":
         (tmp / "dir.jsonl").mkdir()
     args = [_fill(a, tmp).replace(str(tmp / "bad"), str(bad)) for a in case.args]
+    if args[0] == "generate":  # takes a base, not a recipe, and writes no run directory
+        return args, run
     if "--config" not in args:
         args[1:1] = ["--config", TINY]
     return [*args[:1], "--output-dir", str(run), *args[1:]], run

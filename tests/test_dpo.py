@@ -183,3 +183,17 @@ def test_ties_and_bad_rows_are_read_as_the_rm_stage_reads_them(tiny_llama, tmp_p
     config.ties, config.on_bad_row = "skip_pairs", "skip"
     summary = train_dpo(load_stack(tiny_llama), config, tmp_path / "run")
     assert summary["prompts"] == 13 and summary["dropped"] == 1  # the tied row kept, its tied pair no comparison
+
+
+def test_a_bad_rankings_row_names_the_dpo_keys_to_change(tiny_llama, tmp_path):
+    """Issue 29: the DPO stage's one-line errors named rm.ties and rm.max_length, keys dpo.* overrides."""
+    tied = {"prompt": "say something", "responses": ["a", "b", "c"], "ranks": [0, 0, 1]}
+    cut = {"prompt": "say something", "chosen": "x " * 60 + "good", "rejected": "x " * 60 + "bad"}
+    for row, expected in (
+        (tied, r"line 13: field 'ranks' \[0, 0, 1\] has ties \(set dpo\.ties: skip_pairs"),
+        (cut, r"line 13: the two responses are identical in the \d+ tokens .*max_length 48.*\(raise dpo\.max_length\)"),
+    ):
+        config = dpo_config(write_jsonl(tmp_path / "bad.jsonl", [*marker_rankings(12), row]), max_steps=1)
+        config.eval_fraction, config.ties = 0.0, "error"
+        with pytest.raises(LoraRlhfError, match=expected):
+            train_dpo(load_stack(tiny_llama), config, tmp_path / "run")

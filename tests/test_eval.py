@@ -7,12 +7,15 @@ import math
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
+from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.eval import EvalConfig, evaluate, pairwise_win_rates, win_rate
 from lora_rlhf.eval.kl import sequence_kl
 from lora_rlhf.eval.result import read_eval_result
+from lora_rlhf.eval.rm_accuracy import load_eval_rankings
 
 
 def test_win_rate_counts_ties_as_half():
@@ -244,3 +247,23 @@ def test_sampled_eval_scores_each_prompt_by_its_samples_mean_and_reuses_them_for
     assert bon.gold_random_sample == pytest.approx(sum(sum(g) for g in first_two) / 6)
     assert bon.gold_sft == pytest.approx(results.gold["sft"])
     assert "3 samples per prompt at temperature 1" in (tmp_path / "report.md").read_text()
+
+
+def test_rm_accuracy_leaves_out_pairs_identical_in_the_tokens_the_rm_sees(tiny_llama, tmp_path):
+    """Issue 29: such a pair counted 0.5 in eval's RM accuracy whatever the RM learnt (equal inputs, equal scores)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    n_prompt = len(tokenizer(render_prompt(tokenizer, "p"), add_special_tokens=False).input_ids)
+    long = "x " * 60
+    rows = [
+        {"prompt": "p", "responses": [long + "good", "short", long + "bad"], "ranks": [0, 1, 2]},
+        {"prompt": "p", "chosen": long + "good", "rejected": long + "bad"},  # no pair left: skipped
+        {"prompt": "p", "chosen": "yes", "rejected": "no"},
+    ]
+    path = tmp_path / "rankings.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = EvalConfig(rankings=DatasetSpec(str(path)), rankings_max_length=n_prompt + 8)
+    kept, report = load_eval_rankings(config, tokenizer)
+    (ranking, example), (plain, _) = kept
+    assert ranking.responses == [long + "good", "short"] and ranking.ranks == [0, 1] and len(example.response_ids) == 2
+    assert plain.responses == ["yes", "no"]
+    assert report.dropped == 1 and report.no_signal_pairs == 1

@@ -294,3 +294,26 @@ def test_same_base_names(a, b, same):
     from lora_rlhf.models.adapter_io import same_base
 
     assert same_base(a, b) is same
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xff\xfe{}", "is not UTF-8 text (byte 0)"),
+        (b"[" * 200_000 + b"]" * 200_000, "nests arrays or objects too deeply"),
+        (b"[1, 2]", "holds a JSON list"),
+        ({"peft_type": "NOPE"}, "peft_type 'NOPE' is not 'LORA'"),
+        ({"r": "eight"}, "r 'eight' must be a positive integer"),
+    ],
+)
+def test_an_adapter_config_peft_cannot_read_is_one_line(tiny_llama, run_dir, tmp_path, capsys, content, expected):
+    """Issue 29: each was a traceback from PEFT (RecursionError, KeyError, TypeError) in generate, a 500 in serve."""
+    folder = shutil.copytree(run_dir / "adapters" / "policy", tmp_path / "broken")
+    config = folder / "adapter_config.json"
+    if isinstance(content, dict):
+        content = json.dumps(json.loads(config.read_text()) | content).encode()
+    config.write_bytes(content)
+    args = ["generate", "--base", tiny_llama, "--quantization", "none", "--adapter", f"x={folder}", "-p", "hi"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("lora-rlhf generate: error: ") and f"{config}" in err and expected in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -214,6 +215,30 @@ def test_bad_benchmark_rows_are_one_line_errors(tmp_path):
         benchmark.load_prompts(path)
     path.write_text('{"key": 1, "prompt": 3, "instruction_id_list": [], "kwargs": []}\n')
     with pytest.raises(LoraRlhfError, match="line 1: 'prompt' must be a str"):
+        benchmark.load_prompts(path)
+
+
+GOOD_IFEVAL_ROW = b'{"key": 1, "prompt": "p", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}\n'
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"key": 2, "prompt": "caf\xe9"}', "line 2: byte 25 is not UTF-8"),
+        (b'{"key": 2, "prompt": "cut', "line 2: not valid JSON"),
+        (b"[" * 200_000 + b"]" * 200_000, "line 2: nests arrays or objects too deeply"),
+        (
+            b'{"key": 2, "prompt": "hi \\ud800", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}',
+            "line 2: 'prompt' holds a lone UTF-16 surrogate",
+        ),
+    ],
+)
+def test_an_ifeval_file_that_would_be_a_traceback_is_one_line(tmp_path, line, expected):
+    """Issue 29: eval.ifeval.path may name any file; these were UnicodeDecodeError, JSONDecodeError,
+    RecursionError and (at generation) the tokenizer's TypeError."""
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(GOOD_IFEVAL_ROW + line + b"\n")
+    with pytest.raises(LoraRlhfError, match=re.escape(expected)):
         benchmark.load_prompts(path)
 
 

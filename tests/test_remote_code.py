@@ -1,5 +1,7 @@
 """A run directory is data, not code (issue 12): its recipe.yaml cannot switch on trust_remote_code for the
-commands that read it (generate, serve, eval --run); only the command line's --trust-remote-code can."""
+commands that read it (generate, serve, eval --run; merge --run, export-reward and ablate in tests/test_ablate.py),
+nor can a recipe file for training or plan (issue 29); only the command line's --trust-remote-code can, and a
+recipe that asks is warned about."""
 
 from __future__ import annotations
 
@@ -76,3 +78,31 @@ def test_a_recipe_file_cannot_turn_on_remote_code_for_training(command, tmp_path
     with caplog.at_level(logging.WARNING):
         assert main([command, "--config", str(recipe), "--output-dir", str(out), "model.trust_remote_code=true"]) == 0
     assert evaluated[-1].model.trust_remote_code is False and "cannot turn on" in caplog.text
+
+
+def test_plan_tells_a_recipe_that_asks_for_remote_code(tmp_path, tiny_llama, caplog, capsys):
+    """Issue 29, one rule everywhere: plan ignored the recipe's model.trust_remote_code without a word."""
+    recipe = tmp_path / "downloaded.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"name_or_path": "tiny:llama", "trust_remote_code": True}}))
+    with caplog.at_level(logging.WARNING):
+        main(["plan", "--config", str(recipe), "--model-config", tiny_llama])
+    assert f"{recipe} sets model.trust_remote_code" in caplog.text and "--trust-remote-code" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        main(["plan", "--config", str(recipe), "--model-config", tiny_llama, "--trust-remote-code"])
+    assert "cannot turn on" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "command", [["merge", "--run", "{run}", "-o", "{out}"], ["export-reward", "{run}", "-o", "{out}"]]
+)
+def test_merge_and_export_tell_a_run_that_asks_for_remote_code(command, remote_code_run, tmp_path, caplog):
+    """Issue 29, one rule everywhere: these read only the run's base name and ignored its ask without a word."""
+    args = [a.format(run=remote_code_run, out=tmp_path / "out") for a in command]
+    with caplog.at_level(logging.WARNING):
+        assert main(args) == 2  # the run holds no adapters: refused after the warning
+    assert "sets model.trust_remote_code" in caplog.text and "--trust-remote-code" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--trust-remote-code"]) == 2
+    assert "cannot turn on" not in caplog.text

@@ -498,3 +498,35 @@ def test_a_head_of_the_wrong_shape_is_a_one_line_error(tiny_llama, tmp_path, ten
     assert "reward" not in other.roles  # nothing half-attached
     with pytest.raises(LoraRlhfError, match=expected):
         stack.restore_role("reward", folder)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "content", "expected"),
+    [
+        (
+            {"kind": "reward", "hidden_size": "abc"},
+            None,
+            r"metadata \(kind 'reward', hidden_size 'abc'\) is not a reward",
+        ),
+        ({"kind": "banana"}, None, r"metadata \(kind 'banana'"),
+        (None, b"", "is not a readable safetensors file"),
+        (None, b"\x10\x00\x00\x00\x00\x00\x00\x00{", "is not a readable safetensors file"),
+    ],
+)
+def test_a_head_file_that_is_not_a_head_is_a_one_line_error(tiny_llama, tmp_path, metadata, content, expected):
+    """Issue 29: an empty or torn head.safetensors, or metadata that names no head, were tracebacks (SafetensorError,
+    ValueError from int() or from ScalarHead) wherever a stage loads a role: ppo, eval --run."""
+    from safetensors.torch import load_file, save_file
+
+    stack = make_stack(tiny_llama)
+    stack.add_role("reward", LoraSettings(r=4), head="reward")
+    folder = stack.save_role("reward", tmp_path / "reward")
+    head = folder / "head.safetensors"
+    if content is None:
+        save_file(load_file(str(head)), str(head), metadata=metadata)
+    else:
+        head.write_bytes(content)
+    other = make_stack(tiny_llama)
+    with pytest.raises(LoraRlhfError, match=expected):
+        other.load_role("reward", folder)
+    assert "reward" not in other.roles

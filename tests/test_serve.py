@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 
 import httpx2 as httpx
@@ -142,6 +144,17 @@ def test_load_and_unload_at_run_time(client, server, adapters, registry):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="spare", prompt=PROMPT, max_tokens=2)
     assert httpx.delete(f"{admin}/spare").status_code == 404
+
+
+def test_an_adapter_config_peft_cannot_read_is_a_400(server, adapters, client):
+    """Issue 29: a peft_type PEFT has no class for was a 500 (KeyError) from POST /v1/adapters."""
+    folder = shutil.copytree(adapters["spare"], adapters["root"] / "broken")
+    config = folder / "adapter_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"peft_type": "NOPE"}))
+    response = httpx.post(f"{server.url}/v1/adapters", json={"name": "broken", "path": str(folder)})
+    assert response.status_code == 400, response.text
+    assert "peft_type 'NOPE'" in response.json()["error"]["message"]
+    assert "broken" not in [m.id for m in client.models.list().data]
 
 
 def test_paths_outside_allowed_roots_are_refused(server, adapters, client):

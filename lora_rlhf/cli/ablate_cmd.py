@@ -35,6 +35,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output-dir", help="where the methods and the table go (default: RUN_DIR/ablation)")
     parser.add_argument("--resume", action="store_true", help="continue a method's interrupted training")
     parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the base model's repository run its own Python code (RUN_DIR's recipe.yaml cannot turn this on)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="ppo, dpo or eval overrides, e.g. eval.max_prompts=16"
     )
     parser.set_defaults(func=run)
@@ -50,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         resume=args.resume,
         overrides=args.overrides,
+        trust_remote_code=args.trust_remote_code,
     )
     print(run_ablation(options))
     return 0

@@ -39,7 +39,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lora_rlhf.export import export_reward
+    from lora_rlhf.inference.loading import warn_run_remote_code
 
+    warn_run_remote_code(args.source, args.trust_remote_code)  # a run directory's recipe; an adapter folder has none
     result = export_reward(
         args.source,
         args.output,

@@ -7,9 +7,11 @@ import json
 import shutil
 import sys
 import textwrap
+from pathlib import Path
 
 from lora_rlhf.cli.inference_args import add_model_arguments, load_registry
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.validation import check_unicode
 
 DESCRIPTION = (
     "Load the base once, attach adapters by name (folders, Hub ids, a run's roles) and generate with one of them, "
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     names = _models(args, registry.names)
     for name in names:
         registry.require(name)
+    _check_budget(registry, prompts, args)
     answers = registry.compare(names, prompts, options, chat=not args.no_chat_template, system=args.system)
     if args.json:
         for i, prompt in enumerate(prompts):
@@ -86,15 +89,52 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
+    """--prompt texts, then --prompts-file lines; every text checked before the model loads (issue 29)."""
     prompts = list(args.prompt)
+    for i, text in enumerate(prompts, start=1):
+        check_unicode(text, f"--prompt {i}")
+    for option, texts in (("--system", [args.system] if args.system else []), ("--stop", args.stop)):
+        for text in texts:
+            check_unicode(text, option)
     if args.prompts_file:
-        try:
-            handle = sys.stdin if args.prompts_file == "-" else open(args.prompts_file, encoding="utf-8")
-        except OSError as exc:
-            raise LoraRlhfError(f"--prompts-file {args.prompts_file!r}: {exc.strerror or exc}") from None
-        with handle:
-            prompts += [line.rstrip("\n") for line in handle if line.strip()]
+        prompts += _file_prompts(args.prompts_file)
     return prompts
+
+
+def _file_prompts(path: str) -> list[str]:
+    """The non-blank lines of `path` ('-' = stdin), decoded line by line so a bad one is named."""
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise LoraRlhfError(f"--prompts-file {path!r}: {exc.strerror or exc}") from None
+    prompts = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LoraRlhfError(f"--prompts-file {path}, line {number}: byte {exc.start} is not UTF-8") from None
+        if text.strip():
+            prompts.append(text)
+    return prompts
+
+
+def _check_budget(registry, prompts: list[str], args: argparse.Namespace) -> None:
+    """Refuse a --max-new-tokens that, after the longest prompt, runs past the base's position limit.
+
+    transformers only warns and goes on, on positions the model never saw (GPT-2's learned positions index out
+    of range); the server answers 400 for the same request (serve/limits.py), and so does vLLM.
+    """
+    context = registry.context_length
+    if context is None:
+        return
+    chat = not args.no_chat_template
+    tokens = max(registry.count_tokens(registry.render(p, chat=chat, system=args.system)) for p in prompts)
+    if tokens + args.max_new_tokens > context:
+        left = f"at most {context - tokens} are left" if tokens < context else "no room is left"
+        raise LoraRlhfError(
+            f"--max-new-tokens: {args.max_new_tokens} tokens and the longest prompt's {tokens} exceed this model's "
+            f"context of {context} tokens (its position limit); {left}"
+        )
 
 
 def _models(args: argparse.Namespace, available: list[str]) -> list[str]:

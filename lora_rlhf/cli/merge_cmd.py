@@ -33,11 +33,13 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lora_rlhf.errors import LoraRlhfError
-    from lora_rlhf.inference.loading import run_base_name
+    from lora_rlhf.inference.loading import run_base_name, warn_run_remote_code
     from lora_rlhf.inference.merge import TOLERANCE, merge_adapter, merge_difference
 
     if bool(args.adapter) == bool(args.run):
         raise LoraRlhfError("give exactly one of --adapter SOURCE or --run DIR")
+    if args.run:
+        warn_run_remote_code(args.run, args.trust_remote_code)
     adapter = args.adapter or str(_run_role(args.run, args.role))
     base = args.base or (run_base_name(args.run) if args.run else None)
     output = merge_adapter(adapter, args.output, base=base, dtype=args.dtype, trust_remote_code=args.trust_remote_code)

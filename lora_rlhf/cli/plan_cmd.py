@@ -45,11 +45,15 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lora_rlhf.config.recipe import load_recipe
+    from lora_rlhf.inference.loading import untrusted_model_section
     from lora_rlhf.plan import format_plan, model_shape, plan_recipe
     from lora_rlhf.plan.phases import parse_size
 
     budget = parse_size(args.gpu_memory) if args.gpu_memory else None
     recipe = load_recipe(args.config, args.overrides)
+    # Only the flag runs a repository's code; a recipe asking for it is told so, as every command tells it (issue 29).
+    asked = {"name_or_path": recipe.model.name_or_path, "trust_remote_code": recipe.model.trust_remote_code}
+    untrusted_model_section(asked, args.trust_remote_code, args.config or "the recipe's overrides")
     shape = model_shape(args.model_config or recipe.model.name_or_path, trust_remote_code=args.trust_remote_code)
     plan = plan_recipe(recipe, shape, device=args.device, budget=budget, responses_per_prompt=args.responses_per_prompt)
     print(format_plan(plan))

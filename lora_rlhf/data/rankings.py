@@ -39,8 +39,10 @@ class RankingExample:
     no_signal_pairs: int = 0  # pairs ranked apart that the model would see identical, left out (ties "skip_pairs")
 
 
-def parse_ranking(row: Mapping[str, Any], ties: Ties) -> Ranking:
+def parse_ranking(row: Mapping[str, Any], ties: Ties, *, section: str = "rm") -> Ranking:
     """One row in any of the three formats; BadRow names the field at fault.
+
+    `section` is the recipe section whose ties and max_length the remedies name ("rm" or "dpo").
 
     A format is recognised by its non-null fields: a JSON file read through Arrow gives every row
     every column of the file, null where the row lacks it.
@@ -60,11 +62,11 @@ def parse_ranking(row: Mapping[str, Any], ties: Ties) -> Ranking:
         raise BadRow(
             "missing fields: expected {prompt, responses, ranks}, {prompt, chosen, rejected} or {chosen, rejected}"
         )
-    _check_ranks(ranking.ranks, ties)
-    return _drop_identical(ranking, ties)
+    _check_ranks(ranking.ranks, ties, section)
+    return _drop_identical(ranking, ties, section)
 
 
-def _drop_identical(ranking: Ranking, ties: Ties) -> Ranking:
+def _drop_identical(ranking: Ranking, ties: Ties, section: str) -> Ranking:
     """Identical responses ranked apart carry no preference (issue 12: chosen == rejected trained "accuracy 1").
 
     With ties "error" such a row is bad; with "skip_pairs" the worse-ranked copy is dropped, which skips
@@ -76,7 +78,8 @@ def _drop_identical(ranking: Ranking, ties: Ties) -> Ranking:
     def same(i: int, j: int) -> str:
         return f"are identical ({texts[i][:40]!r})"
 
-    keep, pairs = _first_copies(texts, ranking.ranks, ties, same, "set rm.ties: skip_pairs to train on the other pairs")
+    remedy = f"set {section}.ties: skip_pairs to train on the other pairs"
+    keep, pairs = _first_copies(texts, ranking.ranks, ties, same, remedy)
     if len(keep) == len(ranking.responses):
         return ranking
     return Ranking(
@@ -133,7 +136,7 @@ def _ranks(row: Mapping[str, Any]) -> list[int]:
     return list(ranks)
 
 
-def _check_ranks(ranks: list[int], ties: Ties) -> None:
+def _check_ranks(ranks: list[int], ties: Ties, section: str) -> None:
     k = len(ranks)
     if len(set(ranks)) == k:
         if sorted(ranks) != list(range(k)):
@@ -142,7 +145,7 @@ def _check_ranks(ranks: list[int], ties: Ties) -> None:
     if any(r < 0 or r >= k for r in ranks):
         raise BadRow(f"field 'ranks' {ranks} has values outside 0..{k - 1}")
     if ties == "error":
-        raise BadRow(f"field 'ranks' {ranks} has ties (set rm.ties: skip_pairs to train on the untied pairs)")
+        raise BadRow(f"field 'ranks' {ranks} has ties (set {section}.ties: skip_pairs to train on the untied pairs)")
     if len(set(ranks)) == 1:
         raise BadRow(f"field 'ranks' {ranks}: every response is tied, no pair to learn from")
 
@@ -189,24 +192,16 @@ def encode_ranking(ranking: Ranking, tokenizer, max_length: int) -> RankingExamp
     return RankingExample(prompt_ids, [ids[:room] for ids in full], ranking.ranks, truncated, ranking.no_signal_pairs)
 
 
-def drop_identical_after_truncation(example: RankingExample, ties: Ties, max_length: int) -> RankingExample:
+def drop_identical_after_truncation(
+    example: RankingExample, ties: Ties, max_length: int, *, section: str = "rm"
+) -> RankingExample:
     """The identical-responses rule (`_drop_identical`) on the token ids the model sees (issue 29).
 
     Responses that differ only beyond max_length are identical once cut, and a pair of them trains to
     nothing (loss log 2): under ties "error" the row is bad, under "skip_pairs" the worse-ranked copy goes.
     """
-    keys = [tuple(ids) for ids in example.response_ids]
-    room = max_length - len(example.prompt_ids)
-
-    def same(i: int, j: int) -> str:
-        return (
-            f"are identical in the {len(keys[i])} tokens the model sees "
-            f"(max_length {max_length} leaves {room} after the prompt)"
-        )
-
-    remedy = "raise rm.max_length, or set rm.ties: skip_pairs to train on the other pairs"
-    keep, pairs = _first_copies(keys, example.ranks, ties, same, remedy, " (raise rm.max_length)")
-    if len(keep) == len(keys):
+    keep, pairs = kept_once_cut(example, ties, max_length, section=section)
+    if len(keep) == len(example.response_ids):
         return example
     return dataclasses.replace(
         example,
@@ -216,15 +211,40 @@ def drop_identical_after_truncation(example: RankingExample, ties: Ties, max_len
     )
 
 
+def kept_once_cut(
+    example: RankingExample, ties: Ties, max_length: int, *, section: str = "rm", length_key: str | None = None
+) -> tuple[list[int], int]:
+    """(indices of the responses `drop_identical_after_truncation` keeps, pairs it leaves out); `length_key` is
+    the recipe key of `max_length` a remedy names (default `{section}.max_length`)."""
+    keys = [tuple(ids) for ids in example.response_ids]
+    room = max_length - len(example.prompt_ids)
+    length_key = length_key or f"{section}.max_length"
+
+    def same(i: int, j: int) -> str:
+        return (
+            f"are identical in the {len(keys[i])} tokens the model sees "
+            f"(max_length {max_length} leaves {room} after the prompt)"
+        )
+
+    remedy = f"raise {length_key}, or set {section}.ties: skip_pairs to train on the other pairs"
+    return _first_copies(keys, example.ranks, ties, same, remedy, f" (raise {length_key})")
+
+
 def load_ranking_examples(
-    spec: DatasetSpec, tokenizer, max_length: int, *, ties: Ties = "error", on_bad_row: OnBadRow = "error"
+    spec: DatasetSpec,
+    tokenizer,
+    max_length: int,
+    *,
+    ties: Ties = "error",
+    on_bad_row: OnBadRow = "error",
+    section: str = "rm",
 ) -> tuple[list[RankingExample], RowReport]:
     """Parse, validate and tokenize every ranking row of `spec`; the report counts dropped and truncated rows,
     and the pairs left out because their responses were identical (in text, or once truncated)."""
 
     def encode(row: Mapping[str, Any]) -> RankingExample:
-        example = encode_ranking(parse_ranking(row, ties), tokenizer, max_length)
-        return drop_identical_after_truncation(example, ties, max_length)
+        example = encode_ranking(parse_ranking(row, ties, section=section), tokenizer, max_length)
+        return drop_identical_after_truncation(example, ties, max_length, section=section)
 
     examples, report = parse_rows(load_rows(spec), encode, spec.display(), on_bad_row)
     report.truncated = sum(e.truncated for e in examples)
@@ -242,12 +262,15 @@ def load_ranking_splits(
     on_bad_row: OnBadRow,
     eval_fraction: float,
     seed: int,
+    section: str = "rm",
 ) -> tuple[list[RankingExample], list[RankingExample], RowReport]:
     """(train, held-out, the training file's report) as the RM and DPO stages read a rankings file: `eval_data`
     when given, else `eval_fraction` of `data` held out by `seed`; each file's report is logged."""
 
     def load(spec: DatasetSpec) -> tuple[list[RankingExample], RowReport]:
-        examples, report = load_ranking_examples(spec, tokenizer, max_length, ties=ties, on_bad_row=on_bad_row)
+        examples, report = load_ranking_examples(
+            spec, tokenizer, max_length, ties=ties, on_bad_row=on_bad_row, section=section
+        )
         report.log()
         return examples, report
 

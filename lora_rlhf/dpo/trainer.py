@@ -138,6 +138,7 @@ def _load_rankings(stack: RoleStack, config: DPOConfig) -> tuple[list[DPOExample
         on_bad_row=config.on_bad_row,
         eval_fraction=config.eval_fraction,
         seed=config.train.seed,
+        section="dpo",  # its own max_length and ties, named in a bad row's remedy
     )
     return [DPOExample(e) for e in train], [DPOExample(e) for e in held], report
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 
 from lora_rlhf.data.prompts import prompt_text
-from lora_rlhf.data.rankings import Ranking, RankingExample, encode_ranking, parse_ranking
+from lora_rlhf.data.rankings import Ranking, RankingExample, encode_ranking, kept_once_cut, parse_ranking
 from lora_rlhf.data.rows import RowReport, parse_rows
 from lora_rlhf.data.sources import load_rows
 from lora_rlhf.eval import stats
@@ -62,10 +62,22 @@ def load_eval_rankings(config: EvalConfig, tokenizer) -> tuple[list[tuple[Rankin
 
     def parse(row):
         ranking = parse_ranking(row, "skip_pairs")
-        return ranking, encode_ranking(ranking, tokenizer, config.rankings_max_length)
+        example = encode_ranking(ranking, tokenizer, config.rankings_max_length)
+        # Responses identical in the tokens the RM sees score the same: their pair would count 0.5 whatever
+        # the RM learnt, so it is left out as in training (issue 29); a row with nothing else is skipped.
+        keep, pairs = kept_once_cut(
+            example, "skip_pairs", config.rankings_max_length, length_key="eval.rankings_max_length"
+        )
+        if len(keep) == len(ranking.responses):
+            return ranking, example
+        responses, ranks = [ranking.responses[i] for i in keep], [ranking.ranks[i] for i in keep]
+        ids = [example.response_ids[i] for i in keep]
+        kept = Ranking(ranking.prompt, responses, ranks, ranking.no_signal_pairs + pairs)
+        return kept, dataclasses.replace(example, response_ids=ids, ranks=ranks, no_signal_pairs=kept.no_signal_pairs)
 
     rows, report = parse_rows(load_rows(spec), parse, spec.display(), "skip")
     report.truncated = sum(example.truncated for _, example in rows)
+    report.no_signal_pairs = sum(example.no_signal_pairs for _, example in rows)
     report.log()
     return rows, report
 

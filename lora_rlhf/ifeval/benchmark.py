@@ -18,6 +18,7 @@ from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.ifeval.checkers import Verdicts, check
+from lora_rlhf.validation import check_unicode
 
 DATA = Path(__file__).resolve().parent / "data" / "input_data.jsonl"
 # The published file's digest (shared/data/ifeval/README.md); a changed copy would change every figure.
@@ -41,12 +42,26 @@ def load_prompts(path: str | Path | None = None) -> list[IFEvalPrompt]:
     if not path.is_file():
         raise LoraRlhfError(f"IFEval prompts {str(path)!r} do not exist")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            rows.append(_row(json.loads(line) if line.lstrip().startswith("{") else None, path, number))
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if raw.strip():
+            rows.append(_row(_parse(raw, path, number), path, number))
     if not rows:
         raise LoraRlhfError(f"IFEval prompts {path}: no rows")
     return rows
+
+
+def _parse(raw: bytes, path: Path, number: int) -> Any:
+    """One line as JSON; what would be a traceback (not UTF-8, not JSON, nested past the recursion limit) is a
+    one-line error naming the line (issue 29): eval.ifeval.path may name any file."""
+    where = f"IFEval prompts {path}, line {number}"
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LoraRlhfError(f"{where}: byte {exc.start} is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise LoraRlhfError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+    except RecursionError:
+        raise LoraRlhfError(f"{where}: nests arrays or objects too deeply to read as a row") from None
 
 
 def _row(row: Any, path: Path, number: int) -> IFEvalPrompt:
@@ -56,6 +71,7 @@ def _row(row: Any, path: Path, number: int) -> IFEvalPrompt:
     for key, kind in (("key", int), ("prompt", str), ("instruction_id_list", list), ("kwargs", list)):
         if not isinstance(row.get(key), kind):
             raise LoraRlhfError(f"{where}: {key!r} must be a {kind.__name__}")
+    check_unicode(row["prompt"], f"{where}: 'prompt'")  # the tokenizer cannot encode a lone surrogate
     ids, kwargs = row["instruction_id_list"], row["kwargs"]
     if len(ids) != len(kwargs) or not ids:
         raise LoraRlhfError(f"{where}: {len(ids)} instruction ids but {len(kwargs)} kwargs")

@@ -69,6 +69,17 @@ def untrusted_model_section(model: Mapping[str, Any], trust_remote_code: bool, s
     return section
 
 
+def warn_run_remote_code(run_dir: str | Path, trust_remote_code: bool) -> None:
+    """Warn where a run's recipe.yaml asks for remote code, for the commands that read only its base's name
+    (merge --run, export-reward RUN): only their --trust-remote-code turns it on (issue 29)."""
+    import yaml
+
+    path = RunLayout(run_dir).recipe_path
+    if path.is_file():
+        recipe = yaml.safe_load(path.read_text()) or {}
+        untrusted_model_section(recipe.get("model") or {}, trust_remote_code, path)
+
+
 def run_base_name(run_dir: str | Path) -> str | None:
     """The model name a run's recipe names (e.g. "demo:smollm2"), before resolution to a folder."""
     import yaml

@@ -61,13 +61,18 @@ def load_head(folder: Path, hidden_size: int, device: torch.device) -> ScalarHea
         return None
     metadata = _head_metadata(path)
     kind = metadata.get("kind", "reward")
-    saved_size = int(metadata.get("hidden_size", hidden_size))
+    saved_size = metadata.get("hidden_size", str(hidden_size))
+    if kind not in ("reward", "value") or not saved_size.isdigit():  # safetensors metadata is any str -> str
+        raise LoraRlhfError(
+            f"{path}: its metadata (kind {kind!r}, hidden_size {saved_size!r}) is not a reward or value head's"
+        )
+    saved_size = int(saved_size)
     if saved_size != hidden_size:
         raise LoraRlhfError(
             f"{path} was made for another base: its head reads hidden size {saved_size}, this base has {hidden_size}"
         )
     head = ScalarHead(hidden_size, kind)
-    tensors = load_file(str(path))
+    tensors = load_file(str(path))  # readable: _head_metadata opened it
     _check_head_tensors(path, tensors, head)
     head.linear.load_state_dict(tensors)
     return head.to(device)
@@ -95,8 +100,11 @@ def saved_head_kind(folder: Path) -> str | None:
 
 
 def _head_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError) as exc:  # empty or truncated: a torn download or copy (issue 29)
+        raise LoraRlhfError(f"{path} is not a readable safetensors file: {exc}") from None
 
 
 def check_adapter_folder(folder: str | Path, base_model: nn.Module, base_name: str | None = None) -> Path:
@@ -113,10 +121,7 @@ def check_adapter_folder(folder: str | Path, base_model: nn.Module, base_name: s
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (folder / name).is_file():
             raise LoraRlhfError(f"{folder} is not a PEFT adapter folder: {name} is missing")
-    try:
-        config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    except json.JSONDecodeError as exc:
-        raise LoraRlhfError(f"{folder / ADAPTER_CONFIG} is not valid JSON: {exc}") from exc
+    config = _read_config(folder / ADAPTER_CONFIG)
     try:
         with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
@@ -124,7 +129,7 @@ def check_adapter_folder(folder: str | Path, base_model: nn.Module, base_name: s
         raise LoraRlhfError(f"{folder / ADAPTER_WEIGHTS} is not a readable safetensors file: {exc}") from None
     for key, shape in shapes.items():
         _check_tensor_fits(folder, key, shape, base_model)
-    named = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    named = config.get("base_model_name_or_path")
     if isinstance(named, str) and base_name and not same_base(named, base_name):
         logger.warning(
             "adapter %s was trained on %s, not on this base (%s): its shapes fit, but its weights were learned "
@@ -134,6 +139,28 @@ def check_adapter_folder(folder: str | Path, base_model: nn.Module, base_name: s
             base_name,
         )
     return folder
+
+
+def _read_config(path: Path) -> dict:
+    """adapter_config.json as a dict, with a one-line error for what PEFT would fail on deep inside (issue 29):
+    a file that is not UTF-8 or nests past the recursion limit, a peft_type PEFT has no class for (KeyError),
+    a rank that is not a number (TypeError in the LoRA layer)."""
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LoraRlhfError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise LoraRlhfError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise LoraRlhfError(f"{path} nests arrays or objects too deeply to be an adapter config") from None
+    if not isinstance(config, dict):
+        raise LoraRlhfError(f"{path} holds a JSON {type(config).__name__}, not an object of fields")
+    if config.get("peft_type") != "LORA":
+        raise LoraRlhfError(f"{path}: peft_type {config.get('peft_type')!r} is not 'LORA', the only kind attached here")
+    rank = config.get("r")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise LoraRlhfError(f"{path}: r {rank!r} must be a positive integer (the LoRA rank)")
+    return config
 
 
 def same_base(a: str, b: str) -> bool:

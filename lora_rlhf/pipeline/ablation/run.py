@@ -24,6 +24,7 @@ from lora_rlhf.config.recipe import RecipeConfig
 from lora_rlhf.data.sources import is_local
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.eval.result import EvalResult, read_eval_result
+from lora_rlhf.inference.loading import untrusted_model_section
 from lora_rlhf.io import atomic_file, write_json
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline.ablation.measure import measured
@@ -54,6 +55,7 @@ class AblationOptions:
     output_dir: str | None = None  # default RUN_DIR/ablation
     resume: bool = False
     overrides: Sequence[str] = ()
+    trust_remote_code: bool = False  # the command line's flag: RUN_DIR's recipe.yaml cannot turn it on (issue 29)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -67,6 +69,10 @@ def run_ablation(options: AblationOptions) -> str:
     """Train and evaluate every method on one stack; write and return the table."""
     source = RunDir(options.run_dir)
     saved = check_run(source)
+    # RUN_DIR travels like data: its recipe asking for remote code is warned about and ignored (issue 29), and a
+    # method's recipe.yaml never records the flag, as `prepare` does for the stages.
+    model = untrusted_model_section(saved.get("model") or {}, options.trust_remote_code, source.recipe_path)
+    saved = {**saved, "model": {**model, "trust_remote_code": False}}
     needs_ptx = any(METHODS[m].stage == "ppo" for m in options.methods)
     ptx_path = resolve_ptx_path(options.ptx_path, source, saved) if needs_ptx else ""
     overrides = user_overrides(options.overrides)
@@ -88,6 +94,8 @@ def run_ablation(options: AblationOptions) -> str:
     for name, run in runs.items():  # before the base loads: a contradicting earlier ablation fails fast
         run.claim(recipes[name].to_dict())
         reuse_finished_stages(source, run)
+    for recipe in recipes.values():
+        recipe.model.trust_remote_code = options.trust_remote_code
     stack = load_stack(recipes[options.methods[0]])  # the base, once: every method and every eval share it
     for role in REUSED:
         stack.load_role(role, source.adapter(role))
