@@ -70,6 +70,23 @@ def test_one_table_with_the_seven_rows(ablated):
     assert "Equal budget" in table and "optimizer steps" in table
 
 
+def test_every_two_methods_and_best_of_n_are_compared_on_the_same_prompts(ablated):
+    summary = _summary(ablated)
+    pairs = summary["pairs"]
+    assert {r["method"] for r in pairs["ranking"]} == {*METHODS, "best_of_n"} and pairs["without_gold"] == []
+    golds = [r["gold"] for r in pairs["ranking"]]
+    assert golds == sorted(golds, reverse=True)
+    assert len(pairs["pairs"]) == 6 * 5 // 2 and pairs["bootstrap_samples"] == 20
+    rows = {row["method"]: row for row in summary["rows"]}
+    for pair in pairs["pairs"]:  # the same per-prompt gold as the table's: the differences follow from its means
+        if "best_of_n" not in (pair["a"], pair["b"]):
+            assert pair["diff"] == pytest.approx(rows[pair["a"]]["gold"] - rows[pair["b"]]["gold"], abs=1e-9)
+        assert pair["ci"][0] <= pair["diff"] + 1e-9 and pair["diff"] - 1e-9 <= pair["ci"][1]
+    table = (ablated / "ablation" / "ablation.md").read_text()
+    assert "## Which to pick: gold differences between the methods [paired 95% CI]" in table
+    assert f"- {rows[pairs['pairs'][0]['a']]['model']} − {rows[pairs['pairs'][0]['b']]['model']}: " in table
+
+
 def test_every_method_has_its_adapter_and_its_budget(ablated):
     summary = _summary(ablated)
     rows = {row["method"]: row for row in summary["rows"]}
@@ -126,6 +143,16 @@ def test_a_rerun_reuses_the_trained_methods(ablated, capsys):
     rows = _summary(ablated)["rows"]
     assert [row["model"] for row in rows] == ROWS  # the earlier methods' rows stay in the table
     assert rows[-1]["method"] == "dpo_pl" and rows[-1]["cost"]["wall_s"] > 0  # the cost read back
+    # the earlier methods' per-prompt gold is read back from their runs: every pair is still there
+    assert {r["method"] for r in _summary(ablated)["pairs"]["ranking"]} >= set(METHODS)
+
+
+def test_methods_evaluated_on_other_prompts_are_refused(ablated, capsys):
+    argv = ["ablate", "--methods", "dpo_pl", "--steps", "1", str(ablated), "eval.bootstrap_samples=20"]
+    assert cli(argv + ["eval.max_prompts=3"]) == 2  # dpo_pl evaluated again on 3 prompts, the others were on 4
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the base's loading bars: the one-line error
+    assert "different prompts" in err and "Traceback" not in err
+    assert str(ablated / "ablation" / "ppo") in err and str(ablated / "ablation" / "dpo_pl") in err
 
 
 def test_a_run_without_a_reward_adapter_is_a_one_line_error(sft_rm_run, tmp_path, capsys):

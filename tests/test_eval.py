@@ -16,6 +16,7 @@ from lora_rlhf.eval import EvalConfig, evaluate, pairwise_win_rates, win_rate
 from lora_rlhf.eval.kl import sequence_kl
 from lora_rlhf.eval.result import read_eval_result
 from lora_rlhf.eval.rm_accuracy import load_eval_rankings
+from lora_rlhf.eval.samples import read_eval_samples
 
 
 def test_win_rate_counts_ties_as_half():
@@ -151,6 +152,14 @@ def test_evaluate_writes_intervals_rm_accuracy_best_of_n_and_lm_loss(tiny_llama,
     assert saved["best_of_n"]["prompts"] == 2
     assert saved["best_of_n"]["gold_sft"] == pytest.approx(
         sum(lengths(None, [r["sft"] for r in _samples(tmp_path)[:2]])) / 2
+    )
+    # eval_samples.jsonl keeps every model's gold per prompt (and the picks' on best-of-N's 2 prompts): the
+    # figures of eval.json follow from it
+    samples = read_eval_samples(tmp_path / "eval_samples.jsonl")
+    assert samples.gold["sft"] == lengths(None, [r["sft"] for r in _samples(tmp_path)])
+    assert {name: sum(g) / 3 for name, g in samples.gold.items()} == pytest.approx(results.gold)
+    assert len(samples.best_of_n_gold) == 2 and sum(samples.best_of_n_gold) / 2 == pytest.approx(
+        saved["best_of_n"]["gold"]
     )
     assert set(saved["lm_loss"]) == {"base", "sft", "ppo"} and saved["lm_loss"]["sft"] == saved["lm_loss"]["base"]
     for key in (

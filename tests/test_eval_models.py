@@ -127,7 +127,8 @@ def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch
 
     config = EvalConfig(best_of_n=3, max_new_tokens=3, batch_size=2, bootstrap_samples=100)
     prompts = ["hello", "sort the numbers"]
-    got = best_of_n(stack, prompts, prompts, config, gold_fn=gold, sft_gold=[0.0, 0.0])
+    got, picked_gold = best_of_n(stack, prompts, prompts, config, gold_fn=gold, sft_gold=[0.0, 0.0])
+    assert picked_gold == [1.0, 3.0]  # each prompt's pick, kept for eval_samples.jsonl
     assert got.n == 3 and got.reward == pytest.approx((5.0 + 2.0) / 2)
     assert got.gold == pytest.approx((1 + 3) / 2)  # picks: sample 1 of prompt 0, sample 0 of prompt 1
     assert got.gold_random_sample == pytest.approx(2.5)  # mean of 0..5

@@ -63,8 +63,9 @@ def best_of_n(
     sft_gold: Sequence[float] | None = None,
     candidates: Responses | None = None,
     candidate_scores: Sequence[float] | None = None,
-) -> BestOfN:
-    """Best-of-N on `prompts`, with its gold intervals paired against `sft_gold` (sft's own per-prompt gold).
+) -> tuple[BestOfN, list[float] | None]:
+    """Best-of-N on `prompts`, with its gold intervals paired against `sft_gold` (sft's own per-prompt gold), and
+    (P,) the gold of each prompt's pick (None without `gold_fn`), which eval_samples.jsonl keeps.
 
     The gold fields only with `gold_fn`: `gold_ci` is the interval of the picks' mean gold, `gold_random_sample`
     the mean gold of all N*P samples; `gold_minus_sample_ci` pairs each pick with its prompt's mean sample,
@@ -84,16 +85,17 @@ def best_of_n(
     scores = np.asarray(candidate_scores, dtype=np.float64).reshape(len(prompts), n)
     picks = select_best(scores)
     result = BestOfN(n, config.best_of_n_temperature, float(scores[np.arange(len(prompts)), picks].mean()))
-    if gold_fn is not None:
-        raw = [prompt_text(p) for p in prompts for _ in range(n)]
-        gold = np.asarray([float(g) for g in gold_fn(raw, candidates.texts)]).reshape(len(prompts), n)
-        picked_gold = gold[np.arange(len(prompts)), picks]
-        result.gold = mean(picked_gold.tolist())
-        result.gold_ci = stats.bootstrap_ci(picked_gold, **bootstrap_kwargs(config))
-        result.gold_random_sample = float(gold.mean())  # what one random sample scores, on average
-        # The RM's pick against the average of the same prompt's N samples: > 0 means the RM ranks by something
-        # the gold judge rewards, i.e. there is a gradient for PPO to follow.
-        result.gold_minus_sample_ci = stats.paired_diff_ci(picked_gold, gold.mean(axis=1), **bootstrap_kwargs(config))
-        if sft_gold is not None:
-            result.gold_minus_sft_ci = stats.paired_diff_ci(picked_gold, sft_gold, **bootstrap_kwargs(config))
-    return result
+    if gold_fn is None:
+        return result, None
+    raw = [prompt_text(p) for p in prompts for _ in range(n)]
+    gold = np.asarray([float(g) for g in gold_fn(raw, candidates.texts)]).reshape(len(prompts), n)
+    picked_gold = gold[np.arange(len(prompts)), picks]
+    result.gold = mean(picked_gold.tolist())
+    result.gold_ci = stats.bootstrap_ci(picked_gold, **bootstrap_kwargs(config))
+    result.gold_random_sample = float(gold.mean())  # what one random sample scores, on average
+    # The RM's pick against the average of the same prompt's N samples: > 0 means the RM ranks by something
+    # the gold judge rewards, i.e. there is a gradient for PPO to follow.
+    result.gold_minus_sample_ci = stats.paired_diff_ci(picked_gold, gold.mean(axis=1), **bootstrap_kwargs(config))
+    if sft_gold is not None:
+        result.gold_minus_sft_ci = stats.paired_diff_ci(picked_gold, sft_gold, **bootstrap_kwargs(config))
+    return result, picked_gold.tolist()

@@ -3,7 +3,6 @@ plots/."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from lora_rlhf.eval.lm_loss import lm_losses
 from lora_rlhf.eval.report import write_report
 from lora_rlhf.eval.responses import Responses
 from lora_rlhf.eval.result import (
+    BestOfN,
     EvalResult,
     IFEvalSection,
     PairAccuracy,
@@ -33,8 +33,8 @@ from lora_rlhf.eval.result import (
     write_eval_result,
 )
 from lora_rlhf.eval.rm_accuracy import rm_accuracy
+from lora_rlhf.eval.samples import read_eval_samples, write_eval_samples
 from lora_rlhf.eval.scoring import GoldFn, compare_models, reward_scores
-from lora_rlhf.io import atomic_file
 from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
@@ -113,33 +113,59 @@ def _evaluate(
         kl_to_sft=kls or None,
         ifeval=benchmark,
     )
+    picked_gold = None
     if config.best_of_n and stack.has_role("reward") and stack.has_role("sft"):
-        m = config.best_of_n_prompts or len(prompts)
-        sft_gold = prompt_gold["sft"][:m] if prompt_gold is not None else None
-        rows = _reusable_rows(config, min(m, len(prompts)))
-        candidates = responses["sft"].rows(rows) if rows is not None else None
-        results.best_of_n = best_of_n(
-            stack,
-            prompts[:m],
-            rendered[:m],
-            config,
-            gold_fn=gold_fn,
-            sft_gold=sft_gold,
-            candidates=candidates,
-            candidate_scores=[row_rewards["sft"][r] for r in rows] if rows is not None else None,
+        results.best_of_n, picked_gold = _best_of_n(
+            stack, prompts, rendered, config, responses["sft"], row_rewards["sft"], prompt_gold, gold_fn
         )
-        results.best_of_n.prompts = len(prompts[:m])
-        results.best_of_n.candidates_from_eval_samples = candidates is not None
-        if sft_gold is not None:  # sft's own gold on the same prompts (greedy, or its samples' mean): the baseline
-            results.best_of_n.gold_sft = mean(sft_gold)
     if config.lm_text.path:
         results.lm_loss = lm_losses(stack, models, config.lm_text, config.lm_max_length, config.batch_size)
     write_eval_result(RunLayout(run_dir).eval_path, results)
-    _write_samples(RunLayout(run_dir).eval_samples, prompts, responses, n)
+    write_eval_samples(
+        RunLayout(run_dir).eval_samples,
+        prompts,
+        {name: r.texts for name, r in responses.items()},
+        n,
+        gold=prompt_gold,
+        best_of_n_gold=picked_gold,
+    )
     # The report shows each prompt's first sample side by side.
     write_report(run_dir, results, prompts, {k: v.texts[::n] for k, v in responses.items()}, config.examples)
     logger.info("eval: %s", _summary_line(results))
     return results
+
+
+def _best_of_n(
+    stack: RoleStack,
+    prompts: list[Prompt],
+    rendered: list[str],
+    config: EvalConfig,
+    sft: Responses,
+    sft_rewards: list[float],
+    prompt_gold: dict[str, list[float]] | None,
+    gold_fn: GoldFn | None,
+) -> tuple[BestOfN, list[float] | None]:
+    """Best-of-N on the first eval.best_of_n_prompts prompts, from sft's eval samples where they were drawn the
+    way best-of-N draws (`_reusable_rows`); and its picks' gold per prompt."""
+    m = config.best_of_n_prompts or len(prompts)
+    sft_gold = prompt_gold["sft"][:m] if prompt_gold is not None else None
+    rows = _reusable_rows(config, min(m, len(prompts)))
+    candidates = sft.rows(rows) if rows is not None else None
+    result, picked_gold = best_of_n(
+        stack,
+        prompts[:m],
+        rendered[:m],
+        config,
+        gold_fn=gold_fn,
+        sft_gold=sft_gold,
+        candidates=candidates,
+        candidate_scores=[sft_rewards[r] for r in rows] if rows is not None else None,
+    )
+    result.prompts = len(prompts[:m])
+    result.candidates_from_eval_samples = candidates is not None
+    if sft_gold is not None:  # sft's own gold on the same prompts (greedy, or its samples' mean): the baseline
+        result.gold_sft = mean(sft_gold)
+    return result, picked_gold
 
 
 def evaluate_benchmarks(stack: RoleStack, config: EvalConfig, run_dir: str | Path) -> EvalResult | None:
@@ -159,7 +185,7 @@ def evaluate_benchmarks(stack: RoleStack, config: EvalConfig, run_dir: str | Pat
     results = read_eval_result(path) if path.is_file() else EvalResult()
     results.ifeval = section
     write_eval_result(path, results)
-    prompts, texts = _saved_examples(RunLayout(run_dir).eval_samples, results.samples_per_prompt or 1)
+    prompts, texts = _saved_examples(RunLayout(run_dir).eval_samples)
     write_report(run_dir, results, prompts, texts, config.examples if prompts else 0)
     logger.info("eval: %s", _summary_line(results))
     return results
@@ -179,14 +205,12 @@ def _ifeval(stack: RoleStack, models: dict[str, str], config: EvalConfig, run_di
     )
 
 
-def _saved_examples(path: Path, n: int) -> tuple[list, dict[str, list[str]]]:
+def _saved_examples(path: Path) -> tuple[list[Prompt], dict[str, list[str]]]:
     """eval_samples.jsonl's prompts and each model's first answer, for a report re-written without regenerating."""
     if not path.is_file():
         return [], {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    names = [key for key in (rows[0] if rows else {}) if key != "prompt"]
-    texts = {name: [row[name] if n == 1 else row[name][0] for row in rows] for name in names}
-    return [row["prompt"] for row in rows], texts
+    samples = read_eval_samples(path)
+    return samples.prompts, {name: [a[0] for a in answers] for name, answers in samples.answers.items()}
 
 
 def per_prompt_means(values: Sequence[float], n: int) -> list[float]:
@@ -262,15 +286,6 @@ def _policy_kl(stack: RoleStack, responses: Responses, role: str, batch_size: in
         mask = torch.cat([prompt_mask, response_mask], dim=1).to(stack.device)
         kls += response_kl(stack, role, "reference", ids, mask, prompt_ids.shape[1]).cpu().tolist()
     return mean(kls)
-
-
-def _write_samples(path: Path, prompts, responses: dict[str, Responses], n: int) -> None:
-    """One row per prompt: each model's answer, or its list of n samples."""
-    with atomic_file(path) as handle:
-        for i, prompt in enumerate(prompts):
-            texts = {name: r.texts[i * n : (i + 1) * n] for name, r in responses.items()}
-            row = {"prompt": prompt, **{name: t[0] if n == 1 else t for name, t in texts.items()}}
-            handle.write(json.dumps(row) + "\n")
 
 
 def _summary_line(results: EvalResult) -> str:

@@ -4,8 +4,10 @@ and evaluate all on the same held-out prompts (issues 26 and 27).
 Each method trains into its own run directory, RUN_DIR/ablation/<method>/, that reuses RUN_DIR's sft and reward
 adapters, its data (the rankings included) and the finished stages' metrics; the project's own eval
 (lora_rlhf.eval.run.evaluate) measures it against sft, and the first method's eval also draws best-of-N from
-sft + reward (Gao et al. 2022). Running it again continues: a method whose adapter is finished is evaluated
-again, not retrained (its training cost is read back from ablation_cost.json).
+sft + reward (Gao et al. 2022). After each method, ablation.json and ablation.md hold the table and every two
+methods' paired gold difference (pairs.py, from the per-prompt gold each eval keeps). Running it again
+continues: a method whose adapter is finished is evaluated again, not retrained (its training cost is read back
+from ablation_cost.json).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lora_rlhf.inference.loading import untrusted_model_section
 from lora_rlhf.io import atomic_file, write_json
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.pipeline.ablation.measure import measured
+from lora_rlhf.pipeline.ablation.pairs import method_pairs
 from lora_rlhf.pipeline.ablation.table import best_of_n_row, method_row, render_table, sft_row
 from lora_rlhf.pipeline.ablation.variants import DEFAULT_METHODS, METHODS, method_recipe, planned_budget
 from lora_rlhf.pipeline.run_dir import RunDir
@@ -116,6 +119,9 @@ def write_outputs(
     recipes: Mapping[str, RecipeConfig],
 ) -> str:
     summary = keep_earlier_methods(ablation_summary(evals, costs, recipes, out), out / "ablation.json")
+    first = next(iter(recipes))  # the method whose eval drew best-of-N
+    dirs = {name: Path(summary["methods"][name]["dir"]) for name in METHODS if name in summary["methods"]}
+    summary["pairs"] = method_pairs(dirs, recipes[first].eval, best_of_n_from=first)
     table = render_table(summary)
     write_json(out / "ablation.json", summary)
     with atomic_file(out / "ablation.md") as handle:

@@ -1,4 +1,5 @@
-"""ablation.json's rows from each method's eval.json, and ablation.md (the table and the notes to trust it)."""
+"""ablation.json's rows from each method's eval.json, and ablation.md (the table, the notes to trust it and the
+method-versus-method differences)."""
 
 from __future__ import annotations
 
@@ -145,7 +146,40 @@ def render_table(summary: Mapping[str, Any]) -> str:
             *_cost_cells(row),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + [""] + _notes(summary)) + "\n"
+    return "\n".join(lines + [""] + _notes(summary) + [""] + pair_lines(summary)).rstrip("\n") + "\n"
+
+
+def pair_lines(summary: Mapping[str, Any]) -> list[str]:
+    """ablation.md's method-versus-method list: best first, each method's lead over every one ranked below it,
+    and one sentence naming the differences whose interval excludes 0."""
+    pairs = summary.get("pairs")
+    if not pairs:  # an ablation.json from before issue 27
+        return []
+    level = f"{pairs['confidence']:.0%}"
+    label = {row["method"]: row["model"] for row in summary["rows"]}
+    lines = [f"## Which to pick: gold differences between the methods [paired {level} CI]", ""]
+    if pairs["ranking"]:
+        ranked = ", ".join(f"{label.get(r['method'], r['method'])} {r['gold']:.3f}" for r in pairs["ranking"])
+        lines += [f"Ranked by gold: {ranked}.", ""]
+    for pair in pairs["pairs"]:
+        scope = "" if pair["prompts"] == summary["prompts"] else f" (first {pair['prompts']} prompts)"
+        lo, hi = pair["ci"]
+        lines.append(f"- {label[pair['a']]} − {label[pair['b']]}: {pair['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]{scope}")
+    lines += ([""] if pairs["pairs"] else []) + [_pairs_verdict(pairs, label)]
+    if pairs["pairs"] and pairs["without_gold"]:  # methods evaluated before eval kept gold per prompt
+        missing = ",".join(pairs["without_gold"])
+        lines.append(f"Not compared (no gold per prompt in eval_samples.jsonl): `--methods {missing}` evaluates again.")
+    return lines + [""]
+
+
+def _pairs_verdict(pairs: Mapping[str, Any], label: Mapping[str, str]) -> str:
+    """One sentence: which differences exclude 0."""
+    if not pairs["pairs"]:
+        return "No method-versus-method intervals: no gold score per prompt (a gold judge is needed)."
+    real = [f"{label[p['a']]} − {label[p['b']]}" for p in pairs["pairs"] if p["excludes_zero"]]
+    if not real:
+        return "No difference between two of them excludes 0: on these prompts they cannot be told apart."
+    return f"Differences whose interval excludes 0: {'; '.join(real)}; the others cannot be told from noise."
 
 
 def _notes(summary: Mapping[str, Any]) -> list[str]:
@@ -155,7 +189,7 @@ def _notes(summary: Mapping[str, Any]) -> list[str]:
     methods = summary["methods"]
     notes = [
         f"- {summary['prompts']} held-out prompts, the same for every row; win rates judged by {judge}; intervals "
-        "are bootstrap over prompts, paired where a model is compared with sft.",
+        "are bootstrap over prompts, paired where two models are compared (with sft above, with each other below).",
         "- Every method starts from the run's sft adapter and learns from the same labels, the rankings "
         f"{summary['rankings']} that trained the run's reward model: the PPO family through that RM, DPO directly.",
         "- Equal budget: the same number of policy optimizer steps for every trained method (PPO: iterations × "
