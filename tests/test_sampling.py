@@ -12,7 +12,8 @@ from lora_rlhf.models.decoding import sample
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampling import draw, draw_rows, warped
-from lora_rlhf.testing.architectures import tiny_causal_lm
+
+from tiny_architectures import tiny_causal_lm
 
 PROMPTS = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [19, 20], [19, 20], [21, 22, 23]]
 
