@@ -172,6 +172,7 @@ def run_stages(stack: RoleStack, recipe: RecipeConfig, predicted: dict[str, int]
     from lora_rlhf.rm.trainer import ranking_collator, rm_step
     from lora_rlhf.sft.loss import sft_loss
     from lora_rlhf.train.loop import make_accelerator
+    from lora_rlhf.train.optim import clip_and_step
 
     rows: list[Row] = []
     rss = RssSampler()
@@ -233,7 +234,7 @@ def run_stages(stack: RoleStack, recipe: RecipeConfig, predicted: dict[str, int]
             optimize._policy_backward(stack, part, opt, ppo, None, 1, ppo.rewards.kl_coef)
             optimize._value_backward(stack, part, opt, ppo, 1)
             for role, optimizer in opt.roles().items():
-                optimize._step(stack.role_parameters(role), optimizer, opt.accelerator, ppo.optim.max_grad_norm)
+                clip_and_step(stack.role_parameters(role), optimizer, opt.accelerator, ppo.optim.max_grad_norm)
     del opt, optimizers, rollout, part, sampled, scored
 
     stack.remove_role("value")
