@@ -55,8 +55,16 @@ def _predict(shape, op: str, rows: int, tokens: int, quant: str, dropout: bool, 
     static = estimate.base_weight_bytes(shape, quant, dtype) + estimate.adapter_bytes(shape, R, 1, 0)
     if op.startswith("train"):
         static += shape.lora_params(R) * 4  # gradients (no optimizer step here)
+        # measured without autocast, on CUDA too: PEFT's LoRA dropout copies are its fp32 cast of the input
         act = estimate.activation_bytes(
-            shape, rows, tokens, held, grad=True, checkpointing=op == "train-gc", lora_dropout=dropout
+            shape,
+            rows,
+            tokens,
+            held,
+            grad=True,
+            checkpointing=op == "train-gc",
+            lora_dropout=dropout,
+            dropout_dtype=estimate.lora_input_dtype("cpu", held),
         )
         return static + act + estimate.logit_bytes(shape, rows, min(tokens, 256), grad=True)
     if op == "score":

@@ -1,7 +1,13 @@
 """The random NF4 builder of issue 30 (lora_rlhf/testing/random_quantized.py) on a tiny config: what it builds,
-that a RoleStack trains on it, and that its construction never holds the unquantized linears."""
+that a RoleStack trains on it, and that its construction never holds the unquantized linears; a bf16 LM head fed
+a slice of the hidden states is not copied once per row (models/base.py `keep_head_input_contiguous`); and
+scripts/real_shapes.py's phases against the plan on a tiny model with a large vocabulary, in bf16 and fp32."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import bitsandbytes as bnb
 import pytest
@@ -15,19 +21,13 @@ from lora_rlhf.plan.measure import allocated_peak, resident_bytes
 from lora_rlhf.plan.shapes import shape_of
 from lora_rlhf.testing.random_quantized import random_nf4_model
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def _config(arch: str = "llama"):
+
+def _config(arch: str = "llama", **sizes):
     extra = {"num_key_value_heads": 2} if arch in ("llama", "qwen2") else {}
-    return AutoConfig.for_model(
-        arch,
-        vocab_size=512,
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        tie_word_embeddings=False,
-        **extra,
-    )
+    shape = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 3, **sizes}
+    return AutoConfig.for_model(arch, num_attention_heads=4, tie_word_embeddings=False, **shape, **extra)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -102,3 +102,89 @@ def test_a_kbit_base_stays_bf16_and_an_fp16_one_is_held_in_fp32_as_the_plan_coun
     nf4 = int(shape.linear_params * estimate.QUANT_BYTES["nf4"])
     assert estimate.base_weight_bytes(shape, "nf4", name) == nf4 + shape.other_params * held.itemsize
     assert estimate.base_weight_bytes(shape, "none", "bfloat16") == shape.params * 2
+
+
+def _bf16_stack(vocab: int = 8192) -> RoleStack:
+    model = random_nf4_model(_config(vocab_size=vocab, num_hidden_layers=2), compute_dtype=torch.bfloat16)
+    return RoleStack(prepare_for_training(model, quantized=True, gradient_checkpointing=False))
+
+
+def test_a_bf16_head_fed_a_slice_of_the_hidden_states_is_not_copied_once_per_row():
+    """torch.matmul cannot fold a (B, T, H) slice into one matrix, broadcasts the (V, H) weight over B and the CPU's
+    bf16 bmm makes that contiguous: B copies of the head (0.98 GiB each at Llama-3.1-8B). Where transformers slices
+    (generate's prefill: the last position) and where the stack does (log-probs of the responses)."""
+    stack = _bf16_stack()
+    head = stack.lm_head
+    weight = head.weight.numel() * head.weight.element_size()  # 2 MiB
+    rows, hidden = 4, torch.randn(4, 12, 128, dtype=torch.bfloat16)
+    for view in (hidden[:, -1:], hidden[:, 3:-1]):
+        assert not view.is_contiguous()
+        with torch.no_grad(), allocated_peak() as peak:
+            logits = head(view)
+        assert peak.bytes < weight / 2, (peak.bytes, rows * weight)  # it was rows * weight
+        # the same logits as the broadcast product it replaces
+        torch.testing.assert_close(logits, torch.matmul(view, head.weight.t()))
+    states = hidden.clone().requires_grad_(True)
+    with allocated_peak() as peak:
+        head(states[:, 9:-1]).float().logsumexp(-1).sum().backward()  # 8 positions' logits: < weight / 2
+    assert peak.bytes < weight, peak.bytes
+    ids = torch.randint(3, 8192, (rows, 12))
+    with torch.no_grad(), allocated_peak() as peak:
+        stack.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)
+    assert peak.bytes < weight, peak.bytes
+
+
+def test_the_head_hook_is_added_once_and_leaves_log_probs_and_lora_gradients_as_they_were():
+    from lora_rlhf.models.base import keep_head_input_contiguous
+
+    stack = _bf16_stack()
+    head = stack.lm_head
+    assert len(head._forward_pre_hooks) == 1  # by prepare_for_training; RoleStack did not add a second
+    assert not keep_head_input_contiguous(stack.base_model)
+    stack.add_role("sft", LoraSettings(r=4, dropout=0.0))
+    stack.set_trainable("sft")
+    ids = torch.randint(3, 8192, (3, 10))
+
+    def logprobs_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with stack.training():
+            out = stack.response_logprobs("sft", ids, torch.ones_like(ids), 4).logprobs
+            out.float().sum().backward()
+        grads = [p.grad.clone() for p in stack.role_parameters("sft") if p.grad is not None]
+        for p in stack.role_parameters("sft"):
+            p.grad = None
+        return out.detach(), grads
+
+    with torch.no_grad():  # LoRA's B starts at 0: give the adapter an effect
+        for p in stack.role_parameters("sft"):
+            p.normal_(0, 0.05)
+    ours, our_grads = logprobs_and_grads()
+    head._forward_pre_hooks.clear()  # the broadcast product of before
+    theirs, their_grads = logprobs_and_grads()
+    torch.testing.assert_close(ours, theirs)
+    assert our_grads and len(our_grads) == len(their_grads)
+    for a, b in zip(our_grads, their_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-5)
+
+
+def _real_shapes_script():
+    spec = importlib.util.spec_from_file_location("real_shapes", ROOT / "scripts" / "real_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["real_shapes"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_every_phase_of_real_shapes_is_predicted_within_25_percent_with_a_large_vocabulary(tmp_path, dtype):
+    """scripts/real_shapes.py end to end on a Llama whose head dominates (V = 32000, H = 64, 2 layers), as the
+    128k-token head does at 8B: every phase's allocator-level peak against the plan. Before the head's input was
+    made contiguous the bf16 phases that project slices (sft, ppo generate / score / train, eval) measured up to
+    2.5x the plan (docs/benchmarks.md, "at the real shapes")."""
+    script = _real_shapes_script()
+    config = _config(vocab_size=32000, hidden_size=64, intermediate_size=192, num_hidden_layers=2)
+    config.save_pretrained(tmp_path)
+    recipe = ROOT / "recipes" / "llama3.1-8b-hh.yaml"
+    _, rows = script.real_shapes(tmp_path / "config.json", recipe, [f"model.compute_dtype={dtype}"])
+    assert [r.phase for r in rows] == ["sft step", "rm step", "ppo generate", "ppo score", "ppo train", "eval"]
+    ratios = {r.phase: round(r.ratio, 3) for r in rows}
+    assert all(0.75 < ratio < 1.25 for ratio in ratios.values()), ratios

@@ -200,6 +200,34 @@ def keep_nf4_differentiable(model: nn.Module) -> int:
     return touched
 
 
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple | None:
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
+def keep_head_input_contiguous(model: nn.Module) -> bool:
+    """Give `model`'s LM head a contiguous input, so a bf16 head is never copied once per row; returns whether
+    a hook was added (once per head).
+
+    The head is fed slices of the hidden states: the last position of each row when `generate` prefills
+    (transformers' `hidden_states[:, -1:]`), the response positions when log-probs are taken
+    (`states[:, p - 1 : -1]`). `nn.Linear` on such a (B, T, H) view cannot fold it into one (B*T, H) matrix, so
+    `torch.matmul` broadcasts the weight to (B, H, V) and calls `bmm`, and the CPU's bf16 `bmm` makes that
+    broadcast contiguous: B copies of the (V, H) weight, forward and backward (measured with torch 2.13's CPU
+    kernels; fp32 and fp16 use the broadcast in place; CUDA unmeasured). At Llama-3.1-8B's 128256 x 4096 head that
+    is 0.98 GiB a row: 2-3.5 GiB over the plan in the sft step and PPO's generate and score (docs/benchmarks.md,
+    "at the real shapes"). The contiguous copy of the (B, T, H) input is H/V of the logits it produces, and the
+    product is the same (tests/test_real_shapes.py compares the logits and LoRA gradients of both).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Module) or getattr(head, "_lora_rlhf_contiguous_input", False):
+        return False
+    head.register_forward_pre_hook(_contiguous_input)
+    head._lora_rlhf_contiguous_input = True
+    return True
+
+
 def prepare_for_training(model, *, quantized: bool, gradient_checkpointing: bool):
     """Freeze the base and, if asked, turn on gradient checkpointing (with PEFT's k-bit preparation when quantized).
 
@@ -211,6 +239,7 @@ def prepare_for_training(model, *, quantized: bool, gradient_checkpointing: bool
     requiring grad under checkpointing) and stays bf16, as QLoRA's bf16 recipes keep their embeddings and head.
     """
     keep_nf4_differentiable(model)
+    keep_head_input_contiguous(model)
     if quantized and held_in_fp32(model):
         from peft import prepare_model_for_kbit_training
 

@@ -32,7 +32,13 @@ from torch import nn
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models import adapter_io
-from lora_rlhf.models.base import BaseModelConfig, keep_nf4_differentiable, load_base_model, load_tokenizer
+from lora_rlhf.models.base import (
+    BaseModelConfig,
+    keep_head_input_contiguous,
+    keep_nf4_differentiable,
+    load_base_model,
+    load_tokenizer,
+)
 from lora_rlhf.models.heads import HeadKind, ScalarHead
 from lora_rlhf.models.logits import LogitsProjection, matches_forward, projection_for
 from lora_rlhf.models.lora import LoraSettings
@@ -70,6 +76,7 @@ class RoleStack(RoleOperations):
         self.dequantized_decoding, self._told_dequantized = dequantized_decoding, False  # see models/dequantized.py
         # Before any no-grad forward (the probe below is one): bitsandbytes' CPU repack breaks NF4 gradients.
         keep_nf4_differentiable(model)
+        keep_head_input_contiguous(model)  # a bf16 head is not copied once per row (models/base.py)
         self.projection: LogitsProjection = projection_for(model)
         # Chunked log-probs only where the projection reproduces the model's forward (models/logits.py).
         self.chunked_logits = matches_forward(model, model.base_model, self.projection)

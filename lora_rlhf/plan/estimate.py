@@ -13,7 +13,8 @@ counts the first three; the rest are what PPO adds):
     runtime          a stated allowance: CUDA context, cuBLAS workspace, allocator fragmentation
 
 Activations per token and layer, in elements (validated on the CPU in docs/benchmarks.md):
-    sum of the layer's linear outputs + their inputs again where LoRA dropout copies them
+    sum of the layer's linear outputs + their inputs again where LoRA dropout copies them (in fp32 on the
+    CPU, where PEFT casts them to the fp32 adapter's dtype first: `lora_input_dtype`)
     + 8 H (two RMS/LayerNorms kept in fp32, rotary q and k, attention output) + kv + the MLP's activation
     (and its product with the up projection in a gated MLP): 2 I gated, I plain, with H the hidden size,
     kv the key width and I the widest linear output. Without grad only one layer's tensors live at a
@@ -100,19 +101,44 @@ def layer_elements_per_token(shape: ModelShape, lora_dropout: bool) -> int:
     return outputs + dropout_copies + 8 * shape.hidden + shape.kv_dim + mlp
 
 
+def lora_input_dtype(device: str, dtype: str) -> str:
+    """The dtype of the copy LoRA dropout makes of a layer's input (`dtype`: the base's held dtype).
+
+    PEFT casts a LoRA layer's input to its adapter's dtype (fp32) before `lora_dropout` unless autocast is on, and
+    the stages autocast on CUDA only (train/loop.py `make_accelerator`): on the CPU a bf16 base's dropout copies
+    are fp32 (measured: docs/benchmarks.md, "at the real shapes"), on CUDA they stay in the input's dtype.
+    """
+    return dtype if device == "cuda" else "float32"
+
+
 def layer_peak_no_grad_elements(shape: ModelShape) -> int:
     """Elements per token alive at once inside one layer without grad: the MLP's widest tensors + 4 H."""
     return (3 if shape.gated_mlp else 2) * shape.widest + 4 * shape.hidden
 
 
 def activation_bytes(
-    shape: ModelShape, rows: int, tokens: int, dtype: str, *, grad: bool, checkpointing: bool, lora_dropout: bool
+    shape: ModelShape,
+    rows: int,
+    tokens: int,
+    dtype: str,
+    *,
+    grad: bool,
+    checkpointing: bool,
+    lora_dropout: bool,
+    dropout_dtype: str | None = None,
 ) -> int:
-    """Activations of a forward over rows x tokens: kept for backward when `grad`, else one layer at a time."""
+    """Activations of a forward over rows x tokens: kept for backward when `grad`, else one layer at a time.
+
+    LoRA dropout's copies of the layers' inputs are counted in `dropout_dtype` (`lora_input_dtype`; default `dtype`).
+    """
     hidden = rows * tokens * shape.hidden * DTYPE_BYTES[dtype]
     if not grad:  # one layer's transient intermediates and the hidden states it hands on
         return rows * tokens * layer_peak_no_grad_elements(shape) * DTYPE_BYTES[dtype] + hidden
-    per_layer = rows * tokens * layer_elements_per_token(shape, lora_dropout) * DTYPE_BYTES[dtype]
+    per_token = layer_elements_per_token(shape, False) * DTYPE_BYTES[dtype]
+    if lora_dropout:
+        inputs = layer_elements_per_token(shape, True) - layer_elements_per_token(shape, False)
+        per_token += inputs * DTYPE_BYTES[dropout_dtype or dtype]
+    per_layer = rows * tokens * per_token
     if checkpointing:
         return shape.layers * hidden + per_layer  # every layer's input, plus the one being recomputed
     return shape.layers * per_layer + hidden

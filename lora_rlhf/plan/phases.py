@@ -88,9 +88,20 @@ def phase_memories(
             name, base, adapters, trained, activations, logits, kv, estimate.runtime_bytes(setting.device, subtotal)
         )
 
+    dropout_dtype = estimate.lora_input_dtype(setting.device, dtype)
+
     def train_acts(rows: int, tokens: int, dropout: bool) -> int:
         return (
-            estimate.activation_bytes(shape, rows, tokens, dtype, grad=True, checkpointing=gc, lora_dropout=dropout)
+            estimate.activation_bytes(
+                shape,
+                rows,
+                tokens,
+                dtype,
+                grad=True,
+                checkpointing=gc,
+                lora_dropout=dropout,
+                dropout_dtype=dropout_dtype,
+            )
             + dequant
         )
 
