@@ -24,6 +24,7 @@ from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.demo.judge import gold_scores
 from lora_rlhf.demo.model import demo_model_dir
 from lora_rlhf.demo.tasks import sample_tasks
+from lora_rlhf.models import forward
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
@@ -76,7 +77,7 @@ def time_train_step(stack: RoleStack, batch: int, length: int) -> float:
     mask = torch.ones_like(ids)
     start = time.perf_counter()
     with stack.use("sft"):
-        loss = -stack.logprobs("sft", ids, mask).logprobs.mean()
+        loss = -forward.logprobs(stack, "sft", ids, mask).logprobs.mean()
         loss.backward()
     optimizer.step()
     optimizer.zero_grad()

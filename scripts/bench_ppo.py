@@ -38,6 +38,7 @@ from lora_rlhf.data.batching import pad_left
 from lora_rlhf.data.demonstrations import Demonstration, encode_demonstration
 from lora_rlhf.demo.labeler import Labeler
 from lora_rlhf.demo.tasks import sample_tasks
+from lora_rlhf.models import forward
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import sampling_kwargs, stop_mask
@@ -85,10 +86,10 @@ def _before(stack, batch, config, rollout, optimizers, ptx, step) -> dict[str, f
                 full[begin : begin + config.micro_batch_size],
                 ids.shape[1],
             )
-            stack.response_logprobs("policy", rows, rows_mask, p, with_entropy=True)
-            stack.response_logprobs("reference", rows, rows_mask, p)
-            stack.response_values(rows, rows_mask, p)
-            stack.response_rewards(rows, rows_mask, p)
+            forward.response_logprobs(stack, "policy", rows, rows_mask, p, with_entropy=True)
+            forward.response_logprobs(stack, "reference", rows, rows_mask, p)
+            forward.response_values(stack, "value", rows, rows_mask, p)
+            forward.response_rewards(stack, "reward", rows, rows_mask, p)
     timing["before_time_score"] = time.perf_counter() - start
     saved = {role: [t.detach().clone() for t in stack.role_parameters(role)] for role in ("policy", "value")}
     states = {

@@ -70,6 +70,7 @@ def parity() -> dict:
     """Log-probs and LoRA gradients of one batch, CPU vs CUDA, each quantizing the same saved fp32 weights to NF4."""
     import torch
 
+    from lora_rlhf.models import forward
     from lora_rlhf.testing import make_tiny_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -83,7 +84,7 @@ def parity() -> dict:
         for device in ("cpu", "cuda"):
             stack = _parity_stack(folder, device)
             with stack.training():
-                out = stack.logprobs("sft", ids.to(device), torch.ones_like(ids).to(device)).logprobs
+                out = forward.logprobs(stack, "sft", ids.to(device), torch.ones_like(ids).to(device)).logprobs
                 out.sum().backward()
             grads = {n: p.grad.detach().cpu() for n, p in stack.model.named_parameters() if p.grad is not None}
             results[device] = (out.detach().cpu(), grads)

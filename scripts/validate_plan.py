@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
+from lora_rlhf.models import forward
 from lora_rlhf.models.names import resolve_model_name
 from lora_rlhf.plan import estimate
 from lora_rlhf.plan.measure import allocated_peak, resident_bytes
@@ -92,12 +93,12 @@ def _measure(stack: RoleStack, op: str, rows: int, tokens: int) -> tuple[int, in
         if op == "train-gc":
             causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         with stack.training(), allocated_peak(stack.device) as peak:
-            stack.logprobs("sft", ids, mask).logprobs.mean().backward()
+            forward.logprobs(stack, "sft", ids, mask).logprobs.mean().backward()
         if op == "train-gc":
             causal_lm.gradient_checkpointing_disable()
     elif op == "score":
         with stack.evaluating(), torch.no_grad(), allocated_peak(stack.device) as peak:
-            stack.logprobs("sft", ids, mask, with_entropy=True)
+            forward.logprobs(stack, "sft", ids, mask, with_entropy=True)
     else:
         prompt = tokens - NEW_TOKENS
         with allocated_peak(stack.device) as peak:

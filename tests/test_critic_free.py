@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from lora_rlhf.config.recipe import load_recipe
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import read_metrics
+from lora_rlhf.models import forward
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo.advantages import grpo_advantages, per_token, rloo_advantages, sequence_returns
 from lora_rlhf.ppo.config import RewardsConfig
@@ -146,14 +147,14 @@ def _no_value_passes(stack: RoleStack, monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a critic-free run ran the value role")
 
-    monkeypatch.setattr(stack, "response_values", refuse)
-    frozen = stack.frozen_scores
+    monkeypatch.setattr(forward, "response_values", refuse)
+    frozen = forward.frozen_scores
 
     def frozen_without_value(*args, with_value: bool = True, **kwargs):
         assert not with_value
         return frozen(*args, with_value=with_value, **kwargs)
 
-    monkeypatch.setattr(stack, "frozen_scores", frozen_without_value)
+    monkeypatch.setattr(forward, "frozen_scores", frozen_without_value)
 
 
 def _critic_free(tmp_path, advantage: str, **overrides):
@@ -265,8 +266,10 @@ def test_frozen_scores_without_a_value_role_stack_reference_and_reward_only(tiny
     mask = torch.ones_like(ids)
     mask[1, -3:] = 0
     with stack.training(dropout=False):
-        two = stack.frozen_scores(ids, mask, 6, temperature=0.7, with_value=False)
+        two = forward.frozen_scores(stack, ids, mask, 6, temperature=0.7, with_value=False)
         assert two is not None and set(two) == {"ref_logprobs", "scores"}
-        reference = stack.response_logprobs("reference", ids, mask, 6, temperature=0.7).logprobs
+        reference = forward.response_logprobs(stack, "reference", ids, mask, 6, temperature=0.7).logprobs
         torch.testing.assert_close(two["ref_logprobs"], reference, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(two["scores"], stack.response_rewards(ids, mask, 6), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            two["scores"], forward.response_rewards(stack, "reward", ids, mask, 6), atol=1e-5, rtol=1e-5
+        )

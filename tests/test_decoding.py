@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lora_rlhf.data.batching import pad_left
+from lora_rlhf.models import forward
 from lora_rlhf.models.decoding import sample
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
@@ -95,8 +96,8 @@ def test_recorded_logprobs_and_entropy_equal_a_recomputation(arch, temperature):
     is_stop = (responses == stop).long()
     response_mask = ((is_stop.cumsum(1) - is_stop) == 0).long()
     full_mask = torch.cat([mask, response_mask], dim=1)
-    recomputed = stack.response_logprobs(
-        "policy", got.sequences, full_mask, p, temperature=temperature, with_entropy=True
+    recomputed = forward.response_logprobs(
+        stack, "policy", got.sequences, full_mask, p, temperature=temperature, with_entropy=True
     )
     m = response_mask.bool()
     torch.testing.assert_close(got.logprobs[m], recomputed.logprobs[m], atol=1e-5, rtol=0)

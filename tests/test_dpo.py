@@ -16,6 +16,7 @@ from lora_rlhf.dpo.reference import CACHE_NAME
 from lora_rlhf.dpo.trainer import dpo_loss, train_dpo
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import read_metrics
+from lora_rlhf.models import forward
 from lora_rlhf.rm.config import RMConfig
 from lora_rlhf.train.config import OptimConfig
 
@@ -85,7 +86,7 @@ def test_sequence_logprobs_sum_each_responses_tokens(tiny_llama, rankings):
         for e in examples:
             for response in e.response_ids:
                 ids = torch.tensor([e.prompt_ids + response])
-                tokens = stack.logprobs("sft", ids, torch.ones_like(ids), start=len(e.prompt_ids) - 1).logprobs
+                tokens = forward.logprobs(stack, "sft", ids, torch.ones_like(ids), start=len(e.prompt_ids) - 1).logprobs
                 alone.append(float(tokens.sum()))
     torch.testing.assert_close(got, torch.tensor(alone), rtol=1e-4, atol=1e-4)
 

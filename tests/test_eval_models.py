@@ -14,6 +14,7 @@ from lora_rlhf.eval import EvalConfig
 from lora_rlhf.eval.best_of_n import best_of_n
 from lora_rlhf.eval.lm_loss import lm_losses
 from lora_rlhf.eval.rm_accuracy import rm_accuracy
+from lora_rlhf.models import forward
 
 # Stub RM: a response's score is looked up by its last word.
 _RM = {"great": 3.0, "good": 2.0, "bad": 1.0, "terrible": 0.0}
@@ -25,7 +26,7 @@ def _write_jsonl(path, rows) -> str:
 
 
 def _stub_rewards(stack: RoleStack):
-    def rewards(ids: torch.Tensor, mask: torch.Tensor, role: str = "reward") -> torch.Tensor:
+    def rewards(stack: RoleStack, role: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         texts = [stack.tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(ids, mask)]
         return torch.tensor([_RM.get((t.split() or [""])[-1], -1.0) for t in texts])
 
@@ -36,12 +37,12 @@ def _stub_prefix_rewards(stack: RoleStack):
     """`prefix_rewards` through the stub above: each response re-joined to its prompt."""
     rewards = _stub_rewards(stack)
 
-    def prefix_rewards(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index, role="reward"):
+    def prefix_rewards(stack, role, prompt_ids, prompt_mask, response_ids, response_mask, prompt_index):
         rows = [
             torch.cat([prompt_ids[p][prompt_mask[p].bool()], ids[m.bool()]])
             for p, ids, m in zip(prompt_index.tolist(), response_ids, response_mask)
         ]
-        return torch.cat([rewards(row[None], torch.ones(1, len(row), dtype=torch.long)) for row in rows])
+        return torch.cat([rewards(stack, role, row[None], torch.ones(1, len(row), dtype=torch.long)) for row in rows])
 
     return prefix_rewards
 
@@ -75,8 +76,8 @@ def test_rm_accuracy_against_labels_and_gold_on_hand_built_rankings(stack, tmp_p
     config = EvalConfig(
         rankings=DatasetSpec(_write_jsonl(tmp_path / "rankings.jsonl", rows)), batch_size=3, bootstrap_samples=200
     )
-    monkeypatch.setattr(stack, "rewards", _stub_rewards(stack))
-    monkeypatch.setattr(stack, "prefix_rewards", _stub_prefix_rewards(stack))  # a ranking's K share their prompt
+    monkeypatch.setattr(forward, "rewards", _stub_rewards(stack))
+    monkeypatch.setattr(forward, "prefix_rewards", _stub_prefix_rewards(stack))  # a ranking's K share their prompt
     gold_by_length = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731 - a stand-in gold judge
     got = rm_accuracy(stack, config, gold_by_length)
     assert got.source == "rankings" and got.rows == 3 and got.skipped_rows == 3

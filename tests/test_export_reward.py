@@ -1,4 +1,4 @@
-"""`lora-rlhf export-reward`: the exported reward model scores as `RoleStack.rewards`, loaded without lora_rlhf.
+"""`lora-rlhf export-reward`: the exported reward model scores as `forward.rewards`, loaded without lora_rlhf.
 
 Tiny random llama, qwen2 and gpt2 bases; each reward role has a LoRA update that matters and a random head
 with a bias of 0.7. GPT-2 ends in a LayerNorm with a bias, so the head's bias folds into it exactly; Llama and
@@ -26,14 +26,14 @@ from lora_rlhf.export import export_reward
 from lora_rlhf.export.seq_cls import OFFSET_KEY
 from lora_rlhf.export.tokenizer import NEW_PAD, set_reward_padding
 from lora_rlhf.hub.reward_export_card import LOCAL_MODEL
-from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack
+from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack, forward
 from lora_rlhf.testing import make_tiny_model
 
 from tiny_architectures import tiny_causal_lm
 
 ARCHS = ("llama", "qwen2", "gpt2")
 BIAS = 0.7
-# Float32 export against float32 RoleStack.rewards: the same arithmetic but for merged vs unmerged LoRA and the
+# Float32 export against float32 forward.rewards: the same arithmetic but for merged vs unmerged LoRA and the
 # order of a few sums. Measured max |difference| at score scale 3-8: 1e-5 to 2e-5, 5e-5 for Llama left-padded
 # without position_ids. (A bfloat16 export is off by up to 0.4 on these random weights: the dtype's rounding.)
 ATOL = 2e-4
@@ -90,7 +90,7 @@ def padded(ids: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def stack_rewards(stack: RoleStack, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return stack.rewards(ids, mask)
+    return forward.rewards(stack, "reward", ids, mask)
 
 
 @torch.no_grad()

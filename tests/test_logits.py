@@ -15,6 +15,7 @@ from transformers import LlamaForCausalLM
 
 from lora_rlhf import LoraSettings, RoleStack
 from lora_rlhf.eval.kl import sequence_kl
+from lora_rlhf.models import forward
 from lora_rlhf.models.logits import projection_error, projection_for
 
 from tiny_architectures import ARCHITECTURES, tiny_causal_lm, tiny_config
@@ -50,7 +51,7 @@ def test_chunked_logprobs_match_the_models_own_logits(arch):
     stack = RoleStack(model)
     ids, mask = left_padded_batch(model.config.vocab_size)
     with torch.no_grad():
-        ours = stack.logprobs("base", ids, mask, chunk_size=5, temperature=0.7).logprobs
+        ours = forward.logprobs(stack, "base", ids, mask, chunk_size=5, temperature=0.7).logprobs
     theirs = reference_logprobs(model, ids, mask, temperature=0.7)
     real = mask[:, 1:].bool() & mask[:, :-1].bool()
     assert stack.chunked_logits, f"{arch}: the chunked projection should reproduce this family's forward"
@@ -84,7 +85,7 @@ def test_an_unknown_logit_transform_falls_back_to_the_models_forward(caplog):
     assert "own forward" in caplog.text
     ids, mask = left_padded_batch(model.config.vocab_size)
     with torch.no_grad():
-        out = stack.logprobs("base", ids, mask, with_entropy=True)
+        out = forward.logprobs(stack, "base", ids, mask, with_entropy=True)
     real = mask[:, 1:].bool() & mask[:, :-1].bool()
     assert (out.logprobs - reference_logprobs(model, ids, mask))[real].abs().max().item() < 1e-5
     assert out.entropy is not None and out.entropy.shape == out.logprobs.shape

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
+from lora_rlhf.models import forward
 from lora_rlhf.testing import make_tiny_model
 
 
@@ -34,7 +35,7 @@ def _grads(stack: RoleStack, ids: torch.Tensor, mask: torch.Tensor) -> list[torc
     for p in params:
         p.grad = None
     torch.manual_seed(0)  # gpt2's dropout draws the same masks both times
-    stack.logprobs("sft", ids, mask).logprobs.sum().backward()
+    forward.logprobs(stack, "sft", ids, mask).logprobs.sum().backward()
     return [p.grad.clone() for p in params]
 
 
@@ -53,7 +54,7 @@ def test_an_eval_forward_leaves_nf4_training_gradients_unchanged(tmp_path, arch,
     before = _grads(stack, enc.input_ids, enc.attention_mask)
 
     with stack.evaluating(), torch.no_grad():  # a held-out evaluation, the RM bias step
-        stack.logprobs("sft", enc.input_ids, enc.attention_mask)
+        forward.logprobs(stack, "sft", enc.input_ids, enc.attention_mask)
     stack.generate("sft", enc.input_ids, enc.attention_mask, max_new_tokens=3, do_sample=False)  # a rollout
     stack.model.train()
     after = _grads(stack, enc.input_ids, enc.attention_mask)

@@ -11,6 +11,7 @@ import torch
 from lora_rlhf import BaseModelConfig, LoraRlhfError, LoraSettings, RoleStack
 from lora_rlhf.cli.main import main
 from lora_rlhf.config.recipe import RECIPES, load_recipe
+from lora_rlhf.models import forward
 from lora_rlhf.plan import estimate
 from lora_rlhf.plan.measure import allocated_peak, resident_bytes
 from lora_rlhf.plan.phases import parse_size, plan_recipe
@@ -138,7 +139,7 @@ def test_an_nf4_training_step_with_lora_dropout_is_predicted_within_20_percent(d
     rows, tokens = 4, 256
     ids = torch.randint(3, 512, (rows, tokens))
     with stack.training(), allocated_peak() as peak:
-        stack.logprobs("sft", ids, torch.ones_like(ids)).logprobs.mean().backward()
+        forward.logprobs(stack, "sft", ids, torch.ones_like(ids)).logprobs.mean().backward()
     measured = resident_bytes(stack.base_model) + peak.bytes
     activations = estimate.activation_bytes(
         shape,
@@ -237,7 +238,7 @@ def test_a_training_step_peak_is_predicted_within_25_percent(tmp_path):
     vocab = stack.base_model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(3, vocab, (rows, tokens))
     with stack.training(), allocated_peak() as peak:
-        stack.logprobs("sft", ids, torch.ones_like(ids)).logprobs.mean().backward()
+        forward.logprobs(stack, "sft", ids, torch.ones_like(ids)).logprobs.mean().backward()
     measured = resident_bytes(stack.base_model) + peak.bytes
     predicted = (
         estimate.base_weight_bytes(shape, "none", "float32")

@@ -15,6 +15,7 @@ from lora_rlhf.config.loader import build, merge
 from lora_rlhf.config.recipe import load_recipe
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import read_metrics
+from lora_rlhf.models import forward
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampled_logprobs import SampledLogProbs
@@ -514,18 +515,20 @@ def test_frozen_scores_in_one_forward_equal_one_pass_per_role(tiny_llama, quanti
     mask[0, :2] = 0  # a left-padded prompt
     mask[1, -3:] = 0  # a response that stopped early
     with stack.training(dropout=False):  # as rollouts score: train mode, dropout off
-        one = stack.frozen_scores(ids, mask, 6, temperature=0.7)
+        one = forward.frozen_scores(stack, ids, mask, 6, temperature=0.7)
         assert one is not None
         tol = dict(atol=1e-5, rtol=1e-5) if quantization == "none" else dict(atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(
-            one["ref_logprobs"], stack.response_logprobs("reference", ids, mask, 6, temperature=0.7).logprobs, **tol
+            one["ref_logprobs"],
+            forward.response_logprobs(stack, "reference", ids, mask, 6, temperature=0.7).logprobs,
+            **tol,
         )
-        torch.testing.assert_close(one["values"], stack.response_values(ids, mask, 6), **tol)
-        torch.testing.assert_close(one["scores"], stack.response_rewards(ids, mask, 6), **tol)
+        torch.testing.assert_close(one["values"], forward.response_values(stack, "value", ids, mask, 6), **tol)
+        torch.testing.assert_close(one["scores"], forward.response_rewards(stack, "reward", ids, mask, 6), **tol)
         assert not torch.allclose(one["values"][:, :1], one["ref_logprobs"][:, :1])
         repeated = ids.clone()
         repeated[1, :6], mask[1, :6] = repeated[0, :6], mask[0, :6]  # two samples of one prompt: shared prefix instead
-        assert stack.frozen_scores(repeated, mask, 6) is None
+        assert forward.frozen_scores(stack, repeated, mask, 6) is None
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Encoding a prompt once for its K responses (RoleStack.prefix_rewards) gives the rewards, and the gradients,
+"""Encoding a prompt once for its K responses (forward.prefix_rewards) gives the rewards, and the gradients,
 of encoding every prompt + response row in full, on every decoder family transformers ships."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.data.rankings import RankingExample
+from lora_rlhf.models import forward
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
@@ -33,12 +34,14 @@ def reward_stack(arch: str) -> RoleStack:
 
 def both_layouts(stack: RoleStack) -> tuple[torch.Tensor, torch.Tensor]:
     full_ids, full_mask = pad_left([PROMPTS[i] + r for i, r in zip(PROMPT_INDEX, RESPONSES)], 0)
-    full = stack.rewards(full_ids, full_mask)
+    full = forward.rewards(stack, "reward", full_ids, full_mask)
     prompt_ids, prompt_mask = pad_left(PROMPTS, 0)
     width = max(map(len, RESPONSES))
     response_ids = torch.tensor([r + [0] * (width - len(r)) for r in RESPONSES])
     response_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in RESPONSES])
-    shared = stack.prefix_rewards(prompt_ids, prompt_mask, response_ids, response_mask, torch.tensor(PROMPT_INDEX))
+    shared = forward.prefix_rewards(
+        stack, "reward", prompt_ids, prompt_mask, response_ids, response_mask, torch.tensor(PROMPT_INDEX)
+    )
     return full, shared
 
 
@@ -150,15 +153,19 @@ def test_generate_that_expands_its_rows_itself_is_not_prefilled():
     assert out.shape == (4, ids.shape[1] + 3)
 
 
-def test_eval_reward_scores_share_repeated_prompts_and_keep_the_scores():
+def test_eval_reward_scores_share_repeated_prompts_and_keep_the_scores(monkeypatch):
     from lora_rlhf.eval.scoring import reward_scores
 
     stack = reward_stack("qwen2")
     stack.tokenizer = types.SimpleNamespace(pad_token_id=0)
     sequences = [PROMPTS[i] + r for i, r in zip(PROMPT_INDEX, RESPONSES)] + [PROMPTS[2]]  # the last: empty response
     starts = [len(PROMPTS[i]) for i in PROMPT_INDEX] + [len(PROMPTS[2])]
-    calls, prefix_rewards = [], stack.prefix_rewards
-    stack.prefix_rewards = lambda *args, **kw: calls.append(args[0].shape) or prefix_rewards(*args, **kw)
+    calls, prefix_rewards = [], forward.prefix_rewards
+    monkeypatch.setattr(
+        forward,
+        "prefix_rewards",
+        lambda stack, role, *args, **kw: calls.append(args[0].shape) or prefix_rewards(stack, role, *args, **kw),
+    )
     full = reward_scores(stack, sequences, batch_size=4)
     shared = reward_scores(stack, sequences, batch_size=4, prompt_lengths=starts)
     # Batched by each prompt's longest response: prompt 2 (rows 4, 5: 3 tokens and empty), prompt 1 (rows 2, 3:
@@ -208,24 +215,26 @@ def rollout_stack(arch: str) -> RoleStack:
 
 def rollout_passes(stack: RoleStack, ids, mask, p) -> dict[str, torch.Tensor]:
     shared = {
-        "logprobs": stack.response_logprobs("policy", ids, mask, p, temperature=0.7, with_entropy=True),
-        "values": stack.response_values(ids, mask, p),
-        "scores": stack.response_rewards(ids, mask, p),
+        "logprobs": forward.response_logprobs(stack, "policy", ids, mask, p, temperature=0.7, with_entropy=True),
+        "values": forward.response_values(stack, "value", ids, mask, p),
+        "scores": forward.response_rewards(stack, "reward", ids, mask, p),
     }
     full = {
-        "logprobs": stack.logprobs("policy", ids, mask, temperature=0.7, with_entropy=True, start=p - 1),
-        "values": stack.values(ids, mask)[:, p - 1 : -1],
-        "scores": stack.rewards(ids, mask),
+        "logprobs": forward.logprobs(stack, "policy", ids, mask, temperature=0.7, with_entropy=True, start=p - 1),
+        "values": forward.values(stack, "value", ids, mask)[:, p - 1 : -1],
+        "scores": forward.rewards(stack, "reward", ids, mask),
     }
     return {"shared": shared, "full": full}
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_rollout_passes_encode_a_prompt_once_for_its_samples_and_equal_full_rows(arch):
+def test_rollout_passes_encode_a_prompt_once_for_its_samples_and_equal_full_rows(arch, monkeypatch):
     stack = rollout_stack(arch)
     ids, mask, p = rollout_rows()
-    encoded, prefix = [], stack.prefix_hidden_states
-    stack.prefix_hidden_states = lambda *args: encoded.append(args[0].shape[0]) or prefix(*args)
+    encoded, prefix = [], forward.prefix_hidden_states
+    monkeypatch.setattr(
+        forward, "prefix_hidden_states", lambda stack, *args: encoded.append(args[0].shape[0]) or prefix(stack, *args)
+    )
     with torch.no_grad():
         out = rollout_passes(stack, ids, mask, p)
     assert encoded == [3, 3, 3]  # three distinct prompts, once per pass (policy, value, reward)
@@ -263,24 +272,26 @@ def test_rollout_gradients_are_those_of_full_rows(arch):
 def test_rollout_passes_take_full_rows_when_nothing_is_shared():
     stack = rollout_stack("llama")
     ids, mask, p = rollout_rows()
-    assert stack._shared_prompts(ids, mask, p) is not None
-    assert stack._shared_prompts(ids[[0, 2, 3]], mask[[0, 2, 3]], p) is None  # distinct prompts
-    assert stack._shared_prompts(ids[:, p - 1 :], mask[:, p - 1 :], 1) is None  # one-token prompts
+    assert forward._shared_prompts(stack, ids, mask, p) is not None
+    assert forward._shared_prompts(stack, ids[[0, 2, 3]], mask[[0, 2, 3]], p) is None  # distinct prompts
+    assert forward._shared_prompts(stack, ids[:, p - 1 :], mask[:, p - 1 :], 1) is None  # one-token prompts
     stack.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with stack.training():
-        assert stack._shared_prompts(ids, mask, p) is None  # no KV cache comes back to share
+        assert forward._shared_prompts(stack, ids, mask, p) is None  # no KV cache comes back to share
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "qwen2"])
-def test_eval_kl_of_rollout_rows_shares_prompts_and_equals_full_rows(arch):
+def test_eval_kl_of_rollout_rows_shares_prompts_and_equals_full_rows(arch, monkeypatch):
     from lora_rlhf.eval.kl import response_kl, sequence_kl
 
     stack = rollout_stack(arch)
     ids, mask, p = rollout_rows()
     response_mask = mask.clone()
     response_mask[:, :p] = 0
-    encoded, prefix = [], stack.prefix_hidden_states
-    stack.prefix_hidden_states = lambda *args: encoded.append(args[0].shape[0]) or prefix(*args)
+    encoded, prefix = [], forward.prefix_hidden_states
+    monkeypatch.setattr(
+        forward, "prefix_hidden_states", lambda stack, *args: encoded.append(args[0].shape[0]) or prefix(stack, *args)
+    )
     shared = response_kl(stack, "policy", "reward", ids, mask, p)
     full = sequence_kl(stack, "policy", "reward", ids, mask, response_mask)
     assert full[:-1].min() > 0 and shared[-1] == 0  # the empty response has nothing to diverge on

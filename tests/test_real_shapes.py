@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoConfig
 
 from lora_rlhf import LoraSettings, RoleStack
+from lora_rlhf.models import forward
 from lora_rlhf.models.base import prepare_for_training
 from lora_rlhf.plan.measure import allocated_peak, resident_bytes
 from lora_rlhf.plan.shapes import shape_of
@@ -72,7 +73,7 @@ def test_a_role_stack_trains_lora_on_it(dtype):
     stack.set_trainable("sft")
     ids = torch.randint(3, 512, (2, 8))
     with stack.training():
-        stack.logprobs("sft", ids, torch.ones_like(ids)).logprobs.mean().backward()
+        forward.logprobs(stack, "sft", ids, torch.ones_like(ids)).logprobs.mean().backward()
     grads = [p.grad for p in stack.role_parameters("sft") if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
     assert all(torch.isfinite(g).all() for g in grads)
@@ -147,7 +148,7 @@ def test_the_head_hook_is_added_once_and_leaves_log_probs_and_lora_gradients_as_
 
     def logprobs_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
         with stack.training():
-            out = stack.response_logprobs("sft", ids, torch.ones_like(ids), 4).logprobs
+            out = forward.response_logprobs(stack, "sft", ids, torch.ones_like(ids), 4).logprobs
             out.float().sum().backward()
         grads = [p.grad.clone() for p in stack.role_parameters("sft") if p.grad is not None]
         for p in stack.role_parameters("sft"):

@@ -1,4 +1,4 @@
-"""The reward and value cards' code scores exactly as RoleStack.rewards / .values, using no lora_rlhf.
+"""The reward and value cards' code scores exactly as forward.rewards / .values, using no lora_rlhf.
 
 The card's Python block is extracted from the README.md that `RoleStack.save_role` writes and run
 as it stands (only its ADAPTER placeholder points at the saved folder). GPT-2 has absolute position
@@ -17,7 +17,7 @@ import torch
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.data.rankings import Ranking, encode_ranking
 from lora_rlhf.hub.card import model_card
-from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack
+from lora_rlhf.models import BaseModelConfig, LoraSettings, RoleStack, forward
 from lora_rlhf.models.head_usage import LOCAL_ADAPTER, head_usage, hub_adapter
 from lora_rlhf.testing import make_tiny_model
 
@@ -91,7 +91,7 @@ def test_reward_card_reproduces_stack_rewards(bases, tmp_path, arch) -> None:
     stack = saved_role(bases[arch], "reward", tmp_path / "reward")
     ids, mask = batch(stack)
     with stack.evaluating(), torch.no_grad():
-        expected = stack.rewards(ids, mask)
+        expected = forward.rewards(stack, "reward", ids, mask)
     card = run_card(card_code(tmp_path / "reward"))
 
     assert [card["encode"](p, r) for p, r in PAIRS] == [row[m.bool()].tolist() for row, m in zip(ids, mask)]
@@ -103,7 +103,7 @@ def test_card_without_position_ids_would_fail(bases, tmp_path) -> None:
     stack = saved_role(bases["gpt2"], "reward", tmp_path / "reward")
     ids, mask = batch(stack)
     with stack.evaluating(), torch.no_grad():
-        expected = stack.rewards(ids, mask)
+        expected = forward.rewards(stack, "reward", ids, mask)
     code = card_code(tmp_path / "reward")
     assert "position_ids=position_ids, " in code
     broken = run_card(code.replace("position_ids=position_ids, ", ""))["rewards"](ids, mask)
@@ -128,7 +128,7 @@ def test_value_card_reproduces_stack_values(bases, tmp_path, arch) -> None:
     stack = saved_role(bases[arch], "value", tmp_path / "value")
     ids, mask = batch(stack)
     with stack.evaluating(), torch.no_grad():
-        expected = stack.values(ids, mask)
+        expected = forward.values(stack, "value", ids, mask)
     card = run_card(card_code(tmp_path / "value"))
 
     real = mask.bool()

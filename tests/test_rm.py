@@ -13,6 +13,7 @@ import torch
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import read_metrics
+from lora_rlhf.models import forward
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.heads import ScalarHead
 from lora_rlhf.models.lora import LoraSettings
@@ -175,7 +176,7 @@ def test_rm_config_errors_name_the_key():
         build(RMConfig, {"bias_examples": 0}, "rm.")
 
 
-def test_rm_loss_scores_each_response_once_in_one_forward(tiny_llama):
+def test_rm_loss_scores_each_response_once_in_one_forward(tiny_llama, monkeypatch):
     from lora_rlhf.data.rankings import RankingExample
     from lora_rlhf.rm.batching import collate_rankings
     from lora_rlhf.rm.loss import ranking_loss
@@ -192,20 +193,25 @@ def test_rm_loss_scores_each_response_once_in_one_forward(tiny_llama):
         RankingExample([5], [[11, eos], [12, 13, 14, eos], [15, eos], [16, 17, eos]], [2, 0, 3, 1]),
         RankingExample([6, 7], [[18, 19, eos], [20, eos], [21, eos]], [0, 2, 1]),
     ]
-    calls, rewards = [], stack.rewards
+    calls, rewards = [], forward.rewards
 
-    def counted(input_ids, attention_mask, role="reward"):
+    def counted(stack, role, input_ids, attention_mask):
         calls.append(tuple(input_ids.shape))
-        return rewards(input_ids, attention_mask, role=role)
+        return rewards(stack, role, input_ids, attention_mask)
 
-    stack.rewards = counted
+    monkeypatch.setattr(forward, "rewards", counted)
     with torch.no_grad():
         out = rm_loss(stack, collate_rankings(examples, stack.tokenizer.pad_token_id))
         assert [n for n, _ in calls] == [9]  # the 2 + 4 + 3 responses, scored in ONE call
         # Each response scored alone (no padding), then the loss of eq. 1 on the (B, K_max) grid.
         alone = [
             [
-                rewards(torch.tensor([e.prompt_ids + r]), torch.ones(1, len(e.prompt_ids + r), dtype=torch.long)).item()
+                rewards(
+                    stack,
+                    "reward",
+                    torch.tensor([e.prompt_ids + r]),
+                    torch.ones(1, len(e.prompt_ids + r), dtype=torch.long),
+                ).item()
                 for r in e.response_ids
             ]
             for e in examples

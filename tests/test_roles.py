@@ -8,6 +8,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lora_rlhf import BaseModelConfig, LoraRlhfError, LoraSettings, RoleStack
+from lora_rlhf.models import forward
 from lora_rlhf.models.base import load_base_model
 
 ARCHS = ["llama", "qwen2", "gpt_neox"]
@@ -82,7 +83,7 @@ def test_training_one_role_changes_only_that_role(tiny_model_dirs, arch):
     stack.set_trainable("value")
     optimizer = torch.optim.SGD(stack.role_parameters("value"), lr=0.1)
     with stack.use("value"):
-        (stack.values(ids, mask) - 1).pow(2).mean().backward()  # a fresh head outputs 0: pull it to 1
+        (forward.values(stack, "value", ids, mask) - 1).pow(2).mean().backward()  # a fresh head outputs 0: pull it to 1
     optimizer.step()
     after = snapshot(stack)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
@@ -98,22 +99,22 @@ def test_reference_equals_sft_and_stays_fixed_while_policy_trains(tiny_llama):
     stack.copy_role("sft", "policy")
     ids, mask = batch(stack)
     with torch.no_grad():
-        ref = stack.logprobs("reference", ids, mask).logprobs
-        assert torch.equal(ref, stack.logprobs("sft", ids, mask).logprobs)
-        assert torch.equal(ref, stack.logprobs("policy", ids, mask).logprobs)
-        base = stack.logprobs("base", ids, mask).logprobs
+        ref = forward.logprobs(stack, "reference", ids, mask).logprobs
+        assert torch.equal(ref, forward.logprobs(stack, "sft", ids, mask).logprobs)
+        assert torch.equal(ref, forward.logprobs(stack, "policy", ids, mask).logprobs)
+        base = forward.logprobs(stack, "base", ids, mask).logprobs
     assert not torch.allclose(ref, base)
     stack.set_trainable("policy")
     optimizer = torch.optim.Adam(stack.role_parameters("policy"), lr=1e-2)
     for _ in range(3):
         with stack.use("policy"):
-            loss = -stack.logprobs("policy", ids, mask).logprobs.mean()
+            loss = -forward.logprobs(stack, "policy", ids, mask).logprobs.mean()
             loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     with torch.no_grad():
-        assert torch.equal(ref, stack.logprobs("reference", ids, mask).logprobs)
-        assert not torch.allclose(ref, stack.logprobs("policy", ids, mask).logprobs)
+        assert torch.equal(ref, forward.logprobs(stack, "reference", ids, mask).logprobs)
+        assert not torch.allclose(ref, forward.logprobs(stack, "policy", ids, mask).logprobs)
 
 
 def test_use_restores_adapter_and_grads_on_exception(tiny_llama):
@@ -142,8 +143,8 @@ def test_save_load_identical_including_vanilla_peft(tiny_model_dirs, arch, tmp_p
     perturb(stack, "value", 2)
     ids, mask = batch(stack)
     with torch.no_grad():
-        logprobs = stack.logprobs("policy", ids, mask).logprobs
-        values = stack.values(ids, mask)
+        logprobs = forward.logprobs(stack, "policy", ids, mask).logprobs
+        values = forward.values(stack, "value", ids, mask)
     stack.save_role("policy", tmp_path / "policy")
     stack.save_role("value", tmp_path / "value")
     assert sorted(p.name for p in (tmp_path / "value").iterdir()) == [
@@ -157,8 +158,8 @@ def test_save_load_identical_including_vanilla_peft(tiny_model_dirs, arch, tmp_p
     fresh.load_role("policy", tmp_path / "policy")
     fresh.load_role("value", tmp_path / "value")
     with torch.no_grad():
-        assert torch.equal(fresh.logprobs("policy", ids, mask).logprobs, logprobs)
-        assert torch.equal(fresh.values(ids, mask), values)
+        assert torch.equal(forward.logprobs(fresh, "policy", ids, mask).logprobs, logprobs)
+        assert torch.equal(forward.values(fresh, "value", ids, mask), values)
     assert not any(p.requires_grad for p in fresh.role_parameters("value"))
 
     vanilla = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), str(tmp_path / "policy"))
@@ -179,7 +180,7 @@ def test_nf4_on_cpu(tiny_llama, tmp_path):
     stack.set_trainable("policy")
     stack.model.train()
     with stack.use("policy"):
-        out = stack.logprobs("policy", ids, mask, with_entropy=True)
+        out = forward.logprobs(stack, "policy", ids, mask, with_entropy=True)
         out.logprobs.mean().backward()
     assert all(p.grad is not None for p in stack.role_parameters("policy"))
     assert torch.isfinite(out.entropy).all()
@@ -188,12 +189,12 @@ def test_nf4_on_cpu(tiny_llama, tmp_path):
     assert stack.model.training and stack._causal_lm().is_gradient_checkpointing  # restored after generate
     stack.model.eval()
     with torch.no_grad():
-        values = stack.values(ids, mask)
+        values = forward.values(stack, "value", ids, mask)
     stack.save_role("value", tmp_path / "value")
     reloaded = make_stack(tiny_llama, "nf4", gradient_checkpointing=True)
     reloaded.load_role("value", tmp_path / "value")
     with torch.no_grad():
-        torch.testing.assert_close(reloaded.values(ids, mask), values)
+        torch.testing.assert_close(forward.values(reloaded, "value", ids, mask), values)
 
 
 def test_chunked_logprobs_match_full_logits(tiny_llama):
@@ -202,7 +203,7 @@ def test_chunked_logprobs_match_full_logits(tiny_llama):
     perturb(stack, "sft")
     ids, mask = batch(stack)
     with torch.no_grad():
-        chunked = stack.logprobs("sft", ids, mask, chunk_size=2, temperature=0.7).logprobs
+        chunked = forward.logprobs(stack, "sft", ids, mask, chunk_size=2, temperature=0.7).logprobs
         with stack.use("sft"):
             logits = stack.model(
                 input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
@@ -215,13 +216,15 @@ def test_reward_reads_last_real_token(tiny_llama):
     stack = full_stack(tiny_llama)
     ids, mask = batch(stack)  # left padded
     with torch.no_grad():
-        scores = stack.rewards(ids, mask)
-        per_token = stack.values(ids, mask, role="reward")
+        scores = forward.rewards(stack, "reward", ids, mask)
+        per_token = forward.values(stack, "reward", ids, mask)
     torch.testing.assert_close(scores, per_token[:, -1])
     right_ids = torch.stack([torch.roll(r, -int((m == 0).sum())) for r, m in zip(ids, mask)])
     right_mask = torch.stack([torch.roll(m, -int((m == 0).sum())) for m in mask])
     with torch.no_grad():
-        torch.testing.assert_close(stack.rewards(right_ids, right_mask), scores, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            forward.rewards(stack, "reward", right_ids, right_mask), scores, atol=1e-5, rtol=1e-5
+        )
 
 
 # ------------------------------------------------------------------ errors
@@ -236,7 +239,7 @@ def test_error_role_before_it_exists(tiny_llama):
     stack = make_stack(tiny_llama)
     stack.add_role("sft", LoraSettings(r=4))
     with pytest.raises(LoraRlhfError, match="role 'value' has not been added yet"):
-        stack.values(*batch(stack))
+        forward.values(stack, "value", *batch(stack))
     with pytest.raises(LoraRlhfError, match="role 'reward' has not been added yet"):
         stack.copy_role("reward", "value")
 
@@ -326,7 +329,7 @@ def test_value_starts_as_a_copy_of_reward_head_included(tiny_llama):
     stack.copy_role("reward", "value")
     ids, mask = batch(stack)
     with torch.no_grad():
-        assert torch.equal(stack.values(ids, mask, role="value"), stack.values(ids, mask, role="reward"))
+        assert torch.equal(forward.values(stack, "value", ids, mask), forward.values(stack, "reward", ids, mask))
     for mine, theirs in zip(stack.role_parameters("value"), stack.role_parameters("reward"), strict=True):
         assert torch.equal(mine, theirs) and mine.data_ptr() != theirs.data_ptr()  # a copy, not shared storage
 
@@ -391,7 +394,7 @@ def test_int8_on_cpu(tiny_llama):
     stack.set_trainable("sft")
     stack.model.train()
     with stack.use("sft"):
-        stack.logprobs("sft", ids, mask).logprobs.mean().backward()
+        forward.logprobs(stack, "sft", ids, mask).logprobs.mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in stack.role_parameters("sft"))
 
 
@@ -399,19 +402,19 @@ def test_remove_role_leaves_the_others_and_the_last_one_restores_the_bare_base(t
     stack = RoleStack.load(BaseModelConfig(tiny_llama, quantization="none"))
     ids = torch.tensor([[5, 6, 7, 8]])
     mask = torch.ones_like(ids)
-    base = stack.logprobs("base", ids, mask).logprobs
+    base = forward.logprobs(stack, "base", ids, mask).logprobs
     stack.add_role("sft")
     stack.add_role("reward")
     with torch.no_grad():
         for p in stack.role_parameters("sft"):
             p.add_(0.3)
-    sft = stack.logprobs("sft", ids, mask).logprobs
+    sft = forward.logprobs(stack, "sft", ids, mask).logprobs
     stack.remove_role("reward")
     assert stack.roles == ("sft",) and "reward" not in stack.heads
-    assert torch.equal(stack.logprobs("sft", ids, mask).logprobs, sft)
+    assert torch.equal(forward.logprobs(stack, "sft", ids, mask).logprobs, sft)
     stack.remove_role("sft")
     assert stack.roles == ()
-    assert torch.allclose(stack.logprobs("base", ids, mask).logprobs, base)
+    assert torch.allclose(forward.logprobs(stack, "base", ids, mask).logprobs, base)
     stack.add_role("policy")  # the stack is usable again, as before its first role
     with pytest.raises(LoraRlhfError, match="has not been added"):
         stack.remove_role("value")
@@ -423,8 +426,8 @@ def test_logprobs_from_a_start_position_and_entropy_match_the_full_computation(t
     ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        full = stack.logprobs("sft", ids, mask, with_entropy=True, chunk_size=2)
-        tail = stack.logprobs("sft", ids, mask, with_entropy=True, chunk_size=2, start=3)
+        full = forward.logprobs(stack, "sft", ids, mask, with_entropy=True, chunk_size=2)
+        tail = forward.logprobs(stack, "sft", ids, mask, with_entropy=True, chunk_size=2, start=3)
         logits = stack.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     logp = logits.log_softmax(-1)
     assert torch.allclose(full.logprobs, logp.gather(-1, ids[:, 1:, None]).squeeze(-1), atol=1e-5)

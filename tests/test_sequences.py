@@ -13,6 +13,7 @@ from lora_rlhf import BaseModelConfig, RoleStack
 from lora_rlhf.eval.responses import generate_responses
 from lora_rlhf.inference.engine import generate_texts
 from lora_rlhf.inference.options import GenerationOptions
+from lora_rlhf.models import forward
 from lora_rlhf.models.decoding import Samples
 from lora_rlhf.models.sequences import NEUTRAL_SAMPLING, ends_with_stop, sampling_kwargs, stop_mask, until_stop
 
@@ -61,7 +62,7 @@ def _argmax_share(stack: RoleStack, prompts: list[str], responses: list[torch.Te
             continue
         row = ids.unsqueeze(0)
         with torch.no_grad():
-            states, project = stack.logit_states(row, torch.ones_like(row))
+            states, project = forward.logit_states(stack, row, torch.ones_like(row))
             greedy = project(states[0, start - 1 : -1]).argmax(-1)
         hits += int((greedy == ids[start:]).sum())
         total += len(ids) - start

@@ -12,6 +12,7 @@ import torch
 from lora_rlhf.data.sources import DatasetSpec
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.metrics import read_metrics
+from lora_rlhf.models import forward
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
@@ -155,7 +156,7 @@ def test_nf4_base_stays_bit_identical_and_differentiable_through_held_out_evals(
         stack.set_trainable("sft")
         stack.model.train()
         with stack.use("sft"):
-            (-stack.logprobs("sft", ids, mask).logprobs.mean()).backward()
+            (-forward.logprobs(stack, "sft", ids, mask).logprobs.mean()).backward()
         grad = stack.role_parameters("sft")[0].grad.clone()
         stack.model.zero_grad(set_to_none=True)
         return grad
@@ -163,7 +164,7 @@ def test_nf4_base_stays_bit_identical_and_differentiable_through_held_out_evals(
     before = first_layer_grad()
     stack.model.eval()
     with torch.no_grad():
-        stack.logprobs("sft", ids, mask)
+        forward.logprobs(stack, "sft", ids, mask)
     assert torch.equal(first_layer_grad(), before)
 
 

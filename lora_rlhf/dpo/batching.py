@@ -1,8 +1,8 @@
 """DPO batches: the K responses of each ranking as rollout rows, and their summed log-probs under a role.
 
 A row is [left-padded prompt | right-padded response], the layout PPO's rollouts use, so the sequence
-log-probs come from `RoleStack.response_logprobs`: chunked over the vocabulary, and each prompt encoded once
-for its K responses (rows with equal prompt columns share a KV cache, models/operations.py).
+log-probs come from `forward.response_logprobs`: chunked over the vocabulary, and each prompt encoded once
+for its K responses (rows with equal prompt columns share a KV cache, models/forward.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import torch
 
 from lora_rlhf.data.rankings import RankingExample
+from lora_rlhf.models import forward
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_shared_prompts
 
@@ -56,6 +57,8 @@ def collate_dpo(examples: list[DPOExample], pad_id: int) -> dict[str, torch.Tens
 def sequence_logprobs(stack: RoleStack, role: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(N,) log π_role(y|x) of each row's response: its per-token log-probs summed over the response tokens."""
     width = int(batch["prompt_width"])
-    tokens = stack.response_logprobs(role, batch["input_ids"], batch["attention_mask"], width).logprobs  # (N, A)
+    tokens = forward.response_logprobs(
+        stack, role, batch["input_ids"], batch["attention_mask"], width
+    ).logprobs  # (N, A)
     mask = batch["response_mask"].bool()
     return torch.where(mask, tokens, torch.zeros_like(tokens)).sum(1)

@@ -3,13 +3,14 @@
 PPO's logged `kl` is the sampled estimate sum_t (log pi - log pi_ref)(a_t); for the evaluation report we
 can afford the exact per-state KL over the whole vocabulary, chunked over positions so no (B, T, V)
 fp32 tensor is ever materialised. The logits are the model's own (soft cap and logit scaling included:
-`RoleStack.logit_states`), so the KL is measured on the distribution `generate` samples from.
+`models/forward.py: logit_states`), so the KL is measured on the distribution `generate` samples from.
 """
 
 from __future__ import annotations
 
 import torch
 
+from lora_rlhf.models import forward
 from lora_rlhf.models.roles import RoleStack
 
 
@@ -33,9 +34,9 @@ def sequence_kl(
         (B,) sum over response tokens t of KL(pi_policy(.|x_<t) || pi_ref(.|x_<t)).
     """
     with stack.use(policy):
-        states_policy, project = stack.logit_states(input_ids, attention_mask)
+        states_policy, project = forward.logit_states(stack, input_ids, attention_mask)
     with stack.use(reference):
-        states_ref, _ = stack.logit_states(input_ids, attention_mask)
+        states_ref, _ = forward.logit_states(stack, input_ids, attention_mask)
     # Only the positions that predict a response token are projected onto the vocabulary: the prompt's (most
     # of a short answer's row) would be masked out anyway.
     return _summed_kl(states_policy[:, :-1], states_ref[:, :-1], project, response_mask[:, 1:], chunk_size)
@@ -62,9 +63,9 @@ def response_kl(
     if input_ids.shape[1] == prompt_width:  # no response token anywhere
         return torch.zeros(input_ids.shape[0], device=input_ids.device)
     with stack.use(policy):
-        states_policy, project = stack.response_logit_states(input_ids, attention_mask, prompt_width)
+        states_policy, project = forward.response_logit_states(stack, input_ids, attention_mask, prompt_width)
     with stack.use(reference):
-        states_ref, _ = stack.response_logit_states(input_ids, attention_mask, prompt_width)
+        states_ref, _ = forward.response_logit_states(stack, input_ids, attention_mask, prompt_width)
     return _summed_kl(states_policy, states_ref, project, attention_mask[:, prompt_width:], chunk_size)
 
 

@@ -13,6 +13,7 @@ import torch
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.data.rows import parse_rows, text_field
 from lora_rlhf.data.sources import DatasetSpec, load_rows
+from lora_rlhf.models import forward
 from lora_rlhf.models.roles import RoleStack
 
 
@@ -49,7 +50,7 @@ def role_lm_loss(stack: RoleStack, role: str, sequences: Sequence[Sequence[int]]
     for begin in range(0, len(sequences), batch_size):
         ids, mask = pad_left(sequences[begin : begin + batch_size], stack.tokenizer.pad_token_id)
         ids, mask = ids.to(stack.device), mask.to(stack.device)
-        logprobs = stack.logprobs(role, ids, mask).logprobs  # (B, T-1), target t+1 from prefix <= t
+        logprobs = forward.logprobs(stack, role, ids, mask).logprobs  # (B, T-1), target t+1 from prefix <= t
         # A target counts if it and its predecessor are real: a left-padded row's first token has no prefix.
         nlls.append(-logprobs)
         masks.append(mask[:, 1:] * mask[:, :-1])

@@ -271,7 +271,7 @@ def _policy_kl(stack: RoleStack, responses: Responses, role: str, batch_size: in
     """Mean over prompts of KL(role || sft) summed over `role`'s own response tokens (role: policy or dpo).
 
     Rows are laid out as PPO's rollouts (prompt left-padded, response right-padded after it), so the samples
-    of one prompt in a batch share one encoding of it (`RoleStack.response_logit_states`).
+    of one prompt in a batch share one encoding of it (`forward.response_logit_states`).
     """
     kls: list[float] = []
     pad = stack.tokenizer.pad_token_id

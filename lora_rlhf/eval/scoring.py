@@ -13,6 +13,7 @@ from lora_rlhf.eval import stats
 from lora_rlhf.eval.compare import mean, pairwise_win_rates
 from lora_rlhf.eval.config import EvalConfig
 from lora_rlhf.eval.stats import Interval
+from lora_rlhf.models import forward
 from lora_rlhf.models.roles import RoleStack
 
 # (prompts' user text, responses) -> one gold score per response.
@@ -44,10 +45,10 @@ def reward_scores(
         starts = prompt_lengths[begin : begin + batch_size] if prompt_lengths is not None else None
         shared = _shared_prompt_batch(chunk, starts, stack.tokenizer.pad_token_id) if starts is not None else None
         if shared is not None:
-            flat = stack.prefix_rewards(*(t.to(stack.device) for t in shared))
+            flat = forward.prefix_rewards(stack, "reward", *(t.to(stack.device) for t in shared))
         else:
             ids, mask = pad_left(chunk, stack.tokenizer.pad_token_id)
-            flat = stack.rewards(ids.to(stack.device), mask.to(stack.device))
+            flat = forward.rewards(stack, "reward", ids.to(stack.device), mask.to(stack.device))
         scores += flat.float().cpu().tolist()
     unsorted = [0.0] * len(scores)
     for position, row in enumerate(order):

@@ -1,7 +1,7 @@
 """The one copy of the code that scores with a reward or value adapter folder without lora_rlhf (card lines).
 
 Both the card written beside a saved adapter (models/adapter_io.py) and the published card (lora_rlhf.hub.card) carry
-it, and tests/test_reward_card.py runs that very text against `RoleStack.rewards` / `RoleStack.values`.
+it, and tests/test_reward_card.py runs that very text against `forward.rewards` / `forward.values` (models/forward.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _HEAD_DETAILS = (
     "state is the backbone's `last_hidden_state` (after the final norm, without the LM head). Pad on the "
     "left and give `position_ids = attention_mask.cumsum(-1) - 1` (clamped at 0): without them a model with "
     "absolute positions (GPT-2) encodes a padded row as if it started later. This code reproduces "
-    "`lora_rlhf.RoleStack.{method}` (load the base as the run did, e.g. in 4-bit, for its exact figures):"
+    "`lora_rlhf.models.forward.{method}` (load the base as the run did, e.g. in 4-bit, for its exact figures):"
 )
 
 _HEAD_CODE = '''\

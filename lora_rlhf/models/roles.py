@@ -15,7 +15,8 @@ Gradients are owned by the stack, not by PEFT: a role's parameters train only af
 flips `requires_grad` by itself, so `use` restores it, also when an exception is raised).
 
 This file is the stack's adapter lifecycle (adding, switching, training modes, saving and loading
-roles); what the stack computes with a role (log-probs, rewards, values, generate) is in operations.py.
+roles); what is computed with a role (log-probs, rewards, values) is in forward.py, as functions of the stack,
+the role and the batch, and how the stack generates is in operations.py.
 """
 
 from __future__ import annotations

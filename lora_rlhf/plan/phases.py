@@ -173,7 +173,7 @@ def phase_memories(
             "ppo score",
             ppo_adapters,
             ppo_trained,
-            # Reference, value and reward read the rows in one forward, stacked three times (RoleStack.frozen_scores);
+            # Reference, value and reward read the rows in one forward, stacked three times (forward.frozen_scores);
             # twice without a value role.
             no_grad_acts((2 + critic) * micro, prompt_and_response),
             estimate.logit_bytes(shape, micro, min(response, 256), grad=False),

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lora_rlhf.models import forward
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.ppo.advantages import (
     gae,
@@ -276,8 +277,8 @@ def _policy_backward(
 ) -> dict[str, float]:
     p = part.prompt_width
     with stack.use("policy"), opt.accelerator.autocast():
-        logprobs = stack.response_logprobs(
-            "policy", part.input_ids, part.attention_mask, p, temperature=config.sampling.temperature
+        logprobs = forward.response_logprobs(
+            stack, "policy", part.input_ids, part.attention_mask, p, temperature=config.sampling.temperature
         ).logprobs
         out = policy_loss(logprobs.float(), part.logprobs, part.advantages, part.response_mask, config.optim.clip_range)
         loss = out.loss
@@ -305,7 +306,7 @@ def _policy_backward(
 def _ptx_term(stack: RoleStack, ptx: PtxStream, ptx_coef: float) -> PtxLoss:
     """The ptx term on the stream's next batch, under the active `policy` adapter."""
     batch = {k: v.to(stack.device) for k, v in ptx.next().items()}
-    logprobs = stack.logprobs("policy", batch["input_ids"], batch["attention_mask"]).logprobs  # (B, T-1)
+    logprobs = forward.logprobs(stack, "policy", batch["input_ids"], batch["attention_mask"]).logprobs  # (B, T-1)
     return ptx_loss(logprobs, target_mask(batch["labels"]), ptx_coef)
 
 
@@ -314,7 +315,7 @@ def _value_backward(
 ) -> dict[str, float]:
     p = part.prompt_width
     with stack.use("value"), opt.accelerator.autocast():
-        values = stack.response_values(part.input_ids, part.attention_mask, p)
+        values = forward.response_values(stack, "value", part.input_ids, part.attention_mask, p)
         out = value_loss(values.float(), part.values, part.returns, part.response_mask, config.optim.clip_range_value)
         opt.accelerator.backward(out.loss / n_micro)
     return {"value_loss": out.loss.item(), "value_clipfrac": out.clipfrac.item()}

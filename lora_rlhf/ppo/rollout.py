@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from lora_rlhf.data.batching import pad_left
+from lora_rlhf.models import forward
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import ends_with_stop, stop_mask
 from lora_rlhf.ppo.config import SamplingConfig
@@ -156,7 +157,7 @@ def score(
     """Old log-probs and entropy (policy), reference log-probs (sft), values (value), scores (reward).
 
     All run on the one base, batched `micro_batch_size` rows at a time, each batch cut to its own padding-free
-    columns; reference, value and reward share one forward of the stacked rows (`RoleStack.frozen_scores`),
+    columns; reference, value and reward share one forward of the stacked rows (`forward.frozen_scores`),
     or, where the samples of one prompt (consecutive rows) can share one encoding of it, run one role at a time.
     Without `with_policy` the policy's pass is skipped (its log-probs were recorded while sampling); without
     `with_value` (critic-free PPO, issue 27) so is the value role's, and "values" is not returned.
@@ -171,20 +172,24 @@ def score(
         mask = attention_mask[begin : begin + micro_batch_size, first:end]
         p = prompt_width - first
         if with_policy:
-            policy = stack.response_logprobs("policy", ids, mask, p, temperature=temperature, with_entropy=True)
+            policy = forward.response_logprobs(
+                stack, "policy", ids, mask, p, temperature=temperature, with_entropy=True
+            )
             parts["logprobs"].append(policy.logprobs)
             parts["entropy"].append(policy.entropy)
-        frozen = stack.frozen_scores(
-            ids, mask, p, temperature=temperature, with_reward=use_reward_role, with_value=with_value
+        frozen = forward.frozen_scores(
+            stack, ids, mask, p, temperature=temperature, with_reward=use_reward_role, with_value=with_value
         )
-        if frozen is None:  # one pass per role (see RoleStack.frozen_scores)
+        if frozen is None:  # one pass per role (see forward.frozen_scores)
             frozen = {
-                "ref_logprobs": stack.response_logprobs("reference", ids, mask, p, temperature=temperature).logprobs
+                "ref_logprobs": forward.response_logprobs(
+                    stack, "reference", ids, mask, p, temperature=temperature
+                ).logprobs
             }
             if with_value:
-                frozen["values"] = stack.response_values(ids, mask, p)
+                frozen["values"] = forward.response_values(stack, "value", ids, mask, p)
             if use_reward_role:
-                frozen["scores"] = stack.response_rewards(ids, mask, p)
+                frozen["scores"] = forward.response_rewards(stack, "reward", ids, mask, p)
         for name, value in frozen.items():
             parts[name].append(value)
         # (b, A') per-token figures of this micro-batch back to the rollout's A columns (zeros: padding)

@@ -22,7 +22,7 @@ def collate_rankings(examples: list[RankingExample], pad_id: int) -> dict[str, t
 
 
 def collate_shared_prompts(examples: list[RankingExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """B rankings -> each prompt once and its N = sum K_b responses apart, for `RoleStack.prefix_rewards`.
+    """B rankings -> each prompt once and its N = sum K_b responses apart, for `forward.prefix_rewards`.
 
     The prompt of a ranking is encoded once and its K responses continue from its KV cache, so a batch
     costs sum(P_b + sum_k R_bk) tokens instead of sum_k (P_b + R_bk) (InstructGPT §3.5 scores the K

@@ -16,6 +16,7 @@ from lora_rlhf.data.batching import pad_left
 from lora_rlhf.data.demonstrations import load_sft_examples
 from lora_rlhf.data.rows import OnBadRow
 from lora_rlhf.data.sources import DatasetSpec
+from lora_rlhf.models import forward
 from lora_rlhf.models.roles import RoleStack
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def mean_reward(stack: RoleStack, sequences: list[list[int]], batch_size: int, r
     with stack.evaluating():  # no LoRA dropout while measuring
         for start in range(0, len(sequences), batch_size):
             ids, mask = pad_left(sequences[start : start + batch_size], stack.tokenizer.pad_token_id)
-            total += float(stack.rewards(ids.to(stack.device), mask.to(stack.device), role=role).float().sum())
+            total += float(forward.rewards(stack, role, ids.to(stack.device), mask.to(stack.device)).float().sum())
     return total / len(sequences)
 
 

@@ -12,6 +12,7 @@ import torch
 from lora_rlhf.data.rankings import RankingExample, load_ranking_splits
 from lora_rlhf.data.rows import RowReport
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models import forward
 from lora_rlhf.models.base import gradient_checkpointing_on
 from lora_rlhf.models.positions import check_lengths
 from lora_rlhf.models.roles import RoleStack
@@ -35,9 +36,9 @@ def rm_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = ROLE) 
     """
     if "prompt_ids" in batch:
         keys = ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "prompt_index")
-        flat = stack.prefix_rewards(*(batch[k] for k in keys), role=role)  # (N,)
+        flat = forward.prefix_rewards(stack, role, *(batch[k] for k in keys))  # (N,)
     else:
-        flat = stack.rewards(batch["input_ids"], batch["attention_mask"], role=role)  # (N,)
+        flat = forward.rewards(stack, role, batch["input_ids"], batch["attention_mask"])  # (N,)
     scores = scatter_scores(flat, batch["slot"], batch["ranks"].shape)  # (B, K_max)
     out = ranking_loss(scores, batch["ranks"], batch["valid"])
     stats = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from lora_rlhf.data.demonstrations import IGNORE_INDEX, SFTExample
+from lora_rlhf.models import forward
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.train.loop import BatchLoss
 
@@ -31,7 +32,7 @@ def target_mask(labels: torch.Tensor) -> torch.Tensor:
 
 def sft_loss(stack: RoleStack, batch: dict[str, torch.Tensor], role: str = "sft") -> BatchLoss:
     """Mean negative log-likelihood of the response tokens (labels != IGNORE_INDEX), chunked over the vocabulary."""
-    logprobs = stack.logprobs(role, batch["input_ids"], batch["attention_mask"]).logprobs  # (B, T-1)
+    logprobs = forward.logprobs(stack, role, batch["input_ids"], batch["attention_mask"]).logprobs  # (B, T-1)
     mask = target_mask(batch["labels"])
     tokens = mask.sum().clamp(min=1)
     loss = -(logprobs * mask).sum() / tokens
