@@ -33,6 +33,7 @@ import torch
 
 from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
 from lora_rlhf.models import forward
+from lora_rlhf.models.logprobs import LOGPROB_CHUNK
 from lora_rlhf.models.names import resolve_model_name
 from lora_rlhf.plan import estimate
 from lora_rlhf.plan.measure import allocated_peak, resident_bytes
@@ -67,10 +68,10 @@ def _predict(shape, op: str, rows: int, tokens: int, quant: str, dropout: bool, 
             lora_dropout=dropout,
             dropout_dtype=estimate.lora_input_dtype("cpu", held),
         )
-        return static + act + estimate.logit_bytes(shape, rows, min(tokens, 256), grad=True)
+        return static + act + estimate.logit_bytes(shape, rows, min(tokens, LOGPROB_CHUNK), grad=True)
     if op == "score":
         act = estimate.activation_bytes(shape, rows, tokens, held, grad=False, checkpointing=False, lora_dropout=False)
-        return static + act + estimate.logit_bytes(shape, rows, min(tokens, 256), grad=False)
+        return static + act + estimate.logit_bytes(shape, rows, min(tokens, LOGPROB_CHUNK), grad=False)
     prompt = tokens - NEW_TOKENS
     act = estimate.activation_bytes(shape, rows, prompt, held, grad=False, checkpointing=False, lora_dropout=False)
     return (

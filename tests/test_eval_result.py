@@ -8,6 +8,7 @@ of them: the readers must still make the same.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from lora_rlhf.eval.result import (
     read_eval_result,
     write_eval_result,
 )
+from lora_rlhf.paths import RunLayout
 from lora_rlhf.pipeline.ablation import table
 
 V1 = Path(__file__).parent / "fixtures" / "eval_json_v1"
@@ -181,6 +183,17 @@ def test_a_missing_or_broken_file_is_one_line(tmp_path):
     (tmp_path / "eval.json").write_text("[1, 2]")
     with pytest.raises(LoraRlhfError, match="the file must be a JSON object, got list"):
         read_eval_result(tmp_path / "eval.json")
+
+
+def test_an_ifeval_section_without_models_is_reported_without_its_plot(tmp_path, caplog):
+    # plot_accuracies divided by the number of models (ZeroDivisionError with none); it now skips the plot, as the
+    # report's other plots do with nothing to draw, and logs why.
+    empty = IFEvalSection(prompts=0, accuracy={}, headline={}, accuracy_ci={}, diff={}, diff_ci={}, per_instruction={})
+    with caplog.at_level(logging.INFO, logger="lora_rlhf.eval.ifeval_report"):
+        text = report.write_report(tmp_path, EvalResult(ifeval=empty), [], {}, 0).read_text()
+    assert "## IFEval" in text and "IFEval accuracy by model" not in text
+    assert not RunLayout(tmp_path).plot("ifeval").exists()
+    assert "IFEval plot skipped: no model's accuracies to draw" in caplog.text
 
 
 def test_a_file_written_before_issue_26_reads_with_its_baselines_renamed():

@@ -208,6 +208,19 @@ def test_a_dequantized_decoding_copy_is_counted_only_where_it_would_be_taken():
     assert forced_gpu["ppo generate"].activations == off_gpu["ppo generate"].activations + copy
 
 
+def test_the_plan_resolves_auto_settings_with_the_loaders_rules():
+    # Issue 26: the plan calls the runtime's resolvers rather than restating them.
+    from lora_rlhf.plan.phases import resolve_setting
+
+    recipe = load_recipe(RECIPES / "tiny-test.yaml", ["model.quantization=auto", "model.compute_dtype=auto"])
+    on_cpu = BaseModelConfig(name_or_path="unused", device="cpu")
+    setting = resolve_setting(recipe, "cpu")
+    assert setting.quantization == on_cpu.resolved_quantization() == "none"
+    assert getattr(torch, setting.dtype) == on_cpu.resolved_dtype() == torch.float32
+    on_gpu = resolve_setting(recipe, "cuda")  # a bf16-capable GPU is assumed
+    assert (on_gpu.quantization, on_gpu.dtype) == ("nf4", "bfloat16")
+
+
 def test_plan_cli_prints_the_table_and_exits_1_when_it_does_not_fit(capsys):
     assert main(["plan", "--config", str(RECIPES / "tiny-test.yaml"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -183,6 +183,15 @@ def test_nan_reward_stops_with_the_step_and_saves_the_evidence(tiny_llama, tmp_p
     assert not (tmp_path / "run" / "adapters" / "policy").exists()  # no output that looks complete
 
 
+def test_an_update_not_taken_stops_the_run_as_a_nan_does(tiny_llama, tmp_path):
+    # train/optim.py's one policy: Adam's first step at this rate (lr / (1 - beta1) = 1e39) overflows float32, so
+    # clip_and_step takes no step; without clipping no norm shows it, and PPO went on without ever updating.
+    cfg = config(tmp_path, steps=1, optim={"policy_learning_rate": 1.0e38, "max_grad_norm": 0.0})
+    with pytest.raises(LoraRlhfError, match=r"ppo stopped at step 1: policy_update is inf"):
+        train_ppo(make_stack(tiny_llama), cfg, tmp_path / "run", reward_fn=digit_fraction)
+    assert not (tmp_path / "run" / "adapters" / "policy").exists()
+
+
 def test_kl_ceiling_stops_the_run(tiny_llama, tmp_path):
     cfg = config(tmp_path, rewards={"kl_ceiling": 1e-6}, optim={"policy_learning_rate": 1e-2})
     with pytest.raises(LoraRlhfError, match=r"step \d+: kl .* exceeds ppo.rewards.kl_ceiling"):

@@ -12,10 +12,20 @@ from lora_rlhf.data import formats
 from lora_rlhf.data.formats.options import Format, OasstOptions, UltraFeedbackOptions
 from lora_rlhf.data.rows import BadRow
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.io import JsonWording, decode_text, parse_json, snippet
 from lora_rlhf.validation import check_positive_ints
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+# How a bad row reads: `where` names its line ("rows.jsonl, line 3"). A JSON array is one parse of the whole file
+# (`where` is the file's name): what JSON rejects names its line, the rest "the file".
+_NOT_UTF8 = "byte {byte!r} at column {column} is not UTF-8 (save the file as UTF-8)"
+_NOT_JSON = "{snippet} is not valid JSON ({msg}, column {column})"
+_TOO_DEEP = "{snippet} nests arrays or objects too deeply to read as a row"
+_LINE = JsonWording(f"{{where}}: {_NOT_UTF8}", f"{{where}}: {_NOT_JSON}", f"{{where}}: {_TOO_DEEP}")
+_ARRAY = JsonWording(
+    f"{{where}}, the file: {_NOT_UTF8}", f"{{where}}, line {{line}}: {_NOT_JSON}", f"{{where}}, the file: {_TOO_DEEP}"
+)
 
 
 @dataclasses.dataclass
@@ -129,15 +139,8 @@ def read_json_rows(path: Path, shown: str) -> LocalRows:
     for number, raw in enumerate(data.splitlines(), start=1):
         if not raw.strip():
             continue
-        text = _decode(raw, shown, f"line {number}")
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LoraRlhfError(
-                f"{shown}, line {number}: {_snippet(text)} is not valid JSON ({exc.msg}, column {exc.colno})"
-            ) from None
-        except RecursionError:
-            raise LoraRlhfError(_too_deep(shown, f"line {number}", text)) from None
+        text = decode_text(raw, f"{shown}, line {number}", _LINE, encoding="utf-8-sig")
+        row = parse_json(text, f"{shown}, line {number}", _LINE)
         _check_object(row, shown, f"line {number}")
         _check_text(row, shown, f"line {number}", text)
         rows.append(row)
@@ -162,16 +165,8 @@ def _select_split(rows: LocalRows, spec: DatasetSpec) -> LocalRows:
 
 
 def _json_array(data: bytes, shown: str) -> LocalRows:
-    text = _decode(data, shown, "the file")
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        line = text.splitlines()[exc.lineno - 1] if text.splitlines() else text
-        raise LoraRlhfError(
-            f"{shown}, line {exc.lineno}: {_snippet(line)} is not valid JSON ({exc.msg}, column {exc.colno})"
-        ) from None
-    except RecursionError:
-        raise LoraRlhfError(_too_deep(shown, "the file", text)) from None
+    text = decode_text(data, shown, _ARRAY, encoding="utf-8-sig")
+    items = parse_json(text, shown, _ARRAY)
     if not items:
         raise LoraRlhfError(f"dataset file {shown!r} has no rows (an empty JSON array)")
     for index, item in enumerate(items):
@@ -180,33 +175,12 @@ def _json_array(data: bytes, shown: str) -> LocalRows:
     return LocalRows(items, [f"row {index}" for index in range(len(items))])
 
 
-def _decode(raw: bytes, shown: str, where: str) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bad = raw[exc.start : exc.start + 1]
-        raise LoraRlhfError(
-            f"{shown}, {where}: byte {bad!r} at column {exc.start + 1} is not UTF-8 (save the file as UTF-8)"
-        ) from None
-
-
-def _snippet(text: str) -> str:
-    """The start of a bad line, quoted, short enough for a one-line error."""
-    text = text.strip()
-    return repr(text if len(text) <= 40 else text[:37] + "...")
-
-
 def _check_object(row: Any, shown: str, where: str) -> None:
     if not isinstance(row, dict):
         value = json.dumps(row)
         value = value if len(value) <= 40 else value[:37] + "..."
         kind = _JSON_KINDS.get(type(row), type(row).__name__)
         raise LoraRlhfError(f"{shown}, {where}: {value} is a JSON {kind}, expected an object of fields")
-
-
-def _too_deep(shown: str, where: str, text: str) -> str:
-    """json.loads recurses once per level; a line nested past Python's recursion limit is bad data (issue 29)."""
-    return f"{shown}, {where}: {_snippet(text)} nests arrays or objects too deeply to read as a row"
 
 
 def _check_text(row: Any, shown: str, where: str, text: str) -> None:
@@ -219,7 +193,7 @@ def _check_text(row: Any, shown: str, where: str, text: str) -> None:
     try:
         field = _lone_surrogate(row)
     except RecursionError:  # json.loads stopped just short of the limit, the walk one frame deeper did not
-        raise LoraRlhfError(_too_deep(shown, where, text)) from None
+        raise LoraRlhfError(_LINE.too_deep.format(where=f"{shown}, {where}", snippet=snippet(text))) from None
     if field is not None:
         raise LoraRlhfError(
             f"{shown}, {where}: field {field!r} holds a lone UTF-16 surrogate, which is not valid Unicode text"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from lora_rlhf.eval.plots import _COLORS, _pyplot, _save
 from lora_rlhf.eval.result import IFEvalSection
+
+logger = logging.getLogger(__name__)
 
 # SmolLM2-135M-Instruct's model card: "IFEval (average prompt/inst)" 29.9 (HuggingFaceTB/SmolLM2-135M-Instruct).
 MODEL_CARD = {"name": "SmolLM2-135M-Instruct", "ifeval": 29.9}
@@ -101,10 +104,14 @@ def report_lines(section: IFEvalSection, figure: Path | None) -> list[str]:
     return lines
 
 
-def plot_accuracies(section: IFEvalSection, path: Path) -> Path:
-    """Grouped bars: the four accuracies, one bar per model, prompt-level bars with their intervals."""
-    plt = _pyplot()
+def plot_accuracies(section: IFEvalSection, path: Path) -> Path | None:
+    """Grouped bars: the four accuracies, one bar per model, prompt-level bars with their intervals; None (no plot,
+    as the other plots of the report do with nothing to draw) where no model has accuracies."""
     names = list(section.accuracy)
+    if not names:
+        logger.info("IFEval plot skipped: no model's accuracies to draw")
+        return None
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     width = 0.8 / len(names)
     for i, name in enumerate(names):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.ifeval.checkers import Verdicts, check
+from lora_rlhf.io import parse_json
 from lora_rlhf.validation import check_unicode
 
 DATA = Path(__file__).resolve().parent / "data" / "input_data.jsonl"
@@ -43,25 +43,11 @@ def load_prompts(path: str | Path | None = None) -> list[IFEvalPrompt]:
         raise LoraRlhfError(f"IFEval prompts {str(path)!r} do not exist")
     rows = []
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        if raw.strip():
-            rows.append(_row(_parse(raw, path, number), path, number))
+        if raw.strip():  # eval.ifeval.path may name any file: a bad line is a one-line error naming it (issue 29)
+            rows.append(_row(parse_json(raw, f"IFEval prompts {path}, line {number}"), path, number))
     if not rows:
         raise LoraRlhfError(f"IFEval prompts {path}: no rows")
     return rows
-
-
-def _parse(raw: bytes, path: Path, number: int) -> Any:
-    """One line as JSON; what would be a traceback (not UTF-8, not JSON, nested past the recursion limit) is a
-    one-line error naming the line (issue 29): eval.ifeval.path may name any file."""
-    where = f"IFEval prompts {path}, line {number}"
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise LoraRlhfError(f"{where}: byte {exc.start} is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise LoraRlhfError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-    except RecursionError:
-        raise LoraRlhfError(f"{where}: nests arrays or objects too deeply to read as a row") from None
 
 
 def _row(row: Any, path: Path, number: int) -> IFEvalPrompt:

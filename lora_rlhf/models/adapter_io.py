@@ -7,7 +7,6 @@ needs lora_rlhf to load a policy. Everything is safetensors; nothing is pickled.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.io import atomic_dir
+from lora_rlhf.io import JsonWording, atomic_dir, parse_json
 from lora_rlhf.models.head_usage import head_usage
 from lora_rlhf.models.heads import ScalarHead
 
@@ -25,6 +24,11 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 _PEFT_PREFIX = "base_model.model."
+_CONFIG_WORDING = JsonWording(
+    not_utf8="{where} is not UTF-8 text (byte {offset})",
+    not_json="{where} is not valid JSON: {error}",
+    too_deep="{where} nests arrays or objects too deeply to be an adapter config",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,14 +149,7 @@ def _read_config(path: Path) -> dict:
     """adapter_config.json as a dict, with a one-line error for what PEFT would fail on deep inside (issue 29):
     a file that is not UTF-8 or nests past the recursion limit, a peft_type PEFT has no class for (KeyError),
     a rank that is not a number (TypeError in the LoRA layer)."""
-    try:
-        config = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise LoraRlhfError(f"{path} is not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise LoraRlhfError(f"{path} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise LoraRlhfError(f"{path} nests arrays or objects too deeply to be an adapter config") from None
+    config = parse_json(path.read_bytes(), str(path), _CONFIG_WORDING)
     if not isinstance(config, dict):
         raise LoraRlhfError(f"{path} holds a JSON {type(config).__name__}, not an object of fields")
     if config.get("peft_type") != "LORA":

@@ -86,17 +86,30 @@ class BaseModelConfig:
         return torch.device(self.device)
 
     def resolved_quantization(self) -> str:
-        if self.quantization == "auto":
-            return "nf4" if self.resolved_device().type == "cuda" else "none"
-        return self.quantization
+        return resolve_quantization(self.quantization, self.resolved_device().type)
 
     def resolved_dtype(self) -> torch.dtype:
         if self.compute_dtype != "auto":
             return _DTYPES[self.compute_dtype]
         device = self.resolved_device()
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return _DTYPES[resolve_compute_dtype(self.compute_dtype, device.type, bf16_supported=bf16)]
+
+
+def resolve_quantization(quantization: str, device_type: str) -> str:
+    """`model.quantization` on a device of `device_type` ("cuda", "cpu", ...): "auto" is nf4 on CUDA, where
+    bitsandbytes' kernels run, and none elsewhere. `lora-rlhf plan` resolves it by this rule too."""
+    if quantization == "auto":
+        return "nf4" if device_type == "cuda" else "none"
+    return quantization
+
+
+def resolve_compute_dtype(compute_dtype: str, device_type: str, *, bf16_supported: bool) -> str:
+    """`model.compute_dtype`'s name on a device of `device_type`: "auto" is bfloat16 on a CUDA device that supports
+    it, else float32. `lora-rlhf plan` resolves it by this rule too."""
+    if compute_dtype != "auto":
+        return compute_dtype
+    return "bfloat16" if device_type == "cuda" and bf16_supported else "float32"
 
 
 def resolve_model_source(name_or_path: str) -> str:

@@ -77,11 +77,22 @@ def kv_cache_bytes(model: nn.Module, rows: int, tokens: int) -> int:
     return 2 * rows * tokens * int(config.num_hidden_layers) * kv_dim_of(config) * itemsize
 
 
+def wants_dequantized_copy(asked: bool | str, device_type: str) -> bool:
+    """Whether `model.dequantized_decoding` (True, False or "auto") asks for the copy on a device of `device_type`:
+    True anywhere, "auto" on the CPU only (see the module docstring)."""
+    return asked is True or (asked == "auto" and device_type == "cpu")
+
+
 def copy_fits(copy_bytes: int, device: torch.device, working_bytes: int = 0) -> bool:
-    """Whether a copy of `copy_bytes` takes at most half the memory that stays free on `device` once decoding has
-    its `working_bytes` (its KV cache): the other half is the margin for what no estimate counts (logits,
-    activations, the allocator's fragmentation)."""
-    return copy_bytes <= (free_bytes(device) - working_bytes) // 2
+    """`copy_fits_in` the memory free on `device` now."""
+    return copy_fits_in(copy_bytes, free_bytes(device), working_bytes)
+
+
+def copy_fits_in(copy_bytes: int, free: int, working_bytes: int = 0) -> bool:
+    """Whether a copy of `copy_bytes` takes at most half of `free` bytes once decoding has its `working_bytes` (its
+    KV cache): the other half is the margin for what no estimate counts (logits, activations, the allocator's
+    fragmentation)."""
+    return copy_bytes <= (free - working_bytes) // 2
 
 
 @contextlib.contextmanager

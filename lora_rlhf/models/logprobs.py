@@ -15,6 +15,10 @@ from typing import NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+# Positions projected to fp32 logits at once: bounds the logits (and, with grad, their recomputation) to
+# B x LOGPROB_CHUNK x V; `lora-rlhf plan` counts the log-prob chunk at this size.
+LOGPROB_CHUNK = 256
+
 Projection = Callable[[torch.Tensor], torch.Tensor]  # (..., H) states -> (..., V) float32 logits
 
 
@@ -50,7 +54,7 @@ def token_logprobs(
     targets: torch.Tensor,
     project: Projection,
     *,
-    chunk_size: int = 256,
+    chunk_size: int = LOGPROB_CHUNK,
     temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> TokenLogProbs:

@@ -8,7 +8,7 @@ counts the first three; the rest are what PPO adds):
     trained state    fp32 gradients and AdamW's two moments of the trained roles' parameters
     activations      what autograd keeps for backward (all layers, or layer inputs + one layer when
                      gradient checkpointing recomputes them), or one layer's worth without grad
-    log-prob chunk   fp32 logits of `chunk` positions (models/logprobs.py): logits, log-softmax, gradient
+    log-prob chunk   fp32 logits of `LOGPROB_CHUNK` positions (models/logprobs.py): logits, log-softmax, gradient
     KV cache         keys and values of every generated row, every layer, every position
     runtime          a stated allowance: CUDA context, cuBLAS workspace, allocator fragmentation
 

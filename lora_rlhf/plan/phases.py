@@ -23,6 +23,9 @@ from collections.abc import Callable
 
 from lora_rlhf.config.recipe import RecipeConfig
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models.base import resolve_compute_dtype, resolve_quantization
+from lora_rlhf.models.dequantized import copy_fits_in, wants_dequantized_copy
+from lora_rlhf.models.logprobs import LOGPROB_CHUNK
 from lora_rlhf.plan import estimate
 from lora_rlhf.plan.compute import IterationCompute, ppo_iteration_compute
 from lora_rlhf.plan.estimate import GiB, PhaseMemory
@@ -63,10 +66,11 @@ class Plan:
 
 
 def resolve_setting(recipe: RecipeConfig, device: str) -> Setting:
-    """The quantization and dtype `recipe.model` would get on `device` ("auto" resolved as the loader does)."""
+    """The quantization and dtype `recipe.model` would get on `device` ("auto" resolved by the loader's rules, on a
+    GPU that supports bf16)."""
     model = recipe.model
-    quantization = model.quantization if model.quantization != "auto" else ("nf4" if device == "cuda" else "none")
-    dtype = model.compute_dtype if model.compute_dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    quantization = resolve_quantization(model.quantization, device)
+    dtype = resolve_compute_dtype(model.compute_dtype, device, bf16_supported=True)
     return Setting(device, quantization, dtype, bool(model.gradient_checkpointing))
 
 
@@ -112,16 +116,15 @@ def phase_memories(
         )
 
     # Decoding keeps a 4-bit base dequantized for the call where asked ("auto": on the CPU) and where that takes at
-    # most half the memory left free beside it (models/dequantized.py): counted where the phase leaves room for it
-    # by that rule (always, with no budget), so the copy never decides whether a plan fits.
-    asked = recipe.model.dequantized_decoding
-    decode_copy = (
-        _dequantized_base_bytes(shape, setting) if asked is True or (asked == "auto" and setting.device == "cpu") else 0
-    )
+    # most half the memory left free beside it and its KV cache (models/dequantized.py): counted where the phase
+    # leaves room for it by that rule (always, with no budget), so the copy never decides whether a plan fits.
+    asked = wants_dequantized_copy(recipe.model.dequantized_decoding, setting.device)
+    decode_copy = _dequantized_base_bytes(shape, setting) if asked else 0
 
     def decoding(name: str, adapters: int, trained: int, activations: int, logits: int, kv: int) -> PhaseMemory:
         without = phase(name, adapters, trained, activations, logits, kv)
-        if not decode_copy or (budget is not None and decode_copy > (budget - without.total) // 2):
+        free = None if budget is None else budget - (without.total - kv)  # free when decoding starts: no KV cache
+        if not decode_copy or (free is not None and not copy_fits_in(decode_copy, free, kv)):
             return without
         return phase(name, adapters, trained, activations + decode_copy, logits, kv)
 
@@ -140,9 +143,11 @@ def phase_memories(
     policy = train_acts(micro, prompt_and_response, False) + (
         train_acts(ppo.ptx.batch_size, ppo.ptx.max_length, False) if ppo.ptx.enabled else 0
     )
-    policy_logits = estimate.logit_bytes(shape, micro, min(response, 256), grad=True)
+    policy_logits = estimate.logit_bytes(shape, micro, min(response, LOGPROB_CHUNK), grad=True)
     if ppo.ptx.enabled:
-        policy_logits += estimate.logit_bytes(shape, ppo.ptx.batch_size, min(ppo.ptx.max_length, 256), grad=True)
+        policy_logits += estimate.logit_bytes(
+            shape, ppo.ptx.batch_size, min(ppo.ptx.max_length, LOGPROB_CHUNK), grad=True
+        )
     value = train_acts(micro, prompt_and_response, False) if critic else 0
     ev = recipe.eval
     eval_rows = ev.batch_size * max(1, ev.best_of_n)
@@ -153,7 +158,7 @@ def phase_memories(
             estimate.adapter_bytes(shape, sft_r, 1, 0),
             estimate.trained_state_bytes(shape, sft_r, 1, 0),
             train_acts(sft_rows, sft_len, sft_drop),
-            estimate.logit_bytes(shape, sft_rows, min(sft_len, 256), grad=True),
+            estimate.logit_bytes(shape, sft_rows, min(sft_len, LOGPROB_CHUNK), grad=True),
         ),
         phase(
             "rm step",
@@ -176,7 +181,7 @@ def phase_memories(
             # Reference, value and reward read the rows in one forward, stacked three times (forward.frozen_scores);
             # twice without a value role.
             no_grad_acts((2 + critic) * micro, prompt_and_response),
-            estimate.logit_bytes(shape, micro, min(response, 256), grad=False),
+            estimate.logit_bytes(shape, micro, min(response, LOGPROB_CHUNK), grad=False),
         ),
         phase("ppo train", ppo_adapters, ppo_trained, max(policy, value), policy_logits),
         decoding(

@@ -32,6 +32,8 @@ WATCHED = (
     "loss",
     "policy_grad_norm",
     "value_grad_norm",
+    "policy_update",  # inf where clip_and_step did not take a step (train/optim.py)
+    "value_update",
 )
 
 

@@ -13,6 +13,7 @@ role's gradients are averaged across them before clipping, so every process take
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -229,7 +230,8 @@ def train_on_rollout(
         for begin in range(0, len(rollout), size):
             part = order[begin : begin + size]
             rows.append(_minibatch(stack, rollout, part, optimizers, config, ptx, kl_coef, hooks, trim_micro_batches))
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    keys = dict.fromkeys(k for r in rows for k in r)  # `<role>_update` is there only where a step was not taken
+    return {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
 
 
 def _minibatch(
@@ -261,6 +263,8 @@ def _minibatch(
             done = clip_and_step(stack.role_parameters(role), optimizer, opt.accelerator, config.optim.max_grad_norm)
             if done.grad_norm is not None:
                 figures[f"{role}_grad_norm"] = done.grad_norm
+            if not done.updated:  # e.g. an update too large for the dtype (train/optim.py): ppo/guard.py stops on it
+                figures[f"{role}_update"] = math.inf
     if distributed.world().size > 1:  # what this optimizer step sent through the all-reduce (issue 13)
         figures["allreduce_bytes"] = float(sent)
     return figures

@@ -50,8 +50,7 @@ class ServeLimits:
     batch_window_s: float = 0.01
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise LoraRlhfError(f"max_tokens limit: {self.max_tokens!r} must be a positive integer")
+        check_positive_ints(self, ("max_tokens",))
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise LoraRlhfError(f"request_timeout: {self.request_timeout!r} must be > 0 seconds (or None: no limit)")
         check_positive_ints(self, ("max_batch_size", "max_queue"))
