@@ -50,7 +50,7 @@ def test_builds_nested_and_coerces_ints_to_floats():
         ({"flag": "yes"}, "flag: 'yes' is not true/false"),
         ({"inner": {"limit": 1.5}}, "inner.limit: 1.5 is not an integer or null"),
         ({"model": {"quantization": "fp4"}}, "model.quantization: 'fp4' is not one of"),
-        ({"lora": {"r": -1}}, "lora.r: -1 must be a positive integer"),
+        ({"lora": {"r": -1}}, "lora.r: -1 is not a positive integer"),
         ({"inner": 3}, "inner: expected a mapping of keys, got 3"),
     ],
 )

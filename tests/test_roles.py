@@ -274,7 +274,7 @@ def test_error_adapter_for_another_base(tiny_model_dirs, tmp_path):
 def test_error_bad_config_values():
     with pytest.raises(LoraRlhfError, match="quantization: 'fp4' is not one of"):
         BaseModelConfig("x", quantization="fp4")
-    with pytest.raises(LoraRlhfError, match="r: 0 must be a positive integer"):
+    with pytest.raises(LoraRlhfError, match="r: 0 is not a positive integer"):
         LoraSettings(r=0)
 
 

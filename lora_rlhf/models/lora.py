@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.validation import check_positive_ints
 
 
 @dataclasses.dataclass
@@ -22,7 +21,8 @@ class LoraSettings:
     target_modules: list[str] | str = "all-linear"
 
     def __post_init__(self) -> None:
-        check_positive_ints(self, ("r",))
+        if not isinstance(self.r, int) or self.r < 1:
+            raise LoraRlhfError(f"r: {self.r!r} is not a positive integer")
         if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
             raise LoraRlhfError(f"alpha: {self.alpha!r} is not a positive number")
         if not 0.0 <= float(self.dropout) < 1.0:
