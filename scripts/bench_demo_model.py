@@ -26,6 +26,7 @@ from lora_rlhf.demo.model import demo_model_dir
 from lora_rlhf.demo.tasks import sample_tasks
 from lora_rlhf.models import forward
 from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.engine import decode
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 
@@ -50,7 +51,8 @@ def greedy(stack: RoleStack, prompts: list[str], max_new_tokens: int, batch: int
     for start in range(0, len(prompts), batch):
         texts = [render_prompt(tokenizer, p) for p in prompts[start : start + batch]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
-        ids = stack.generate("base", enc.input_ids, enc.attention_mask, do_sample=False, max_new_tokens=max_new_tokens)
+        ids = decode(stack, "base", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, temperature=0.0)
+        ids = ids.sequences
         out += [t.strip() for t in tokenizer.batch_decode(ids[:, enc.input_ids.shape[1] :], skip_special_tokens=True)]
     return out
 
@@ -61,10 +63,8 @@ def time_generation(stack: RoleStack, prompts: list[str], new_tokens: int) -> fl
         [render_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
     ).to(stack.device)
     start = time.perf_counter()
-    # min_new_tokens forces the full budget, so the figure is for exactly len(prompts) x new_tokens tokens.
-    stack.generate(
-        "base", enc.input_ids, enc.attention_mask, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens
-    )
+    # No stop id: every row runs the full budget, so the figure is for exactly len(prompts) x new_tokens tokens.
+    decode(stack, "base", enc.input_ids, enc.attention_mask, max_new_tokens=new_tokens, temperature=0.0, stop_ids=[])
     return time.perf_counter() - start
 
 

@@ -41,7 +41,7 @@ from lora_rlhf.demo.tasks import sample_tasks
 from lora_rlhf.models import forward
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.models.sequences import sampling_kwargs, stop_mask
+from lora_rlhf.models.sequences import stop_mask
 from lora_rlhf.ppo.config import PPOConfig, PtxConfig, SamplingConfig
 from lora_rlhf.ppo.data import PtxStream
 from lora_rlhf.ppo.optimize import add_advantages, build_optimizers, train_on_rollout
@@ -49,6 +49,7 @@ from lora_rlhf.ppo.rewards import RunningMoments
 from lora_rlhf.ppo.rollout import make_rollout
 from lora_rlhf.ppo.trainer import setup_roles
 from lora_rlhf.testing.bench import PeakMemory, PhaseTimes, default_model, demo_prompts
+from lora_rlhf.testing.reference import reference_generate, sampling_kwargs
 from lora_rlhf.train.loop import make_accelerator
 
 
@@ -71,8 +72,8 @@ def _before(stack, batch, config, rollout, optimizers, ptx, step) -> dict[str, f
     start = time.perf_counter()
     ids, mask = pad_left([p.ids for p in batch], stack.tokenizer.pad_token_id)
     stops = stack.eos_ids()
-    out = stack.generate(
-        "policy", ids, mask, max_new_tokens=config.sampling.max_new_tokens, eos_token_id=sorted(stops),
+    out = reference_generate(
+        stack, "policy", ids, mask, max_new_tokens=config.sampling.max_new_tokens, eos_token_id=sorted(stops),
         **sampling_kwargs(config.sampling.temperature),
     )  # fmt: skip
     responses = out[:, ids.shape[1] :]

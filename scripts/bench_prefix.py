@@ -8,7 +8,7 @@ and the K responses are sampled from the model itself, so their lengths are the 
   * one RM training step (forward + backward of the ranking loss) on `--prompts` rankings of K responses, with
     each prompt + response row encoded in full (`collate_rankings`) and with each prompt encoded once and its
     responses run on its KV cache (`collate_shared_prompts`), checking both give the same loss;
-  * `RoleStack.generate` of K samples for each of 8 prompts (8K rows), with each distinct prompt prefilled once
+  * `decode` (models/engine.py) of K samples for each of 8 prompts (8K rows), with each distinct prompt prefilled once
     (the default) and with every row prefilled, checking both give the same tokens from the same seed.
 
 Medians of `--repeats` timed repetitions after one warm-up; timings depend on what else runs.
@@ -24,6 +24,7 @@ from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.data.rankings import RankingExample
 from lora_rlhf.demo.tasks import sample_tasks
 from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.engine import decode
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
@@ -47,17 +48,15 @@ def main() -> None:
     tok = stack.tokenizer
     prompts = [render_prompt(tok, t.prompt) for t in sample_tasks(8, seed=0, families=["uppercase", "dashes"])]
     enc = tok([p for p in prompts for _ in range(args.k)], return_tensors="pt", padding=True, add_special_tokens=False)
-    options = dict(max_new_tokens=24, do_sample=True, eos_token_id=sorted(stack.eos_ids()))
 
     def sample(shared: bool):
         def run():
             torch.manual_seed(0)
-            if not shared:
-                stack._shared_prompt_cache = lambda *a: None
-            try:
-                return stack.generate("reward", enc.input_ids, enc.attention_mask, **options)
-            finally:
-                stack.__dict__.pop("_shared_prompt_cache", None)
+            out = decode(
+                stack, "reward", enc.input_ids, enc.attention_mask, max_new_tokens=24, temperature=1.0,
+                share_prompts=shared,
+            )  # fmt: skip
+            return out.sequences
 
         return run
 

@@ -33,6 +33,7 @@ import torch
 
 from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
 from lora_rlhf.models import forward
+from lora_rlhf.models.engine import decode
 from lora_rlhf.models.logprobs import LOGPROB_CHUNK
 from lora_rlhf.models.names import resolve_model_name
 from lora_rlhf.plan import estimate
@@ -103,14 +104,9 @@ def _measure(stack: RoleStack, op: str, rows: int, tokens: int) -> tuple[int, in
     else:
         prompt = tokens - NEW_TOKENS
         with allocated_peak(stack.device) as peak:
-            stack.generate(
-                "sft",
-                ids[:, :prompt],
-                mask[:, :prompt],
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=True,
-                top_k=0,
+            # No stop id: every row decodes the full budget, the most the KV cache holds.
+            decode(
+                stack, "sft", ids[:, :prompt], mask[:, :prompt], max_new_tokens=NEW_TOKENS, temperature=1.0, stop_ids=[]
             )
     measured = resident_bytes(stack.base_model) + peak.bytes
     reserved = torch.cuda.max_memory_reserved(stack.device) if stack.device.type == "cuda" else 0

@@ -1,4 +1,4 @@
-"""The sampling loop that drops finished rows (models/decoding.py, RoleStack.sample) returns what `generate`
+"""The decoding engine (models/engine.py: `decode`, rows leaving the batch at their stop) returns what `generate`
 returns, on every decoder family transformers ships, while running each row only until its stop."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import torch
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.models import forward
-from lora_rlhf.models.decoding import sample
+from lora_rlhf.models.engine import decode
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampling import draw
-from lora_rlhf.models.sequences import sampling_kwargs
+from lora_rlhf.testing.reference import reference_generate, sampling_kwargs
 
+from fake_decoder import FakeStack
 from tiny_architectures import ARCHITECTURES, tiny_causal_lm
 
 PROMPTS = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [19, 20], [19, 20], [21, 22, 23]]
@@ -30,7 +31,9 @@ def policy_stack(arch: str) -> RoleStack:
 
 def a_stop_token(stack: RoleStack, ids: torch.Tensor, mask: torch.Tensor) -> int:
     """A token that greedy decoding draws early in some rows and not in others: rows then stop at different steps."""
-    out = stack.generate("policy", ids, mask, max_new_tokens=6, pad_token_id=0, eos_token_id=None, do_sample=False)
+    out = reference_generate(
+        stack, "policy", ids, mask, max_new_tokens=6, pad_token_id=0, eos_token_id=None, do_sample=False
+    )
     return int(out[0, ids.shape[1] + 2])
 
 
@@ -39,10 +42,10 @@ def test_greedy_sample_equals_generate_with_rows_stopping_at_different_steps(arc
     stack = policy_stack(arch)
     ids, mask = pad_left(PROMPTS, 0)
     stop = a_stop_token(stack, ids, mask)
-    expected = stack.generate(
-        "policy", ids, mask, max_new_tokens=10, pad_token_id=0, eos_token_id=[stop], **sampling_kwargs(0.0)
+    expected = reference_generate(
+        stack, "policy", ids, mask, max_new_tokens=10, pad_token_id=0, eos_token_id=[stop], **sampling_kwargs(0.0)
     )
-    got = stack.sample("policy", ids, mask, max_new_tokens=10, temperature=0.0, stop_ids=[stop], pad_id=0)
+    got = decode(stack, "policy", ids, mask, max_new_tokens=10, temperature=0.0, stop_ids=[stop], pad_id=0)
     assert torch.equal(got.sequences, expected)
     assert (got.sequences[:, ids.shape[1] :] == stop).any()  # the case is real: some row stopped
 
@@ -73,7 +76,9 @@ def test_sample_draws_each_row_from_its_own_next_token_distribution(arch):
     stack = policy_stack(arch)
     ids, mask = pad_left([PROMPTS[0]] * 2000 + [PROMPTS[2]] * 2000, 0)
     torch.manual_seed(0)
-    first = stack.sample("policy", ids, mask, max_new_tokens=1, temperature=1.0, stop_ids=[], pad_id=0).sequences[:, -1]
+    first = decode(stack, "policy", ids, mask, max_new_tokens=1, temperature=1.0, stop_ids=[], pad_id=0).sequences[
+        :, -1
+    ]
     with stack.use("policy"):
         logits = stack.model(input_ids=ids[[0, -1]], attention_mask=mask[[0, -1]]).logits[:, -1]
     for half, probs in zip((first[:2000], first[2000:]), logits.float().softmax(-1)):
@@ -88,8 +93,16 @@ def test_recorded_logprobs_and_entropy_equal_a_recomputation(arch, temperature):
     ids, mask = pad_left(PROMPTS, 0)
     stop = a_stop_token(stack, ids, mask)
     torch.manual_seed(0)
-    got = stack.sample(
-        "policy", ids, mask, max_new_tokens=10, temperature=temperature, stop_ids=[stop], pad_id=0, with_logprobs=True
+    got = decode(
+        stack,
+        "policy",
+        ids,
+        mask,
+        max_new_tokens=10,
+        temperature=temperature,
+        stop_ids=[stop],
+        pad_id=0,
+        with_logprobs=True,
     )
     p = ids.shape[1]
     responses = got.sequences[:, p:]
@@ -106,7 +119,7 @@ def test_recorded_logprobs_and_entropy_equal_a_recomputation(arch, temperature):
 
 
 class CountingModel:
-    """A fake model for `sample`: fixed logits per row (row i always prefers token 3 + i), counting step rows."""
+    """A fake model for `decode`: fixed logits per row (row i always prefers token 3 + i), counting step rows."""
 
     def __init__(self, rows: int, vocab: int = 16) -> None:
         self.logits = torch.full((rows, vocab), -10.0)
@@ -134,10 +147,19 @@ def test_sample_drops_each_row_from_the_batch_and_cache_at_its_stop():
     model, cache = CountingModel(rows=3), FakeCache(3)
     ids, mask = torch.ones((3, 2), dtype=torch.long), torch.ones((3, 2), dtype=torch.long)
     # Row 0 draws 3 (a stop) at once; row 1 draws 4, a stop too; row 2 draws 5 every step until the budget.
-    out = sample(
-        model.step, model.logits.clone(), cache, ids, mask,
-        max_new_tokens=4, stop_ids=[3, 4], pad_id=0, temperature=0.0, with_logprobs=True,
-    )  # fmt: skip
+    stack = FakeStack(lambda rows: model.logits.clone(), model.step, cache)
+    out = decode(
+        stack,
+        "policy",
+        ids,
+        mask,
+        max_new_tokens=4,
+        stop_ids=[3, 4],
+        pad_id=0,
+        temperature=0.0,
+        with_logprobs=True,
+        share_prompts=False,
+    )
     assert model.rows_per_step == [1, 1, 1]  # rows 0 and 1 never ran again after their stop
     assert out.sequences[:, 2:].tolist() == [[3, 0, 0, 0], [4, 0, 0, 0], [5, 5, 5, 5]]
     assert out.logprobs.shape == (3, 4) and (out.logprobs[:2, 1:] == 0).all()
@@ -148,8 +170,9 @@ def test_sample_without_a_prunable_cache_pads_finished_rows_and_stops_when_all_h
     cache = FakeCache(2)
     cache.layers = []  # not prunable: rows stay in the batch
     ones = torch.ones((2, 1), dtype=torch.long)
-    out = sample(
-        model.step, model.logits.clone(), cache, ones, ones, max_new_tokens=5, stop_ids=[4], pad_id=0, temperature=0.0
+    stack = FakeStack(lambda rows: model.logits.clone(), model.step, cache)
+    out = decode(
+        stack, "policy", ones, ones, max_new_tokens=5, stop_ids=[4], pad_id=0, temperature=0.0, share_prompts=False
     )
     assert model.rows_per_step == [2, 2, 2, 2]
     assert out.sequences[:, 1:].tolist() == [[3, 3, 3, 3, 3], [4, 0, 0, 0, 0]]

@@ -8,6 +8,7 @@ import torch
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.models import dequantized
 from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.engine import decode
 from lora_rlhf.models.roles import RoleStack
 
 
@@ -33,8 +34,14 @@ def encoded(stack: RoleStack):
 def sampled(stack: RoleStack, seed: int = 0):
     enc = encoded(stack)
     torch.manual_seed(seed)
-    return stack.sample(
-        "policy", enc.input_ids, enc.attention_mask, max_new_tokens=NEW_TOKENS, temperature=0.8, with_logprobs=True
+    return decode(
+        stack,
+        "policy",
+        enc.input_ids,
+        enc.attention_mask,
+        max_new_tokens=NEW_TOKENS,
+        temperature=0.8,
+        with_logprobs=True,
     )
 
 

@@ -17,8 +17,8 @@ from lora_rlhf.inference.engine import DecodeEngine, Row
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.row_adapters import RowAdapters
-from lora_rlhf.models.sequences import sampling_kwargs
 from lora_rlhf.testing.adapters import make_adapters
+from lora_rlhf.testing.reference import reference_generate, sampling_kwargs
 
 from tiny_architectures import ARCHITECTURES, tiny_causal_lm
 
@@ -64,7 +64,8 @@ def alone(stack: RoleStack, role: str, prompt: list[int], budget: int) -> str:
     """The row's greedy answer from transformers' `generate`, up to (not including) its first end id."""
     ids = torch.tensor([prompt])
     stops = sorted(stack.eos_ids())
-    out = stack.generate(
+    out = reference_generate(
+        stack,
         role,
         ids,
         torch.ones_like(ids),
@@ -85,7 +86,8 @@ def alone(stack: RoleStack, role: str, prompt: list[int], budget: int) -> str:
 def test_rows_joining_a_running_batch_answer_as_alone(arch):
     stack = two_adapter_stack(arch)
     # An end id that greedy decoding reaches early in one row: rows then leave the batch at different steps.
-    early = stack.generate(
+    early = reference_generate(
+        stack,
         "a",
         torch.tensor([ROWS[0][1]]),
         torch.ones(1, 5, dtype=torch.long),

@@ -15,6 +15,7 @@ from lora_rlhf.eval.best_of_n import best_of_n
 from lora_rlhf.eval.lm_loss import lm_losses
 from lora_rlhf.eval.rm_accuracy import rm_accuracy
 from lora_rlhf.models import forward
+from lora_rlhf.models.engine import decode
 
 # Stub RM: a response's score is looked up by its last word.
 _RM = {"great": 3.0, "good": 2.0, "bad": 1.0, "terrible": 0.0}
@@ -113,13 +114,13 @@ def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch
         "lora_rlhf.eval.best_of_n.reward_scores",
         lambda stack, seqs, batch_size, prompt_lengths=None: [0.0, 5.0, 1.0, 2.0, 2.0, -1.0],
     )
-    sample, batches = stack.sample, []
+    batches = []
 
-    def counted(role, ids, mask, **kw):
+    def counted(stack, role, ids, mask, **kw):
         batches.append((role, ids.shape[0]))
-        return sample(role, ids, mask, **kw)
+        return decode(stack, role, ids, mask, **kw)
 
-    monkeypatch.setattr(stack, "sample", counted)
+    monkeypatch.setattr("lora_rlhf.eval.responses.decode", counted)
     gold_calls = []
 
     def gold(prompts, responses):

@@ -18,7 +18,6 @@ from lora_rlhf.metrics import read_metrics
 from lora_rlhf.models import forward
 from lora_rlhf.models.base import BaseModelConfig
 from lora_rlhf.models.roles import RoleStack
-from lora_rlhf.models.sampled_logprobs import SampledLogProbs
 from lora_rlhf.models.sequences import stop_mask
 from lora_rlhf.ppo.config import MOVED_KEYS, PPOConfig, RewardsConfig, SamplingConfig
 from lora_rlhf.ppo.hooks import PHASES, PhaseEvent, PhaseHook, phase
@@ -406,20 +405,6 @@ def test_generation_logprobs_equal_a_recomputation(tiny_llama, quantization, tol
     assert (sampled.entropy - again["entropy"])[mask].abs().max() < tolerance
     # and they are the policy's, not the reference's
     assert (sampled.logprobs - again["ref_logprobs"])[mask].abs().max() > 1e-3
-
-
-def test_the_recorder_keeps_scores_and_handles_an_empty_generation():
-    recorder = SampledLogProbs(0.5)
-    scores = torch.tensor([[1.0, 2.0, 3.0]])
-    assert recorder(torch.tensor([[4]]), scores) is scores
-    logprobs, entropy = recorder.result(torch.tensor([[4, 2]]))
-    expected = (scores / 0.5).log_softmax(-1)
-    assert logprobs[0].tolist() == pytest.approx([expected[0, 2].item()])
-    assert entropy[0].tolist() == pytest.approx([-(expected.exp() * expected).sum().item()])
-    empty = SampledLogProbs(1.0).result(torch.tensor([[4, 5]]))
-    assert empty[0].shape == (1, 0)
-    with pytest.raises(ValueError):
-        SampledLogProbs(0.0)
 
 
 def test_the_first_ppo_ratio_is_one_with_generation_logprobs(tiny_llama, tmp_path):

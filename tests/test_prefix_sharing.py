@@ -11,6 +11,7 @@ import torch
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.data.rankings import RankingExample
 from lora_rlhf.models import forward
+from lora_rlhf.models.engine import decode, shared_prompt_cache
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
@@ -109,48 +110,37 @@ def test_gradient_checkpointing_falls_back_to_full_rows():
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_generate_prefills_each_distinct_prompt_once_and_samples_as_without(arch):
+def test_decode_prefills_each_distinct_prompt_once_and_samples_as_without(arch, monkeypatch):
     stack = RoleStack(tiny_causal_lm(arch))
     stack.add_role("sft", LoraSettings(r=4, alpha=8, dropout=0.0))
     torch.manual_seed(1)
     for p in stack.role_parameters("sft"):
         torch.nn.init.normal_(p, std=0.1)
     ids, mask = pad_left([PROMPTS[i] for i in (0, 0, 1, 2, 2, 2)], 0)  # K samples of a prompt: equal rows
-    options = dict(max_new_tokens=8, pad_token_id=0, eos_token_id=None)
-    prefilled, share = [], stack._shared_prompt_cache
+    options = dict(max_new_tokens=8, stop_ids=[], pad_id=0)
+    prefilled = []
 
-    def counted(input_ids, attention_mask):
-        cache = share(input_ids, attention_mask)
+    def counted(stack, input_ids, attention_mask):
+        cache = shared_prompt_cache(stack, input_ids, attention_mask)
         prefilled.append(cache.get_seq_length() if cache is not None else None)
         return cache
 
-    stack._shared_prompt_cache = counted
-    torch.manual_seed(0)
-    shared = [stack.generate("sft", ids, mask, do_sample=False, **options)]
-    shared.append(stack.generate("sft", ids, mask, do_sample=True, **options))
-    assert prefilled == [ids.shape[1] - 1] * 2  # the cache held all but the last prompt token
-    stack._shared_prompt_cache = lambda *args: None
-    torch.manual_seed(0)
-    plain = [stack.generate("sft", ids, mask, do_sample=False, **options)]
-    plain.append(stack.generate("sft", ids, mask, do_sample=True, **options))
-    assert torch.equal(shared[0], plain[0])
-    assert torch.equal(shared[1], plain[1])
-    alone = stack.generate("sft", *pad_left([PROMPTS[2]], 0), do_sample=False, **options)
-    assert torch.equal(shared[0][-1, -8:], alone[0, -8:])
+    monkeypatch.setattr("lora_rlhf.models.engine.shared_prompt_cache", counted)
+    runs = {}
+    for share in (True, False):
+        torch.manual_seed(0)
+        runs[share] = [decode(stack, "sft", ids, mask, temperature=t, share_prompts=share, **options) for t in (0, 1)]
+    assert prefilled == [ids.shape[1] - 1] * 2  # the cache held all but the last prompt token; unshared: not asked
+    for shared, plain in zip(runs[True], runs[False]):
+        assert torch.equal(shared.sequences, plain.sequences)
+    alone = decode(stack, "sft", *pad_left([PROMPTS[2]], 0), temperature=0, **options)
+    assert torch.equal(runs[True][0].sequences[-1, -8:], alone.sequences[0, -8:])
 
 
-def test_generate_with_distinct_prompts_takes_the_plain_path():
+def test_decode_with_distinct_prompts_takes_the_plain_path():
     stack = RoleStack(tiny_causal_lm("llama"))
     ids, mask = pad_left(PROMPTS, 0)
-    assert stack._shared_prompt_cache(ids, mask) is None
-
-
-def test_generate_that_expands_its_rows_itself_is_not_prefilled():
-    stack = RoleStack(tiny_causal_lm("llama"))
-    ids, mask = pad_left([PROMPTS[0], PROMPTS[0]], 0)
-    torch.manual_seed(0)  # a cache prefilled for 2 rows would not fit the 4 that generate makes of them
-    out = stack.generate("base", ids, mask, max_new_tokens=3, do_sample=True, num_return_sequences=2, pad_token_id=0)
-    assert out.shape == (4, ids.shape[1] + 3)
+    assert shared_prompt_cache(stack, ids, mask) is None
 
 
 def test_eval_reward_scores_share_repeated_prompts_and_keep_the_scores(monkeypatch):

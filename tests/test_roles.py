@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from lora_rlhf import BaseModelConfig, LoraRlhfError, LoraSettings, RoleStack
 from lora_rlhf.models import forward
 from lora_rlhf.models.base import load_base_model
+from lora_rlhf.models.engine import decode
 
 ARCHS = ["llama", "qwen2", "gpt_neox"]
 
@@ -184,7 +185,7 @@ def test_nf4_on_cpu(tiny_llama, tmp_path):
         out.logprobs.mean().backward()
     assert all(p.grad is not None for p in stack.role_parameters("policy"))
     assert torch.isfinite(out.entropy).all()
-    generated = stack.generate("policy", ids, mask, max_new_tokens=4, do_sample=False)
+    generated = decode(stack, "policy", ids, mask, max_new_tokens=4, temperature=0.0).sequences
     assert generated.shape[1] <= ids.shape[1] + 4
     assert stack.model.training and stack._causal_lm().is_gradient_checkpointing  # restored after generate
     stack.model.eval()

@@ -8,11 +8,12 @@ import torch
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.inference import GenerationOptions
-from lora_rlhf.models.decoding import sample
+from lora_rlhf.models.engine import decode
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampling import draw, draw_rows, warped
 
+from fake_decoder import FakeStack
 from tiny_architectures import tiny_causal_lm
 
 PROMPTS = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [19, 20], [19, 20], [21, 22, 23]]
@@ -47,14 +48,23 @@ def test_the_same_seed_samples_what_it_sampled_before_the_one_sampler(temperatur
         torch.nn.init.normal_(p, std=0.1)
     ids, mask = pad_left(PROMPTS, 0)
     torch.manual_seed(1234)
-    got = stack.sample(
-        "policy", ids, mask, max_new_tokens=6, temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=[], pad_id=0
+    got = decode(
+        stack,
+        "policy",
+        ids,
+        mask,
+        max_new_tokens=6,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_ids=[],
+        pad_id=0,
     )
     assert got.sequences[:, ids.shape[1] :].tolist() == BEFORE[temperature, top_k, top_p]
 
 
 class RandomModel:
-    """A fake model for `sample`: fresh random logits for each row still decoding at every step."""
+    """A fake model for `decode`: fresh random logits for each row still decoding at every step."""
 
     def __init__(self, vocab: int = 12) -> None:
         self.vocab = vocab
@@ -103,16 +113,16 @@ def test_sample_draws_one_global_uniform_per_live_row_in_row_order():
     model = RandomModel()
     ids = torch.ones((rows, 2), dtype=torch.long)
     torch.manual_seed(3)
-    got = sample(
-        model.step,
-        model.next(rows),
-        RowCache(),
+    got = decode(
+        FakeStack(model.next, model.step, RowCache()),
+        "policy",
         ids,
         ids,
         max_new_tokens=steps,
         stop_ids=stops,
         pad_id=-1,
         temperature=0.8,
+        share_prompts=False,  # the fake model has no cache to share
     )
     responses = [[t for t in row if t != -1] for row in got.sequences[:, 2:].tolist()]
     assert responses == expected

@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from lora_rlhf.models.engine import decode
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import until_stop
 
@@ -40,14 +41,14 @@ def generate_responses(
     texts, ids, starts = [], [], []
     # Sampled from softmax(logits / T) alone (models/sequences.py): the distribution the KL is measured on,
     # the one PPO trained and best-of-N draws from; it stops at every end-of-response id, as rollouts do, and
-    # a row leaves the batch at its stop (models/decoding.py).
+    # a row leaves the batch at its stop (models/engine.py).
     stops = stack.eos_ids()
     for begin in range(0, len(prompt_texts), batch_size):
         batch = tokenizer(
             prompt_texts[begin : begin + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
         ).to(stack.device)
-        out = stack.sample(
-            role, batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
+        out = decode(
+            stack, role, batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
         ).sequences
         width = batch.input_ids.shape[1]
         for row, mask in zip(out, batch.attention_mask):

@@ -1,5 +1,5 @@
-"""What a generation is made of, around the sampler (inference/engine.py): the rendered prompt, the Completion
-returned, stop strings and the re-chunking of streamed text."""
+"""What a generation is made of, around the decoding engine (models/engine.py, inference/engine.py): the rendered
+prompt, the Completion returned, stop strings and the re-chunking of streamed text."""
 
 from __future__ import annotations
 
@@ -8,17 +8,9 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 
 from lora_rlhf.data.chat import Messages, Prompt, render_prompt
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models.engine import TokenLogprob
 
 StopCheck = Callable[[], bool]  # asked once per generated token: True ends generation there
-
-
-@dataclasses.dataclass
-class TokenLogprob:
-    """One generated token: its log-prob and the most likely alternatives, as (token id, log-prob)."""
-
-    token: int
-    logprob: float
-    top: list[tuple[int, float]]
 
 
 @dataclasses.dataclass

@@ -1,8 +1,9 @@
 """How a token is drawn, for every decoding path: the one sampler (issue 26).
 
-Rollouts, evaluation, best-of-N and the demo's rankings (`models/decoding.sample`, one set of options for the
-whole batch) and inference (`inference/engine.py`: `lora-rlhf generate`, the registry and the server, options
-per row) draw their tokens here, so a change to how a token is drawn is made and tested once.
+The one decoding engine (models/engine.py) draws its tokens here for every caller: rollouts, evaluation,
+best-of-N and the demo's rankings (`decode`, one set of options for the whole batch) and inference
+(`lora-rlhf generate`, the registry and the server, options per row), so a change to how a token is drawn is
+made and tested once.
 
 The order is `generate`'s, with transformers' own processors: the CTRL repetition penalty over prompt and
 response, OpenAI's frequency and presence penalties over the response, then for a sampled row temperature,

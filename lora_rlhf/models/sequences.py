@@ -1,59 +1,18 @@
-"""Where a generated response stops, and how to sample from exactly the distribution the log-probs see.
+"""Where a generated response stops.
 
-Rollouts, evaluation, best-of-N, the demo's labeler samples and inference all generate with
-`RoleStack.generate`; this module is the one place that decides
+Rollouts, evaluation, best-of-N, the demo's labeler samples and inference all decode with the one engine
+(models/engine.py); this module is the one place that decides
 
 - which token ids end a response (`RoleStack.eos_ids()`: the tokenizer's EOS and the generation config's,
-  since chat models add their own end-of-turn token),
-- what of a generated row is the response (up to the first stop; `generate` pads finished rows), and
-- which options make `generate` sample from softmax(logits / T) and nothing else. transformers fills
-  every option left unset from the model's generation_config (top_k 50 by default; Qwen2.5 sets a
-  repetition penalty of 1.05), and none of those processors is seen by the log-probs, the KL or the
-  PPO ratio. So every processor is set to its neutral value unless the caller asks for it.
+  since chat models add their own end-of-turn token), and
+- what of a generated row is the response (up to the first stop; finished rows are padded after it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
-
-# Logits processors a model's generation_config may switch on, each at its neutral value.
-NEUTRAL_SAMPLING: dict[str, Any] = {
-    "repetition_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-    "typical_p": 1.0,
-    "min_p": 0.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-    "min_new_tokens": 0,
-}
-# A greedy generate warns about sampling-only flags, so it gets only the processors that act on argmax too.
-_NEUTRAL_GREEDY: dict[str, Any] = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0}
-
-
-def sampling_kwargs(
-    temperature: float, *, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0
-) -> dict[str, Any]:
-    """`generate` options for softmax(logits / temperature) (greedy when 0), nothing from generation_config.
-
-    `top_p` < 1, `top_k` > 0 or `repetition_penalty` != 1 are applied only when asked (inference);
-    training and evaluation leave them off so samples follow the distribution the log-probs measure.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        return {**_NEUTRAL_GREEDY, "do_sample": False, "repetition_penalty": repetition_penalty}
-    # top_k 0 is "off"; None would let transformers fill in the model's default of 50.
-    return {
-        **NEUTRAL_SAMPLING,
-        "do_sample": True,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "repetition_penalty": repetition_penalty,
-    }
 
 
 def _is_stop(ids: torch.Tensor, stop_ids: Iterable[int]) -> torch.Tensor:

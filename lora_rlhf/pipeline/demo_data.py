@@ -19,6 +19,7 @@ from lora_rlhf.demo.labeler import Labeler
 from lora_rlhf.demo.tasks import sample_tasks
 from lora_rlhf.demo.text import text_rows
 from lora_rlhf.io import atomic_file
+from lora_rlhf.models.engine import decode
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import until_stop
 from lora_rlhf.pipeline import ifeval_data
@@ -178,8 +179,8 @@ def _sample(stack: RoleStack, prompts: list[Prompt], temperature: float, max_new
     rendered = [render_prompt(tokenizer, p) for p in prompts]
     enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
     stops = stack.eos_ids()
-    out = stack.sample(
-        "sft", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
+    out = decode(
+        stack, "sft", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
     ).sequences
     responses = [until_stop(row, stops, tokenizer.pad_token_id)[0] for row in out[:, enc.input_ids.shape[1] :]]
     return [t.strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]

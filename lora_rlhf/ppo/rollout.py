@@ -18,6 +18,7 @@ import torch
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.models import forward
+from lora_rlhf.models.engine import decode
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import ends_with_stop, stop_mask
 from lora_rlhf.ppo.config import SamplingConfig
@@ -106,7 +107,7 @@ class Sampled:
     response_mask: torch.Tensor  # (B, A) long, 1 up to and including the stop token
     prompt_width: int  # P
     # (B, A) log pi(a_t | s_t) and entropy of the distribution each token was drawn from, recorded during
-    # generation (models/decoding.py, models/sampling.py); None when sampling.logprobs_from_generation is off.
+    # generation (models/engine.py, models/sampling.py); None when sampling.logprobs_from_generation is off.
     logprobs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
 
@@ -117,7 +118,8 @@ def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: Samplin
     ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
     ids, mask = ids.to(stack.device), mask.to(stack.device)
     stops = stack.eos_ids()
-    decoded = stack.sample(
+    decoded = decode(
+        stack,
         "policy",
         ids,
         mask,
