@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
-from lora_rlhf.models import forward
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models import engine, forward
 from lora_rlhf.models.logprobs import LOGPROB_CHUNK
 from lora_rlhf.models.names import resolve_model_name
 from lora_rlhf.plan import estimate
@@ -105,7 +104,7 @@ def _measure(stack: RoleStack, op: str, rows: int, tokens: int) -> tuple[int, in
         prompt = tokens - NEW_TOKENS
         with allocated_peak(stack.device) as peak:
             # No stop id: every row decodes the full budget, the most the KV cache holds.
-            decode(
+            engine.sample(
                 stack, "sft", ids[:, :prompt], mask[:, :prompt], max_new_tokens=NEW_TOKENS, temperature=1.0, stop_ids=[]
             )
     measured = resident_bytes(stack.base_model) + peak.bytes
