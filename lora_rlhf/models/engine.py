@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 
 from lora_rlhf.models.kv_cache import distinct_prefixes, returned_cache
-from lora_rlhf.models.positions import position_ids
+from lora_rlhf.models.positions import next_positions, position_ids
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampling import (
     DrawOptions,
@@ -152,13 +152,13 @@ class Engine:
             Live(row, ticket, input_ids[i][attention_mask[i].bool()], _generator(row.options, device))
             for i, (row, ticket) in enumerate(zip(rows, tickets, strict=True))
         ]
-        next_positions = attention_mask.long().sum(-1, keepdim=True)
+        positions = next_positions(attention_mask)
         if not self.live:
-            self._cache, self._mask, self._positions, self._logits = cache, attention_mask, next_positions, logits
+            self._cache, self._mask, self._positions, self._logits = cache, attention_mask, positions, logits
             self._ids = input_ids if cache is None else None
         else:
             self._mask = _merge(self._cache, self._mask, cache, attention_mask)
-            self._positions = torch.cat([self._positions, next_positions])
+            self._positions = torch.cat([self._positions, positions])
             self._logits = torch.cat([self._logits, logits])
         self.live.extend(new)
 
@@ -166,7 +166,7 @@ class Engine:
         """(N, V) logits of each row's first response token and the rows' KV cache."""
         cache = shared_prompt_cache(self.stack, ids, mask) if share and roles is None else None
         if cache is not None:  # only each row's last prompt token runs, on the shared cache
-            last = mask.long().sum(-1, keepdim=True) - 1
+            last = next_positions(mask) - 1
             return self.stack.next_token_logits(None, ids[:, -1:], mask, last, cache)
         positions = position_ids(mask, as_generate=True)  # as generate's, pads masked anyway
         return self.stack.next_token_logits(roles, ids, mask, positions)
