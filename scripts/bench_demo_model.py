@@ -22,10 +22,10 @@ import torch
 
 from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.demo.judge import gold_scores
-from lora_rlhf.demo.model import demo_model_dir
 from lora_rlhf.demo.tasks import sample_tasks
 from lora_rlhf.models import engine, forward
 from lora_rlhf.models.base import BaseModelConfig
+from lora_rlhf.models.demo_model import demo_model_dir
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 

@@ -119,8 +119,8 @@ def _load(name: str, folder: str | None, device: str, model_config: Path | None)
         from transformers import AutoConfig
 
         from lora_rlhf.models.base import prepare_for_training
+        from lora_rlhf.models.tiny import tiny_tokenizer
         from lora_rlhf.testing.random_quantized import random_nf4_model
-        from lora_rlhf.testing.tiny import tiny_tokenizer
 
         if model_config is None:
             raise SystemExit("validate_plan: --models 8b needs --model-config (a config.json)")

@@ -25,7 +25,7 @@ MIB = 2**20
 
 def default_model() -> str:
     """The embedded demo model's folder (SmolLM2-135M-Instruct, converted once into the cache)."""
-    from lora_rlhf.demo.model import demo_model_dir
+    from lora_rlhf.models.demo_model import demo_model_dir
 
     return str(demo_model_dir())
 
