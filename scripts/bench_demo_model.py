@@ -22,11 +22,10 @@ import torch
 
 from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.demo.judge import gold_scores
-from lora_rlhf.demo.model import demo_model_dir
 from lora_rlhf.demo.tasks import sample_tasks
-from lora_rlhf.models import forward
+from lora_rlhf.models import engine, forward
 from lora_rlhf.models.base import BaseModelConfig
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models.demo_model import demo_model_dir
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 
@@ -51,7 +50,9 @@ def greedy(stack: RoleStack, prompts: list[str], max_new_tokens: int, batch: int
     for start in range(0, len(prompts), batch):
         texts = [render_prompt(tokenizer, p) for p in prompts[start : start + batch]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
-        ids = decode(stack, "base", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, temperature=0.0)
+        ids = engine.sample(
+            stack, "base", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, temperature=0.0
+        )
         ids = ids.sequences
         out += [t.strip() for t in tokenizer.batch_decode(ids[:, enc.input_ids.shape[1] :], skip_special_tokens=True)]
     return out
@@ -64,7 +65,9 @@ def time_generation(stack: RoleStack, prompts: list[str], new_tokens: int) -> fl
     ).to(stack.device)
     start = time.perf_counter()
     # No stop id: every row runs the full budget, so the figure is for exactly len(prompts) x new_tokens tokens.
-    decode(stack, "base", enc.input_ids, enc.attention_mask, max_new_tokens=new_tokens, temperature=0.0, stop_ids=[])
+    engine.sample(
+        stack, "base", enc.input_ids, enc.attention_mask, max_new_tokens=new_tokens, temperature=0.0, stop_ids=[]
+    )
     return time.perf_counter() - start
 
 

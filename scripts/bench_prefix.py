@@ -8,8 +8,8 @@ and the K responses are sampled from the model itself, so their lengths are the 
   * one RM training step (forward + backward of the ranking loss) on `--prompts` rankings of K responses, with
     each prompt + response row encoded in full (`collate_rankings`) and with each prompt encoded once and its
     responses run on its KV cache (`collate_shared_prompts`), checking both give the same loss;
-  * `decode` (models/engine.py) of K samples for each of 8 prompts (8K rows), with each distinct prompt prefilled once
-    (the default) and with every row prefilled, checking both give the same tokens from the same seed.
+  * `engine.sample` (models/engine.py) of K samples for each of 8 prompts (8K rows), with each distinct prompt
+    prefilled once (the default) and with every row prefilled, checking both give the same tokens from the same seed.
 
 Medians of `--repeats` timed repetitions after one warm-up; timings depend on what else runs.
 """
@@ -23,8 +23,8 @@ import torch
 from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.data.rankings import RankingExample
 from lora_rlhf.demo.tasks import sample_tasks
+from lora_rlhf.models import engine
 from lora_rlhf.models.base import BaseModelConfig
-from lora_rlhf.models.engine import decode
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
@@ -52,7 +52,7 @@ def main() -> None:
     def sample(shared: bool):
         def run():
             torch.manual_seed(0)
-            out = decode(
+            out = engine.sample(
                 stack, "reward", enc.input_ids, enc.attention_mask, max_new_tokens=24, temperature=1.0,
                 share_prompts=shared,
             )  # fmt: skip

@@ -151,8 +151,8 @@ def _ids(rows: int, tokens: int, vocab: int) -> torch.Tensor:
 def build_stack(config_path: Path, recipe: RecipeConfig) -> RoleStack:
     from transformers import AutoConfig
 
+    from lora_rlhf.models.tiny import tiny_tokenizer
     from lora_rlhf.testing.random_quantized import random_nf4_model
-    from lora_rlhf.testing.tiny import tiny_tokenizer
 
     config = AutoConfig.from_pretrained(str(config_path))
     dtype = getattr(torch, recipe.model.compute_dtype)

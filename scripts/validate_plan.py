@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
-from lora_rlhf.models import forward
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models import engine, forward
 from lora_rlhf.models.logprobs import LOGPROB_CHUNK
 from lora_rlhf.models.names import resolve_model_name
 from lora_rlhf.plan import estimate
@@ -105,7 +104,7 @@ def _measure(stack: RoleStack, op: str, rows: int, tokens: int) -> tuple[int, in
         prompt = tokens - NEW_TOKENS
         with allocated_peak(stack.device) as peak:
             # No stop id: every row decodes the full budget, the most the KV cache holds.
-            decode(
+            engine.sample(
                 stack, "sft", ids[:, :prompt], mask[:, :prompt], max_new_tokens=NEW_TOKENS, temperature=1.0, stop_ids=[]
             )
     measured = resident_bytes(stack.base_model) + peak.bytes
@@ -120,8 +119,8 @@ def _load(name: str, folder: str | None, device: str, model_config: Path | None)
         from transformers import AutoConfig
 
         from lora_rlhf.models.base import prepare_for_training
+        from lora_rlhf.models.tiny import tiny_tokenizer
         from lora_rlhf.testing.random_quantized import random_nf4_model
-        from lora_rlhf.testing.tiny import tiny_tokenizer
 
         if model_config is None:
             raise SystemExit("validate_plan: --models 8b needs --model-config (a config.json)")

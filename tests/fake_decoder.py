@@ -9,7 +9,7 @@ import torch
 
 
 class FakeStack:
-    """What `decode` and `Engine` ask of a RoleStack. `first(rows)` gives the prefill's (N, V) logits;
+    """What `engine.sample` and `Engine` ask of a RoleStack. `first(rows)` gives the prefill's (N, V) logits;
     `step(ids, mask, positions, cache)` those of each later step, the rows still decoding only."""
 
     tokenizer = None
@@ -23,10 +23,10 @@ class FakeStack:
     def use(self, role: str):
         return contextlib.nullcontext()
 
-    def _generation_mode(self):
+    def generation_mode(self):
         return contextlib.nullcontext()
 
-    def _dequantized_base(self, rows: int, tokens: int):
+    def dequantized_base(self, rows: int, tokens: int):
         return contextlib.nullcontext()
 
     def next_token_logits(self, roles, input_ids, attention_mask, position_ids, cache=None):

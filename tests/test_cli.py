@@ -38,7 +38,7 @@ def test_saved_roles_reload_with_vanilla_peft(finished_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lora_rlhf.testing.tiny import tiny_model_dir
+    from lora_rlhf.models.tiny import tiny_model_dir
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
     ids = torch.tensor([[5, 6, 7, 8]])

@@ -1,4 +1,4 @@
-"""The decoding engine (models/engine.py: `decode`, rows leaving the batch at their stop) returns what `generate`
+"""The decoding engine (models/engine.py: `engine.sample`, rows leaving the batch at their stop) returns what `generate`
 returns, on every decoder family transformers ships, while running each row only until its stop."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from lora_rlhf.data.batching import pad_left
-from lora_rlhf.models import forward
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models import engine, forward
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampling import draw
@@ -45,7 +44,7 @@ def test_greedy_sample_equals_generate_with_rows_stopping_at_different_steps(arc
     expected = reference_generate(
         stack, "policy", ids, mask, max_new_tokens=10, pad_token_id=0, eos_token_id=[stop], **sampling_kwargs(0.0)
     )
-    got = decode(stack, "policy", ids, mask, max_new_tokens=10, temperature=0.0, stop_ids=[stop], pad_id=0)
+    got = engine.sample(stack, "policy", ids, mask, max_new_tokens=10, temperature=0.0, stop_ids=[stop], pad_id=0)
     assert torch.equal(got.sequences, expected)
     assert (got.sequences[:, ids.shape[1] :] == stop).any()  # the case is real: some row stopped
 
@@ -76,9 +75,9 @@ def test_sample_draws_each_row_from_its_own_next_token_distribution(arch):
     stack = policy_stack(arch)
     ids, mask = pad_left([PROMPTS[0]] * 2000 + [PROMPTS[2]] * 2000, 0)
     torch.manual_seed(0)
-    first = decode(stack, "policy", ids, mask, max_new_tokens=1, temperature=1.0, stop_ids=[], pad_id=0).sequences[
-        :, -1
-    ]
+    first = engine.sample(
+        stack, "policy", ids, mask, max_new_tokens=1, temperature=1.0, stop_ids=[], pad_id=0
+    ).sequences[:, -1]
     with stack.use("policy"):
         logits = stack.model(input_ids=ids[[0, -1]], attention_mask=mask[[0, -1]]).logits[:, -1]
     for half, probs in zip((first[:2000], first[2000:]), logits.float().softmax(-1)):
@@ -93,7 +92,7 @@ def test_recorded_logprobs_and_entropy_equal_a_recomputation(arch, temperature):
     ids, mask = pad_left(PROMPTS, 0)
     stop = a_stop_token(stack, ids, mask)
     torch.manual_seed(0)
-    got = decode(
+    got = engine.sample(
         stack,
         "policy",
         ids,
@@ -119,7 +118,7 @@ def test_recorded_logprobs_and_entropy_equal_a_recomputation(arch, temperature):
 
 
 class CountingModel:
-    """A fake model for `decode`: fixed logits per row (row i always prefers token 3 + i), counting step rows."""
+    """A fake model for `engine.sample`: fixed logits per row (row i always prefers token 3 + i), counting step rows."""
 
     def __init__(self, rows: int, vocab: int = 16) -> None:
         self.logits = torch.full((rows, vocab), -10.0)
@@ -148,7 +147,7 @@ def test_sample_drops_each_row_from_the_batch_and_cache_at_its_stop():
     ids, mask = torch.ones((3, 2), dtype=torch.long), torch.ones((3, 2), dtype=torch.long)
     # Row 0 draws 3 (a stop) at once; row 1 draws 4, a stop too; row 2 draws 5 every step until the budget.
     stack = FakeStack(lambda rows: model.logits.clone(), model.step, cache)
-    out = decode(
+    out = engine.sample(
         stack,
         "policy",
         ids,
@@ -171,7 +170,7 @@ def test_sample_without_a_prunable_cache_pads_finished_rows_and_stops_when_all_h
     cache.layers = []  # not prunable: rows stay in the batch
     ones = torch.ones((2, 1), dtype=torch.long)
     stack = FakeStack(lambda rows: model.logits.clone(), model.step, cache)
-    out = decode(
+    out = engine.sample(
         stack, "policy", ones, ones, max_new_tokens=5, stop_ids=[4], pad_id=0, temperature=0.0, share_prompts=False
     )
     assert model.rows_per_step == [2, 2, 2, 2]

@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from lora_rlhf.demo import model as demo_model
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models import demo_model
 
 
 def test_missing_package_is_a_one_line_error_with_the_pip_command(monkeypatch, tmp_path):

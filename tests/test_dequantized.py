@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.models import dequantized
+from lora_rlhf.models import dequantized, engine
 from lora_rlhf.models.base import BaseModelConfig
-from lora_rlhf.models.engine import decode
 from lora_rlhf.models.roles import RoleStack
 
 
@@ -34,7 +33,7 @@ def encoded(stack: RoleStack):
 def sampled(stack: RoleStack, seed: int = 0):
     enc = encoded(stack)
     torch.manual_seed(seed)
-    return decode(
+    return engine.sample(
         stack,
         "policy",
         enc.input_ids,
@@ -96,10 +95,10 @@ def test_auto_takes_the_copy_on_the_cpu_only(tiny_llama, monkeypatch):
     with pytest.raises(LoraRlhfError, match="dequantized_decoding"):
         BaseModelConfig(name_or_path=tiny_llama, dequantized_decoding="yes")
     monkeypatch.setattr(RoleStack, "device", property(lambda self: torch.device("meta")))  # not a CPU
-    with stack._dequantized_base(3, 16):
+    with stack.dequantized_base(3, 16):
         assert not any("forward" in m.__dict__ for m in dequantized._four_bit_linears(stack.model))
     stack.dequantized_decoding = True
-    with stack._dequantized_base(3, 16), torch.no_grad():
+    with stack.dequantized_base(3, 16), torch.no_grad():
         assert all("forward" in m.__dict__ for m in dequantized._four_bit_linears(stack.model))
     assert not calls  # nothing ran: the copies are made on a module's first call
 

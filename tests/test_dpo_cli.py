@@ -67,7 +67,7 @@ def test_the_dpo_adapter_reloads_with_vanilla_peft(dpo_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lora_rlhf.testing.tiny import tiny_model_dir
+    from lora_rlhf.models.tiny import tiny_model_dir
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
     model = PeftModel.from_pretrained(base, dpo_run / "adapters" / "dpo")

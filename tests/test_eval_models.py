@@ -14,8 +14,7 @@ from lora_rlhf.eval import EvalConfig
 from lora_rlhf.eval.best_of_n import best_of_n
 from lora_rlhf.eval.lm_loss import lm_losses
 from lora_rlhf.eval.rm_accuracy import rm_accuracy
-from lora_rlhf.models import forward
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models import engine, forward
 
 # Stub RM: a response's score is looked up by its last word.
 _RM = {"great": 3.0, "good": 2.0, "bad": 1.0, "terrible": 0.0}
@@ -118,9 +117,9 @@ def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch
 
     def counted(stack, role, ids, mask, **kw):
         batches.append((role, ids.shape[0]))
-        return decode(stack, role, ids, mask, **kw)
+        return engine.sample(stack, role, ids, mask, **kw)
 
-    monkeypatch.setattr("lora_rlhf.eval.responses.decode", counted)
+    monkeypatch.setattr("lora_rlhf.models.engine.sample", counted)
     gold_calls = []
 
     def gold(prompts, responses):

@@ -17,9 +17,9 @@ def test_other_names_pass_through_unchanged():
 
 
 def test_tiny_names_resolve_to_the_tiny_model_folder(monkeypatch, tmp_path):
-    import lora_rlhf.testing.tiny
+    import lora_rlhf.models.tiny
 
-    monkeypatch.setattr(lora_rlhf.testing.tiny, "tiny_model_dir", lambda arch: tmp_path / arch)
+    monkeypatch.setattr(lora_rlhf.models.tiny, "tiny_model_dir", lambda arch: tmp_path / arch)
     assert resolve_model_name("tiny:qwen2") == str(tmp_path / "qwen2")
 
 

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from lora_rlhf import BaseModelConfig, LoraSettings, RoleStack
-from lora_rlhf.models import forward
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models import engine, forward
 from lora_rlhf.testing import make_tiny_model
 
 
@@ -56,7 +55,7 @@ def test_an_eval_forward_leaves_nf4_training_gradients_unchanged(tmp_path, arch,
 
     with stack.evaluating(), torch.no_grad():  # a held-out evaluation, the RM bias step
         forward.logprobs(stack, "sft", enc.input_ids, enc.attention_mask)
-    decode(stack, "sft", enc.input_ids, enc.attention_mask, max_new_tokens=3, temperature=0.0)  # a rollout
+    engine.sample(stack, "sft", enc.input_ids, enc.attention_mask, max_new_tokens=3, temperature=0.0)  # a rollout
     stack.model.train()
     after = _grads(stack, enc.input_ids, enc.attention_mask)
 

@@ -10,8 +10,8 @@ import torch
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.data.rankings import RankingExample
-from lora_rlhf.models import forward
-from lora_rlhf.models.engine import decode, shared_prompt_cache
+from lora_rlhf.models import engine, forward
+from lora_rlhf.models.engine import shared_prompt_cache
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.rm.batching import collate_rankings, collate_shared_prompts
@@ -129,11 +129,13 @@ def test_decode_prefills_each_distinct_prompt_once_and_samples_as_without(arch, 
     runs = {}
     for share in (True, False):
         torch.manual_seed(0)
-        runs[share] = [decode(stack, "sft", ids, mask, temperature=t, share_prompts=share, **options) for t in (0, 1)]
+        runs[share] = [
+            engine.sample(stack, "sft", ids, mask, temperature=t, share_prompts=share, **options) for t in (0, 1)
+        ]
     assert prefilled == [ids.shape[1] - 1] * 2  # the cache held all but the last prompt token; unshared: not asked
     for shared, plain in zip(runs[True], runs[False]):
         assert torch.equal(shared.sequences, plain.sequences)
-    alone = decode(stack, "sft", *pad_left([PROMPTS[2]], 0), temperature=0, **options)
+    alone = engine.sample(stack, "sft", *pad_left([PROMPTS[2]], 0), temperature=0, **options)
     assert torch.equal(runs[True][0].sequences[-1, -8:], alone.sequences[0, -8:])
 
 

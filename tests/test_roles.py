@@ -8,9 +8,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lora_rlhf import BaseModelConfig, LoraRlhfError, LoraSettings, RoleStack
-from lora_rlhf.models import forward
+from lora_rlhf.models import engine, forward
 from lora_rlhf.models.base import load_base_model
-from lora_rlhf.models.engine import decode
 
 ARCHS = ["llama", "qwen2", "gpt_neox"]
 
@@ -185,9 +184,9 @@ def test_nf4_on_cpu(tiny_llama, tmp_path):
         out.logprobs.mean().backward()
     assert all(p.grad is not None for p in stack.role_parameters("policy"))
     assert torch.isfinite(out.entropy).all()
-    generated = decode(stack, "policy", ids, mask, max_new_tokens=4, temperature=0.0).sequences
+    generated = engine.sample(stack, "policy", ids, mask, max_new_tokens=4, temperature=0.0).sequences
     assert generated.shape[1] <= ids.shape[1] + 4
-    assert stack.model.training and stack._causal_lm().is_gradient_checkpointing  # restored after generate
+    assert stack.model.training and stack.causal_lm().is_gradient_checkpointing  # restored after generate
     stack.model.eval()
     with torch.no_grad():
         values = forward.values(stack, "value", ids, mask)

@@ -8,7 +8,7 @@ import torch
 
 from lora_rlhf.data.batching import pad_left
 from lora_rlhf.inference import GenerationOptions
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models import engine
 from lora_rlhf.models.lora import LoraSettings
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampling import draw, draw_rows, warped
@@ -48,7 +48,7 @@ def test_the_same_seed_samples_what_it_sampled_before_the_one_sampler(temperatur
         torch.nn.init.normal_(p, std=0.1)
     ids, mask = pad_left(PROMPTS, 0)
     torch.manual_seed(1234)
-    got = decode(
+    got = engine.sample(
         stack,
         "policy",
         ids,
@@ -64,7 +64,7 @@ def test_the_same_seed_samples_what_it_sampled_before_the_one_sampler(temperatur
 
 
 class RandomModel:
-    """A fake model for `decode`: fresh random logits for each row still decoding at every step."""
+    """A fake model for `engine.sample`: fresh random logits for each row still decoding at every step."""
 
     def __init__(self, vocab: int = 12) -> None:
         self.vocab = vocab
@@ -113,7 +113,7 @@ def test_sample_draws_one_global_uniform_per_live_row_in_row_order():
     model = RandomModel()
     ids = torch.ones((rows, 2), dtype=torch.long)
     torch.manual_seed(3)
-    got = decode(
+    got = engine.sample(
         FakeStack(model.next, model.step, RowCache()),
         "policy",
         ids,

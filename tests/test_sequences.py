@@ -13,8 +13,8 @@ from lora_rlhf import BaseModelConfig, RoleStack
 from lora_rlhf.eval.responses import generate_responses
 from lora_rlhf.inference.engine import generate_texts
 from lora_rlhf.inference.options import GenerationOptions
-from lora_rlhf.models import forward
-from lora_rlhf.models.engine import Engine, Samples, decode
+from lora_rlhf.models import engine, forward
+from lora_rlhf.models.engine import Engine, Samples
 from lora_rlhf.models.sequences import ends_with_stop, stop_mask, until_stop
 from lora_rlhf.testing.reference import NEUTRAL_SAMPLING, sampling_kwargs
 
@@ -93,7 +93,7 @@ def test_eval_stops_at_every_end_of_response_id_like_rollouts(stack, monkeypatch
     stack.base_model.generation_config.eos_token_id = [tokenizer.eos_token_id, end]
     assert end in stack.eos_ids()
     word = tokenizer("hello", add_special_tokens=False).input_ids
-    # decode, given no stop ids, has the engine stop at every end-of-response id
+    # engine.sample, given no stop ids, has the engine stop at every end-of-response id
     engine_stops = []
 
     def admitted(engine, *args, **kwargs):
@@ -104,15 +104,15 @@ def test_eval_stops_at_every_end_of_response_id_like_rollouts(stack, monkeypatch
         patched.setattr(Engine, "admit_ids", admitted)
         ids = tokenizer(["hello world"], return_tensors="pt").input_ids
         with pytest.raises(StopIteration):
-            decode(stack, "base", ids, torch.ones_like(ids), max_new_tokens=2, temperature=0.0)
+            engine.sample(stack, "base", ids, torch.ones_like(ids), max_new_tokens=2, temperature=0.0)
     assert engine_stops == [stack.eos_ids()] and end in engine_stops[0]
 
     def fake_decode(stack, role, input_ids, attention_mask, **kwargs):
-        assert kwargs.get("stop_ids") is None  # decode stops at eos_ids() by default
+        assert kwargs.get("stop_ids") is None  # engine.sample stops at eos_ids() by default
         tail = torch.tensor(word + [end] + word + [tokenizer.pad_token_id])
         return Samples(torch.cat([input_ids, tail.expand(input_ids.shape[0], -1)], dim=1))
 
-    monkeypatch.setattr("lora_rlhf.eval.responses.decode", fake_decode)
+    monkeypatch.setattr("lora_rlhf.models.engine.sample", fake_decode)
     out = generate_responses(stack, "base", ["hello world"], max_new_tokens=8, batch_size=1, temperature=0.0)
     assert out.texts == ["hello"]
     assert out.input_ids[0][out.response_start[0] :].tolist() == word + [end]

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models import engine
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import until_stop
 
@@ -47,7 +47,7 @@ def generate_responses(
         batch = tokenizer(
             prompt_texts[begin : begin + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
         ).to(stack.device)
-        out = decode(
+        out = engine.sample(
             stack, role, batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
         ).sequences
         width = batch.input_ids.shape[1]

@@ -10,10 +10,10 @@ new token, so a rollout of 32 tokens dequantizes the whole base 32 times: on the
 `dequantize_4bit`, keeps that weight, and multiplies by it with the `linear` bitsandbytes' CPU path would
 have run (the same numbers), until the block ends and the copies are freed. It costs the base's weights at the
 compute dtype for the length of the call (405 MiB for the 135M demo model in fp32, 13 GiB for an 8B in bf16),
-so `decode` (models/engine.py) uses it only where it takes at most half the memory left free at the call once the KV
-cache of its rows is set aside (`copy_fits`): on a 24 GB GPU carrying an 8B base it would not. By default
-(`model.dequantized_decoding: auto`) only on the CPU: on CUDA bitsandbytes 0.50 multiplies batches of up to
-1,536 rows with a fused kernel that reads the 4-bit weights, which may well beat a dense matmul by a 16-bit
+so `engine.sample` (models/engine.py) uses it only where it takes at most half the memory left free at the
+call once the KV cache of its rows is set aside (`copy_fits`): on a 24 GB GPU carrying an 8B base it would
+not. By default (`model.dequantized_decoding: auto`) only on the CPU: on CUDA bitsandbytes 0.50 multiplies batches
+of up to 1,536 rows with a fused kernel that reads the 4-bit weights, which may well beat a dense matmul by a 16-bit
 copy for decoding's small batches (unmeasured: no GPU was lent to this project). `lora-rlhf plan` counts
 the copy by the same rules (plan/phases.py).
 

@@ -1,6 +1,6 @@
 """The one decoding engine (issues 15 and 26): every response the toolkit generates is decoded here.
 
-Rollouts, evaluation's samples, best-of-N and the demo's rankings (`decode`: one role and one set of options for
+Rollouts, evaluation's samples, best-of-N and the demo's rankings (`sample`: one role and one set of options for
 a batch), `lora-rlhf generate`, `AdapterRegistry` and the server (inference/engine.py: rendered texts, options,
 adapter, stop strings and halt per row) all run this loop. A batch is a set of live rows over one KV cache:
 `step()` draws one token for every live row (models/sampling.py: temperature, top-k / top-p, penalties, the row's
@@ -13,7 +13,7 @@ most eval samples end at 8 of 24 tokens), and a request joins a running batch af
 
 Rows of different adapters share each forward, each LoRA layer adding every row's own adapter
 (`RoleStack.next_token_logits`, models/row_adapters.py); a row whose role is None runs under the adapter
-`RoleStack.use` made active (`decode`). With `measure`, each drawn token's log-prob under softmax(logits / T) and
+`RoleStack.use` made active (`sample`). With `measure`, each drawn token's log-prob under softmax(logits / T) and
 that distribution's entropy are recorded, what PPO's behaviour policy needs with no second forward; a row asking
 for `logprobs` gets the reported log-probs of what its token was drawn from (`sampling.reported_logprobs`).
 
@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 
 from lora_rlhf.models.kv_cache import distinct_prefixes, returned_cache
-from lora_rlhf.models.positions import position_ids
+from lora_rlhf.models.positions import next_positions, position_ids
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sampling import (
     DrawOptions,
@@ -152,13 +152,13 @@ class Engine:
             Live(row, ticket, input_ids[i][attention_mask[i].bool()], _generator(row.options, device))
             for i, (row, ticket) in enumerate(zip(rows, tickets, strict=True))
         ]
-        next_positions = attention_mask.long().sum(-1, keepdim=True)
+        positions = next_positions(attention_mask)
         if not self.live:
-            self._cache, self._mask, self._positions, self._logits = cache, attention_mask, next_positions, logits
+            self._cache, self._mask, self._positions, self._logits = cache, attention_mask, positions, logits
             self._ids = input_ids if cache is None else None
         else:
             self._mask = _merge(self._cache, self._mask, cache, attention_mask)
-            self._positions = torch.cat([self._positions, next_positions])
+            self._positions = torch.cat([self._positions, positions])
             self._logits = torch.cat([self._logits, logits])
         self.live.extend(new)
 
@@ -166,7 +166,7 @@ class Engine:
         """(N, V) logits of each row's first response token and the rows' KV cache."""
         cache = shared_prompt_cache(self.stack, ids, mask) if share and roles is None else None
         if cache is not None:  # only each row's last prompt token runs, on the shared cache
-            last = mask.long().sum(-1, keepdim=True) - 1
+            last = next_positions(mask) - 1
             return self.stack.next_token_logits(None, ids[:, -1:], mask, last, cache)
         positions = position_ids(mask, as_generate=True)  # as generate's, pads masked anyway
         return self.stack.next_token_logits(roles, ids, mask, positions)
@@ -304,7 +304,7 @@ class Samples:
 
 @dataclasses.dataclass(frozen=True)
 class _BatchOptions:
-    """`decode`'s options, the same for every row: no penalty, no seed (torch's global generator)."""
+    """`sample`'s options, the same for every row: no penalty, no seed (torch's global generator)."""
 
     max_new_tokens: int
     temperature: float
@@ -319,12 +319,12 @@ class _BatchOptions:
 @dataclasses.dataclass(frozen=True)
 class _BatchRow:
     options: _BatchOptions
-    role: str | None = None  # the adapter `decode` made active
+    role: str | None = None  # the adapter `sample` made active
     logprobs: int | None = None
 
 
 @torch.no_grad()
-def decode(
+def sample(
     stack: RoleStack,
     role: str,
     input_ids: torch.Tensor,
@@ -345,7 +345,7 @@ def decode(
     tokens drawn from softmax(logits / T) truncated by top-k then top-p, one float64 uniform per live row in row
     order from torch's global generator (`sampling.draw`), so `torch.manual_seed` fixes the samples. Each distinct
     prompt is prefilled once (`share_prompts`); a 4-bit base is dequantized once for the call where asked and the
-    copy fits (`RoleStack._dequantized_base`). Stops at `stop_ids` (default `eos_ids()`); pads with `pad_id`
+    copy fits (`RoleStack.dequantized_base`). Stops at `stop_ids` (default `eos_ids()`); pads with `pad_id`
     (default the tokenizer's). Pad `input_ids` on the left.
 
     Returns:
@@ -360,7 +360,7 @@ def decode(
         return Samples(input_ids, empty, empty.clone()) if with_logprobs else Samples(input_ids)
     request = _BatchRow(_BatchOptions(max_new_tokens, temperature, top_k, top_p))
     tokens = input_ids.shape[1] + max_new_tokens
-    with stack.use(role), stack._generation_mode(), stack._dequantized_base(rows, tokens):
+    with stack.use(role), stack.generation_mode(), stack.dequantized_base(rows, tokens):
         # The batch only shrinks: no column is trimmed, so each row's attention spans what it did before.
         engine = Engine(stack, stop_ids=stop_ids, pad_id=pad, measure=with_logprobs, trim=False)
         engine.admit_ids([request] * rows, range(rows), input_ids, attention_mask, share_prompts=share_prompts)
@@ -371,7 +371,7 @@ def decode(
 
 
 def _samples(rows: list[Live], input_ids: torch.Tensor, pad: int, with_logprobs: bool) -> Samples:
-    """`decode`'s finished rows as one (B, P + A) batch, each response padded after its stop id."""
+    """`sample`'s finished rows as one (B, P + A) batch, each response padded after its stop id."""
     responses = [live.ids + ([live.end] if live.end is not None else []) for live in rows]
     width, device = max(len(r) for r in responses), input_ids.device
     tokens = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
@@ -402,7 +402,7 @@ def shared_prompt_cache(stack: RoleStack, input_ids: torch.Tensor, attention_mas
     ids, mask, inverse = shared
     # Positions as generate computes them for a left-padded batch (pads at 1, masked out anyway).
     positions = position_ids(mask, as_generate=True)
-    out = stack._causal_lm().base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = stack.causal_lm().base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     cache = returned_cache(out)
     if cache is None:
         return None

@@ -26,7 +26,7 @@ SharedPrompts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, to
 
 def hidden_states(stack: RoleStack, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) ids and mask -> (B, T, H) last hidden states under the active adapter (no LM head)."""
-    backbone = stack._causal_lm().base_model
+    backbone = stack.causal_lm().base_model
     # Positions count real tokens only, so a left-padded row is encoded as if it were unpadded.
     positions = position_ids(attention_mask)
     out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
@@ -45,9 +45,7 @@ def logit_states(
     if stack.chunked_logits:
         return hidden_states(stack, input_ids, attention_mask), stack.projection
     positions = position_ids(attention_mask)
-    out = stack._causal_lm()(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
-    )
+    out = stack.causal_lm()(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
     return out.logits, IDENTITY
 
 
@@ -116,7 +114,7 @@ def prefix_hidden_states(
         (N, R, H) last hidden states of the response positions, equal (up to float rounding) to those
         of `hidden_states` over each left-padded prompt + response.
     """
-    backbone = stack._causal_lm().base_model
+    backbone = stack.causal_lm().base_model
     out = backbone(
         input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), use_cache=True
     )
@@ -242,7 +240,7 @@ def frozen_scores(
     if not stack.chunked_logits or _shared_prompts(stack, input_ids, attention_mask, p) is not None:
         return None
     per_row = [BASE_ROW if (n := stack.resolve(r)) == BASE else n for r in roles for _ in range(b)]
-    row_adapters = stack._row_adapters()
+    row_adapters = stack.row_adapters()
     if not row_adapters.supports(per_row):
         return None
     with row_adapters.applied(per_row):
@@ -267,7 +265,7 @@ def _shared_prompts(
     one-token prompt (nothing to share) or gradient checkpointing in training (no KV cache is returned).
     """
     p = prompt_width
-    checkpointing = stack.model.training and gradient_checkpointing_on(stack._causal_lm())
+    checkpointing = stack.model.training and gradient_checkpointing_on(stack.causal_lm())
     if p < 2 or input_ids.shape[0] < 2 or checkpointing:
         return None
     shared = distinct_prefixes(input_ids, attention_mask, p - 1)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from lora_rlhf.errors import LoraRlhfError
+from lora_rlhf.models import demo_model, tiny
 
-# The embedded demo's model: `model.name_or_path: demo:smollm2` (see lora_rlhf.demo.model).
+# The embedded demo's model: `model.name_or_path: demo:smollm2` (see lora_rlhf.models.demo_model).
 DEMO_MODEL = "demo:smollm2"
-# Random-weight models for tests and the smoke recipe: `tiny:<arch>` (see lora_rlhf.testing.tiny).
+# Random-weight models for tests and the smoke recipe: `tiny:<arch>` (see lora_rlhf.models.tiny).
 TINY_PREFIX = "tiny:"
 # The bare base model, every adapter off, as a role name (RoleStack.use, the server's "base" model).
 BASE = "base"
@@ -14,18 +15,12 @@ BASE = "base"
 
 def resolve_model_name(name: str) -> str:
     """Built-in names ("demo:smollm2", "tiny:<arch>") to their local folders; anything else unchanged."""
-    # Imported here: demo and testing sit above models, and only a built-in name needs them
-    # (the demo converts a GGUF file; the tiny models train a tokenizer).
     if name == DEMO_MODEL:
-        from lora_rlhf.demo.model import demo_model_dir
-
-        return str(demo_model_dir())
+        return str(demo_model.demo_model_dir())
     if name.startswith(TINY_PREFIX):
-        from lora_rlhf.testing.tiny import TINY_ARCHITECTURES, tiny_model_dir
-
         arch = name.removeprefix(TINY_PREFIX)
-        if arch not in TINY_ARCHITECTURES:
-            choices = ", ".join(TINY_PREFIX + a for a in TINY_ARCHITECTURES)
+        if arch not in tiny.TINY_ARCHITECTURES:
+            choices = ", ".join(TINY_PREFIX + a for a in tiny.TINY_ARCHITECTURES)
             raise LoraRlhfError(f"model.name_or_path: {name!r}: tiny models are {choices}")
-        return str(tiny_model_dir(arch))
+        return str(tiny.tiny_model_dir(arch))
     return name

@@ -44,7 +44,7 @@ class RoleOperations:
     _row_adapters_cache: tuple[int, RowAdapters] | None
     use: Callable[[str], contextlib.AbstractContextManager[None]]  # run the body under a role's adapter
     resolve: Callable[[str], str]  # a role's adapter name, or BASE
-    _causal_lm: Callable[[], nn.Module]  # the model under PEFT's wrapper
+    causal_lm: Callable[[], nn.Module]  # the model under PEFT's wrapper
 
     @torch.no_grad()
     def next_token_logits(
@@ -66,7 +66,7 @@ class RoleOperations:
 
         Args:
             roles: N role names, one per row; None: every row under the adapter `use()` made active (models/engine.py
-                `decode`), the plain forward.
+                `engine.sample`), the plain forward.
             input_ids, attention_mask: (N, S) new ids and (N, C + S) mask over the cached and new columns.
             position_ids: (N, S) each new token's position (pads not counted).
         """
@@ -80,15 +80,15 @@ class RoleOperations:
         mixed: dict = {}
         if not plain:
             per_row = [BASE_ROW if n == BASE else n for n in names]
-            row_adapters = self._row_adapters()
+            row_adapters = self.row_adapters()
             if row_adapters.supports(per_row):  # two batched matmuls per layer (models/row_adapters.py)
                 grouped = row_adapters.applied(per_row)
             elif self.model.has_active_enabled_adapter:  # PEFT's loop over the adapters present
                 mixed = {"adapter_names": per_row}
             else:  # inside use("base"), PEFT would skip its per-row hooks
                 raise RuntimeError("rows of several roles need the adapters enabled; call this outside use('base')")
-        with self._generation_mode(), grouped:
-            causal_lm = self._causal_lm()
+        with self.generation_mode(), grouped:
+            causal_lm = self.causal_lm()
             kwargs = {"use_cache": True, **_logits_to_keep(causal_lm), **mixed}
             if cache is not None:
                 kwargs[cache_argument(causal_lm)] = cache
@@ -97,7 +97,7 @@ class RoleOperations:
             )
         return out.logits[:, -1].float(), returned_cache(out)
 
-    def _row_adapters(self) -> RowAdapters:
+    def row_adapters(self) -> RowAdapters:
         """The per-row LoRA view of the model's LoRA layers, rebuilt when an adapter is added or removed."""
         cached = self._row_adapters_cache
         if cached is None or cached[0] != self._layout:
@@ -115,13 +115,13 @@ class RoleOperations:
         return {i for i in ids if i is not None}
 
     @contextlib.contextmanager
-    def _dequantized_base(self, rows: int, tokens: int) -> Iterator[None]:
+    def dequantized_base(self, rows: int, tokens: int) -> Iterator[None]:
         """A 4-bit base's weights dequantized once for the block where that is asked for (`dequantized_decoding`;
         "auto": on the CPU) and the copy fits beside the KV cache of `rows` sequences of `tokens`
         (models/dequantized.py); else as they are, and each decoding step dequantizes every layer again."""
         wanted = self.dequantized_decoding
         nbytes = dequantized_bytes(self.model) if wants_dequantized_copy(wanted, self.device.type) else 0
-        if not nbytes or not copy_fits(nbytes, self.device, kv_cache_bytes(self._causal_lm(), rows, tokens)):
+        if not nbytes or not copy_fits(nbytes, self.device, kv_cache_bytes(self.causal_lm(), rows, tokens)):
             yield
             return
         if not self._told_dequantized:
@@ -131,8 +131,9 @@ class RoleOperations:
             yield
 
     @contextlib.contextmanager
-    def _generation_mode(self) -> Iterator[None]:
-        causal_lm = self._causal_lm()
+    def generation_mode(self) -> Iterator[None]:
+        """Decoding's mode for the block: eval mode, the KV cache on, gradient checkpointing off; restored after."""
+        causal_lm = self.causal_lm()
         was_training = self.model.training
         # Checkpointing acts only in training mode (and asking walks every module): an eval-mode model skips both.
         checkpointing = was_training and gradient_checkpointing_on(causal_lm)

@@ -1,7 +1,8 @@
 """Positions: the ids a padded row is encoded with, the base's position limit, and the check of lengths against it.
 
-`position_ids` is the one rule for the position of each token of a padded batch (issue 26): every forward
-over a padded batch (hidden states, logits, prefills for decoding, the server's engine) takes its ids from it.
+`position_ids` is the one rule for the position of each token of a padded batch (issue 26): every forward over a
+padded batch (hidden states, logits, prefills for decoding, the server's engine) takes its ids from it;
+`next_positions` is the position of the token after each row, where the decoding engine goes on.
 
 A max_length past `max_position_embeddings` was accepted without a word: learned position embeddings
 (GPT-2's `wpe`) index out of range, and rotary bases (Llama, Qwen2, GPT-NeoX) run on positions they were
@@ -36,6 +37,11 @@ def position_ids(attention_mask: torch.Tensor, *, as_generate: bool = False) -> 
     if as_generate:
         return counted.masked_fill(attention_mask == 0, 1)
     return counted.clamp(min=0)
+
+
+def next_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) 0/1 attention mask -> (N, 1) int64 position of the token after each row: its count of real tokens."""
+    return attention_mask.long().sum(-1, keepdim=True)
 
 
 def position_limit(config: Any) -> tuple[str, int] | None:

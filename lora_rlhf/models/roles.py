@@ -104,7 +104,7 @@ class RoleStack(RoleOperations):
     @property
     def lm_head(self) -> nn.Module:
         """The base's output projection (shared by every LM role; LoRA does not adapt it)."""
-        return self._causal_lm().get_output_embeddings()
+        return self.causal_lm().get_output_embeddings()
 
     def has_role(self, role: str) -> bool:
         return role in self._params
@@ -350,7 +350,8 @@ class RoleStack(RoleOperations):
     def _listing(self) -> str:
         return ", ".join(self._params) or "none yet"
 
-    def _causal_lm(self) -> nn.Module:
+    def causal_lm(self) -> nn.Module:
+        """The `*ForCausalLM` under PEFT's wrapper (the model itself before any role is added)."""
         return self.model.get_base_model() if self._params else self.model
 
     def _hidden_size(self) -> int:

@@ -1,7 +1,7 @@
 """How a token is drawn, for every decoding path: the one sampler (issue 26).
 
 The one decoding engine (models/engine.py) draws its tokens here for every caller: rollouts, evaluation,
-best-of-N and the demo's rankings (`decode`, one set of options for the whole batch) and inference
+best-of-N and the demo's rankings (`engine.sample`, one set of options for the whole batch) and inference
 (`lora-rlhf generate`, the registry and the server, options per row), so a change to how a token is drawn is
 made and tested once.
 

@@ -19,7 +19,7 @@ from lora_rlhf.demo.labeler import Labeler
 from lora_rlhf.demo.tasks import sample_tasks
 from lora_rlhf.demo.text import text_rows
 from lora_rlhf.io import atomic_file
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models import engine
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import until_stop
 from lora_rlhf.pipeline import ifeval_data
@@ -179,7 +179,7 @@ def _sample(stack: RoleStack, prompts: list[Prompt], temperature: float, max_new
     rendered = [render_prompt(tokenizer, p) for p in prompts]
     enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(stack.device)
     stops = stack.eos_ids()
-    out = decode(
+    out = engine.sample(
         stack, "sft", enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, temperature=temperature
     ).sequences
     responses = [until_stop(row, stops, tokenizer.pad_token_id)[0] for row in out[:, enc.input_ids.shape[1] :]]

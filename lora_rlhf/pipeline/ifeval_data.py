@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from lora_rlhf.config.recipe import DemoConfig
 from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.demo.datasets import write_jsonl
+from lora_rlhf.eval.responses import generate_responses
 from lora_rlhf.ifeval.checkers import check
 from lora_rlhf.ifeval.judge import TaskBook
 from lora_rlhf.ifeval.repair import repair
@@ -118,8 +119,6 @@ def base_answers(stack: RoleStack, stems: Sequence[str], demo: DemoConfig) -> di
     stem: SFT learned to run on and to loop (IFEval answers hitting the budget 287 -> 370 of 541, postscripts
     65 -> 35%; docs/ifeval/report.md). Most answers to a stem run past 160 tokens (238 of 284 measured).
     """
-    from lora_rlhf.eval.responses import generate_responses
-
     rendered = [render_prompt(stack.tokenizer, as_messages(s, demo.system_prompt)) for s in stems]
     repeated = [text for text in rendered for _ in range(_ANSWERS_PER_STEM)]
     stops = set(stack.eos_ids())

@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from lora_rlhf.data.batching import pad_left
-from lora_rlhf.models import forward
-from lora_rlhf.models.engine import decode
+from lora_rlhf.models import engine, forward
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.models.sequences import ends_with_stop, stop_mask
 from lora_rlhf.ppo.config import SamplingConfig
@@ -118,7 +117,7 @@ def sample(stack: RoleStack, prompts: Sequence[EncodedPrompt], sampling: Samplin
     ids, mask = pad_left([p.ids for p in prompts], stack.tokenizer.pad_token_id)
     ids, mask = ids.to(stack.device), mask.to(stack.device)
     stops = stack.eos_ids()
-    decoded = decode(
+    decoded = engine.sample(
         stack,
         "policy",
         ids,

@@ -2,6 +2,6 @@
 models at real shapes and adapter folders for tests and scripts; what the benchmark scripts share (`bench`).
 Helpers that only the tests use live under tests/."""
 
-from lora_rlhf.testing.tiny import TINY_ARCHITECTURES, make_tiny_model, tiny_model_dir
+from lora_rlhf.models.tiny import TINY_ARCHITECTURES, make_tiny_model, tiny_model_dir
 
 __all__ = ["TINY_ARCHITECTURES", "make_tiny_model", "tiny_model_dir"]

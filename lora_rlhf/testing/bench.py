@@ -17,6 +17,7 @@ import torch
 
 from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.demo.tasks import sample_tasks
+from lora_rlhf.models.demo_model import demo_model_dir
 from lora_rlhf.ppo.hooks import PHASES, PhaseEvent, PhaseHook
 from lora_rlhf.ppo.rollout import EncodedPrompt
 
@@ -25,8 +26,6 @@ MIB = 2**20
 
 def default_model() -> str:
     """The embedded demo model's folder (SmolLM2-135M-Instruct, converted once into the cache)."""
-    from lora_rlhf.demo.model import demo_model_dir
-
     return str(demo_model_dir())
 
 

