@@ -115,9 +115,11 @@ def test_best_of_n_keeps_the_highest_scored_sample_per_prompt(stack, monkeypatch
     )
     batches = []
 
+    sample = engine.sample
+
     def counted(stack, role, ids, mask, **kw):
         batches.append((role, ids.shape[0]))
-        return engine.sample(stack, role, ids, mask, **kw)
+        return sample(stack, role, ids, mask, **kw)
 
     monkeypatch.setattr("lora_rlhf.models.engine.sample", counted)
     gold_calls = []
