@@ -127,8 +127,11 @@ def test_a_bf16_head_fed_a_slice_of_the_hidden_states_is_not_copied_once_per_row
         torch.testing.assert_close(logits, torch.matmul(view, head.weight.t()))
     states = hidden.clone().requires_grad_(True)
     with allocated_peak() as peak:
-        head(states[:, 9:-1]).float().logsumexp(-1).sum().backward()  # 8 positions' logits: < weight / 2
-    assert peak.bytes < weight, peak.bytes
+        head(states[:, 9:-1]).float().logsumexp(-1).sum().backward()
+    # The bug held rows x weight (8 MiB here). The backward's grad-input matmul may hold one copy of the weight
+    # (2,240,136 bytes measured with 2 threads in a fresh venv on 2026-12-07, under 2 MiB with 1 thread): bound
+    # it at two copies, which still fails on any per-row copy.
+    assert peak.bytes < 2 * weight, (peak.bytes, rows * weight)
     ids = torch.randint(3, 8192, (rows, 12))
     with torch.no_grad(), allocated_peak() as peak:
         stack.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)
