@@ -9,13 +9,12 @@ answers a run already wrote (at its smaller budget) on the same prompts; prints 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from lora_rlhf.config.recipe import RECIPES, load_recipe
 from lora_rlhf.eval.config import IFEvalConfig
-from lora_rlhf.eval.ifeval import run_ifeval
+from lora_rlhf.eval.ifeval import read_responses, run_ifeval
 from lora_rlhf.ifeval import benchmark
 from lora_rlhf.pipeline.runner import load_stack
 
@@ -29,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     prompts = benchmark.load_prompts(None)[: args.prompts]
-    saved = [json.loads(line)["response"] for line in args.answers.read_text().splitlines()][: args.prompts]
+    saved = read_responses(args.answers, prompts)
     before = benchmark.accuracies(benchmark.score(prompts, saved))
     stack = load_stack(load_recipe(args.recipe, []))
     config = IFEvalConfig(enabled=True, max_prompts=args.prompts, max_new_tokens=args.max_new_tokens)

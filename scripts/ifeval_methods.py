@@ -17,15 +17,16 @@ Training cost (wall time, peak memory) is not in the adapters: the stage logs ho
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from lora_rlhf.config.recipe import load_recipe
 from lora_rlhf.data.batching import pad_left
-from lora_rlhf.data.chat import render_prompt
 from lora_rlhf.data.sources import DatasetSpec
+from lora_rlhf.eval.compare import win_rate
+from lora_rlhf.eval.ifeval import read_responses, rendered_prompts
 from lora_rlhf.eval.kl import sequence_kl
 from lora_rlhf.eval.lm_loss import load_texts, role_lm_loss
 from lora_rlhf.eval.stats import bootstrap_ci, paired_diff_ci
@@ -43,28 +44,16 @@ def parse_model(text: str) -> tuple[str, Path, Path]:
     return name, Path(adapter), Path(answers)
 
 
-def read_answers(path: Path, prompts: list) -> list[str]:
-    answers = {row["prompt"]: row["response"] for row in map(json.loads, path.read_text().splitlines())}
-    missing = [p.prompt for p in prompts if p.prompt not in answers]
-    if missing:
-        raise SystemExit(f"{path}: no answer to {len(missing)} of IFEval's prompts (first: {missing[0][:60]!r})")
-    return [answers[p.prompt] for p in prompts]
-
-
-def win_rate(a: list[float], b: list[float]) -> float:
-    """Share of prompts `a` passes and `b` fails, ties (both or neither) counting one half."""
-    return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
-
-
 @torch.no_grad()
-def answers_kl(stack: RoleStack, role: str, reference: str, prompts: list, answers: list[str], batch: int) -> float:
-    """Mean over prompts of KL(role || reference) summed along each of `role`'s own answers."""
+def answers_kl(
+    stack: RoleStack, role: str, reference: str, rendered: list[str], answers: list[str], batch: int
+) -> float:
+    """Mean over prompts of KL(role || reference) summed along `role`'s own answers to the `rendered` prompts."""
     tokenizer, totals = stack.tokenizer, []
-    for begin in tqdm(range(0, len(prompts), batch), desc=f"KL({role} || {reference})", unit="batch"):
+    for begin in tqdm(range(0, len(rendered), batch), desc=f"KL({role} || {reference})", unit="batch"):
         rows, masks = [], []
-        for prompt, answer in zip(prompts[begin : begin + batch], answers[begin : begin + batch]):
-            rendered = render_prompt(tokenizer, [{"role": "user", "content": prompt.prompt}])
-            head = tokenizer(rendered, add_special_tokens=False).input_ids  # as eval/responses.py encodes it
+        for prompt, answer in zip(rendered[begin : begin + batch], answers[begin : begin + batch]):
+            head = tokenizer(prompt, add_special_tokens=False).input_ids  # as eval/responses.py encodes it
             tail = tokenizer(answer, add_special_tokens=False).input_ids
             rows.append(head + tail)
             masks.append([0] * len(head) + [1] * len(tail))
@@ -91,11 +80,14 @@ def main() -> None:
     if args.reference not in models:
         raise SystemExit(f"--reference {args.reference!r} is none of the --model names ({', '.join(models)})")
     prompts = benchmark.load_prompts(None)
-    answers = {name: read_answers(path, prompts) for name, (_, path) in models.items()}
+    answers = {name: read_responses(path, prompts) for name, (_, path) in models.items()}
     verdicts = {name: benchmark.score(prompts, texts) for name, texts in answers.items()}
     loose = {name: benchmark.prompt_level(v, "loose") for name, v in verdicts.items()}
 
     stack = RoleStack.load(base_config_from_run(args.run))
+    # The prompts as the answers were generated: the run's chat template and IFEval system turn.
+    system_prompt = load_recipe(str(args.run / "recipe.yaml"), []).eval.ifeval.system_prompt
+    rendered = rendered_prompts(stack.tokenizer, prompts[: args.kl_prompts], system_prompt)
     for name, (adapter, _) in models.items():
         stack.load_role(name, adapter)
     lm_text = load_texts(DatasetSpec(path=str(args.run / "data" / "lm_text.jsonl")), stack.tokenizer, 256)
@@ -119,8 +111,7 @@ def main() -> None:
                 d = sum(loose[name]) / len(prompts) - sum(loose[ref]) / len(prompts)
                 diff = f"{100 * d:+.1f} [{100 * d_low:+.1f}, {100 * d_high:+.1f}]"
                 wins = f"{win_rate(loose[name], loose[ref]):.3f}"
-                n = args.kl_prompts
-                kl = f"{answers_kl(stack, name, ref, prompts[:n], answers[name][:n], args.batch_size):.2f}"
+                kl = f"{answers_kl(stack, name, ref, rendered, answers[name], args.batch_size):.2f}"
             lm = role_lm_loss(stack, name, lm_text, args.batch_size)
             lines.append(
                 f"| {name} | {100 * acc['prompt_loose']:.1f} [{100 * low:.1f}, {100 * high:.1f}] "

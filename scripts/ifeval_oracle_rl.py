@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from lora_rlhf.eval.ifeval import run_ifeval
+from lora_rlhf.eval.ifeval import read_responses, run_ifeval
 from lora_rlhf.eval.stats import paired_diff_ci
 from lora_rlhf.ifeval import benchmark
 from lora_rlhf.pipeline import demo_data
@@ -42,10 +42,9 @@ def copy_run(source: Path, output: Path) -> None:
         (shutil.copytree if (source / name).is_dir() else shutil.copy2)(source / name, target)
 
 
-def prompt_loose(path: Path, prompts: list) -> list[bool]:
+def prompt_loose(path: Path, prompts: list) -> list[float]:
     """Each IFEval prompt's loose verdict for the answers in `path` (a run's ifeval/<model>.jsonl)."""
-    answers = {row["prompt"]: row["response"] for row in map(json.loads, path.read_text().splitlines())}
-    return benchmark.prompt_level(benchmark.score(prompts, [answers[p.prompt] for p in prompts]), "loose")
+    return benchmark.prompt_level(benchmark.score(prompts, read_responses(path, prompts)), "loose")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from lora_rlhf.errors import LoraRlhfError
-from lora_rlhf.eval.ifeval import intervals, summarize
+from lora_rlhf.eval.ifeval import intervals, read_responses, summarize, write_responses
 from lora_rlhf.ifeval import benchmark, checkers
 from lora_rlhf.ifeval.checkers import Verdicts
 
@@ -251,3 +251,18 @@ def test_word_splitting_is_nltks_own():
     expected = [t for s in checkers._sentence_tokenizer().tokenize(text) for t in NLTKWordTokenizer().tokenize(s)]
     assert instructions_util.nltk.word_tokenize(text) == expected
     assert "Do" in expected and "n't" in expected  # NLTK's contraction split, as the checker counts words
+
+
+def test_answers_written_by_eval_read_back_in_the_prompts_order(tmp_path):
+    prompts = benchmark.load_prompts()[:3]
+    path = tmp_path / "sft.jsonl"
+    write_responses(path, prompts, ["a", "b", "c"])
+    assert read_responses(path, list(reversed(prompts))) == ["c", "b", "a"]
+    with pytest.raises(LoraRlhfError, match=r"sft\.jsonl: no answer to 1 of the prompts"):
+        read_responses(path, benchmark.load_prompts()[:4])
+    path.write_bytes(path.read_bytes() + b'{"prompt": "x"}\n')
+    with pytest.raises(LoraRlhfError, match=r"line 4: expected \{\"prompt\": <text>, \"response\": <text>\}"):
+        read_responses(path, prompts)
+    path.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(LoraRlhfError, match="line 1: byte"):
+        read_responses(path, prompts)

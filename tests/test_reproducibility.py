@@ -18,7 +18,7 @@ import torch
 MKL_CBWR_STRICT, MKL_CBWR_COMPATIBLE = 0x10000, 3
 
 PROBE = """
-import ctypes, os, sys
+import ctypes, os
 import lora_rlhf, torch
 a = torch.ones(64, 64); (a @ a).sum()  # MKL initialises its mode at its first call
 lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))

@@ -16,13 +16,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.eval.config import IFEvalConfig
 from lora_rlhf.eval.distributed import generate_across_processes
 from lora_rlhf.eval.result import IFEvalSection
 from lora_rlhf.eval.stats import bootstrap_ci, paired_diff_ci
 from lora_rlhf.ifeval import benchmark
 from lora_rlhf.ifeval.checkers import Verdicts
-from lora_rlhf.io import atomic_file
+from lora_rlhf.io import atomic_file, parse_json
 from lora_rlhf.models.roles import RoleStack
 from lora_rlhf.paths import RunLayout
 from lora_rlhf.train import distributed
@@ -45,7 +46,7 @@ def run_ifeval(
 ) -> IFEvalSection | None:
     """`models` (report name -> role) answer IFEval; the `ifeval` section of eval.json (None off the main process)."""
     prompts = benchmark.load_prompts(config.path or None)[: config.max_prompts]
-    rendered = [render_prompt(stack.tokenizer, _messages(p.prompt, config.system_prompt)) for p in prompts]
+    rendered = rendered_prompts(stack.tokenizer, prompts, config.system_prompt)
     answers: dict[str, list[str]] = {}
     for name in tqdm(models, desc="ifeval: answering the prompts", unit="model"):
         answers[name] = generate_across_processes(
@@ -54,7 +55,7 @@ def run_ifeval(
     if not distributed.is_main():
         return None
     for name, texts in answers.items():
-        _write_responses(RunLayout(run_dir).ifeval_responses(name), prompts, texts)
+        write_responses(RunLayout(run_dir).ifeval_responses(name), prompts, texts)
     verdicts = {name: benchmark.score(prompts, texts) for name, texts in answers.items()}
     section = summarize(prompts, verdicts, bootstrap_samples=bootstrap_samples, confidence=confidence, seed=seed)
     section.max_new_tokens = config.max_new_tokens
@@ -128,6 +129,12 @@ def summary_line(section: IFEvalSection) -> str:
     )
 
 
+def rendered_prompts(tokenizer, prompts: Sequence[benchmark.IFEvalPrompt], system_prompt: str | None) -> list[str]:
+    """What each model sees before its answer: the tokenizer's chat template over one user turn (after the
+    configured system turn, if any), with the template's generation prompt."""
+    return [render_prompt(tokenizer, _messages(p.prompt, system_prompt)) for p in prompts]
+
+
 def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
     turns = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
     return turns + [{"role": "user", "content": prompt}]
@@ -139,7 +146,26 @@ def _hit_budget(stack: RoleStack, texts: list[str], budget: int) -> int:
     return sum(n >= budget - 1 for n in lengths)
 
 
-def _write_responses(path: Path, prompts: list[benchmark.IFEvalPrompt], texts: list[str]) -> None:
+def write_responses(path: Path, prompts: list[benchmark.IFEvalPrompt], texts: list[str]) -> None:
     with atomic_file(path) as handle:
         for prompt, text in zip(prompts, texts):
             handle.write(json.dumps({"prompt": prompt.prompt, "response": text}) + "\n")
+
+
+def read_responses(path: Path, prompts: Sequence[benchmark.IFEvalPrompt]) -> list[str]:
+    """The answers a run wrote to `path` (ifeval/<model>.jsonl, one {"prompt", "response"} per line), in the
+    order of `prompts`; a file that lacks one of them is a one-line error."""
+    answers = {}
+    if not Path(path).is_file():
+        raise LoraRlhfError(f"IFEval answers {str(path)!r} do not exist")
+    for number, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        row = parse_json(raw, f"{path}, line {number}")
+        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("prompt", "response"))):
+            raise LoraRlhfError(f'{path}, line {number}: expected {{"prompt": <text>, "response": <text>}}')
+        answers[row["prompt"]] = row["response"]
+    missing = [p.prompt for p in prompts if p.prompt not in answers]
+    if missing:
+        raise LoraRlhfError(f"{path}: no answer to {len(missing)} of the prompts (first: {missing[0][:60]!r})")
+    return [answers[p.prompt] for p in prompts]
