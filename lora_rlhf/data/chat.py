@@ -15,6 +15,13 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def user_turn(text: str, system_prompt: str | None = None) -> Messages:
+    """`text` as one user turn, after a system turn holding `system_prompt` when one is given (None: none, so the
+    chat template adds its own default, as IFEval is rendered)."""
+    turns = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    return turns + [{"role": "user", "content": text}]
+
+
 def render_prompt(tokenizer, prompt: Prompt) -> str:
     """The text the model sees before its response.
 

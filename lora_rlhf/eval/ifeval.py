@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.data.chat import render_prompt, user_turn
 from lora_rlhf.errors import LoraRlhfError
 from lora_rlhf.eval.config import IFEvalConfig
 from lora_rlhf.eval.distributed import generate_across_processes
@@ -132,12 +132,7 @@ def summary_line(section: IFEvalSection) -> str:
 def rendered_prompts(tokenizer, prompts: Sequence[benchmark.IFEvalPrompt], system_prompt: str | None) -> list[str]:
     """What each model sees before its answer: the tokenizer's chat template over one user turn (after the
     configured system turn, if any), with the template's generation prompt."""
-    return [render_prompt(tokenizer, _messages(p.prompt, system_prompt)) for p in prompts]
-
-
-def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
-    turns = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
-    return turns + [{"role": "user", "content": prompt}]
+    return [render_prompt(tokenizer, user_turn(p.prompt, system_prompt)) for p in prompts]
 
 
 def _hit_budget(stack: RoleStack, texts: list[str], budget: int) -> int:

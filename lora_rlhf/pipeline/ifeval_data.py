@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 
 from lora_rlhf.config.recipe import DemoConfig
-from lora_rlhf.data.chat import render_prompt
+from lora_rlhf.data.chat import render_prompt, user_turn
 from lora_rlhf.demo.datasets import write_jsonl
 from lora_rlhf.eval.responses import generate_responses
 from lora_rlhf.ifeval.checkers import check
@@ -119,7 +119,7 @@ def base_answers(stack: RoleStack, stems: Sequence[str], demo: DemoConfig) -> di
     stem: SFT learned to run on and to loop (IFEval answers hitting the budget 287 -> 370 of 541, postscripts
     65 -> 35%; docs/ifeval/report.md). Most answers to a stem run past 160 tokens (238 of 284 measured).
     """
-    rendered = [render_prompt(stack.tokenizer, as_messages(s, demo.system_prompt)) for s in stems]
+    rendered = [render_prompt(stack.tokenizer, user_turn(s, demo.system_prompt)) for s in stems]
     repeated = [text for text in rendered for _ in range(_ANSWERS_PER_STEM)]
     stops = set(stack.eos_ids())
     with stack.evaluating():
@@ -172,11 +172,6 @@ def rambles(text: str, n: int = 4, min_distinct: float = 0.9) -> bool:
     words = text.split()
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return bool(grams) and len(set(grams)) < min_distinct * len(grams)
-
-
-def as_messages(text: str, system_prompt: str | None) -> list[dict[str, str]]:
-    turns = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
-    return turns + [{"role": "user", "content": text}]
 
 
 def gold_fn(run: RunDir):
